@@ -19,11 +19,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 __all__ = [
     "ConfigError",
+    "DaemonConfig",
     "DataConfig",
+    "EvaluationConfig",
     "DatabaseConfig",
     "LoggingConfig",
     "MetricsConfig",
     "ModelConfig",
+    "ObserveConfig",
     "QthaConfig",
     "QuantumConfig",
     "SchedulerConfig",
@@ -78,6 +81,11 @@ class DataConfig(_Section):
     inbox_dir: Path | None = Field(
         default=None, description="Where new JSONL training files are dropped. Empty: <state_dir>/inbox."
     )
+    quarantine_dir: Path | None = Field(
+        default=None, description="Where rejected inbox files go, each with a .reason file. Empty: <state_dir>/quarantine."
+    )
+    max_file_bytes: int = Field(default=64 * 2**20, ge=1, description="Larger inbox files are quarantined.")
+    max_text_chars: int = Field(default=8192, ge=1, description="Longest accepted prompt or answer, in characters.")
 
 
 class QuantumConfig(_Section):
@@ -103,6 +111,47 @@ class SchedulerConfig(_Section):
     consider_interval_s: float = Field(default=60.0, gt=0, description="How often the trigger policy runs.")
     commands_interval_s: float = Field(default=2.0, gt=0, description="How often operator commands apply.")
     lease_ttl_s: float = Field(default=30.0, gt=0, description="Leader lease lifetime.")
+    ingest_interval_s: float = Field(default=30.0, gt=0, description="How often the inbox is scanned.")
+    observe_interval_s: float = Field(
+        default=60.0, gt=0, description="How often observe.queries run against Prometheus."
+    )
+    housekeeping_interval_s: float = Field(
+        default=3600.0, gt=0, description="Retention, temporary files and stale checkpoints."
+    )
+    misfire_grace_s: float = Field(
+        default=30.0, gt=0, description="A job run later than this after its time is skipped (jobs coalesce)."
+    )
+
+
+class EvaluationConfig(_Section):
+    examples: int = Field(default=24, ge=1, description="Held-out examples per evaluation (same for every version).")
+    max_new_tokens: int = Field(default=48, ge=1, description="Greedy generation budget per example.")
+    batch_size: int = Field(default=8, ge=1)
+
+
+class ObserveConfig(_Section):
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Base URL of a Prometheus server whose HTTP API is queried for model metrics "
+        "(e.g. http://127.0.0.1:9090). Empty: no external metrics.",
+    )
+    queries: dict[str, str] = Field(
+        default_factory=dict,
+        description="Metric name -> PromQL instant query; each result is stored as a metric sample.",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one query.")
+
+
+class DaemonConfig(_Section):
+    replica_id: str | None = Field(
+        default=None, description="Name of this replica in the leader lease. Empty: <hostname>:<pid>."
+    )
+    stop_timeout_s: float = Field(
+        default=60.0, gt=0, description="Time a SIGTERM allows a running training to checkpoint and exit."
+    )
+    train_timeout_s: float = Field(
+        default=6 * 3600.0, gt=0, description="A training worker running longer is killed and the cycle fails."
+    )
 
 
 class LoggingConfig(_Section):
@@ -137,7 +186,10 @@ class QthaConfig(BaseSettings):
     data: DataConfig = DataConfig()
     quantum: QuantumConfig = QuantumConfig()
     training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    observe: ObserveConfig = ObserveConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    daemon: DaemonConfig = DaemonConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
@@ -153,6 +205,15 @@ class QthaConfig(BaseSettings):
     @property
     def inbox_dir(self) -> Path:
         return self.data.inbox_dir or self.state_dir / "inbox"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data.quarantine_dir or self.state_dir / "quarantine"
+
+    @property
+    def dataset_dir(self) -> Path:
+        """Accepted training data: one JSONL file per ingested inbox file."""
+        return self.state_dir / "dataset"
 
     @classmethod
     def settings_customise_sources(

@@ -22,7 +22,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-__all__ = ["CYCLE_OUTCOMES", "MetricsServer", "QthaMetrics", "new_registry", "render", "serve"]
+__all__ = ["CYCLE_OUTCOMES", "MetricsServer", "QthaMetrics", "new_registry", "render", "sample_names", "serve"]
 
 # Outcomes are initialised to zero so `increase(qtha_cycles_total[24h])` exists before the first cycle ends
 # (alert rules on absent series never fire).
@@ -94,6 +94,9 @@ class QthaMetrics:
             "qtha_nonfinite_steps", "Training steps skipped for a non-finite loss or gradient.", registry=r
         )
         self.is_leader = Gauge("qtha_leader", "1 while this daemon holds the leader lease.", registry=r)
+        self.breaker_open = Gauge(
+            "qtha_breaker_open", "1 while the circuit breaker suppresses cycles after repeated failures.", registry=r
+        )
         self._champion: str | None = None
 
     # --- cycle events -------------------------------------------------------------------------------------
@@ -156,6 +159,9 @@ class QthaMetrics:
     def set_paused(self, paused: bool) -> None:
         self.paused.set(1 if paused else 0)
 
+    def set_breaker_open(self, is_open: bool) -> None:
+        self.breaker_open.set(1 if is_open else 0)
+
     def set_leader(self, leader: bool) -> None:
         self.is_leader.set(1 if leader else 0)
 
@@ -163,6 +169,18 @@ class QthaMetrics:
     def value(self, sample: str, /, **labels: str) -> float | None:
         """The current value of one sample (``None`` when absent); counters are named with ``_total``."""
         return self.registry.get_sample_value(sample, labels or None)
+
+
+_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+
+
+def sample_names(registry: CollectorRegistry) -> set[str]:
+    """Every sample name the registry can export, including labelled series that have no child yet."""
+    names: set[str] = set()
+    for family in registry.collect():
+        suffixes = _SUFFIXES.get(family.type, ("",))
+        names |= {family.name + suffix for suffix in suffixes}
+    return names
 
 
 def render(registry: CollectorRegistry) -> str:
