@@ -1,1 +1,84 @@
-"""Pure decision functions: recorded history + now + config in, a decision with its reasons out."""
+"""Pure decision functions: recorded history + now + config in, a decision with its reasons out.
+
+- :func:`decide_trigger`: should a training cycle start now?
+- :func:`propose_recipe` / :func:`record_recipe_outcome`: how to train (Optuna TPE ask-and-tell; the caller
+  passes the storage).
+- :func:`decide_promotion`: promote, reject or hold a candidate against the champion.
+- :func:`decide_rollback`: roll a recent promotion back?
+- :func:`replay_history`: the decisions a recorded history produces.
+
+Every metric is higher-is-better; every timestamp timezone-aware; nothing here reads a clock, does I/O or logs.
+"""
+
+from .breaker import BreakerConfig, BreakerStatus, breaker_status
+from .budget import Budget, day_start, remaining_budget, spent_today
+from .cost import BackendOption, CostEstimate, CostModel, Recipe, estimate_cost
+from .decision import Action, Decision, PolicyInputError, Reason, ReasonKind
+from .drift import DriftConfig, DriftResult, detect_drift
+from .promotion import PromotionConfig, decide_promotion, paired_bootstrap_lcb
+from .recipe import (
+    PAPER_RECIPE,
+    RecipeConfig,
+    RecipeOutcome,
+    RecipeProposal,
+    SearchSpace,
+    propose_recipe,
+    recipe_score,
+    record_recipe_outcome,
+    study_name_for,
+)
+from .records import CycleOutcome, CycleRecord, Evaluation, ExampleScore, MetricSample, Spend
+from .replay import ReplayConfig, ReplayStep, parse_history, replay_history
+from .rollback import PromotionRecord, RollbackConfig, decide_rollback
+from .trigger import TriggerConfig, TriggerHistory, decide_trigger
+
+__all__ = [
+    "PAPER_RECIPE",
+    "Action",
+    "BackendOption",
+    "BreakerConfig",
+    "BreakerStatus",
+    "Budget",
+    "CostEstimate",
+    "CostModel",
+    "CycleOutcome",
+    "CycleRecord",
+    "Decision",
+    "DriftConfig",
+    "DriftResult",
+    "Evaluation",
+    "ExampleScore",
+    "MetricSample",
+    "PolicyInputError",
+    "PromotionConfig",
+    "PromotionRecord",
+    "Reason",
+    "ReasonKind",
+    "Recipe",
+    "RecipeConfig",
+    "RecipeOutcome",
+    "RecipeProposal",
+    "ReplayConfig",
+    "ReplayStep",
+    "RollbackConfig",
+    "SearchSpace",
+    "Spend",
+    "TriggerConfig",
+    "TriggerHistory",
+    "breaker_status",
+    "day_start",
+    "decide_promotion",
+    "decide_rollback",
+    "decide_trigger",
+    "detect_drift",
+    "estimate_cost",
+    "paired_bootstrap_lcb",
+    "parse_history",
+    "propose_recipe",
+    "recipe_score",
+    "record_recipe_outcome",
+    "remaining_budget",
+    "replay_history",
+    "spent_today",
+    "study_name_for",
+]

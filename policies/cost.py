@@ -1,0 +1,187 @@
+"""What a recipe costs before it runs: CPU-seconds, shots, money and expected queue time.
+
+The per-step CPU model is calibrated on facts.md (SmolLM2-135M, 60 adapted projections, batch 4x128 tokens):
+LoRA ~1.4 s/step; weight-mode QTHA ~1.1x LoRA; activation-mode QTHA with a 10-qubit, 10-layer circuit per token
+~10 s/step. A simulated circuit evaluation (forward + backward) scales with ``2**qubits * layers``.
+
+On a sampling backend every circuit of a step runs with parameter-shift gradients: one unshifted evaluation plus
+two per RY parameter and four per CRZ parameter (the paper's ansatz has 2n RY and 2n CRZ per layer), so
+``1 + 12 * qubits * layers`` circuits per circuit instance, each with ``shots`` shots.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .decision import PolicyInputError
+from .records import Spend
+
+__all__ = ["BackendOption", "CostEstimate", "CostModel", "Recipe", "estimate_cost"]
+
+AdapterKind = Literal["qtha", "lora"]
+QnnMode = Literal["weight", "activation"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train one cycle.
+
+    Attributes:
+        adapter: ``"qtha"`` or ``"lora"``.
+        qnn_mode: QTHA only: ``"weight"`` (one circuit per module per step) or ``"activation"`` (per token).
+        qubits: QTHA circuit width (0 for LoRA).
+        layers: QTHA circuit depth (0 for LoRA).
+        bond_dim: QTHA MPO bond dimension (0 for LoRA).
+        rank: LoRA rank (0 for QTHA).
+        learning_rate: peak AdamW learning rate.
+        steps: optimizer steps.
+        backend: the name of a :class:`BackendOption` the circuits run on (a simulator for LoRA).
+        targets: module-name patterns that receive adapters.
+    """
+
+    adapter: AdapterKind
+    qnn_mode: QnnMode | None
+    qubits: int
+    layers: int
+    bond_dim: int
+    rank: int
+    learning_rate: float
+    steps: int
+    backend: str
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self) -> None:
+        if self.adapter == "qtha":
+            if (
+                self.qnn_mode not in ("weight", "activation")
+                or min(self.qubits, self.layers, self.bond_dim) < 1
+            ):
+                raise PolicyInputError(
+                    f"QTHA recipe needs qnn_mode in ('weight', 'activation') and qubits, layers, bond_dim >= 1; "
+                    f"got {self.qnn_mode!r}, {self.qubits}, {self.layers}, {self.bond_dim}"
+                )
+        elif self.adapter == "lora":
+            if self.rank < 1:
+                raise PolicyInputError(f"LoRA recipe needs rank >= 1; got {self.rank}")
+        else:
+            raise PolicyInputError(f"Recipe.adapter = {self.adapter!r}; use 'qtha' or 'lora'")
+        if self.steps < 1 or not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise PolicyInputError(
+                f"Recipe steps = {self.steps} must be >= 1 and learning_rate = {self.learning_rate!r} > 0"
+            )
+
+    @property
+    def kind(self) -> str:
+        """``"qtha-weight"``, ``"qtha-activation"`` or ``"lora"`` (the search space's adapter choices)."""
+        return f"qtha-{self.qnn_mode}" if self.adapter == "qtha" else "lora"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "adapter": self.adapter,
+            "qnn_mode": self.qnn_mode,
+            "qubits": self.qubits,
+            "layers": self.layers,
+            "bond_dim": self.bond_dim,
+            "rank": self.rank,
+            "learning_rate": self.learning_rate,
+            "steps": self.steps,
+            "backend": self.backend,
+            "targets": list(self.targets),
+        }
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """A place circuits can run, with its prices.
+
+    Attributes:
+        name: the agent's backend name (``"jax"``, ``"qsim"``, ``"emulator"``, a vendor).
+        kind: ``"simulator"`` (exact, differentiable, CPU only) or ``"sampler"`` (shots, parameter shift).
+        shots: shots per circuit on a sampler.
+        money_per_shot: price of one shot.
+        money_per_circuit: price of one circuit (task) whatever its shots.
+        batch_size: circuits per submitted batch (Origin's cloud takes ~200).
+        queue_s_per_batch: expected queue wait of one batch.
+    """
+
+    name: str
+    kind: Literal["simulator", "sampler"] = "simulator"
+    shots: int = 1000
+    money_per_shot: float = 0.0
+    money_per_circuit: float = 0.0
+    batch_size: int = 200
+    queue_s_per_batch: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("simulator", "sampler"):
+            raise PolicyInputError(f"BackendOption.kind = {self.kind!r}; use 'simulator' or 'sampler'")
+        if self.shots < 1 or self.batch_size < 1 or min(self.money_per_shot, self.money_per_circuit) < 0:
+            raise PolicyInputError(f"BackendOption {self.name!r}: shots and batch_size >= 1, prices >= 0")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-step cost coefficients (see the module docstring for the calibration).
+
+    Attributes:
+        base_step_cpu_s: one step of the frozen base with LoRA on the target modules.
+        qtha_overhead: extra fraction of ``base_step_cpu_s`` for the MPO projections of QTHA.
+        circuit_cpu_s: one simulated evaluation (forward + backward) of the reference circuit.
+        reference_qubits: width of the reference circuit.
+        reference_layers: depth of the reference circuit.
+        modules: adapted modules (SmolLM2: 30 blocks x q/v = 60).
+        tokens_per_step: tokens per batch (4 x 128).
+        sampler_cpu_s_per_circuit: local CPU to build, submit and read back one circuit on a sampler.
+    """
+
+    base_step_cpu_s: float = 1.4
+    qtha_overhead: float = 0.1
+    circuit_cpu_s: float = 2.8e-4
+    reference_qubits: int = 10
+    reference_layers: int = 10
+    modules: int = 60
+    tokens_per_step: int = 512
+    sampler_cpu_s_per_circuit: float = 1e-4
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """A recipe's estimated cost: the budgeted spend plus the expected queue wait (not budgeted, but priced)."""
+
+    spend: Spend
+    queue_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spend": self.spend.to_dict(), "queue_seconds": self.queue_seconds}
+
+
+def circuit_instances_per_step(recipe: Recipe, model: CostModel) -> int:
+    """Circuits one forward pass needs: one per module (weight mode) or per module per token (activation)."""
+    if recipe.adapter != "qtha":
+        return 0
+    per_module = model.tokens_per_step if recipe.qnn_mode == "activation" else 1
+    return model.modules * per_module
+
+
+def estimate_cost(recipe: Recipe, backend: BackendOption, model: CostModel = CostModel()) -> CostEstimate:
+    """Estimates a recipe's cost as ``steps x`` the per-step cost on ``backend``.
+
+    Raises:
+        PolicyInputError: ``backend`` is not the one the recipe names.
+    """
+    if backend.name != recipe.backend:
+        raise PolicyInputError(f"recipe runs on {recipe.backend!r} but backend {backend.name!r} was given")
+    base = model.base_step_cpu_s * (1.0 + (model.qtha_overhead if recipe.adapter == "qtha" else 0.0))
+    instances = circuit_instances_per_step(recipe, model)
+    if instances == 0 or backend.kind == "simulator":
+        scale = 2.0 ** (recipe.qubits - model.reference_qubits) * recipe.layers / model.reference_layers
+        cpu = recipe.steps * (base + instances * model.circuit_cpu_s * scale)
+        return CostEstimate(Spend(cpu_seconds=cpu))
+    circuits = recipe.steps * instances * (1 + 12 * recipe.qubits * recipe.layers)
+    shots = circuits * backend.shots
+    money = circuits * backend.money_per_circuit + shots * backend.money_per_shot
+    queue = math.ceil(circuits / backend.batch_size) * backend.queue_s_per_batch
+    cpu = recipe.steps * base + circuits * model.sampler_cpu_s_per_circuit
+    return CostEstimate(Spend(cpu_seconds=cpu, shots=shots, money=money), queue_seconds=queue)
