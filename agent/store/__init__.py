@@ -1,0 +1,78 @@
+"""The daemon's database: the only module that imports sqlmodel / SQLAlchemy.
+
+Open it with :func:`open_store`; everything it returns is a frozen record (:mod:`agent.store.records`).
+"""
+
+from agent.store._audit import Audit
+from agent.store._champion import Champion
+from agent.store._cycles import Cycles
+from agent.store._lease import Leases
+from agent.store._migrations import LATEST_VERSION, LEADER_LEASE
+from agent.store._observations import Decisions, Metrics
+from agent.store._operator import Commands, Overrides
+from agent.store._store import Store, open_store
+from agent.store._versions import Versions
+from agent.store.errors import (
+    ChampionMovedError,
+    ChampionPinnedError,
+    CycleAlreadyRunningError,
+    LeaseHeldError,
+    NotFoundError,
+    SchemaTooNewError,
+    StaleCycleError,
+    StaleEpochError,
+    StoreError,
+    VersionStateError,
+)
+from agent.store.records import (
+    AuditEntry,
+    AuditKind,
+    ChampionState,
+    Cycle,
+    CycleState,
+    DecisionRecord,
+    Lease,
+    MetricSample,
+    ModelVersion,
+    OperatorCommand,
+    ServingInterval,
+    VersionStatus,
+)
+
+__all__ = [
+    "LATEST_VERSION",
+    "LEADER_LEASE",
+    "Audit",
+    "AuditEntry",
+    "AuditKind",
+    "Champion",
+    "ChampionMovedError",
+    "ChampionPinnedError",
+    "ChampionState",
+    "Commands",
+    "Cycle",
+    "CycleAlreadyRunningError",
+    "CycleState",
+    "Cycles",
+    "DecisionRecord",
+    "Decisions",
+    "Lease",
+    "LeaseHeldError",
+    "Leases",
+    "MetricSample",
+    "Metrics",
+    "ModelVersion",
+    "NotFoundError",
+    "OperatorCommand",
+    "Overrides",
+    "SchemaTooNewError",
+    "ServingInterval",
+    "StaleCycleError",
+    "StaleEpochError",
+    "Store",
+    "StoreError",
+    "Versions",
+    "VersionStateError",
+    "VersionStatus",
+    "open_store",
+]

@@ -1,0 +1,85 @@
+"""Versioned schema migrations: a ``schema_version`` table and ordered steps.
+
+A step is applied in one transaction (DDL is transactional on SQLite and PostgreSQL) together with its
+``schema_version`` row, so a crash leaves the schema either before or after the step. Concurrent start-ups
+serialize on the SQLite write lock or a PostgreSQL advisory lock and re-read the version inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select, text
+
+from agent.store._db import MIGRATION_LOCK_KEY, Database
+from agent.store._tables import SCHEMA_V1_TABLES, ChampionRow, LeaseRow, SchemaVersionRow
+from agent.store.errors import SchemaTooNewError
+
+Step = Callable[[Connection, datetime], None]
+
+LEADER_LEASE = "leader"
+
+_AUDIT_GUARD_SQLITE = [
+    "CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "
+    "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log "
+    "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+]
+_AUDIT_GUARD_POSTGRES = [
+    "CREATE FUNCTION qtha_audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$",
+    "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+    "FOR EACH ROW EXECUTE FUNCTION qtha_audit_log_append_only()",
+]
+
+
+def _v1_initial(conn: Connection, now: datetime) -> None:
+    for table in SCHEMA_V1_TABLES:
+        table.__table__.create(conn)  # type: ignore[attr-defined]
+    guards = _AUDIT_GUARD_POSTGRES if conn.dialect.name == "postgresql" else _AUDIT_GUARD_SQLITE
+    for statement in guards:
+        conn.exec_driver_sql(statement)
+    # Seed the singleton rows so that every later write is an UPDATE … WHERE epoch = :seen (a CAS), never a
+    # racy insert-if-absent.
+    conn.execute(insert(ChampionRow.__table__).values(id=1, version_id=None, epoch=0, pinned=False))
+    conn.execute(insert(LeaseRow.__table__).values(name=LEADER_LEASE, holder=None, epoch=0))
+
+
+# Ordered; index i holds the step that brings the schema to version i + 1. Append only, never edit a step.
+STEPS: tuple[Step, ...] = (_v1_initial,)
+LATEST_VERSION = len(STEPS)
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version of the database behind ``conn`` (0 for an empty database)."""
+    table = SchemaVersionRow.__table__
+    if not conn.dialect.has_table(conn, table.name):  # type: ignore[attr-defined]
+        return 0
+    found = conn.execute(select(text("max(version)")).select_from(table)).scalar()
+    return int(found or 0)
+
+
+def migrate(db: Database, now: datetime) -> int:
+    """Brings the schema to :data:`LATEST_VERSION`.
+
+    Returns:
+        The schema version after migrating.
+
+    Raises:
+        SchemaTooNewError: the database has a newer schema than this program knows.
+    """
+    while True:
+        with db.tx(lock=MIGRATION_LOCK_KEY) as conn:
+            version = current_version(conn)
+            if version > LATEST_VERSION:
+                raise SchemaTooNewError(
+                    f"database schema version {version} is newer than this qtha understands (up to "
+                    f"{LATEST_VERSION}); upgrade qtha, or point database.url at a database of this version"
+                )
+            if version == LATEST_VERSION:
+                return version
+            if version == 0:
+                SchemaVersionRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+            STEPS[version](conn, now)
+            conn.execute(insert(SchemaVersionRow.__table__).values(version=version + 1, applied_at=now))

@@ -1,0 +1,56 @@
+"""The store's domain errors. Each message names the offending value and says what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChampionMovedError",
+    "ChampionPinnedError",
+    "CycleAlreadyRunningError",
+    "LeaseHeldError",
+    "NotFoundError",
+    "SchemaTooNewError",
+    "StaleCycleError",
+    "StaleEpochError",
+    "StoreError",
+    "VersionStateError",
+]
+
+
+class StoreError(RuntimeError):
+    """Base class of every error raised by :mod:`agent.store`."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was migrated by a newer qtha; this one must not write to it."""
+
+
+class NotFoundError(StoreError, LookupError):
+    """A row that the caller named does not exist."""
+
+
+class ChampionMovedError(StoreError):
+    """A promotion's compare-and-swap lost: the champion epoch is no longer the one the caller saw."""
+
+
+class ChampionPinnedError(StoreError):
+    """An automatic promotion was refused because an operator pinned the champion."""
+
+
+class VersionStateError(StoreError, ValueError):
+    """A version is in a status that forbids the requested move (e.g. promoting a rejected version)."""
+
+
+class CycleAlreadyRunningError(StoreError):
+    """Another cycle is not finished yet; at most one cycle runs at a time (enforced by the database)."""
+
+
+class StaleCycleError(StoreError):
+    """A cycle transition lost: the cycle changed state or owner since the caller read it."""
+
+
+class StaleEpochError(StoreError):
+    """The caller's leader lease epoch is no longer current: another process took the lease."""
+
+
+class LeaseHeldError(StoreError):
+    """The leader lease is held by another live holder."""

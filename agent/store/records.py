@@ -1,0 +1,177 @@
+"""Frozen records: what the store hands out. No ORM row ever leaves :mod:`agent.store`.
+
+JSON-valued fields are read-only mappings (``MappingProxyType``) so a record cannot be mutated by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "AuditEntry",
+    "AuditKind",
+    "ChampionState",
+    "Cycle",
+    "CycleState",
+    "DecisionRecord",
+    "Lease",
+    "MetricSample",
+    "ModelVersion",
+    "OperatorCommand",
+    "ServingInterval",
+    "VersionStatus",
+]
+
+
+class VersionStatus(StrEnum):
+    CANDIDATE = "candidate"
+    CHAMPION = "champion"
+    RETIRED = "retired"
+    REJECTED = "rejected"
+
+
+class CycleState(StrEnum):
+    """The cycle state machine: OBSERVE → PLAN → TRAIN → VALIDATE → PROMOTE → PROMOTED | REJECTED (+ FAILED)."""
+
+    OBSERVE = "observe"
+    PLAN = "plan"
+    TRAIN = "train"
+    VALIDATE = "validate"
+    PROMOTE = "promote"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (CycleState.PROMOTED, CycleState.REJECTED, CycleState.FAILED)
+
+
+NON_TERMINAL_STATES = tuple(s for s in CycleState if not s.terminal)
+
+
+class AuditKind(StrEnum):
+    # A version started serving (promotion, rollback, bootstrap); its epoch is the new champion epoch.
+    SERVE = "serve"
+    PIN = "pin"
+    UNPIN = "unpin"
+    QUARANTINE = "quarantine"
+    OVERRIDE = "override"
+    COMMAND = "command"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    id: str
+    parent_id: str | None
+    base_fingerprint: str
+    adapter_kind: str
+    adapter_config: Mapping[str, Any]
+    artifact_path: str
+    sha256: str
+    status: VersionStatus
+    metrics: Mapping[str, Any]
+    created_at: datetime
+    cycle_id: int | None
+    was_champion: bool
+    pruned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    id: int
+    state: CycleState
+    trigger_reasons: tuple[str, ...]
+    recipe: Mapping[str, Any]
+    backend: str
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+    owner: str | None
+    candidate_id: str | None
+    parent_id: str | None
+    champion_epoch_seen: int | None
+    resumes: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSample:
+    id: int
+    name: str
+    value: float
+    labels: Mapping[str, str]
+    at: datetime
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    id: int
+    kind: str
+    action: str
+    reasons: tuple[str, ...]
+    evidence: Mapping[str, Any]
+    at: datetime
+    cycle_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    kind: AuditKind
+    version_id: str | None
+    previous_id: str | None
+    epoch: int | None
+    actor: str
+    reason: str
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ServingInterval:
+    """Which version served from when to when (``until`` is None while it still serves), and who moved it."""
+
+    version_id: str
+    epoch: int
+    served_from: datetime
+    served_until: datetime | None
+    moved_by: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorCommand:
+    id: int
+    key: str
+    kind: str
+    args: Mapping[str, Any]
+    actor: str
+    created_at: datetime
+    applied_at: datetime | None
+    ok: bool | None
+    result: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    name: str
+    holder: str | None
+    epoch: int
+    acquired_at: datetime | None
+    heartbeat_at: datetime | None
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChampionState:
+    version_id: str | None
+    epoch: int
+    pinned: bool
+    updated_at: datetime | None
