@@ -1,0 +1,212 @@
+"""Parent side of the worker protocol: runs ``python -m agent.train_worker`` and streams its events.
+
+See :mod:`agent.train_worker` for the protocol. The runner turns every way a child can end into a
+:class:`WorkerOutcome` — done, interrupted (resumable), failed, killed (e.g. by the OOM killer), timed out — so the
+caller decides what happens to the cycle; the daemon itself never dies with its child.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.train_worker import EXIT_INTERRUPTED
+
+__all__ = ["WorkerOutcome", "WorkerRunner"]
+
+log = logging.getLogger(__name__)
+
+Status = Literal["done", "interrupted", "failed", "killed", "timeout"]
+_STDERR_TAIL = 4000
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    """How a worker ended.
+
+    Attributes:
+        status: ``done`` (result set), ``interrupted`` (stopped on request after a checkpoint), ``failed``
+            (raised; ``error`` says what), ``killed`` (by a signal, e.g. SIGKILL from the OOM killer),
+            ``timeout`` (ran past its limit and was killed).
+        result: the job's return value when done.
+        error: a one-paragraph explanation otherwise, with the tail of the child's stderr.
+        returncode: the raw exit status (negative: killed by that signal).
+        wall_s: seconds the child ran.
+    """
+
+    status: Status
+    result: Any = None
+    error: str | None = None
+    returncode: int | None = None
+    wall_s: float = 0.0
+
+
+class WorkerRunner:
+    """Runs one worker at a time and can ask it to stop.
+
+    Args:
+        python: the interpreter for the child (default: this one, so the child sees the same packages).
+        env: extra environment variables for the child.
+        cwd: the child's working directory (default: the parent's).
+        kill_grace_s: after a timeout's SIGTERM, how long the child may checkpoint before SIGKILL.
+    """
+
+    def __init__(
+        self,
+        *,
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        kill_grace_s: float = 10.0,
+    ) -> None:
+        self._python = python
+        self._kill_grace_s = kill_grace_s
+        self._env = dict(env or {})
+        self._cwd = cwd
+        self._proc: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+        self._stop_requested = False
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._proc is not None and self._proc.poll() is None
+
+    def request_stop(self) -> bool:
+        """Asks a running child to checkpoint and exit (SIGTERM); returns whether one was running."""
+        with self._lock:
+            self._stop_requested = True
+            if self._proc is None or self._proc.poll() is not None:
+                return False
+            self._proc.send_signal(signal.SIGTERM)
+            return True
+
+    def run(
+        self,
+        entry: str,
+        payload: Mapping[str, Any],
+        work_dir: Path,
+        *,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> WorkerOutcome:
+        """Runs ``entry(payload, ctx)`` in a child and blocks until it ends.
+
+        Args:
+            entry: ``module:function`` importable by the child.
+            payload: JSON-serialisable job arguments.
+            work_dir: where the job file and the child's stderr log go (created if missing).
+            on_event: called in this thread for every event except the final result.
+            timeout_s: kill the child (SIGTERM, then SIGKILL after ``kill_grace_s``) when it runs longer.
+        """
+        work_dir.mkdir(parents=True, exist_ok=True)
+        job_path = work_dir / "job.json"
+        job_path.write_text(json.dumps({"entry": entry, "payload": payload}), encoding="utf-8")
+        stderr_path = work_dir / "worker.stderr"
+        started = time.monotonic()
+        with open(stderr_path, "ab") as stderr:
+            with self._lock:
+                if self._stop_requested:
+                    return WorkerOutcome("interrupted", error="stop requested before the worker started")
+                self._proc = subprocess.Popen(
+                    [self._python, "-m", "agent.train_worker", str(job_path)],
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    cwd=self._cwd,
+                    env={**os.environ, **self._env},
+                )
+                proc = self._proc
+            timed_out = threading.Event()
+            timer = self._arm_timeout(proc, timeout_s, timed_out, self._kill_grace_s)
+            result_event: dict[str, Any] | None = None
+            error_event: dict[str, Any] | None = None
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("worker wrote a non-event line: %r", line[:200])
+                    continue
+                if event.get("event") == "result":
+                    result_event = event
+                elif event.get("event") == "error":
+                    error_event = event
+                elif on_event is not None:
+                    try:
+                        on_event(event)
+                    except Exception:  # a bad callback must not orphan the child or lose its result
+                        log.exception("worker event handler failed on %r", event)
+            returncode = proc.wait()
+            if timer is not None:
+                timer.cancel()
+        with self._lock:
+            self._proc = None
+        wall = time.monotonic() - started
+        if timed_out.is_set():
+            return WorkerOutcome("timeout", error=f"worker ran past {timeout_s} s and was killed", returncode=returncode,
+                                 wall_s=wall)
+        if returncode == 0 and result_event is not None:
+            return WorkerOutcome("done", result=result_event.get("result"), returncode=0, wall_s=wall)
+        if returncode == EXIT_INTERRUPTED:
+            return WorkerOutcome("interrupted", error="stopped on request after a checkpoint", returncode=returncode,
+                                 wall_s=wall)
+        tail = _tail(stderr_path)
+        if returncode < 0:
+            name = signal.Signals(-returncode).name
+            hint = " (SIGKILL usually means the out-of-memory killer)" if name == "SIGKILL" else ""
+            return WorkerOutcome("killed", error=f"worker killed by {name}{hint}; stderr tail:\n{tail}",
+                                 returncode=returncode, wall_s=wall)
+        message = (
+            f"{error_event.get('type')}: {error_event.get('message')}"
+            if error_event
+            else f"worker exited with status {returncode}"
+        )
+        return WorkerOutcome("failed", error=f"{message}; stderr tail:\n{tail}", returncode=returncode, wall_s=wall)
+
+    def reset(self) -> None:
+        """Clears a stop request so the next ``run`` starts normally."""
+        with self._lock:
+            self._stop_requested = False
+
+    @staticmethod
+    def _arm_timeout(
+        proc: subprocess.Popen[str], timeout_s: float | None, flag: threading.Event, grace_s: float
+    ) -> threading.Timer | None:
+        if timeout_s is None:
+            return None
+
+        def expire() -> None:
+            flag.set()
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+        timer = threading.Timer(timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - _STDERR_TAIL))
+            return handle.read().decode("utf-8", errors="replace").strip()
+    except OSError:
+        return "(no stderr)"
