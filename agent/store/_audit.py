@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
+from agent.clock import Clock
 from agent.store import _convert
 from agent.store._db import Database
 from agent.store._tables import AuditRow
@@ -46,8 +47,36 @@ def append(
 class Audit:
     """Read access to the audit log (entries are written by the operations they record)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
+        self._clock = clock
+
+    def note(
+        self,
+        kind: AuditKind,
+        *,
+        actor: str,
+        reason: str,
+        version_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Appends an entry that is not part of another change (e.g. an artifact was quarantined).
+
+        Raises:
+            ValueError: ``kind`` is SERVE (serve entries are written only by champion moves, with their epoch).
+        """
+        if kind is AuditKind.SERVE:
+            raise ValueError("serve entries are written by Champion.promote/rollback only, with their epoch")
+        with self._db.tx() as conn:
+            append(
+                conn,
+                at=self._clock.now(),
+                kind=kind,
+                actor=actor,
+                reason=reason,
+                version_id=version_id,
+                details=details,
+            )
 
     def entries(self, *, kind: AuditKind | None = None, limit: int | None = None) -> list[AuditEntry]:
         """Entries oldest first; with ``limit``, the newest ``limit`` of them (still oldest first)."""

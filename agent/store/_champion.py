@@ -97,6 +97,14 @@ class Champion:
                 within(new)
             return new
 
+    def hold(self, within: Within) -> ChampionState:
+        """Calls ``within`` with the champion state while holding the promotion lock (no move can interleave);
+        used to bring the ``current`` pointer in line with the row after a crash."""
+        with self._db.tx(lock=PROMOTION_LOCK_KEY) as conn:
+            seen = read_champion(conn)
+            within(seen)
+            return seen
+
     def rollback_target(self) -> ModelVersion | None:
         """The version a rollback would serve: the latest earlier champion not rejected nor pruned."""
         with self._db.tx(write=False) as conn:

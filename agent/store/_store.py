@@ -57,7 +57,7 @@ class Store:
         self.versions = Versions(self._db, self.clock)
         self.champion = Champion(self._db, self.clock)
         self.cycles = Cycles(self._db, self.clock)
-        self.audit = Audit(self._db)
+        self.audit = Audit(self._db, self.clock)
         self.metrics = Metrics(self._db, self.clock)
         self.decisions = Decisions(self._db, self.clock)
         self.commands = Commands(self._db, self.clock)

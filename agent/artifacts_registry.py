@@ -1,0 +1,240 @@
+"""The registry: artifacts on disk and version rows in the store, moved together.
+
+The database row is the source of truth for which version is champion; the ``current`` symlink follows it. Every
+move swaps the symlink while the promotion lock is held (inside the CAS transaction), so pointer swaps happen in
+epoch order even with several writers; a crash between the swap and the commit is repaired by :meth:`reconcile`
+at start-up. An artifact is verified (sha256) before it may serve; a corrupt one is quarantined and refused, and
+the champion keeps serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import artifacts
+from agent.artifacts import Artifact, ArtifactCorruptError, ArtifactMissingError, Layout
+from agent.store import AuditKind, ChampionState, ModelVersion, Store, VersionStatus
+
+__all__ = ["HousekeepingReport", "Registry"]
+
+
+@dataclass(frozen=True)
+class HousekeepingReport:
+    temporaries: tuple[str, ...] = ()
+    orphans: tuple[str, ...] = ()
+    pruned: tuple[str, ...] = ()
+    kept: tuple[str, ...] = field(default=())
+
+
+class Registry:
+    """Publishes, verifies, promotes, rolls back, pins and prunes versions.
+
+    Args:
+        store: the database.
+        layout: where artifacts live (``Layout(state_dir)``).
+    """
+
+    def __init__(self, store: Store, layout: Layout) -> None:
+        self.store = store
+        self.layout = layout
+
+    # -- publication -------------------------------------------------------------------------------------------
+
+    def publish_candidate(
+        self,
+        version_id: str,
+        source_dir: Path,
+        *,
+        base_fingerprint: str,
+        adapter_kind: str,
+        adapter_config: Mapping[str, Any] | None = None,
+        parent_id: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        cycle_id: int | None = None,
+    ) -> ModelVersion:
+        """Publishes ``source_dir`` as ``versions/<version_id>/`` and registers it as a candidate.
+
+        Idempotent (publishing and registering are), so a resumed cycle can repeat it after a crash.
+        """
+        art = artifacts.publish(
+            self.layout,
+            version_id,
+            source_dir,
+            metadata={
+                "adapter_kind": adapter_kind,
+                "base_fingerprint": base_fingerprint,
+                "parent_id": parent_id,
+            },
+        )
+        return self.store.versions.add(
+            version_id,
+            base_fingerprint=base_fingerprint,
+            adapter_kind=adapter_kind,
+            adapter_config=adapter_config,
+            artifact_path=str(art.path.relative_to(self.layout.state_dir)),
+            sha256=art.sha256,
+            parent_id=parent_id,
+            metrics=metrics,
+            cycle_id=cycle_id,
+        )
+
+    def load(self, version_id: str) -> Artifact:
+        """A verified artifact whose digest equals the version row's sha256 (the only way to load one).
+
+        Raises:
+            ArtifactCorruptError: files or digest differ; the artifact is quarantined and a candidate rejected.
+            ArtifactMissingError: the directory is gone.
+        """
+        row = self.store.versions.get(version_id)
+        try:
+            art = artifacts.verify(self.layout, version_id)
+            if art.sha256 != row.sha256:
+                raise ArtifactCorruptError(
+                    f"version {version_id!r}: artifact digest {art.sha256[:12]}… differs from the registered "
+                    f"{row.sha256[:12]}…"
+                )
+        except ArtifactCorruptError as exc:
+            self._refuse(row, str(exc))
+            raise
+        return art
+
+    def serving(self) -> Artifact | None:
+        """The verified artifact ``current`` points at (None before the first promotion).
+
+        If it fails verification it is quarantined and the previous intact champion serves instead.
+        """
+        version_id = artifacts.read_current(self.layout)
+        if version_id is None:
+            return None
+        try:
+            return self.load(version_id)
+        except (ArtifactCorruptError, ArtifactMissingError):
+            state = self.reconcile(actor="serving check")
+            return None if state.version_id is None else self.load(state.version_id)
+
+    # -- moves of the champion ---------------------------------------------------------------------------------
+
+    def promote(
+        self,
+        version_id: str,
+        *,
+        expected_epoch: int,
+        actor: str,
+        reason: str,
+        automatic: bool = False,
+        cycle_id: int | None = None,
+    ) -> ChampionState:
+        """Verifies ``version_id`` and makes it champion (row CAS + ``current`` swap under one lock).
+
+        Raises:
+            ArtifactCorruptError: refused and quarantined; the champion keeps serving.
+            ChampionMovedError, ChampionPinnedError, VersionStateError: see :meth:`Champion.promote`.
+        """
+        self.load(version_id)
+        return self.store.champion.promote(
+            version_id,
+            expected_epoch=expected_epoch,
+            actor=actor,
+            reason=reason,
+            automatic=automatic,
+            cycle_id=cycle_id,
+            within=self._point,
+        )
+
+    def rollback(self, *, actor: str, reason: str, automatic: bool = False) -> ChampionState:
+        """Serves the previous champion again (skipping any whose artifact fails verification).
+
+        Raises:
+            VersionStateError: there is no earlier champion with an intact artifact.
+        """
+        while True:
+            seen = self.store.champion.get()
+            target = self.store.champion.rollback_target()
+            if target is not None:
+                try:
+                    self.load(target.id)
+                except ArtifactCorruptError:
+                    continue  # load() quarantined and rejected it; the next rollback_target() skips it
+                except ArtifactMissingError as exc:
+                    self.store.versions.reject(target.id, reason=str(exc))
+                    continue
+            return self.store.champion.rollback(
+                expected_epoch=seen.epoch, actor=actor, reason=reason, automatic=automatic, within=self._point
+            )
+
+    def pin(self, version_id: str | None = None, *, actor: str, reason: str) -> ChampionState:
+        """Freezes the champion against automatic promotion; with ``version_id``, promotes it first."""
+        seen = self.store.champion.get()
+        if version_id is not None and version_id != seen.version_id:
+            self.promote(version_id, expected_epoch=seen.epoch, actor=actor, reason=f"pin: {reason}")
+        return self.store.champion.set_pinned(True, actor=actor, reason=reason)
+
+    def unpin(self, *, actor: str, reason: str) -> ChampionState:
+        return self.store.champion.set_pinned(False, actor=actor, reason=reason)
+
+    # -- start-up repair and housekeeping -----------------------------------------------------------------------
+
+    def reconcile(self, *, actor: str = "reconcile") -> ChampionState:
+        """Makes ``current`` agree with the champion row, and the champion's artifact intact.
+
+        A corrupt or missing champion artifact is quarantined and the previous intact champion serves instead.
+        """
+        state = self.store.champion.get()
+        if state.version_id is not None:
+            try:
+                self.load(state.version_id)
+            except (ArtifactCorruptError, ArtifactMissingError) as exc:
+                return self.rollback(actor=actor, reason=f"champion artifact unusable: {exc}")
+        return self.store.champion.hold(self._point_if_needed)
+
+    def housekeeping(self, *, keep_last: int, protect: Iterable[str] = ()) -> HousekeepingReport:
+        """Removes temporaries and unregistered version directories, and prunes old artifacts.
+
+        Retention keeps the newest ``keep_last`` versions, every version that was ever champion, and
+        ``protect`` (e.g. the running cycle's candidate). Rows are never deleted, only marked pruned.
+        Call it from the leader only, when no other process is publishing.
+        """
+        temporaries = [p.name for p in artifacts.clean_temporaries(self.layout)]
+        rows = self.store.versions.list()
+        known = {v.id for v in rows}
+        keep = set(protect)
+        champion = self.store.champion.get().version_id
+        if champion is not None:
+            keep.add(champion)
+        orphans = [v for v in artifacts.version_ids_on_disk(self.layout) if v not in known and v not in keep]
+        for version_id in orphans:
+            artifacts.remove_version(self.layout, version_id)
+        live = [v for v in rows if not v.pruned]
+        keep |= {v.id for v in live[-keep_last:]} if keep_last > 0 else set()
+        keep |= {v.id for v in live if v.was_champion}
+        pruned = []
+        for version in live:
+            if version.id not in keep:
+                artifacts.remove_version(self.layout, version.id)
+                self.store.versions.mark_pruned(version.id)
+                pruned.append(version.id)
+        return HousekeepingReport(
+            temporaries=tuple(temporaries),
+            orphans=tuple(orphans),
+            pruned=tuple(pruned),
+            kept=tuple(sorted(v.id for v in live if v.id in keep)),
+        )
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _point(self, state: ChampionState) -> None:
+        assert state.version_id is not None  # a move always names its target
+        artifacts.point_current(self.layout, state.version_id)
+
+    def _point_if_needed(self, state: ChampionState) -> None:
+        if state.version_id is not None and artifacts.read_current(self.layout) != state.version_id:
+            artifacts.point_current(self.layout, state.version_id)
+
+    def _refuse(self, row: ModelVersion, why: str) -> None:
+        artifacts.quarantine(self.layout, row.id, reason=why)
+        if row.status is not VersionStatus.CHAMPION:
+            self.store.versions.reject(row.id, reason=why)
+        self.store.audit.note(AuditKind.QUARANTINE, version_id=row.id, actor="registry", reason=why)
