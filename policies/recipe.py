@@ -101,14 +101,17 @@ class SearchSpace:
             if not 0 < lo <= hi:
                 raise PolicyInputError(f"SearchSpace.{name} = {(lo, hi)!r} must satisfy 0 < low <= high")
         names = [b.name for b in self.backends]
-        if len(set(names)) != len(names) or not any(b.kind == "simulator" for b in self.backends):
+        if not names or len(set(names)) != len(names):
+            raise PolicyInputError(f"SearchSpace.backends {names!r} must be a non-empty list of unique names")
+        if "lora" in self.adapters and not any(b.kind == "simulator" for b in self.backends):
             raise PolicyInputError(
-                f"SearchSpace.backends {names!r} need unique names and at least one simulator (LoRA runs there)"
+                f"SearchSpace.backends {names!r} need a simulator when 'lora' is an adapter"
             )
 
     @property
     def simulator(self) -> BackendOption:
-        return next(b for b in self.backends if b.kind == "simulator")
+        """The first simulator (where LoRA runs), else the first backend."""
+        return next((b for b in self.backends if b.kind == "simulator"), self.backends[0])
 
     def backend(self, name: str) -> BackendOption:
         for option in self.backends:

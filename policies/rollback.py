@@ -18,7 +18,8 @@ from .records import MetricSample
 
 __all__ = ["PromotionRecord", "RollbackConfig", "decide_rollback"]
 
-_F, _S, _N = ReasonKind.FIRED, ReasonKind.SUPPRESSED, ReasonKind.NOTE
+_F, _S = ReasonKind.FIRED, ReasonKind.SUPPRESSED
+_TIE_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ def decide_rollback(
         )
         return Decision("rollback", Action.KEEP, now, tuple(reasons), evidence)
     limit = promotion.previous_metric - config.margin
-    if mean < limit:
+    # A tie keeps the champion; the tolerance stops 0.8 - 0.02 = 0.7800000000000001 from breaking a tie at 0.78.
+    if mean < limit - _TIE_TOLERANCE:
         reasons.append(
             Reason(
                 "live_below_previous",
