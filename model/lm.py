@@ -1,0 +1,234 @@
+"""A decoder-only Llama-family language model in Flax NNX: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Module and attribute names mirror Hugging Face's (``layers[i].self_attn.q_proj``, ``layers[i].mlp.up_proj``, …)
+so adapters can find projections by name and checkpoints map one-to-one. Every projection is a plain
+``nnx.Linear`` with ``kernel [in, out]``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import LMConfig
+from .rope import apply_rotary, inverse_frequencies, rotary_cos_sin
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer for incremental decoding (a pytree; pass it through ``jax.jit``).
+
+    Attributes:
+        keys: per layer ``[B, S, kv_heads, head_dim]``; slot ``s`` holds the token written at step ``s``.
+        values: same shapes as ``keys``.
+        length: int32 scalar, how many slots are filled (the next write position).
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    length: jax.Array
+
+    @property
+    def capacity(self) -> int:
+        """Slots available in all (``S``)."""
+        return self.keys[0].shape[1]
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square layer norm with a learned per-feature weight (computed in float32)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * self.weight[...]).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with rotary positions and an optional KV cache."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs) -> None:
+        d, hd = cfg.hidden_size, cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nnx.Linear(d, cfg.num_attention_heads * hd, use_bias=bias, rngs=rngs)
+        self.k_proj = nnx.Linear(d, cfg.num_key_value_heads * hd, use_bias=bias, rngs=rngs)
+        self.v_proj = nnx.Linear(d, cfg.num_key_value_heads * hd, use_bias=bias, rngs=rngs)
+        self.o_proj = nnx.Linear(cfg.num_attention_heads * hd, d, use_bias=False, rngs=rngs)
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = hd
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        key_mask: jax.Array,
+        cache: tuple[jax.Array, jax.Array, jax.Array] | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is None:
+            start = jnp.int32(0)
+            keys, values, new_kv = k, v, None
+        else:
+            cache_k, cache_v, start = cache
+            keys = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, start, 0, 0))
+            values = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, start, 0, 0))
+            new_kv = (keys, values)
+        s = keys.shape[1]
+        groups = self.num_heads // self.num_kv_heads
+        # Query heads sharing a KV head are grouped instead of repeating K/V: no copy of the cache per group.
+        qg = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys) / jnp.sqrt(jnp.float32(self.head_dim))
+        query_slot = start + jnp.arange(t)
+        causal = jnp.arange(s)[None, :] <= query_slot[:, None]  # [T, S]
+        allowed = causal[None, :, :] & key_mask[:, None, :].astype(bool)  # [B, T, S]
+        # A finite floor rather than -inf: a fully masked row (a padding query) then stays finite, not NaN.
+        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(scores.dtype).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(b, t, self.num_heads * self.head_dim)
+        return self.o_proj(out), new_kv
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs) -> None:
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nnx.Linear(d, f, use_bias=False, rngs=rngs)
+        self.up_proj = nnx.Linear(d, f, use_bias=False, rngs=rngs)
+        self.down_proj = nnx.Linear(f, d, use_bias=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderBlock(nnx.Module):
+    """Pre-norm residual block: attention then SwiGLU."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs) -> None:
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, key_mask, cache):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, cache)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), new_kv
+
+
+def _run_block(block: DecoderBlock, x, cos, sin, key_mask, cache):
+    return block(x, cos, sin, key_mask, cache)
+
+
+class CausalLM(nnx.Module):
+    """Decoder-only causal language model (float32).
+
+    Example:
+        >>> lm = CausalLM(cfg, rngs=nnx.Rngs(0))
+        >>> logits = lm(jnp.zeros((2, 5), jnp.int32))          # [2, 5, vocab]
+        >>> cache = lm.init_cache(batch=2, capacity=32)
+        >>> logits, cache = lm(prompt_ids, attention_mask=mask, cache=cache)  # prefill, then one token a call
+    """
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs) -> None:
+        self.config = cfg
+        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs)
+        self.layers = nnx.List([DecoderBlock(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = (
+            None if cfg.tie_word_embeddings else nnx.Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False, rngs=rngs)
+        )
+
+    def init_cache(self, batch: int, capacity: int, dtype=jnp.float32) -> KVCache:
+        """An empty KV cache for ``batch`` sequences of up to ``capacity`` tokens (prompt + generated)."""
+        c = self.config
+        shape = (batch, capacity, c.num_key_value_heads, c.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(c.num_hidden_layers))
+        return KVCache(zeros, zeros, jnp.int32(0))
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+        remat: bool = False,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
+        """Next-token logits.
+
+        Args:
+            tokens: int32 ``[B, T]``.
+            attention_mask: 1 for real tokens, 0 for padding, over the key slots: ``[B, T]`` without a cache,
+                ``[B, cache.capacity]`` with one (slots not yet written may be anything; they are masked
+                causally). Default: all ones.
+            positions: int32 ``[B, T]`` rotary positions. Default: without a mask ``0..T-1`` (offset by
+                ``cache.length``); with a mask, the count of real tokens before each slot, so left padding does
+                not shift positions.
+            cache: a :class:`KVCache`; the tokens are written at ``cache.length`` and the updated cache returned.
+            remat: recompute each block in the backward pass (``jax.checkpoint``) to save training memory.
+
+        Returns:
+            float32 logits ``[B, T, vocab]``; with a cache, ``(logits, new_cache)``.
+        """
+        b, t = tokens.shape
+        start = jnp.int32(0) if cache is None else cache.length
+        key_len = t if cache is None else cache.capacity
+        key_mask = jnp.ones((b, key_len), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+        if key_mask.shape != (b, key_len):
+            raise ValueError(f"attention_mask has shape {key_mask.shape}; expected {(b, key_len)} (batch, key slots)")
+        if positions is None:
+            if attention_mask is None:
+                positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+            else:
+                before = jnp.cumsum(key_mask, axis=1) - 1  # real tokens up to and including each slot, minus one
+                positions = jnp.maximum(jax.lax.dynamic_slice_in_dim(before, start, t, axis=1), 0)
+        cos, sin = rotary_cos_sin(jnp.asarray(inverse_frequencies(self.config)), positions)
+        x = self.embed_tokens(tokens).astype(jnp.float32)
+        block_fn = nnx.remat(_run_block) if remat else _run_block
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i], start)
+            x, kv = block_fn(block, x, cos, sin, key_mask, layer_cache)
+            if kv is not None:
+                new_keys.append(kv[0])
+                new_values.append(kv[1])
+        x = self.norm(x)
+        logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
+        logits = logits.astype(jnp.float32)
+        if cache is None:
+            return logits
+        return logits, KVCache(tuple(new_keys), tuple(new_values), start + t)
+
+
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token negative log-likelihood ``[B, T]`` of ``targets`` under ``logits [B, T, V]``."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def causal_lm_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy over the positions where ``mask`` is non-zero.
+
+    Args:
+        logits: ``[B, T, V]`` from the model run on the inputs.
+        targets: int ``[B, T]``, already shifted (``targets[:, t]`` is the token after input ``t``), as in
+            :class:`model.data.TokenizedData`.
+        mask: ``[B, T]`` weights, 1 where the target counts (response tokens for chat data), 0 elsewhere.
+
+    Returns:
+        A float32 scalar; 0 when the mask is empty (rather than NaN).
+    """
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(token_nll(logits, targets) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
