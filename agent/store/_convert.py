@@ -33,8 +33,8 @@ def frozen(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
 
 
-def _strings(value: Any) -> tuple[str, ...]:
-    return tuple(value or ())
+def _tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(frozen(v) if isinstance(v, Mapping) else v for v in value or ())
 
 
 def _optional_bool(value: Any) -> bool | None:
@@ -59,9 +59,9 @@ version = _converter(
     pruned=bool,
 )
 champion = _converter(ChampionState, epoch=int, pinned=bool)
-cycle = _converter(Cycle, state=CycleState, trigger_reasons=_strings, recipe=frozen, resumes=int)
+cycle = _converter(Cycle, state=CycleState, trigger_reasons=_tuple, recipe=frozen, resumes=int)
 metric = _converter(MetricSample, value=float, labels=frozen)
-decision = _converter(DecisionRecord, reasons=_strings, evidence=frozen)
+decision = _converter(DecisionRecord, reasons=_tuple, evidence=frozen)
 audit = _converter(AuditEntry, kind=AuditKind, details=frozen)
 command = _converter(OperatorCommand, args=frozen, ok=_optional_bool)
 lease = _converter(Lease, epoch=int)

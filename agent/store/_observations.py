@@ -108,11 +108,11 @@ class Decisions:
         kind: str,
         action: str,
         *,
-        reasons: Sequence[str] = (),
+        reasons: Sequence[Any] = (),
         evidence: Mapping[str, Any] | None = None,
         cycle_id: int | None = None,
     ) -> DecisionRecord:
-        """Stores one decision (``kind``: trigger, recipe, promotion, …)."""
+        """Stores one decision (``kind``: trigger, recipe, promotion, …); ``reasons`` are JSON values."""
         with self._db.tx() as conn:
             result = conn.execute(
                 insert(_D).values(

@@ -112,10 +112,12 @@ class MetricSample:
 
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
+    """A policy decision. ``reasons`` holds JSON values: plain strings or ``Reason.to_dict()`` mappings."""
+
     id: int
     kind: str
     action: str
-    reasons: tuple[str, ...]
+    reasons: tuple[Any, ...]
     evidence: Mapping[str, Any]
     at: datetime
     cycle_id: int | None

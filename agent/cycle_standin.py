@@ -1,0 +1,133 @@
+"""An honest, tiny stand-in trainer: least-squares regression by minibatch SGD in numpy.
+
+It does what a real trainer must do for the cycle — warm-start from the champion, write atomic step checkpoints,
+resume from one bit-for-bit (the minibatch of step ``s`` depends only on ``(seed, s)``), write real files, and
+score a fixed held-out set per example — in milliseconds and without importing JAX. Used by tests, the crash
+test worker (:mod:`agent.cycle_worker`) and as a simulator for the daemon until the model trainer is wired in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.cycle_trainer import (
+    CycleInterrupted,
+    EvalOutcome,
+    GateDecision,
+    Progress,
+    TrainOutcome,
+    checkpoint_step,
+    save_checkpoint,
+)
+
+__all__ = ["StandinTrainer", "mean_gain_gate"]
+
+_WEIGHTS = "weights.npy"
+
+
+@dataclass(frozen=True)
+class _Data:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+
+
+class StandinTrainer:
+    """Linear regression ``y = x·w + noise`` with a fixed seed per task.
+
+    Recipe keys: ``steps`` (default 20), ``lr`` (0.05), ``batch`` (8), ``seed`` (0), ``checkpoint_every`` (1).
+
+    Args:
+        task_seed: draws the true weights and the data (same for every cycle).
+        dim: number of features.
+        stop_after_steps: for tests — raise :class:`CycleInterrupted` after this many steps of one call.
+    """
+
+    fingerprint = "standin-linear"
+
+    def __init__(self, *, task_seed: int = 0, dim: int = 8, stop_after_steps: int | None = None) -> None:
+        rng = np.random.default_rng(task_seed)
+        w_true = rng.normal(size=dim)
+        x = rng.normal(size=(96, dim))
+        y = x @ w_true + 0.3 * rng.normal(size=96)
+        self._data = _Data(x[:64], y[:64], x[64:], y[64:])
+        self.dim = dim
+        self.stop_after_steps = stop_after_steps
+        self.train_calls = 0
+
+    def train(
+        self,
+        recipe: Mapping[str, Any],
+        workdir: Path,
+        *,
+        resume_from: Path | None,
+        parent_dir: Path | None,
+        progress: Progress,
+    ) -> TrainOutcome:
+        self.train_calls += 1
+        steps = int(recipe.get("steps", 20))
+        lr = float(recipe.get("lr", 0.05))
+        batch = int(recipe.get("batch", 8))
+        seed = int(recipe.get("seed", 0))
+        every = int(recipe.get("checkpoint_every", 1))
+        if resume_from is not None:
+            w = np.load(resume_from / _WEIGHTS)
+            start = checkpoint_step(resume_from)
+        else:
+            w = np.load(parent_dir / _WEIGHTS) if parent_dir is not None else np.zeros(self.dim)
+            start = 0
+        x, y = self._data.x_train, self._data.y_train
+        for step in range(start + 1, steps + 1):
+            rows = np.random.default_rng([seed, step]).choice(len(x), size=batch, replace=False)
+            grad = 2.0 * x[rows].T @ (x[rows] @ w - y[rows]) / batch
+            w = w - lr * grad
+            ckpt = None
+            if step % every == 0 or step == steps:
+                ckpt = save_checkpoint(workdir, step, lambda d, w=w: np.save(d / _WEIGHTS, w))
+            progress(step, ckpt)
+            if self.stop_after_steps is not None and step - start >= self.stop_after_steps and step < steps:
+                raise CycleInterrupted(f"stop requested after step {step}")
+        out = workdir / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / _WEIGHTS, w)
+        loss = float(np.mean((x @ w - y) ** 2))
+        (out / "manifest.json").write_text(
+            json.dumps({"kind": "standin-linear", "dim": self.dim, "steps": steps}), encoding="utf-8"
+        )
+        return TrainOutcome(
+            artifact_dir=out,
+            steps=steps,
+            metrics={"train_loss": loss},
+            base_fingerprint=self.fingerprint,
+            adapter_kind="linear",
+            adapter_config={"dim": self.dim, "lr": lr, "batch": batch},
+        )
+
+    def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
+        w = np.load(artifact_dir / _WEIGHTS)
+        errors = (self._data.x_eval @ w - self._data.y_eval) ** 2
+        scores = {f"ex-{i:03d}": -float(e) for i, e in enumerate(errors)}
+        return EvalOutcome(version_id, scores, {"mse": float(np.mean(errors))})
+
+
+def mean_gain_gate(min_gain: float = 0.0) -> Any:
+    """A simple gate: promote when the candidate's mean score beats the champion's by more than ``min_gain``."""
+
+    def gate(candidate: EvalOutcome, champion: EvalOutcome | None, now: datetime) -> GateDecision:
+        if champion is None:
+            return GateDecision("promote", ("no champion yet",), {"candidate_mean": candidate.mean})
+        gain = candidate.mean - champion.mean
+        evidence = {"gain": gain, "min_gain": min_gain, "at": now.isoformat()}
+        if gain > min_gain:
+            return GateDecision("promote", (f"mean gain {gain:.4g} > {min_gain}",), evidence)
+        return GateDecision("reject", (f"mean gain {gain:.4g} <= {min_gain}",), evidence)
+
+    return gate

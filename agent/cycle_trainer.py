@@ -1,0 +1,193 @@
+"""What a cycle needs from training and evaluation: the :class:`Trainer` protocol and its records.
+
+The cycle (:mod:`agent.cycle`) does not know how a model is trained. A trainer trains in a per-cycle working
+directory, writes step checkpoints there (:func:`save_checkpoint` makes them atomic), resumes from one after a
+crash, and writes the candidate's files into a directory that the registry then publishes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = [
+    "CHECKPOINTS",
+    "CycleInterrupted",
+    "EvalOutcome",
+    "GateDecision",
+    "Progress",
+    "PromotionGate",
+    "DecisionLike",
+    "TrainOutcome",
+    "Trainer",
+    "checkpoint_step",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "save_checkpoint",
+]
+
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+class CycleInterrupted(Exception):  # noqa: N818 — it is a signal to stop, not an error
+    """Raised by a trainer that stopped on request after writing a checkpoint; the cycle stays resumable."""
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What training produced.
+
+    Attributes:
+        artifact_dir: a directory with the candidate's files (published as ``versions/<id>/``).
+        steps: optimizer steps done in total (including those before a resume).
+        metrics: training metrics (final loss, skipped non-finite steps, …).
+        base_fingerprint: identifies the frozen base model the adapter belongs to.
+        adapter_kind: ``qtha``, ``lora``, ….
+        adapter_config: the adapter's hyperparameters.
+    """
+
+    artifact_dir: Path
+    steps: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    base_fingerprint: str = ""
+    adapter_kind: str = ""
+    adapter_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    """A version's results on the held-out set (the same example ids for every version).
+
+    Attributes:
+        version_id: the evaluated version.
+        scores: example id → score, higher is better (negate losses).
+        metrics: aggregate metrics (accuracy, loss, …).
+    """
+
+    version_id: str
+    scores: Mapping[str, float]
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.scores.values()) / len(self.scores) if self.scores else float("nan")
+
+
+Progress = Callable[[int, Path | None], None]
+"""Called by a trainer after each step with the step number and the checkpoint just written (or None)."""
+
+
+class Trainer(Protocol):
+    """Trains candidates and evaluates versions. Implementations: the model-backed trainer of the daemon,
+    :class:`agent.cycle_standin.StandinTrainer` for tests."""
+
+    def train(
+        self,
+        recipe: Mapping[str, Any],
+        workdir: Path,
+        *,
+        resume_from: Path | None,
+        parent_dir: Path | None,
+        progress: Progress,
+    ) -> TrainOutcome:
+        """Trains in ``workdir`` (continuing ``resume_from`` if given, warm-starting from the verified champion
+        artifact ``parent_dir`` if given), writing step checkpoints via :func:`save_checkpoint`.
+
+        Raises:
+            CycleInterrupted: stopped on request after a checkpoint (the cycle resumes later).
+        """
+        ...
+
+    def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
+        """Scores a verified artifact on the held-out set."""
+        ...
+
+
+class DecisionLike(Protocol):
+    """What a promotion gate returns; ``policies.Decision`` fits, so does :class:`GateDecision`."""
+
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def reasons(self) -> Any: ...
+
+    @property
+    def evidence(self) -> Mapping[str, Any]: ...
+
+
+PromotionGate = Callable[[EvalOutcome, EvalOutcome | None, datetime], DecisionLike]
+"""``gate(candidate, champion_or_None, now)``: action ``promote``, ``reject`` or ``hold``."""
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """A minimal decision for simple gates (tests, the stand-in)."""
+
+    action: str
+    reasons: tuple[str, ...] = ()
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(workdir: Path, step: int, write: Callable[[Path], None]) -> Path:
+    """Writes a step checkpoint atomically: ``write(tmpdir)`` fills a temporary directory, which is fsynced
+    and renamed to ``<workdir>/checkpoints/step-<step>``. Returns the checkpoint directory."""
+    root = workdir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    write(tmp)
+    for path in tmp.iterdir():
+        _fsync(path)
+    _fsync(tmp)
+    if final.exists():  # the same step written again after a resume: keep the newer one
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync(root)
+    return final
+
+
+def latest_checkpoint(workdir: Path) -> Path | None:
+    """The newest complete checkpoint (temporary directories of interrupted writes are ignored)."""
+    root = workdir / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    steps = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))
+    return steps[-1] if steps else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step number of a checkpoint directory made by :func:`save_checkpoint`."""
+    found = _STEP_DIR.match(checkpoint.name)
+    if found is None:
+        raise ValueError(f"{checkpoint} is not a checkpoint directory (step-<8 digits>)")
+    return int(found.group(1))
+
+
+def prune_checkpoints(workdir: Path, *, keep: int = 2) -> None:
+    """Deletes all but the newest ``keep`` checkpoints, and leftovers of interrupted writes."""
+    root = workdir / CHECKPOINTS
+    if not root.is_dir():
+        return
+    for leftover in root.glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    steps = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(old)
