@@ -225,9 +225,11 @@ def _space_dict(space: SearchSpace) -> dict[str, Any]:
 
 
 def _load_study(storage: Any, config: RecipeConfig, seed: int) -> optuna.Study:
-    study = optuna.create_study(
-        storage=storage, study_name=study_name_for(config), direction="maximize", load_if_exists=True
-    )
+    name = study_name_for(config)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # the first proposal of this search space
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     with warnings.catch_warnings():
         # multivariate/group TPE is marked experimental; its behaviour is what the tests pin.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
