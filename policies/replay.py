@@ -25,7 +25,7 @@ Replayed decisions change the replayed state as the daemon would: a promotion ma
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -123,6 +123,8 @@ def parse_history(history: Mapping[str, Any]) -> tuple[ReplayConfig, tuple[Event
         PolicyInputError: a wrong format tag, an unknown event type, a missing or naive time, or events out of
             time order (each message names the event index).
     """
+    if not isinstance(history, Mapping):
+        raise PolicyInputError(f"a history is a JSON object, not {type(history).__name__}")
     if history.get("format") != HISTORY_FORMAT:
         raise PolicyInputError(f"history format {history.get('format')!r}; expected {HISTORY_FORMAT!r}")
     config = _parse_config(history.get("config", {}))
@@ -266,8 +268,3 @@ def replay_history(history: Mapping[str, Any]) -> tuple[ReplayStep, ...]:
         if decision is not None:
             steps.append(ReplayStep(event.index, event.type, decision))
     return tuple(steps)
-
-
-def steps_to_json(steps: Sequence[ReplayStep]) -> list[dict[str, Any]]:
-    """The steps as JSON-serialisable dicts (what ``qtha replay --json`` prints)."""
-    return [s.to_dict() for s in steps]
