@@ -13,6 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from agent.config import ConfigError, QthaConfig, load_config
+from agent.replay import replay_command
 
 __all__ = ["EXIT_FAILURE", "EXIT_LOCKED", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "app", "main"]
 
@@ -21,6 +22,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED, EXIT_LOCKED = 0, 1, 2, 3, 4
 app = typer.Typer(help="qtha: autonomous QTHA fine-tuning daemon and its admin CLI.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.command("replay")(replay_command)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file (default: $QTHA_CONFIG or built-ins).")
@@ -55,6 +57,16 @@ def config_show(config: ConfigOption = None, as_json: JsonOption = False) -> Non
         else:
             typer.echo(f"{section} = {json.dumps(values)}")
     typer.echo(f"# database_url = {cfg.database_url}")
+
+
+def _register_admin_commands() -> None:
+    # Imported here, after the helpers above exist: agent.cli_admin builds on them (fail, read_config, options).
+    from agent.cli_admin import admin_app
+
+    app.add_typer(admin_app)
+
+
+_register_admin_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,10 @@ __all__ = [
     "MetricsConfig",
     "ModelConfig",
     "ObserveConfig",
+    "PolicyConfig",
     "QthaConfig",
     "QuantumConfig",
+    "RecipeConfig",
     "SchedulerConfig",
     "TrainingConfig",
     "load_config",
@@ -75,22 +77,27 @@ class ModelConfig(_Section):
 
 class DataConfig(_Section):
     task: Literal["maths", "dialogue"] = Field(
-        default="maths", description="Bundled task: generated arithmetic word problems or chatterbot dialogues."
+        default="maths",
+        description="Bundled task: generated arithmetic word problems or chatterbot dialogues.",
     )
     seed: int = Field(default=0, description="Seed of the bundled data generator and splits.")
     inbox_dir: Path | None = Field(
         default=None, description="Where new JSONL training files are dropped. Empty: <state_dir>/inbox."
     )
     quarantine_dir: Path | None = Field(
-        default=None, description="Where rejected inbox files go, each with a .reason file. Empty: <state_dir>/quarantine."
+        default=None,
+        description="Where rejected inbox files go, each with a .reason file. Empty: <state_dir>/inbox-quarantine.",
     )
     max_file_bytes: int = Field(default=64 * 2**20, ge=1, description="Larger inbox files are quarantined.")
-    max_text_chars: int = Field(default=8192, ge=1, description="Longest accepted prompt or answer, in characters.")
+    max_text_chars: int = Field(
+        default=8192, ge=1, description="Longest accepted prompt or answer, in characters."
+    )
 
 
 class QuantumConfig(_Section):
     backend: Literal["jax", "qsim", "sampler", "emulator"] = Field(
-        default="jax", description="Where circuits run: jax (differentiable simulator), qsim, sampler, emulator."
+        default="jax",
+        description="Where circuits run: jax (differentiable simulator), qsim, sampler, emulator.",
     )
     shots: int = Field(default=1000, ge=1, description="Shots per circuit on sampling backends.")
     sampler: str | None = Field(
@@ -123,8 +130,80 @@ class SchedulerConfig(_Section):
     )
 
 
+class PolicyConfig(_Section):
+    """The knobs of the pure policies (``qtha policy set KEY=VALUE`` overrides them at run time)."""
+
+    min_new_examples: int = Field(default=200, ge=1, description="New inbox examples that fire a cycle.")
+    staleness_h: float = Field(default=168.0, gt=0, description="Champion age (hours) that fires a cycle.")
+    cooldown_s: float = Field(
+        default=3600.0, ge=0, description="Minimum pause between the end of a cycle and the next."
+    )
+    quiet_hours: tuple[int, int] | None = Field(
+        default=None, description="[start, end) UTC hours when no cycle starts, e.g. [8, 18]. Empty: none."
+    )
+    drift_metric: str = Field(
+        default="eval_mean",
+        description="Metric sample name the drift detector watches: the daemon's own held-out score (eval_mean) "
+        "or a name pushed with `qtha observe` / read from Prometheus.",
+    )
+    drift_higher_is_better: bool = Field(default=True, description="False for losses and error rates.")
+    drift_method: Literal["page_hinkley", "cusum"] = Field(
+        default="page_hinkley", description="Detector of a degrading champion metric."
+    )
+    drift_threshold: float = Field(default=0.05, gt=0, description="Detector alarm threshold (metric units).")
+    drift_delta: float = Field(default=0.005, ge=0, description="Tolerated drift per sample (metric units).")
+    breaker_failures: int = Field(
+        default=3, ge=1, description="Consecutive failed cycles that open the breaker."
+    )
+    breaker_backoff_s: float = Field(
+        default=3600.0, gt=0, description="How long the breaker stays open first."
+    )
+    cpu_seconds_per_day: float = Field(
+        default=6 * 3600.0, ge=0, description="Training CPU-seconds budget per UTC day."
+    )
+    shots_per_day: int = Field(
+        default=0, ge=0, description="Quantum shots budget per UTC day (0: simulators only)."
+    )
+    money_per_day: float = Field(default=0.0, ge=0, description="Hardware spending budget per UTC day.")
+    promotion_floor: float = Field(default=0.0, description="A candidate below this accuracy is rejected.")
+    promotion_min_gain: float = Field(
+        default=0.0, ge=0, description="Least mean accuracy gain over the champion."
+    )
+    promotion_confidence: float = Field(
+        default=0.95, ge=0.5, lt=1, description="Paired bootstrap confidence."
+    )
+    min_slice_examples: int = Field(default=20, ge=1, description="Smaller slices are reported, not judged.")
+    auto_rollback: bool = Field(default=True, description="Roll back a promotion that degrades while baking.")
+    rollback_bake_h: float = Field(
+        default=24.0, gt=0, description="Hours after a promotion it may be rolled back."
+    )
+    rollback_margin: float = Field(
+        default=0.02, ge=0, description="Live drop below the old champion that rolls back."
+    )
+
+
+class RecipeConfig(_Section):
+    """The cold-start recipe of the learner and the bounds of what it may propose."""
+
+    adapter: Literal["qtha", "lora"] = Field(default="qtha", description="Adapter of the first cycle.")
+    qnn_mode: Literal["weight", "activation"] = Field(
+        default="weight",
+        description="QTHA circuit use: one circuit per module (weight) or per token (activation).",
+    )
+    qubits: int = Field(default=4, ge=1, le=16, description="QTHA circuit width of the first cycle.")
+    layers: int = Field(default=2, ge=1, description="QTHA circuit depth of the first cycle.")
+    bond_dim: int = Field(default=2, ge=1, description="QTHA MPO bond dimension of the first cycle.")
+    rank: int = Field(default=8, ge=1, description="LoRA rank when the adapter is lora.")
+    learn: bool = Field(default=True, description="Let the Optuna learner propose later recipes.")
+    max_steps: int = Field(default=200, ge=1, description="Upper bound of proposed steps.")
+    max_qubits: int = Field(default=8, ge=1, le=16, description="Upper bound of proposed qubits.")
+    max_layers: int = Field(default=4, ge=1, description="Upper bound of proposed layers.")
+
+
 class EvaluationConfig(_Section):
-    examples: int = Field(default=24, ge=1, description="Held-out examples per evaluation (same for every version).")
+    examples: int = Field(
+        default=24, ge=1, description="Held-out examples per evaluation (same for every version)."
+    )
     max_new_tokens: int = Field(default=48, ge=1, description="Greedy generation budget per example.")
     batch_size: int = Field(default=8, ge=1)
 
@@ -150,7 +229,9 @@ class DaemonConfig(_Section):
         default=60.0, gt=0, description="Time a SIGTERM allows a running training to checkpoint and exit."
     )
     train_timeout_s: float = Field(
-        default=6 * 3600.0, gt=0, description="A training worker running longer is killed and the cycle fails."
+        default=6 * 3600.0,
+        gt=0,
+        description="A training worker running longer is killed and the cycle fails.",
     )
 
 
@@ -186,6 +267,8 @@ class QthaConfig(BaseSettings):
     data: DataConfig = DataConfig()
     quantum: QuantumConfig = QuantumConfig()
     training: TrainingConfig = TrainingConfig()
+    policy: PolicyConfig = PolicyConfig()
+    recipe: RecipeConfig = RecipeConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     observe: ObserveConfig = ObserveConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -208,7 +291,8 @@ class QthaConfig(BaseSettings):
 
     @property
     def quarantine_dir(self) -> Path:
-        return self.data.quarantine_dir or self.state_dir / "quarantine"
+        # Not <state_dir>/quarantine: that holds corrupt model artifacts (agent.artifacts).
+        return self.data.quarantine_dir or self.state_dir / "inbox-quarantine"
 
     @property
     def dataset_dir(self) -> Path:

@@ -106,7 +106,8 @@ class WorkerRunner:
             entry: ``module:function`` importable by the child.
             payload: JSON-serialisable job arguments.
             work_dir: where the job file and the child's stderr log go (created if missing).
-            on_event: called in this thread for every event except the final result.
+            on_event: called in this thread for every event except the final result. If it raises, the child
+                is asked to stop (SIGTERM, so it checkpoints) and the exception is re-raised once it has exited.
             timeout_s: kill the child (SIGTERM, then SIGKILL after ``kill_grace_s``) when it runs longer.
         """
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +131,7 @@ class WorkerRunner:
                 proc = self._proc
             timed_out = threading.Event()
             timer = self._arm_timeout(proc, timeout_s, timed_out, self._kill_grace_s)
+            handler_error: Exception | None = None
             result_event: dict[str, Any] | None = None
             error_event: dict[str, Any] | None = None
             assert proc.stdout is not None
@@ -143,16 +145,19 @@ class WorkerRunner:
                     result_event = event
                 elif event.get("event") == "error":
                     error_event = event
-                elif on_event is not None:
+                elif on_event is not None and handler_error is None:
                     try:
                         on_event(event)
-                    except Exception:  # a bad callback must not orphan the child or lose its result
-                        log.exception("worker event handler failed on %r", event)
+                    except Exception as exc:  # e.g. fencing: the cycle was adopted elsewhere — stop the child
+                        handler_error = exc
+                        proc.send_signal(signal.SIGTERM)
             returncode = proc.wait()
             if timer is not None:
                 timer.cancel()
         with self._lock:
             self._proc = None
+        if handler_error is not None:
+            raise handler_error
         wall = time.monotonic() - started
         if timed_out.is_set():
             return WorkerOutcome("timeout", error=f"worker ran past {timeout_s} s and was killed", returncode=returncode,

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.train_worker import Interrupted, JobContext
 from agent.worker import WorkerRunner
 
@@ -95,3 +97,18 @@ def test_timeout_kills(tmp_path: Path) -> None:
 def test_bad_entry_fails_cleanly(tmp_path: Path) -> None:
     outcome = WorkerRunner(cwd=ROOT).run(f"{ME}:no_such_job", {}, tmp_path)
     assert outcome.status == "failed" and "has no callable 'no_such_job'" in (outcome.error or "")
+
+
+def test_event_handler_error_stops_the_child_and_propagates(tmp_path: Path) -> None:
+    class Fenced(Exception):
+        pass
+
+    def handler(event: dict[str, Any]) -> None:
+        if event.get("step", 0) >= 3:
+            raise Fenced("cycle adopted by another owner")
+
+    runner = WorkerRunner(cwd=ROOT)
+    with pytest.raises(Fenced):
+        runner.run(f"{ME}:stoppable_job", {"checkpoint": str(tmp_path / "ckpt")}, tmp_path, on_event=handler)
+    assert int((tmp_path / "ckpt").read_text()) >= 3  # the child checkpointed on the way out
+    assert not runner.running

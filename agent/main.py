@@ -1,0 +1,22 @@
+"""``qtha daemon``: the production wiring — the policy-driven cycle driver with the child-process model trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.daemon import run_daemon
+from agent.driver import PolicyCycleDriver
+from agent.runtime import Runtime
+from agent.trainer import WorkerTrainer
+
+__all__ = ["model_trainer", "run"]
+
+
+def model_trainer(rt: Runtime) -> WorkerTrainer:
+    """The trainer of the daemon: ``model/`` in a child process, progress into the database and metrics."""
+    return WorkerTrainer(rt.config, rt.runner, rt.store, rt.metrics, status=rt.set_status)
+
+
+def run(config_path: Path | None) -> int:
+    """Runs the daemon until SIGTERM; returns its exit status."""
+    return run_daemon(config_path, cycles_factory=lambda config: PolicyCycleDriver(model_trainer))

@@ -1,0 +1,114 @@
+"""The collaborators of a running daemon, built once at start-up and passed to every job explicitly.
+
+This is a plain bundle, not a god object: it owns nothing and decides nothing. Jobs (:mod:`agent.jobs`), command
+handlers (:mod:`agent.commands`) and the lifecycle (:mod:`agent.daemon`) receive it; tests build one from fresh
+parts (a temporary database, a fresh metrics registry, a fake clock).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from agent.artifacts_registry import Registry
+from agent.clock import Clock
+from agent.config import PolicyConfig, QthaConfig
+from agent.inbox import Inbox
+from agent.leader import Leadership
+from agent.metrics import QthaMetrics
+from agent.policyconf import effective_policy
+from agent.sdnotify import Notifier
+from agent.status import write_daemon_status
+from agent.store import Store
+from agent.worker import WorkerRunner
+
+__all__ = ["CycleDriver", "Runtime"]
+
+log = logging.getLogger("qtha.daemon")
+
+
+class CycleDriver(Protocol):
+    """Runs cycles (trigger → recipe → train → validate → promote/reject) for the jobs."""
+
+    def consider(self, rt: Runtime, *, run_now: dict[str, Any] | None) -> None:
+        """Asks the trigger policy and, if it says run, plans and runs a cycle to its end (blocking)."""
+
+    def resume(self, rt: Runtime) -> None:
+        """Adopts and finishes an interrupted cycle left by a dead or stopped leader, if there is one."""
+
+    def evaluate(self, rt: Runtime, version_id: str, *, reason: str) -> dict[str, Any] | None:
+        """Evaluates one version on the held-out set, records the samples, returns the metrics."""
+
+
+@dataclass
+class Runtime:
+    """Everything a job needs.
+
+    Attributes:
+        config: the effective configuration (replaced on SIGHUP).
+        store: the database.
+        clock: time source shared with the store.
+        metrics: the Prometheus metrics.
+        notifier: sd_notify client (a no-op outside systemd).
+        leadership: this replica's view of the leader lease.
+        registry: artifacts and the champion pointer.
+        inbox: training-data inbox.
+        runner: the training/evaluation child process runner.
+        cycles: the cycle driver.
+        stopping: set when the daemon shuts down; long jobs check it between phases.
+        scheduler: the APScheduler instance (set by the daemon; commands use it to run jobs at once).
+    """
+
+    config: QthaConfig
+    store: Store
+    clock: Clock
+    metrics: QthaMetrics
+    notifier: Notifier
+    leadership: Leadership
+    registry: Registry
+    inbox: Inbox
+    runner: WorkerRunner
+    cycles: CycleDriver
+    stopping: threading.Event = field(default_factory=threading.Event)
+    scheduler: Any = None
+    status: str = "starting"
+
+    @property
+    def replica(self) -> str:
+        return self.leadership.holder
+
+    def policy(self) -> PolicyConfig:
+        """The effective policy: the config file's ``[policy]`` with operator overrides on top."""
+        return effective_policy(self.config, self.store.overrides.all())
+
+    def paused(self) -> bool:
+        return bool(self.store.overrides.get("paused", False))
+
+    def set_status(self, text: str) -> None:
+        """One human-readable line: logged, sent to systemd (STATUS=) and shown by ``qtha status``."""
+        if text != self.status:
+            log.info("status: %s", text)
+        self.status = text
+        self.notifier.status(text)
+        try:
+            write_daemon_status(
+                self.config.state_dir,
+                replica=self.replica,
+                text=text,
+                leader=self.leadership.is_leader(),
+                at=self.clock.now(),
+            )
+        except OSError as exc:  # a full disk must not stop the daemon; the log line above still says it
+            log.warning("could not write the status file: %s", exc)
+
+    def run_soon(self, job_id: str) -> None:
+        """Moves a scheduled job's next run to now (e.g. consider a cycle right after ``cycle --now``)."""
+        if self.scheduler is None:
+            return
+        job = self.scheduler.get_job(job_id)
+        if job is not None:
+            # The scheduler runs on the wall clock, whatever clock the store uses.
+            job.modify(next_run_time=datetime.now(UTC))

@@ -1,0 +1,185 @@
+"""The production :class:`~agent.cycle_trainer.Trainer`: training and evaluation in a child process.
+
+Each call runs ``python -m agent.train_worker`` with a job of :mod:`agent.training_job` (which wraps ``model/``:
+load the base, inject the adapter the recipe names, train with step checkpoints, save the adapter; or score a
+version on the held-out set). A crash or an out-of-memory kill ends the child, not the daemon, and the memory goes
+back to the system. Progress flows back as events: into the database (``train_loss`` samples), the Prometheus
+metrics and the status line; checkpoints are reported to the cycle, which may fence the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.config import QthaConfig
+from agent.cycle_trainer import CycleInterrupted, EvalOutcome, Progress, TrainOutcome
+from agent.metrics import QthaMetrics
+from agent.store import Store
+from agent.worker import WorkerOutcome, WorkerRunner
+
+__all__ = ["TrainingFailedError", "WorkerTrainer", "job_config"]
+
+log = logging.getLogger("qtha.trainer")
+
+TRAIN_ENTRY = "agent.training_job:train"
+EVALUATE_ENTRY = "agent.training_job:evaluate"
+
+
+class TrainingFailedError(RuntimeError):
+    """The training or evaluation child failed, was killed or timed out; the message has its stderr tail."""
+
+
+def job_config(config: QthaConfig) -> dict[str, Any]:
+    """The parts of the configuration a job needs, as JSON (the child does not read config files)."""
+    return {
+        "model_source": config.model.source,
+        "targets": list(config.model.targets),
+        "task": config.data.task,
+        "data_seed": config.data.seed,
+        "dataset_dir": str(config.dataset_dir),
+        "seq_len": config.training.seq_len,
+        "batch_size": config.training.batch_size,
+        "seed": config.training.seed,
+        "eval_examples": config.evaluation.examples,
+        "eval_max_new_tokens": config.evaluation.max_new_tokens,
+        "eval_batch_size": config.evaluation.batch_size,
+        "backend": config.quantum.backend,
+        "shots": config.quantum.shots,
+    }
+
+
+class WorkerTrainer:
+    """Trains and evaluates through child processes.
+
+    Args:
+        config: the daemon's configuration (read at every call, so SIGHUP changes apply to the next job).
+        runner: runs the child (shared with the daemon, which asks it to stop on SIGTERM).
+        store: where progress samples go.
+        metrics: Prometheus metrics to move.
+        status: called with a human line on progress (the daemon's status / sd_notify STATUS=).
+        train_entry, evaluate_entry: ``module:function`` of the jobs (tests may point at their own).
+    """
+
+    def __init__(
+        self,
+        config: QthaConfig,
+        runner: WorkerRunner,
+        store: Store,
+        metrics: QthaMetrics,
+        *,
+        status: Any = None,
+        train_entry: str = TRAIN_ENTRY,
+        evaluate_entry: str = EVALUATE_ENTRY,
+    ) -> None:
+        self.config = config
+        self.runner = runner
+        self.store = store
+        self.metrics = metrics
+        self._status = status or (lambda text: None)
+        self.train_entry = train_entry
+        self.evaluate_entry = evaluate_entry
+
+    def train(
+        self,
+        recipe: Mapping[str, Any],
+        workdir: Path,
+        *,
+        resume_from: Path | None,
+        parent_dir: Path | None,
+        progress: Progress,
+    ) -> TrainOutcome:
+        cycle = workdir.name
+        seen = {"steps": 0, "nonfinite": 0}
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event.get("event")
+            if kind == "progress":
+                step, total = int(event["step"]), int(event["of"])
+                nonfinite = int(event.get("nonfinite", 0))
+                self.metrics.train_progress(
+                    steps=max(0, step - seen["steps"]), nonfinite=max(0, nonfinite - seen["nonfinite"])
+                )
+                seen["steps"], seen["nonfinite"] = max(seen["steps"], step), max(seen["nonfinite"], nonfinite)
+                self.store.metrics.record(
+                    "train_loss",
+                    float(event["loss"]),
+                    source="trainer",
+                    labels={"cycle": cycle, "step": str(step), "of": str(total)},
+                )
+                self._status(f"cycle {cycle}: training step {step}/{total}, loss {float(event['loss']):.4f}")
+                progress(step, None)
+            elif kind == "checkpoint":
+                progress(int(event["step"]), Path(event["path"]))
+            elif kind == "quantum":
+                self._quantum(event)
+            elif kind == "log":
+                log.info("cycle %s: %s", cycle, event.get("message"))
+
+        payload = job_config(self.config) | {
+            "recipe": dict(recipe),
+            "workdir": str(workdir),
+            "resume_from": None if resume_from is None else str(resume_from),
+            "parent_dir": None if parent_dir is None else str(parent_dir),
+        }
+        # Already-done steps of a resumed run count once: start from the checkpoint's step.
+        if resume_from is not None and resume_from.name.startswith("step-"):
+            seen["steps"] = int(resume_from.name.split("-")[1])
+        outcome = self.runner.run(
+            self.train_entry,
+            payload,
+            workdir / "worker",
+            on_event=on_event,
+            timeout_s=self.config.daemon.train_timeout_s,
+        )
+        result = self._result(outcome, what=f"training of cycle {cycle}")
+        return TrainOutcome(
+            artifact_dir=Path(result["artifact_dir"]),
+            steps=int(result["steps"]),
+            metrics={k: float(v) for k, v in result.get("metrics", {}).items()},
+            base_fingerprint=str(result.get("base_fingerprint", "")),
+            adapter_kind=str(result.get("adapter_kind", "")),
+            adapter_config=dict(result.get("adapter_config", {})),
+        )
+
+    def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
+        payload = job_config(self.config) | {"artifact_dir": str(artifact_dir), "version_id": version_id}
+        work = self.config.state_dir / "work" / f"eval-{version_id}"
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "quantum":
+                self._quantum(event)
+            elif event.get("event") == "progress":
+                self._status(f"evaluating {version_id}: {event.get('done')}/{event.get('of')} examples")
+
+        outcome = self.runner.run(
+            self.evaluate_entry,
+            payload,
+            work,
+            on_event=on_event,
+            timeout_s=self.config.daemon.train_timeout_s,
+        )
+        result = self._result(outcome, what=f"evaluation of {version_id}")
+        return EvalOutcome(
+            version_id=version_id,
+            scores={str(k): float(v) for k, v in result["scores"].items()},
+            metrics={k: float(v) for k, v in result.get("metrics", {}).items()},
+        )
+
+    def _quantum(self, event: Mapping[str, Any]) -> None:
+        backend = str(event.get("backend", self.config.quantum.backend))
+        self.metrics.quantum_usage(
+            backend, circuits=int(event.get("circuits", 0)), shots=int(event.get("shots", 0))
+        )
+        for kind, count in dict(event.get("errors", {})).items():
+            self.metrics.backend_error(backend, str(kind), int(count))
+
+    @staticmethod
+    def _result(outcome: WorkerOutcome, *, what: str) -> dict[str, Any]:
+        if outcome.status == "done":
+            return dict(outcome.result or {})
+        if outcome.status == "interrupted":
+            raise CycleInterrupted(f"{what} stopped on request after a checkpoint")
+        raise TrainingFailedError(f"{what} {outcome.status}: {outcome.error}")

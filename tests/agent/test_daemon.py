@@ -1,0 +1,186 @@
+"""The daemon in-process on a fresh SQLite database, with the numpy stand-in trainer (fast): jobs, commands,
+cycle, promotion, metrics over HTTP, pause, rollback, policy overrides, SIGHUP-style reload, clean stop.
+
+The end-to-end tests with real subprocesses and the tiny language model are in test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.config import QthaConfig, load_config
+from agent.cycle_standin import StandinTrainer
+from agent.daemon import Daemon, build_runtime
+from agent.driver import PolicyCycleDriver
+from agent.runtime import Runtime
+from agent.store import CycleState, OperatorCommand
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "condition") -> object:
+    """Polls ``predicate`` until it returns something truthy or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fast_config(state_dir: Path, **extra: object) -> QthaConfig:
+    return load_config(
+        None,
+        state_dir=str(state_dir),
+        metrics={"host": "127.0.0.1", "port": free_port()},
+        scheduler={"commands_interval_s": 0.2, "consider_interval_s": 0.3, "evaluate_interval_s": 3600,
+                   "ingest_interval_s": 0.3, "lease_ttl_s": 3.0, "misfire_grace_s": 5},
+        training={"steps": 12},
+        # The stand-in scores are negative squared errors: no absolute floor.
+        policy={"promotion_floor": -1e9, "cooldown_s": 0, "min_slice_examples": 5},
+        **extra,
+    )
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    rt: Runtime
+    thread: threading.Thread
+
+    def submit(self, kind: str, args: dict | None = None, key: str | None = None) -> OperatorCommand:
+        return self.rt.store.commands.submit(kind, args or {}, key=key or f"{kind}-{time.monotonic_ns()}",
+                                             actor="test")
+
+    def applied(self, command: OperatorCommand) -> OperatorCommand:
+        return wait_for(lambda: (c := self.rt.store.commands.get(command.key)).applied_at and c,
+                        what=f"command {command.kind} applied")
+
+    def scrape(self) -> dict[tuple[str, tuple], float]:
+        url = f"http://127.0.0.1:{self.daemon.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.fixture
+def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    config = fast_config(tmp_path / "state")
+    rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    daemon = Daemon(rt, loop_interval_s=0.1)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    handle = Running(daemon, rt, thread)
+    wait_for(lambda: rt.leadership.is_leader() and daemon.metrics_port, what="leadership")
+    yield handle
+    daemon.request_stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "daemon did not stop"
+    rt.store.close()
+
+
+def test_cycle_now_promotes_and_metrics_show_it(running: Running) -> None:
+    rt = running.rt
+    command = running.applied(running.submit("cycle", {"recipe": {"steps": 8}}))
+    assert command.ok, command.result
+    promoted = wait_for(lambda: [c for c in rt.store.cycles.list() if c.state is CycleState.PROMOTED],
+                        what="a promoted cycle")
+    cycle = promoted[0]
+    assert "run_now" in cycle.trigger_reasons and "no_champion" in cycle.trigger_reasons
+    assert cycle.recipe["steps"] == 8  # the operator's recipe override reached the trainer
+    champion = rt.store.champion.get()
+    assert champion.version_id == cycle.candidate_id and champion.epoch == 1
+    kinds = [d.kind for d in rt.store.decisions.list()]
+    assert {"trigger", "recipe", "promotion"} <= set(kinds)
+    assert rt.store.overrides.get("run_now") is None  # consumed
+    samples = wait_for(lambda: (s := running.scrape())[("qtha_promotions_total", ())] == 1 and s,
+                       what="promotion in /metrics")
+    assert samples[("qtha_cycles_total", (("outcome", "promoted"),))] == 1
+    assert samples[("qtha_champion_info", (("version", cycle.candidate_id),))] == 1
+    assert samples[("qtha_decisions_total", (("action", "run"), ("kind", "trigger")))] >= 1
+    assert samples[("qtha_leader", ())] == 1
+    assert samples[("qtha_cycle_duration_seconds_count", ())] == 1
+    assert samples[("qtha_last_success_timestamp_seconds", ())] > 0
+
+
+def test_pause_stops_cycles_and_refuses_cycle_now(running: Running) -> None:
+    rt = running.rt
+    assert running.applied(running.submit("pause")).ok
+    refused = running.applied(running.submit("cycle"))
+    assert refused.ok is False and "paused" in (refused.result or "")
+    assert wait_for(lambda: running.scrape()[("qtha_paused", ())] == 1, what="qtha_paused 1")
+    # The trigger keeps deciding "wait: paused" while a cycle would otherwise fire (no champion yet).
+    wait_for(lambda: any(d.kind == "trigger" and d.action == "wait" and any(
+        r.get("code") == "paused" for r in d.reasons) for d in rt.store.decisions.list()), what="paused decision")
+    assert rt.store.cycles.list() == []
+    assert running.applied(running.submit("resume")).ok
+    # Resumed: the first champion is trained on its own (no_champion fires).
+    wait_for(lambda: rt.store.champion.get().version_id, what="first champion after resume")
+
+
+def test_rollback_and_pin_move_the_pointer(running: Running) -> None:
+    rt = running.rt
+    running.applied(running.submit("cycle", {"recipe": {"steps": 4}}))
+    first = wait_for(lambda: rt.store.champion.get().version_id, what="first champion")
+    # A second, better-trained candidate: promotion needs a gain; more steps give one on the stand-in task.
+    wait_for(lambda: rt.store.cycles.active() is None, what="idle")
+    running.applied(running.submit("cycle", {"recipe": {"steps": 40}}))
+    second = wait_for(lambda: (v := rt.store.champion.get().version_id) != first and v, what="second champion")
+    command = running.applied(running.submit("rollback"))
+    assert command.ok, command.result
+    assert rt.store.champion.get().version_id == first
+    assert (rt.config.state_dir / "current").resolve().name == first  # the symlink moved with the row
+    samples = running.scrape()
+    assert samples[("qtha_rollbacks_total", ())] == 1
+    assert samples[("qtha_champion_info", (("version", first),))] == 1
+    assert rt.store.versions.get(second).status == "rejected"
+    refused = running.applied(running.submit("promote", {"version": second}))
+    assert refused.ok is False and "rejected" in (refused.result or "")
+    assert running.applied(running.submit("pin")).ok and rt.store.champion.get().pinned
+
+
+def test_policy_set_is_validated_and_applied(running: Running) -> None:
+    rt = running.rt
+    assert running.applied(running.submit("policy_set", {"key": "cooldown_s", "value": "120"})).ok
+    assert rt.policy().cooldown_s == 120.0
+    bad = running.applied(running.submit("policy_set", {"key": "cooldown_s", "value": "-5"}))
+    assert bad.ok is False and "cooldown_s" in (bad.result or "")
+    typo = running.applied(running.submit("policy_set", {"key": "cooldown", "value": "5"}))
+    assert typo.ok is False and "unknown policy key 'cooldown'" in (typo.result or "")
+    assert running.applied(running.submit("policy_unset", {"key": "cooldown_s"})).ok
+    assert rt.policy().cooldown_s == 0.0
+    # Idempotency: the same key twice is one command, applied once.
+    a = running.submit("pause", key="same-key")
+    b = running.submit("pause", key="same-key")
+    assert a.id == b.id
+    assert running.applied(a).ok
+    audit = [e for e in rt.store.audit.entries() if e.kind == "command" and e.details.get("key") == "same-key"]
+    assert len(audit) == 1
+
+
+def test_inbox_file_is_ingested_or_quarantined(running: Running) -> None:
+    rt = running.rt
+    (rt.config.inbox_dir / "good.jsonl").write_text('{"prompt": "1+1?", "answer": "2"}\n')
+    (rt.config.inbox_dir / "bad.jsonl").write_text('{"prompt": "1+1?"\n')
+    reason = wait_for(lambda: list(rt.config.quarantine_dir.glob("*.reason")), what="quarantine")
+    assert "not valid JSON" in reason[0].read_text()
+    wait_for(lambda: rt.store.metrics.samples("ingested_examples"), what="ingested sample")
+    assert rt.inbox.count() == 1
+    assert any(e.kind == "quarantine" and "bad.jsonl" in e.reason for e in rt.store.audit.entries())
