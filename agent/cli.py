@@ -7,40 +7,29 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-from typing import Annotated, NoReturn
 
 import typer
 
-from agent.config import ConfigError, QthaConfig, load_config
+from agent.cli_admin import admin_app
+from agent.cli_common import (
+    EXIT_FAILURE,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    ConfigOption,
+    JsonOption,
+    read_config,
+)
 from agent.replay import replay_command
 
 __all__ = ["EXIT_FAILURE", "EXIT_LOCKED", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "app", "main"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED, EXIT_LOCKED = 0, 1, 2, 3, 4
 
 app = typer.Typer(help="qtha: autonomous QTHA fine-tuning daemon and its admin CLI.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("replay")(replay_command)
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML config file (default: $QTHA_CONFIG or built-ins).")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-
-
-def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    typer.echo(f"qtha: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def read_config(path: Path | None) -> QthaConfig:
-    """Loads the configuration or exits 2 with the message naming the bad key."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
+app.add_typer(admin_app)  # daemon, status, versions, history, decisions, overrides, ingest, observe
 
 
 @config_app.command("show")
@@ -57,16 +46,6 @@ def config_show(config: ConfigOption = None, as_json: JsonOption = False) -> Non
         else:
             typer.echo(f"{section} = {json.dumps(values)}")
     typer.echo(f"# database_url = {cfg.database_url}")
-
-
-def _register_admin_commands() -> None:
-    # Imported here, after the helpers above exist: agent.cli_admin builds on them (fail, read_config, options).
-    from agent.cli_admin import admin_app
-
-    app.add_typer(admin_app)
-
-
-_register_admin_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

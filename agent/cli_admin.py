@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from agent import status as status_mod
-from agent.cli import (
+from agent.cli_common import (
     EXIT_FAILURE,
     EXIT_LOCKED,
     EXIT_REFUSED,
