@@ -111,7 +111,7 @@ def decide_rollback(
         return Decision("rollback", Action.KEEP, now, tuple(reasons), evidence)
     if mean is None or len(samples) < config.min_samples:
         reasons.append(
-            Reason("insufficient_samples", _S, f"{len(samples)} live samples < {config.min_samples}")
+            Reason("insufficient_samples", _S, f"{len(samples)} live sample(s) < {config.min_samples}")
         )
         return Decision("rollback", Action.KEEP, now, tuple(reasons), evidence)
     limit = promotion.previous_metric - config.margin

@@ -1,7 +1,9 @@
 """Should a training cycle start now?
 
 Fires on any of: no champion yet, the champion's metric drifting down, at least ``min_new_examples`` new
-examples, the champion older than ``staleness``, an operator's run-now.
+examples, the champion older than ``staleness``, an operator's run-now, and the last cycle having failed (the
+work it was started for is still undone; this is also what makes the breaker's half-open probe happen once the
+back-off is over, since the failed cycle already reset the new-example count).
 
 Suppressed by: a pause, a cycle already running, an open circuit breaker, an exhausted budget, the cooldown after
 the last cycle, quiet hours.
@@ -103,7 +105,7 @@ def _in_quiet_hours(now: datetime, quiet: tuple[int, int]) -> bool:
     return start <= hour < end if start < end else hour >= start or hour < end
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Collected:
     fired: list[Reason] = field(default_factory=list)
     hard: list[Reason] = field(default_factory=list)  # suppressors nothing overrides
@@ -129,7 +131,7 @@ def _firing(history: TriggerHistory, now: datetime, config: TriggerConfig, out: 
             Reason(
                 "drift_insufficient_samples",
                 _N,
-                f"{drift.samples} champion samples < {config.drift.min_samples}: drift not assessed",
+                f"{drift.samples} champion sample(s) < {config.drift.min_samples}: drift not assessed",
             )
         )
     if history.new_examples >= config.min_new_examples:
@@ -141,6 +143,16 @@ def _firing(history: TriggerHistory, now: datetime, config: TriggerConfig, out: 
         out.fired.append(Reason("stale", _F, f"champion is {age} old >= {config.staleness}"))
     if history.run_now:
         out.fired.append(Reason("run_now", _F, "an operator asked for a cycle now"))
+    finished = sorted((c for c in history.cycles if c.finished_at is not None), key=lambda c: c.started_at)
+    if finished and finished[-1].failed:
+        assert finished[-1].finished_at is not None
+        out.fired.append(
+            Reason(
+                "retry_failed",
+                _F,
+                f"the last cycle failed at {finished[-1].finished_at.isoformat()}: retry it",
+            )
+        )
     return {"drift": drift, "new_examples": history.new_examples, "champion_age_s": age}
 
 

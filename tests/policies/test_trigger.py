@@ -152,21 +152,43 @@ CASES = [
         dict(champion_since=FRESH, metrics=STEADY, new_examples=500, cycles=FAILS),
         6.5,
         "wait",
-        [("new_data", F), ("breaker_open", S), ("cooldown", S)],
+        [("new_data", F), ("retry_failed", F), ("breaker_open", S), ("cooldown", S)],
     ),
     (
         "breaker open beats run-now",
         dict(champion_since=FRESH, metrics=STEADY, run_now=True, cycles=FAILS),
         6.5,
         "wait",
-        [("run_now", F), ("breaker_open", S), ("cooldown", OV)],
+        [("run_now", F), ("retry_failed", F), ("breaker_open", S), ("cooldown", OV)],
     ),
     (
+        # The back-off (1 h after the failure at 06:00) is over: the failed work is retried as the probe.
         "half-open probe",
-        dict(champion_since=FRESH, metrics=STEADY, new_examples=500, cycles=FAILS),
+        dict(champion_since=FRESH, metrics=STEADY, cycles=FAILS),
         7,
         "run",
-        [("new_data", F), ("breaker_half_open", N)],
+        [("retry_failed", F), ("breaker_half_open", N)],
+    ),
+    (
+        "one failure is retried after the cooldown",
+        dict(champion_since=FRESH, metrics=STEADY, cycles=(cycle(9, 10, "failed"),)),
+        11,
+        "run",
+        [("retry_failed", F)],
+    ),
+    (
+        "a retry waits for the cooldown",
+        dict(champion_since=FRESH, metrics=STEADY, cycles=(cycle(9, 10.5, "failed"),)),
+        11,
+        "wait",
+        [("retry_failed", F), ("cooldown", S)],
+    ),
+    (
+        "a success after a failure needs no retry",
+        dict(champion_since=FRESH, metrics=STEADY, cycles=(cycle(7, 8, "failed"), cycle(9, 10, "rejected"))),
+        11,
+        "wait",
+        [("nothing_fired", N)],
     ),
     # 3600 - 3550 = 50 CPU-s left today < the 60 a cycle needs.
     (
