@@ -1,0 +1,40 @@
+"""Shared helpers of the adapter, training, evaluation and artifact tests: a tiny random Llama-family model and a
+learnable token task."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from model import CausalLM, LMConfig
+from model.train import Batch
+
+TINY = LMConfig(
+    vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=8,
+)
+
+
+def tiny_lm(seed: int = 0) -> CausalLM:
+    """A fresh random tiny model (q_proj 32→32, v_proj 32→16 in each of 2 layers)."""
+    return CausalLM(TINY, rngs=nnx.Rngs(seed))
+
+
+def counting_batches(n: int, *, seed: int, batch: int = 8, length: int = 16) -> list[Batch]:
+    """Sequences ``a, a+1, a+2, … (mod 64)``: a task a random model does not know and adapters learn quickly."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        seq = (rng.integers(0, TINY.vocab_size, size=(batch, 1)) + np.arange(length + 1)) % TINY.vocab_size
+        out.append(Batch(
+            inputs=jnp.asarray(seq[:, :-1], jnp.int32),
+            targets=jnp.asarray(seq[:, 1:], jnp.int32),
+            mask=jnp.ones((batch, length), jnp.float32),
+            attention_mask=jnp.ones((batch, length), jnp.int32),
+        ))
+    return out
+
+
+def tokens(batch: int = 2, length: int = 7, seed: int = 0) -> jnp.ndarray:
+    return jnp.asarray(np.random.default_rng(seed).integers(0, TINY.vocab_size, size=(batch, length)), jnp.int32)
