@@ -47,8 +47,14 @@ def fast_config(state_dir: Path, **extra: object) -> QthaConfig:
         None,
         state_dir=str(state_dir),
         metrics={"host": "127.0.0.1", "port": free_port()},
-        scheduler={"commands_interval_s": 0.2, "consider_interval_s": 0.3, "evaluate_interval_s": 3600,
-                   "ingest_interval_s": 0.3, "lease_ttl_s": 3.0, "misfire_grace_s": 5},
+        scheduler={
+            "commands_interval_s": 0.2,
+            "consider_interval_s": 0.3,
+            "evaluate_interval_s": 3600,
+            "ingest_interval_s": 0.3,
+            "lease_ttl_s": 3.0,
+            "misfire_grace_s": 5,
+        },
         training={"steps": 12},
         # The stand-in scores are negative squared errors: no absolute floor.
         policy={"promotion_floor": -1e9, "cooldown_s": 0, "min_slice_examples": 5},
@@ -63,19 +69,25 @@ class Running:
     thread: threading.Thread
 
     def submit(self, kind: str, args: dict | None = None, key: str | None = None) -> OperatorCommand:
-        return self.rt.store.commands.submit(kind, args or {}, key=key or f"{kind}-{time.monotonic_ns()}",
-                                             actor="test")
+        return self.rt.store.commands.submit(
+            kind, args or {}, key=key or f"{kind}-{time.monotonic_ns()}", actor="test"
+        )
 
     def applied(self, command: OperatorCommand) -> OperatorCommand:
-        return wait_for(lambda: (c := self.rt.store.commands.get(command.key)).applied_at and c,
-                        what=f"command {command.kind} applied")
+        return wait_for(
+            lambda: (c := self.rt.store.commands.get(command.key)).applied_at and c,
+            what=f"command {command.kind} applied",
+        )
 
     def scrape(self) -> dict[tuple[str, tuple], float]:
         url = f"http://127.0.0.1:{self.daemon.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
 
 @pytest.fixture
@@ -100,8 +112,9 @@ def test_cycle_now_promotes_and_metrics_show_it(running: Running) -> None:
     rt = running.rt
     command = running.applied(running.submit("cycle", {"recipe": {"steps": 8}}))
     assert command.ok, command.result
-    promoted = wait_for(lambda: [c for c in rt.store.cycles.list() if c.state is CycleState.PROMOTED],
-                        what="a promoted cycle")
+    promoted = wait_for(
+        lambda: [c for c in rt.store.cycles.list() if c.state is CycleState.PROMOTED], what="a promoted cycle"
+    )
     cycle = promoted[0]
     assert "run_now" in cycle.trigger_reasons and "no_champion" in cycle.trigger_reasons
     assert cycle.recipe["steps"] == 8  # the operator's recipe override reached the trainer
@@ -110,8 +123,10 @@ def test_cycle_now_promotes_and_metrics_show_it(running: Running) -> None:
     kinds = [d.kind for d in rt.store.decisions.list()]
     assert {"trigger", "recipe", "promotion"} <= set(kinds)
     assert rt.store.overrides.get("run_now") is None  # consumed
-    samples = wait_for(lambda: (s := running.scrape())[("qtha_promotions_total", ())] == 1 and s,
-                       what="promotion in /metrics")
+    samples = wait_for(
+        lambda: (s := running.scrape())[("qtha_promotions_total", ())] == 1 and s,
+        what="promotion in /metrics",
+    )
     assert samples[("qtha_cycles_total", (("outcome", "promoted"),))] == 1
     assert samples[("qtha_champion_info", (("version", cycle.candidate_id),))] == 1
     assert samples[("qtha_decisions_total", (("action", "run"), ("kind", "trigger")))] >= 1
@@ -127,8 +142,13 @@ def test_pause_stops_cycles_and_refuses_cycle_now(running: Running) -> None:
     assert refused.ok is False and "paused" in (refused.result or "")
     assert wait_for(lambda: running.scrape()[("qtha_paused", ())] == 1, what="qtha_paused 1")
     # The trigger keeps deciding "wait: paused" while a cycle would otherwise fire (no champion yet).
-    wait_for(lambda: any(d.kind == "trigger" and d.action == "wait" and any(
-        r.get("code") == "paused" for r in d.reasons) for d in rt.store.decisions.list()), what="paused decision")
+    wait_for(
+        lambda: any(
+            d.kind == "trigger" and d.action == "wait" and any(r.get("code") == "paused" for r in d.reasons)
+            for d in rt.store.decisions.list()
+        ),
+        what="paused decision",
+    )
     assert rt.store.cycles.list() == []
     assert running.applied(running.submit("resume")).ok
     # Resumed: the first champion is trained on its own (no_champion fires).
@@ -142,7 +162,9 @@ def test_rollback_and_pin_move_the_pointer(running: Running) -> None:
     # A second, better-trained candidate: promotion needs a gain; more steps give one on the stand-in task.
     wait_for(lambda: rt.store.cycles.active() is None, what="idle")
     running.applied(running.submit("cycle", {"recipe": {"steps": 40}}))
-    second = wait_for(lambda: (v := rt.store.champion.get().version_id) != first and v, what="second champion")
+    second = wait_for(
+        lambda: (v := rt.store.champion.get().version_id) != first and v, what="second champion"
+    )
     command = running.applied(running.submit("rollback"))
     assert command.ok, command.result
     assert rt.store.champion.get().version_id == first
@@ -171,7 +193,9 @@ def test_policy_set_is_validated_and_applied(running: Running) -> None:
     b = running.submit("pause", key="same-key")
     assert a.id == b.id
     assert running.applied(a).ok
-    audit = [e for e in rt.store.audit.entries() if e.kind == "command" and e.details.get("key") == "same-key"]
+    audit = [
+        e for e in rt.store.audit.entries() if e.kind == "command" and e.details.get("key") == "same-key"
+    ]
     assert len(audit) == 1
 
 
