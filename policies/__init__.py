@@ -17,11 +17,9 @@ from .decision import Action, Decision, PolicyInputError, Reason, ReasonKind
 from .drift import DriftConfig, DriftResult, detect_drift
 from .promotion import PromotionConfig, decide_promotion, paired_bootstrap_lcb
 from .recipe import (
-    PAPER_RECIPE,
     RecipeConfig,
     RecipeOutcome,
     RecipeProposal,
-    SearchSpace,
     propose_recipe,
     recipe_score,
     record_recipe_outcome,
@@ -30,6 +28,7 @@ from .recipe import (
 from .records import CycleOutcome, CycleRecord, Evaluation, ExampleScore, MetricSample, Spend
 from .replay import ReplayConfig, ReplayStep, parse_history, replay_history
 from .rollback import PromotionRecord, RollbackConfig, decide_rollback
+from .space import PAPER_RECIPE, SearchSpace
 from .trigger import TriggerConfig, TriggerHistory, decide_trigger
 
 __all__ = [

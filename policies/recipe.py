@@ -25,19 +25,26 @@ change a categorical parameter's choices within one study.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import optuna
 
-from .cost import BackendOption, CostEstimate, CostModel, Recipe, estimate_cost
+from .cost import CostEstimate, CostModel, Recipe
 from .decision import Action, Decision, PolicyInputError, Reason, ReasonKind, jsonable, require_aware
 from .records import Spend
+from .space import (
+    PAPER_RECIPE,
+    SearchSpace,
+    cheapest,
+    cold_start,
+    estimate_in,
+    recipe_params,
+    space_fingerprint,
+    suggest_recipe,
+)
 
 __all__ = [
     "PAPER_RECIPE",
@@ -52,74 +59,6 @@ __all__ = [
 ]
 
 _F, _N, _S = ReasonKind.FIRED, ReasonKind.NOTE, ReasonKind.SUPPRESSED
-_KINDS = ("qtha-weight", "qtha-activation", "lora")
-
-# The paper's configuration (arXiv 2503.12790): QTHA on q_proj/v_proj, 10 qubits, 10 layers. Bond dimension,
-# learning rate and steps are ours (the paper does not state them here); the daemon's config overrides them.
-PAPER_RECIPE = Recipe(
-    adapter="qtha",
-    qnn_mode="activation",
-    qubits=10,
-    layers=10,
-    bond_dim=4,
-    rank=0,
-    learning_rate=1e-3,
-    steps=60,
-    backend="jax",
-)
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """The recipes the learner may propose (inclusive integer and float ranges).
-
-    Attributes:
-        adapters: choices among ``"qtha-weight"``, ``"qtha-activation"``, ``"lora"``.
-        qubits, layers, bond_dims: QTHA ranges.
-        ranks: LoRA range.
-        learning_rate: log-uniform range.
-        steps: log-uniform integer range.
-        backends: where QTHA circuits may run; LoRA runs on the first simulator among them.
-        targets: module-name patterns that receive adapters.
-    """
-
-    adapters: tuple[str, ...] = _KINDS
-    qubits: tuple[int, int] = (2, 10)
-    layers: tuple[int, int] = (1, 10)
-    bond_dims: tuple[int, int] = (1, 8)
-    ranks: tuple[int, int] = (2, 16)
-    learning_rate: tuple[float, float] = (1e-4, 1e-2)
-    steps: tuple[int, int] = (10, 200)
-    backends: tuple[BackendOption, ...] = (BackendOption(name="jax"),)
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
-
-    def __post_init__(self) -> None:
-        if not self.adapters or any(a not in _KINDS for a in self.adapters):
-            raise PolicyInputError(f"SearchSpace.adapters = {self.adapters!r}; choose among {_KINDS}")
-        for name in ("qubits", "layers", "bond_dims", "ranks", "steps", "learning_rate"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi:
-                raise PolicyInputError(f"SearchSpace.{name} = {(lo, hi)!r} must satisfy 0 < low <= high")
-        names = [b.name for b in self.backends]
-        if not names or len(set(names)) != len(names):
-            raise PolicyInputError(f"SearchSpace.backends {names!r} must be a non-empty list of unique names")
-        if "lora" in self.adapters and not any(b.kind == "simulator" for b in self.backends):
-            raise PolicyInputError(
-                f"SearchSpace.backends {names!r} need a simulator when 'lora' is an adapter"
-            )
-
-    @property
-    def simulator(self) -> BackendOption:
-        """The first simulator (where LoRA runs), else the first backend."""
-        return next((b for b in self.backends if b.kind == "simulator"), self.backends[0])
-
-    def backend(self, name: str) -> BackendOption:
-        for option in self.backends:
-            if option.name == name:
-                return option
-        raise PolicyInputError(
-            f"backend {name!r} is not in the search space {[b.name for b in self.backends]}"
-        )
 
 
 @dataclass(frozen=True)
@@ -207,21 +146,7 @@ def recipe_score(outcome: RecipeOutcome, config: RecipeConfig = RecipeConfig()) 
 
 def study_name_for(config: RecipeConfig) -> str:
     """The study name: the configured prefix plus a short hash of the search space."""
-    text = json.dumps(jsonable(_space_dict(config.space)), sort_keys=True)
-    return f"{config.study_name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
-
-
-def _space_dict(space: SearchSpace) -> dict[str, Any]:
-    return {
-        "adapters": space.adapters,
-        "qubits": space.qubits,
-        "layers": space.layers,
-        "bond_dims": space.bond_dims,
-        "ranks": space.ranks,
-        "learning_rate": space.learning_rate,
-        "steps": space.steps,
-        "backends": [b.name for b in space.backends],
-    }
+    return f"{config.study_name}-{space_fingerprint(config.space)}"
 
 
 def _load_study(storage: Any, config: RecipeConfig, seed: int) -> optuna.Study:
@@ -241,150 +166,6 @@ def _load_study(storage: Any, config: RecipeConfig, seed: int) -> optuna.Study:
             n_startup_trials=config.startup_trials,
         )
     return study
-
-
-def _clamp(value: float, bounds: tuple[Any, Any]) -> Any:
-    return min(max(value, bounds[0]), bounds[1])
-
-
-def _params(recipe: Recipe) -> dict[str, Any]:
-    """The Optuna parameters that reproduce ``recipe`` (conditional on the adapter kind)."""
-    params: dict[str, Any] = {
-        "kind": recipe.kind,
-        "learning_rate": recipe.learning_rate,
-        "steps": recipe.steps,
-    }
-    if recipe.adapter == "qtha":
-        params |= {"qubits": recipe.qubits, "layers": recipe.layers, "bond_dim": recipe.bond_dim}
-        params["backend"] = recipe.backend
-    else:
-        params["rank"] = recipe.rank
-    return params
-
-
-def _suggest(trial: optuna.Trial, space: SearchSpace) -> Recipe:
-    kind = trial.suggest_categorical("kind", list(space.adapters))
-    lr = trial.suggest_float("learning_rate", *space.learning_rate, log=True)
-    steps = trial.suggest_int("steps", *space.steps, log=True)
-    if kind == "lora":
-        rank = trial.suggest_int("rank", *space.ranks)
-        return _make(space, kind, rank=rank, learning_rate=lr, steps=steps)
-    return _make(
-        space,
-        kind,
-        qubits=trial.suggest_int("qubits", *space.qubits),
-        layers=trial.suggest_int("layers", *space.layers),
-        bond_dim=trial.suggest_int("bond_dim", *space.bond_dims),
-        learning_rate=lr,
-        steps=steps,
-        backend=trial.suggest_categorical("backend", [b.name for b in space.backends]),
-    )
-
-
-def _make(
-    space: SearchSpace,
-    kind: str,
-    *,
-    learning_rate: float,
-    steps: int,
-    qubits: int = 0,
-    layers: int = 0,
-    bond_dim: int = 0,
-    rank: int = 0,
-    backend: str | None = None,
-) -> Recipe:
-    """A recipe of adapter ``kind``; LoRA always runs on the space's first simulator."""
-    lora = kind == "lora"
-    return Recipe(
-        adapter="lora" if lora else "qtha",
-        qnn_mode=None if lora else kind.removeprefix("qtha-"),  # type: ignore[arg-type]
-        qubits=0 if lora else qubits,
-        layers=0 if lora else layers,
-        bond_dim=0 if lora else bond_dim,
-        rank=rank if lora else 0,
-        learning_rate=learning_rate,
-        steps=steps,
-        backend=space.simulator.name if lora or backend is None else backend,
-        targets=space.targets,
-    )
-
-
-def _estimate(recipe: Recipe, config: RecipeConfig) -> CostEstimate:
-    return estimate_cost(recipe, config.space.backend(recipe.backend), config.cost_model)
-
-
-def _max_steps(recipe: Recipe, budget_left: Spend, config: RecipeConfig) -> int:
-    """The most steps of ``recipe`` that fit ``budget_left`` (cost is linear in steps)."""
-    per_step = _estimate(replace(recipe, steps=1), config).spend
-    limits = [
-        left / used
-        for left, used in (
-            (budget_left.cpu_seconds, per_step.cpu_seconds),
-            (budget_left.shots, per_step.shots),
-            (budget_left.money, per_step.money),
-        )
-        if used > 0
-    ]
-    return math.floor(min(limits)) if limits else recipe.steps
-
-
-def _cold_start(budget_left: Spend, config: RecipeConfig) -> tuple[Recipe | None, list[str]]:
-    """The configured cold-start recipe clamped to the space and the budget, and what was changed."""
-    space, paper = config.space, config.cold_start
-    kind = (
-        paper.kind
-        if paper.kind in space.adapters
-        else next((a for a in space.adapters if a != "lora"), "lora")
-    )
-    backend = paper.backend if paper.backend in [b.name for b in space.backends] else space.simulator.name
-    recipe = _make(
-        space,
-        kind,
-        qubits=_clamp(paper.qubits, space.qubits),
-        layers=_clamp(paper.layers, space.layers),
-        bond_dim=_clamp(paper.bond_dim, space.bond_dims),
-        rank=_clamp(paper.rank or 8, space.ranks),  # LoRA r=8 is the baseline protocol's rank
-        learning_rate=_clamp(paper.learning_rate, space.learning_rate),
-        steps=_clamp(paper.steps, space.steps),
-        backend=backend,
-    )
-    changes = [
-        f"{name} {getattr(paper, name)!r} -> {getattr(recipe, name)!r}"
-        for name in ("qnn_mode", "qubits", "layers", "bond_dim", "learning_rate", "steps", "backend")
-        if getattr(paper, name) != getattr(recipe, name)
-        and (kind != "lora" or name in ("learning_rate", "steps"))
-    ]
-    affordable = min(recipe.steps, _max_steps(recipe, budget_left, config))
-    if affordable < space.steps[0]:
-        return None, changes
-    if affordable < recipe.steps:
-        changes.append(f"steps {recipe.steps} -> {affordable} to fit the remaining budget")
-        recipe = replace(recipe, steps=affordable)
-    return recipe, changes
-
-
-def _cheapest(budget_left: Spend, config: RecipeConfig) -> tuple[Recipe, CostEstimate] | None:
-    """The cheapest recipe of the space that fits the budget (smallest sizes, fewest steps), if any."""
-    space = config.space
-    lr = math.sqrt(space.learning_rate[0] * space.learning_rate[1])
-    smallest = {
-        "qubits": space.qubits[0],
-        "layers": space.layers[0],
-        "bond_dim": space.bond_dims[0],
-        "rank": space.ranks[0],
-        "learning_rate": lr,
-        "steps": space.steps[0],
-    }
-    candidates = [
-        _make(space, kind, backend=backend.name, **smallest)
-        for kind in space.adapters
-        for backend in (space.backends if kind != "lora" else space.backends[:1])
-    ]
-    priced = [(r, _estimate(r, config)) for r in candidates]
-    fitting = [(r, e) for r, e in priced if e.spend.fits_within(budget_left)]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda p: (p[1].spend.money, p[1].spend.shots, p[1].spend.cpu_seconds))
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
@@ -441,11 +222,11 @@ def propose_recipe(
         evidence |= {"best_score": best.value, "best_trial": best.number}
 
     if not trials:
-        recipe, changes = _cold_start(budget_left, config)
+        recipe, changes = cold_start(config.space, config.cold_start, budget_left, config.cost_model)
         if recipe is not None:
-            study.enqueue_trial(_params(recipe))
+            study.enqueue_trial(recipe_params(recipe))
             trial = study.ask()
-            _suggest(trial, config.space)
+            suggest_recipe(trial, config.space)
             note = "; ".join(changes) if changes else "no change needed"
             reasons.append(
                 Reason("cold_start", _F, f"first cycle: the paper's configuration clamped ({note})")
@@ -458,8 +239,8 @@ def propose_recipe(
     rejected = 0
     for _ in range(config.max_asks):
         trial = study.ask()
-        recipe = _suggest(trial, config.space)
-        estimate = _estimate(recipe, config)
+        recipe = suggest_recipe(trial, config.space)
+        estimate = estimate_in(config.space, recipe, config.cost_model)
         if estimate.spend.fits_within(budget_left):
             if rejected:
                 reasons.append(
@@ -483,21 +264,21 @@ def propose_recipe(
         rejected += 1
     reasons.append(Reason("over_budget_discarded", _N, f"{rejected} proposals exceeded the budget"))
 
-    cheapest = _cheapest(budget_left, config)
-    if cheapest is None:
+    fallback = cheapest(config.space, budget_left, config.cost_model)
+    if fallback is None:
         reasons.append(
             Reason("no_affordable_recipe", _S, "even the cheapest recipe of the space exceeds the budget")
         )
         return RecipeProposal(
             Decision("recipe", Action.SKIP, now, tuple(reasons), evidence), None, None, None
         )
-    study.enqueue_trial(_params(cheapest[0]))
+    study.enqueue_trial(recipe_params(fallback[0]))
     trial = study.ask()
-    _suggest(trial, config.space)
+    suggest_recipe(trial, config.space)
     reasons.append(
         Reason("fallback_cheapest", _F, "the cheapest recipe of the space (smallest sizes, fewest steps)")
     )
-    return _proposed(study, trial, cheapest[0], budget_left, now, reasons, evidence, config)
+    return _proposed(study, trial, fallback[0], budget_left, now, reasons, evidence, config)
 
 
 def _proposed(
@@ -510,7 +291,7 @@ def _proposed(
     evidence: dict[str, Any],
     config: RecipeConfig,
 ) -> RecipeProposal:
-    estimate = _estimate(recipe, config)
+    estimate = estimate_in(config.space, recipe, config.cost_model)
     if not estimate.spend.fits_within(budget_left):  # guard: every path above checked it already
         raise AssertionError(f"recipe {recipe} estimated {estimate} exceeds {budget_left}")
     backend = config.space.backend(recipe.backend)
