@@ -229,11 +229,19 @@ def propose_recipe(
             suggest_recipe(trial, config.space)
             note = "; ".join(changes) if changes else "no change needed"
             reasons.append(
-                Reason("cold_start", _F, f"first cycle: the paper's configuration clamped ({note})")
+                Reason(
+                    "cold_start",
+                    _F,
+                    f"first cycle: the cold-start recipe (by default the paper's configuration) fitted to the space and budget ({note})",
+                )
             )
             return _proposed(study, trial, recipe, budget_left, now, reasons, evidence, config)
         reasons.append(
-            Reason("cold_start_unaffordable", _N, "the paper's configuration does not fit the budget")
+            Reason(
+                "cold_start_unaffordable",
+                _N,
+                "the cold-start recipe does not fit the budget even at the fewest steps",
+            )
         )
 
     rejected = 0
