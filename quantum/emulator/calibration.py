@@ -69,7 +69,9 @@ class Calibration:
     @classmethod
     def ideal(cls, device: DeviceSpec) -> Calibration:
         """A noiseless snapshot (infinite-ish coherence, zero errors, every coupler alive)."""
-        perfect = QubitCalibration(t1_s=np.inf, t2_s=np.inf, single_qubit_error=0.0, readout_p01=0.0, readout_p10=0.0)
+        perfect = QubitCalibration(
+            t1_s=np.inf, t2_s=np.inf, single_qubit_error=0.0, readout_p01=0.0, readout_p10=0.0
+        )
         return cls(
             device_name=device.name,
             timestamp="ideal",
@@ -112,7 +114,9 @@ class Calibration:
                 readout_p10=float(np.clip(scale * rng.uniform(0.03, 0.07), 0, 0.3)),
             )
         couplers = list(device.couplers())
-        errors = {pair: float(np.clip(scale * rng.lognormal(np.log(1.5e-2), 0.3), 0, 0.3)) for pair in couplers}
+        errors = {
+            pair: float(np.clip(scale * rng.lognormal(np.log(1.5e-2), 0.3), 0, 0.3)) for pair in couplers
+        }
         graph = nx.Graph(couplers)
         dead: set[tuple[cirq.GridQubit, cirq.GridQubit]] = set()
         for index in rng.permutation(len(couplers)):
@@ -167,7 +171,9 @@ class Calibration:
                     }
                     for q, c in sorted(self.qubits.items())
                 },
-                "two_qubit_errors": {f"{name(a)}-{name(b)}": e for (a, b), e in sorted(self.two_qubit_errors.items())},
+                "two_qubit_errors": {
+                    f"{name(a)}-{name(b)}": e for (a, b), e in sorted(self.two_qubit_errors.items())
+                },
                 "dead_couplers": sorted(f"{name(a)}-{name(b)}" for a, b in self.dead_couplers),
             },
             indent=1,

@@ -161,7 +161,9 @@ def compile_for_device(
             "use a smaller circuit or a larger DeviceSpec"
         )
     gateset = device.target_gateset()
-    flat = cirq.Circuit(cirq.decompose(circuit, keep=lambda op: cirq.num_qubits(op) <= 2 or cirq.is_measurement(op)))
+    flat = cirq.Circuit(
+        cirq.decompose(circuit, keep=lambda op: cirq.num_qubits(op) <= 2 or cirq.is_measurement(op))
+    )
     flat = cirq.map_operations_and_unroll(flat, lambda op, _: _symbolic_to_native(op))
     native = cirq.optimize_for_target_gateset(flat, gateset=gateset)
     router = cirq.RouteCQC(calibration.coupling_graph())

@@ -230,7 +230,9 @@ class DeviceEmulator(cirq.Sampler):
                 record.charged = True
                 b = self._billing
                 self._billing = Billing(
-                    b.jobs + 1, b.shots + record.job.shots, b.cost + self.config.cost.job_cost(record.programs)
+                    b.jobs + 1,
+                    b.shots + record.job.shots,
+                    b.cost + self.config.cost.job_cost(record.programs),
                 )
             return status
 
@@ -271,7 +273,9 @@ class DeviceEmulator(cirq.Sampler):
         noisy = add_noise(resolved, self.config.device, self.calibration)
         engine = self._engine(int(rng.integers(2**31)))
         raw = engine.run(noisy, repetitions=program.repetitions)
-        measured = {op.gate.key: tuple(op.qubits) for op in resolved.all_operations() if cirq.is_measurement(op)}
+        measured = {
+            op.gate.key: tuple(op.qubits) for op in resolved.all_operations() if cirq.is_measurement(op)
+        }
         measurements = {
             key: apply_readout_error(raw.measurements[key], qubits, self.calibration, rng)
             for key, qubits in measured.items()
@@ -300,6 +304,8 @@ class DeviceEmulator(cirq.Sampler):
             while not (status := self.status(job_id)).state.terminal:
                 self._clock.sleep(self._poll_s)
             if status.state is not JobState.DONE:
-                raise TransientBackendError("server_error", f"job {job_id} ended {status.state.value}: {status.message}")
+                raise TransientBackendError(
+                    "server_error", f"job {job_id} ended {status.state.value}: {status.message}"
+                )
             out.extend(r.result for r in self.results(job_id))
         return out

@@ -74,7 +74,9 @@ def add_noise(circuit: cirq.AbstractCircuit, device: DeviceSpec, calibration: Ca
                 if p > 0:
                     noise.append(cirq.depolarize(p, n_qubits=2).on(*op.qubits))
         duration = _moment_duration(moment, device)
-        idle_noise = [c for q in qubits for c in _relaxation(q, duration, calibration)] if duration > 0 else []
+        idle_noise = (
+            [c for q in qubits for c in _relaxation(q, duration, calibration)] if duration > 0 else []
+        )
         # Two moments: a qubit can carry a depolarizing and a relaxation channel in the same step.
         if noise:
             out.append(cirq.Moment(noise))

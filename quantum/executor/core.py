@@ -127,19 +127,30 @@ class Executor:
         if not programs:
             return []
         started = self._clock.now()
-        size = min(self.config.batch_size or self.backend.max_programs_per_job, self.backend.max_programs_per_job)
+        size = min(
+            self.config.batch_size or self.backend.max_programs_per_job, self.backend.max_programs_per_job
+        )
         batches = [list(range(i, min(i + size, len(programs)))) for i in range(0, len(programs), size)]
         run_id = next(self._runs)
         stop = threading.Event()
         slots: list[ProgramResult | None] = [None] * len(programs)
         try:
-            with ThreadPoolExecutor(max_workers=self.config.max_in_flight, thread_name_prefix="qtha-exec") as pool:
+            with ThreadPoolExecutor(
+                max_workers=self.config.max_in_flight, thread_name_prefix="qtha-exec"
+            ) as pool:
                 futures = {
-                    pool.submit(self._run_batch, [programs[i] for i in batch], f"{self.client_id}-r{run_id}-b{k}", stop): batch
+                    pool.submit(
+                        self._run_batch,
+                        [programs[i] for i in batch],
+                        f"{self.client_id}-r{run_id}-b{k}",
+                        stop,
+                    ): batch
                     for k, batch in enumerate(batches)
                 }
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in done if f.exception() is not None and not isinstance(f.exception(), _Stop)]
+                failed = [
+                    f for f in done if f.exception() is not None and not isinstance(f.exception(), _Stop)
+                ]
                 if failed:
                     stop.set()  # the other workers cancel their jobs and return
                     wait(futures)
@@ -179,7 +190,9 @@ class Executor:
                     f"(offline_timeout_s={self.config.offline_timeout_s:.0f}); fall back to a simulator backend"
                 )
 
-    def _run_batch(self, programs: list[Program], batch_token: str, stop: threading.Event) -> list[ProgramResult]:
+    def _run_batch(
+        self, programs: list[Program], batch_token: str, stop: threading.Event
+    ) -> list[ProgramResult]:
         shots = sum(p.repetitions for p in programs)
         cost = self.backend.estimate_cost(programs)
         for attempt in range(1, self.config.max_attempts + 1):
@@ -217,7 +230,9 @@ class Executor:
             f"stats().errors ({dict(self._recorder.snapshot().errors)}) and retry later or raise max_attempts"
         )
 
-    def _await(self, job_id: str, n_programs: int, token: str, stop: threading.Event) -> list[ProgramResult] | None:
+    def _await(
+        self, job_id: str, n_programs: int, token: str, stop: threading.Event
+    ) -> list[ProgramResult] | None:
         """Poll a job until it finishes; its results, or None when it should be resubmitted."""
         submitted = self._clock.now()
         interval = self.config.poll_initial_s
@@ -235,7 +250,9 @@ class Executor:
             if status.state is JobState.DONE:
                 results = self.backend.results(job_id)
                 if len(results) != n_programs:
-                    raise JobFailedError(f"job {job_id} returned {len(results)} results for {n_programs} programs")
+                    raise JobFailedError(
+                        f"job {job_id} returned {len(results)} results for {n_programs} programs"
+                    )
                 self._recorder.add(jobs_completed=1)
                 return results
             if status.state in (JobState.FAILED, JobState.CANCELLED):

@@ -65,7 +65,9 @@ class SamplerJobBackend:
     def _execute(self, programs: tuple[Program, ...]) -> list[ProgramResult]:
         results = []
         for program in programs:
-            (result,) = self.sampler.run_sweep(program.circuit, program.params, repetitions=program.repetitions)
+            (result,) = self.sampler.run_sweep(
+                program.circuit, program.params, repetitions=program.repetitions
+            )
             results.append(ProgramResult(result, _measured_qubits(program.circuit)))
         return results
 

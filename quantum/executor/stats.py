@@ -97,7 +97,11 @@ class StatsRecorder:
             self._reserved_cost -= cost
             if spent:
                 self._stats = ExecutionStats(
-                    **{**self._stats.__dict__, "shots": self._stats.shots + shots, "cost": self._stats.cost + cost}
+                    **{
+                        **self._stats.__dict__,
+                        "shots": self._stats.shots + shots,
+                        "cost": self._stats.cost + cost,
+                    }
                 )
 
     def remaining(self) -> str:

@@ -59,7 +59,9 @@ def mitigate_probabilities(probabilities: np.ndarray, confusions: Sequence[np.nd
     inverses = []
     for i, m in enumerate(confusions):
         if abs(np.linalg.det(m)) < 1e-9:
-            raise ValueError(f"confusion matrix of qubit {i} is singular ({m.tolist()}): recalibrate its readout")
+            raise ValueError(
+                f"confusion matrix of qubit {i} is singular ({m.tolist()}): recalibrate its readout"
+            )
         inverses.append(np.linalg.inv(m))
     return project_to_simplex(apply_per_qubit(inverses, probabilities))
 

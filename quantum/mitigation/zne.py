@@ -27,7 +27,9 @@ def fold_global(circuit: cirq.AbstractCircuit, scale: int) -> cirq.Circuit:
         raise ValueError("fold_global needs terminal measurements only")
     unitary = cirq.Circuit(circuit).copy()
     measurements = [op for op in unitary.all_operations() if cirq.is_measurement(op)]
-    unitary = cirq.drop_empty_moments(cirq.Circuit(op for op in unitary.all_operations() if not cirq.is_measurement(op)))
+    unitary = cirq.drop_empty_moments(
+        cirq.Circuit(op for op in unitary.all_operations() if not cirq.is_measurement(op))
+    )
     inverse = cirq.inverse(unitary)
     folded = unitary.copy()
     for _ in range((scale - 1) // 2):

@@ -40,7 +40,11 @@ def measured_distribution(circuit: cirq.Circuit) -> np.ndarray:
     body = cirq.Circuit(op for op in circuit.all_operations() if not cirq.is_measurement(op))
     others = sorted(set(body.all_qubits()) - set(meas.qubits))
     order = list(meas.qubits) + others
-    rho = cirq.DensityMatrixSimulator(dtype=np.complex128).simulate(body, qubit_order=order).final_density_matrix
+    rho = (
+        cirq.DensityMatrixSimulator(dtype=np.complex128)
+        .simulate(body, qubit_order=order)
+        .final_density_matrix
+    )
     diag = np.real(np.diag(rho)).reshape(2 ** len(meas.qubits), -1).sum(axis=1)
     return diag / diag.sum()
 
@@ -91,15 +95,23 @@ def test_validation_rejects_an_uncoupled_pair() -> None:
 def test_validation_rejects_a_dead_coupler_and_routing_avoids_it() -> None:
     a, b = cirq.GridQubit(1, 1), cirq.GridQubit(1, 2)
     ideal = Calibration.ideal(GRID)
-    cal = Calibration(GRID.name, "one-dead", ideal.qubits, {
-        k: v for k, v in ideal.two_qubit_errors.items() if k != (a, b)
-    }, frozenset({(a, b)}))
+    cal = Calibration(
+        GRID.name,
+        "one-dead",
+        ideal.qubits,
+        {k: v for k, v in ideal.two_qubit_errors.items() if k != (a, b)},
+        frozenset({(a, b)}),
+    )
     with pytest.raises(DeviceValidationError, match=r"coupler q\(1, 1\)-q\(1, 2\) is dead"):
         validate(cirq.Circuit(cirq.CZ(a, b)), GRID, cal)
     # The same logical interaction compiles around the dead coupler.
     logical = cirq.Circuit(cirq.H(a), cirq.CNOT(a, b), cirq.measure(a, b, key="m"))
     compiled = compile_for_device(logical, GRID, cal).circuit
-    pairs = {frozenset(op.qubits) for op in compiled.all_operations() if len(op.qubits) == 2 and not cirq.is_measurement(op)}
+    pairs = {
+        frozenset(op.qubits)
+        for op in compiled.all_operations()
+        if len(op.qubits) == 2 and not cirq.is_measurement(op)
+    }
     assert frozenset((a, b)) not in pairs
     np.testing.assert_allclose(measured_distribution(compiled), measured_distribution(logical), atol=1e-6)
 
@@ -121,21 +133,31 @@ def test_compilation_routes_a_symbolic_circuit_once_and_preserves_its_distributi
 def test_a_precompiled_circuit_runs_unchanged() -> None:
     a, b = cirq.GridQubit(0, 0), cirq.GridQubit(1, 0)
     native = cirq.Circuit(
-        cirq.PhasedXZGate(x_exponent=0.5, z_exponent=0, axis_phase_exponent=0).on(a), cirq.CZ(a, b), cirq.CZ(a, b),
+        cirq.PhasedXZGate(x_exponent=0.5, z_exponent=0, axis_phase_exponent=0).on(a),
+        cirq.CZ(a, b),
+        cirq.CZ(a, b),
         cirq.measure(a, b, key="m"),
     )
-    assert compile_for_device(native, GRID, Calibration.ideal(GRID)).circuit == native  # CZ·CZ is not cancelled
+    assert (
+        compile_for_device(native, GRID, Calibration.ideal(GRID)).circuit == native
+    )  # CZ·CZ is not cancelled
 
 
 def test_emulator_counts_match_the_density_matrix_of_the_same_noise_model() -> None:
     """Acceptance: qsim noisy trajectories + sampled readout flips vs exact density matrix + confusion (χ²)."""
     cal = Calibration.synthetic(GRID, seed=3, scale=5.0)  # errors ×5 so the noise is plainly visible
     clock = FakeClock()
-    emulator = DeviceEmulator(EmulatorConfig(device=GRID, seed=11), calibration=cal, clock=clock,
-                              engine=qsim_trajectory_engine)
+    emulator = DeviceEmulator(
+        EmulatorConfig(device=GRID, seed=11), calibration=cal, clock=clock, engine=qsim_trajectory_engine
+    )
     q = cirq.LineQubit.range(3)
-    circuit = cirq.Circuit(cirq.H(q[0]), cirq.CNOT(q[0], q[1]), cirq.ry(0.7).on(q[2]), cirq.CNOT(q[1], q[2]),
-                           cirq.measure(*q, key="m"))
+    circuit = cirq.Circuit(
+        cirq.H(q[0]),
+        cirq.CNOT(q[0], q[1]),
+        cirq.ry(0.7).on(q[2]),
+        cirq.CNOT(q[1], q[2]),
+        cirq.measure(*q, key="m"),
+    )
     shots = 20_000
     program = Program(circuit, {}, shots)
     job = emulator.submit([program], client_token="chi2")
@@ -144,13 +166,19 @@ def test_emulator_counts_match_the_density_matrix_of_the_same_noise_model() -> N
     counts = np.bincount(result.bits("m") @ np.array([4, 2, 1]), minlength=8)
 
     noisy = emulator.noisy_circuit(program)
-    expected = apply_confusion(measured_distribution(noisy), cal.confusion_matrices(result.physical_qubits["m"]))
+    expected = apply_confusion(
+        measured_distribution(noisy), cal.confusion_matrices(result.physical_qubits["m"])
+    )
     chi2 = stats.chisquare(counts, expected * shots)
     # Power check: readout error alone (no gate or idle noise) must be rejected by the same test.
-    readout_only = apply_confusion(measured_distribution(circuit), cal.confusion_matrices(result.physical_qubits["m"]))
+    readout_only = apply_confusion(
+        measured_distribution(circuit), cal.confusion_matrices(result.physical_qubits["m"])
+    )
     chi2_readout_only = stats.chisquare(counts, readout_only * shots)
-    print(f"chi2 vs noise model: {chi2.statistic:.1f} (p={chi2.pvalue:.3f}); "
-          f"vs readout error only: {chi2_readout_only.statistic:.0f} (p={chi2_readout_only.pvalue:.1e})")
+    print(
+        f"chi2 vs noise model: {chi2.statistic:.1f} (p={chi2.pvalue:.3f}); "
+        f"vs readout error only: {chi2_readout_only.statistic:.0f} (p={chi2_readout_only.pvalue:.1e})"
+    )
     assert chi2.pvalue > 1e-3
     assert chi2_readout_only.pvalue < 1e-6
 
@@ -158,8 +186,9 @@ def test_emulator_counts_match_the_density_matrix_of_the_same_noise_model() -> N
 def test_job_lifecycle_follows_the_injected_clock() -> None:
     clock = FakeClock()
     latency = LatencyModel(queue_s=10.0, queue_jitter_s=0.0, per_program_s=1.0, per_shot_s=0.0)
-    emulator = DeviceEmulator(EmulatorConfig(device=GRID, latency=latency), calibration=Calibration.ideal(GRID),
-                              clock=clock)
+    emulator = DeviceEmulator(
+        EmulatorConfig(device=GRID, latency=latency), calibration=Calibration.ideal(GRID), clock=clock
+    )
     q = cirq.LineQubit(0)
     program = Program(cirq.Circuit(cirq.X(q), cirq.measure(q, key="m")), {}, 5)
     job = emulator.submit([program, program], client_token="a")
@@ -183,7 +212,9 @@ def test_job_lifecycle_follows_the_injected_clock() -> None:
 def test_cost_model_charges_per_job_and_per_shot() -> None:
     clock = FakeClock()
     cost = CostModel(per_job=1.0, per_shot=0.01)
-    emulator = DeviceEmulator(EmulatorConfig(device=GRID, cost=cost), calibration=Calibration.ideal(GRID), clock=clock)
+    emulator = DeviceEmulator(
+        EmulatorConfig(device=GRID, cost=cost), calibration=Calibration.ideal(GRID), clock=clock
+    )
     q = cirq.LineQubit(0)
     circuit = cirq.Circuit(cirq.X(q), cirq.measure(q, key="m"))
     emulator.run_sweep(circuit, cirq.Points("unused", [0, 1, 2]), repetitions=100)
