@@ -218,8 +218,8 @@ def propose_recipe(
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     evidence: dict[str, Any] = {"budget_left": budget_left, "completed_trials": len(complete)}
     if complete:
-        best = max(complete, key=lambda t: (t.value, -t.number))
-        evidence |= {"best_score": best.value, "best_trial": best.number}
+        leader = max(complete, key=lambda t: (t.value, -t.number))
+        evidence |= {"best_score": leader.value, "best_trial": leader.number}
 
     if not trials:
         recipe, changes = cold_start(config.space, config.cold_start, budget_left, config.cost_model)

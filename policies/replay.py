@@ -193,15 +193,16 @@ def _apply(state: _State, event: Event, config: ReplayConfig) -> Decision | None
     data, where = event.data, f"events[{event.index}]"
     if event.type == "metric":
         state.metrics.append(MetricSample(event.at, float(data["value"]), str(data.get("version", ""))))
-        baking = state.promotion is not None and state.promotion.previous_version is not None
+        promotion = state.promotion
         if (
-            baking
+            promotion is not None
+            and promotion.previous_version is not None
             and data.get("version") == state.champion
-            and event.at - state.promotion.promoted_at <= config.rollback.bake_period
+            and event.at - promotion.promoted_at <= config.rollback.bake_period
         ):
-            decision = decide_rollback(state.promotion, state.metrics, event.at, config.rollback)
+            decision = decide_rollback(promotion, state.metrics, event.at, config.rollback)
             if decision.action == Action.ROLLBACK:
-                state.champion, state.champion_since = state.promotion.previous_version, state.previous_since
+                state.champion, state.champion_since = promotion.previous_version, state.previous_since
                 state.promotion = None
             return decision
     elif event.type == "new_data":
@@ -225,9 +226,8 @@ def _apply(state: _State, event: Event, config: ReplayConfig) -> Decision | None
             raise PolicyInputError(f"{where}: a cycle finishes but none is running")
         cycle = state.cycles[running[0]]
         spend = _spend(data) if "spend" in data else cycle.spend
-        state.cycles[running[0]] = replace(
-            cycle, finished_at=event.at, outcome=data.get("outcome"), spend=spend
-        )
+        outcome: Any = data.get("outcome")  # CycleRecord refuses anything but a finished outcome
+        state.cycles[running[0]] = replace(cycle, finished_at=event.at, outcome=outcome, spend=spend)
     elif event.type == "evaluation":
         candidate = _evaluation(data.get("candidate"), f"{where}.candidate")
         champion = _evaluation(data.get("champion"), f"{where}.champion")
@@ -262,9 +262,11 @@ def replay_history(history: Mapping[str, Any]) -> tuple[ReplayStep, ...]:
         try:
             decision = _apply(state, event, config)
         except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, PolicyInputError):
+            where = f"events[{event.index}]"
+            if isinstance(exc, PolicyInputError) and where in str(exc):
                 raise
-            raise PolicyInputError(f"events[{event.index}] ({event.type}) is malformed: {exc!r}") from None
+            detail = str(exc) if isinstance(exc, PolicyInputError) else repr(exc)
+            raise PolicyInputError(f"{where} ({event.type}) is malformed: {detail}") from None
         if decision is not None:
             steps.append(ReplayStep(event.index, event.type, decision))
     return tuple(steps)

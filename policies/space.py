@@ -243,16 +243,18 @@ def cheapest(
 ) -> tuple[Recipe, CostEstimate] | None:
     """The cheapest recipe of the space that fits the budget (smallest sizes, fewest steps), if any."""
     lr = math.sqrt(space.learning_rate[0] * space.learning_rate[1])
-    smallest = {
-        "qubits": space.qubits[0],
-        "layers": space.layers[0],
-        "bond_dim": space.bond_dims[0],
-        "rank": space.ranks[0],
-        "learning_rate": lr,
-        "steps": space.steps[0],
-    }
     candidates = [
-        make_recipe(space, kind, backend=backend.name, **smallest)
+        make_recipe(
+            space,
+            kind,
+            qubits=space.qubits[0],
+            layers=space.layers[0],
+            bond_dim=space.bond_dims[0],
+            rank=space.ranks[0],
+            learning_rate=lr,
+            steps=space.steps[0],
+            backend=backend.name,
+        )
         for kind in space.adapters
         for backend in (space.backends if kind != "lora" else space.backends[:1])
     ]

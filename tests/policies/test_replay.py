@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -134,10 +135,19 @@ def mutate(change) -> dict:
             "none is running",
         ),
         (lambda h: h["events"].append({"at": "2026-03-04T00:00:00+00:00", "type": "new_data"}), "events[46]"),
+        (
+            lambda h: h["events"].extend(
+                [
+                    {"at": "2026-03-04T00:00:00+00:00", "type": "cycle_started"},
+                    {"at": "2026-03-04T01:00:00+00:00", "type": "cycle_finished", "outcome": "exploded"},
+                ]
+            ),
+            "events[47] (cycle_finished) is malformed: CycleRecord.outcome = 'exploded'",
+        ),
     ],
 )
 def test_malformed_histories_name_the_event(change, message: str) -> None:
-    with pytest.raises(PolicyInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(PolicyInputError, match=re.escape(message)):
         replay_history(mutate(change))
 
 
