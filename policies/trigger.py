@@ -188,7 +188,7 @@ def _suppressing(history: TriggerHistory, now: datetime, config: TriggerConfig, 
     need, limit = config.min_cycle_spend, config.budget.per_day
     for resource in ("cpu_seconds", "shots", "money"):
         have, needed = getattr(left, resource), getattr(need, resource)
-        if have < needed or (needed > 0 and have <= 0):
+        if have < needed:
             out.hard.append(
                 Reason(
                     f"budget_exhausted_{resource}",
