@@ -7,7 +7,16 @@ Example:
     >>> out = qnn(jnp.zeros((8, spec.n_inputs)), init_weights(spec, jax.random.key(0)))  # [8, 4]
 """
 
-from quantum.backends import Backend, DifferentiableBackend, JaxBackend
+from quantum.backends import (
+    MEASUREMENT_KEY,
+    Backend,
+    DifferentiableBackend,
+    JaxBackend,
+    QsimBackend,
+    SamplerBackend,
+    estimate,
+    standard_error,
+)
 from quantum.circuits import CircuitSpec, QnnCircuit, build_circuit, init_weights
 from quantum.errors import (
     CircuitTooLargeError,
@@ -16,27 +25,53 @@ from quantum.errors import (
     UnresolvedSymbolError,
     UnsupportedGateError,
 )
+from quantum.gradients import GradientRule, ParameterShift, Spsa, callback_qnn
 from quantum.lowering import SUPPORTED_GATES
 from quantum.qnn import feature_map, make_qnn
+from quantum.shift import (
+    OccurrenceCircuit,
+    ShiftRule,
+    parameter_shift_jacobian,
+    parameter_shift_terms,
+    shift_rule,
+    shifted_rows,
+    split_occurrences,
+)
 from quantum.statevector import QnnFunction, SimulatorOptions, compile_circuit
 
 __all__ = [
+    "MEASUREMENT_KEY",
     "SUPPORTED_GATES",
     "Backend",
     "CircuitSpec",
     "CircuitTooLargeError",
     "DifferentiableBackend",
+    "GradientRule",
     "JaxBackend",
     "NonlinearParameterError",
+    "OccurrenceCircuit",
+    "ParameterShift",
     "QnnCircuit",
+    "QsimBackend",
     "QnnFunction",
     "QuantumSpecError",
+    "SamplerBackend",
+    "ShiftRule",
     "SimulatorOptions",
+    "Spsa",
     "UnresolvedSymbolError",
     "UnsupportedGateError",
     "build_circuit",
     "compile_circuit",
+    "callback_qnn",
+    "estimate",
     "feature_map",
     "init_weights",
     "make_qnn",
+    "parameter_shift_jacobian",
+    "parameter_shift_terms",
+    "shift_rule",
+    "shifted_rows",
+    "split_occurrences",
+    "standard_error",
 ]

@@ -1,7 +1,9 @@
-"""JAX kernels that apply one fused stage to one state vector (vmap adds the batch).
+"""JAX kernels that apply one fused stage to a batch of state vectors.
 
-Each kernel takes the stage's parameter values ``t[g]`` (affine images of the symbols, one per parametric op
-in the stage, in ``stage.all_ops`` order) and a state ``psi[2**n]`` in cirq's big-endian qubit order.
+Each kernel takes the stage's parameter values ``t`` (one per parametric op, in ``stage.all_ops`` order), either
+shared ``[g]`` or per example ``[B, g]``, and states ``psi[B, 2**n]`` in cirq's big-endian qubit order. Gate
+matrices of a stage are built in one vectorised step, so the traced program stays small (fast compiles) and
+shared matrices are built once per call rather than per example.
 """
 
 from __future__ import annotations
@@ -12,29 +14,61 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from quantum.fusion import DenseStage, DiagStage, LocalStage, Stage
 from quantum.lowering import LoweredOp
 
 Kernel = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+# Diagonal stages use a dense [2**n, g] phase table up to this many entries, a broadcast sum beyond.
+_PHASE_TABLE_ENTRIES = 2**22
+# einsum letters: register axes, then "y" for the batch and upper case for a gate's output axes.
+_AXES = "abcdefghijklmnopqrstuvwx"
 
 
-def op_matrix(op: LoweredOp, t: jnp.ndarray | None, dtype: jnp.dtype) -> jnp.ndarray:
-    """``sum_k exp(i(a_k t + b_k)) Q_k`` (or the fixed unitary when ``t`` is None)."""
-    if t is None:
-        return jnp.asarray(op.projectors[0], dtype=dtype)
-    real = jnp.finfo(dtype).dtype
-    angles = jnp.asarray(op.freqs, real) * t + jnp.asarray(op.phases, real)
-    return jnp.einsum("k,kij->ij", jnp.exp(1j * angles).astype(dtype), jnp.asarray(op.projectors, dtype))
+@dataclass(frozen=True)
+class StageKernels:
+    """Forward and adjoint kernels of a stage, and its number of parameters."""
+
+    apply: Kernel
+    adjoint: Kernel
+    n_params: int
 
 
-def _param_slots(ops: Sequence[LoweredOp]) -> list[int | None]:
-    """For each op, the index of its parameter in the stage's ``t`` (None for fixed ops)."""
-    slots, k = [], 0
-    for op in ops:
-        slots.append(None if op.param is None else k)
-        k += op.param is not None
-    return slots
+def _expi(x: jnp.ndarray, dtype) -> jnp.ndarray:
+    return lax.complex(jnp.cos(x), jnp.sin(x)).astype(dtype)
+
+
+class _MatrixBank:
+    """All matrices of a list of same-size ops, built from ``t`` at once: ``[..., n_ops, d, d]``."""
+
+    def __init__(self, ops: Sequence[LoweredOp], dtype) -> None:
+        self.dtype = dtype
+        self.real = jnp.finfo(dtype).dtype
+        d = ops[0].projectors.shape[-1]
+        k = max(len(op.freqs) for op in ops)
+        self.freqs = np.zeros((len(ops), k))
+        self.phases = np.zeros((len(ops), k))
+        self.projectors = np.zeros((len(ops), k, d, d), np.complex128)
+        self.param_of = np.zeros(len(ops), np.int64)  # index into t (fixed ops read a dummy 0)
+        slot = 0
+        for i, op in enumerate(ops):
+            kk = len(op.freqs)
+            self.freqs[i, :kk], self.phases[i, :kk], self.projectors[i, :kk] = op.freqs, op.phases, op.projectors
+            if op.param is not None:
+                self.param_of[i] = slot + 1
+                slot += 1
+
+    def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
+        padded = jnp.concatenate([jnp.zeros(t.shape[:-1] + (1,), t.dtype), t], axis=-1)
+        angles = padded[..., self.param_of, None] * jnp.asarray(self.freqs, self.real) + jnp.asarray(
+            self.phases, self.real
+        )
+        return jnp.einsum("...ok,okij->...oij", _expi(angles, self.dtype), jnp.asarray(self.projectors, self.dtype))
+
+
+def _count_params(ops: Sequence[LoweredOp]) -> int:
+    return sum(op.param is not None for op in ops)
 
 
 def blocks(n_qubits: int, max_block: int) -> list[list[int]]:
@@ -45,123 +79,153 @@ def blocks(n_qubits: int, max_block: int) -> list[list[int]]:
     return [list(range(starts[i], starts[i + 1])) for i in range(count)]
 
 
-@dataclass(frozen=True)
-class StageKernels:
-    """Forward, adjoint and (for a local first stage) state-preparation kernels of a stage."""
+class _QubitMatrices:
+    """Per-qubit products of a local stage's gates: ``[..., n, 2, 2]`` (identity on untouched qubits)."""
 
-    apply: Kernel
-    adjoint: Kernel
-    n_params: int
+    def __init__(self, stage: LocalStage, n: int, dtype) -> None:
+        ops = stage.all_ops
+        self.bank = _MatrixBank(ops, dtype) if ops else None
+        position = {id(op): i for i, op in enumerate(ops)}
+        depth = max((len(v) for v in stage.ops.values()), default=0)
+        # index[j, q]: the j-th gate on qubit q, or len(ops) for the identity padding
+        self.index = np.full((depth, n), len(ops), np.int64)
+        for q, q_ops in stage.ops.items():
+            for j, op in enumerate(q_ops):
+                self.index[j, q] = position[id(op)]
+        self.dtype = dtype
+
+    def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
+        mats = self.bank(t)
+        eye = jnp.broadcast_to(jnp.eye(2, dtype=self.dtype), mats.shape[:-3] + (1, 2, 2))
+        mats = jnp.concatenate([mats, eye], axis=-3)
+        out = mats[..., self.index[0], :, :]
+        for j in range(1, len(self.index)):
+            out = mats[..., self.index[j], :, :] @ out
+        return out
+
+
+def _kron(mats: jnp.ndarray) -> jnp.ndarray:
+    """Kronecker product over axis -3 of ``[..., m, a, b]`` (first factor most significant)."""
+    out = mats[..., 0, :, :]
+    for i in range(1, mats.shape[-3]):
+        m = mats[..., i, :, :]
+        out = (out[..., :, None, :, None] * m[..., None, :, None, :]).reshape(
+            out.shape[:-2] + (out.shape[-2] * m.shape[-2], out.shape[-1] * m.shape[-1])
+        )
+    return out
 
 
 def _local(stage: LocalStage, n: int, dtype, max_block: int) -> StageKernels:
-    ops = stage.all_ops
-    slots = dict(zip(map(id, ops), _param_slots(ops), strict=True))
-    groups = [g for g in blocks(n, max_block) if set(g) & stage.qubits]
-    eye = np.eye(2)
-
-    def qubit_matrix(t, q):
-        m = jnp.asarray(eye, dtype)
-        for op in stage.ops.get(q, []):
-            slot = slots[id(op)]
-            m = op_matrix(op, None if slot is None else t[slot], dtype) @ m
-        return m
-
-    def block_matrices(t, adjoint):
-        out = []
-        for g in groups:
-            m = qubit_matrix(t, g[0])
-            for q in g[1:]:
-                m = jnp.kron(m, qubit_matrix(t, q))
-            out.append(m.conj().T if adjoint else m)
-        return out
-
+    qubit_mats = _QubitMatrices(stage, n, dtype)
     all_blocks = blocks(n, max_block)
-    letters = string.ascii_letters
+    active = [j for j, g in enumerate(all_blocks) if set(g) & stage.qubits]
     shape = [2 ** len(g) for g in all_blocks]
+    axes = _AXES[: len(shape)]
 
     def contract(t, psi, adjoint):
-        psi = psi.reshape(shape)
-        axes = letters[: len(shape)]
-        for g, m in zip(groups, block_matrices(t, adjoint), strict=True):
-            j = all_blocks.index(g)
-            out_axes = axes[:j] + "Z" + axes[j + 1 :]
-            psi = jnp.einsum(f"Z{axes[j]},{axes}->{out_axes}", m, psi)
-        return psi.reshape(-1)
+        mats = qubit_mats(t)
+        batch = "y" if t.ndim == 2 else ""
+        psi = psi.reshape((psi.shape[0], *shape))
+        for j in active:
+            m = _kron(mats[..., all_blocks[j], :, :])
+            if adjoint:
+                m = jnp.swapaxes(m, -1, -2).conj()
+            out = axes[:j] + "Z" + axes[j + 1 :]
+            psi = jnp.einsum(f"{batch}Z{axes[j]},y{axes}->y{out}", m, psi)
+        return psi.reshape(psi.shape[0], -1)
 
     return StageKernels(
-        lambda t, psi: contract(t, psi, False), lambda t, psi: contract(t, psi, True), _count_params(ops)
+        lambda t, psi: contract(t, psi, False), lambda t, psi: contract(t, psi, True), _count_params(stage.all_ops)
     )
 
 
-def _count_params(ops: Sequence[LoweredOp]) -> int:
-    return sum(op.param is not None for op in ops)
+def local_prepare(stage: LocalStage, n: int, dtype) -> Callable[[jnp.ndarray, int], jnp.ndarray]:
+    """Apply a local stage to |0...0>: the product of each qubit matrix's first column, ``[B, 2**n]``."""
+    qubit_mats = _QubitMatrices(stage, n, dtype)
 
-
-def local_prepare(stage: LocalStage, n: int, dtype) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Apply a local stage to |0...0>: the product state of each qubit matrix's first column."""
-    ops = stage.all_ops
-    slots = dict(zip(map(id, ops), _param_slots(ops), strict=True))
-
-    def prepare(t):
-        psi = jnp.ones((1,), dtype)
-        for q in range(n):
-            col = jnp.asarray([1.0, 0.0], dtype)
-            for op in stage.ops.get(q, []):
-                slot = slots[id(op)]
-                col = op_matrix(op, None if slot is None else t[slot], dtype) @ col
-            psi = (psi[:, None] * col[None, :]).reshape(-1)
-        return psi
+    def prepare(t, batch):
+        cols = qubit_mats(t)[..., :, 0]  # [..., n, 2]
+        psi = cols[..., 0, :]
+        for q in range(1, n):
+            psi = (psi[..., :, None] * cols[..., q, None, :]).reshape(psi.shape[:-1] + (-1,))
+        return jnp.broadcast_to(psi, (batch, 2**n))
 
     return prepare
 
 
-def _broadcast_to_register(vec: jnp.ndarray, qubits: Sequence[int], n: int) -> jnp.ndarray:
-    """A function of the gate's qubits' bits, as a [2]*n tensor (broadcastable) over the register."""
-    k = len(qubits)
-    order = np.argsort(qubits)
-    local = jnp.transpose(vec.reshape((2,) * k), order)  # axes now in increasing qubit order
-    shape = [2 if q in qubits else 1 for q in range(n)]
-    return local.reshape(shape)
-
-
-def _diag(stage: DiagStage, n: int, dtype) -> StageKernels:
-    real = jnp.finfo(dtype).dtype
-    slots = _param_slots(stage.ops)
-    tables = []  # per op: (log-phase slope per local basis state, offset) in the gate's own bit order
+def _phase_tables(stage: DiagStage, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per op: log-phase slope and offset over the gate's local basis (log-phase = slope * t + offset)."""
+    tables = []
     for op in stage.ops:
         diag = np.stack([np.real(np.diagonal(q)) for q in op.projectors])  # [K, d], 0/1 indicators
         if op.param is None:
             tables.append((np.zeros(diag.shape[1]), np.angle(np.diagonal(op.projectors[0]))))
         else:
             tables.append((op.freqs @ diag, op.phases @ diag))
+    return tables
 
-    def log_phase(t):
-        total = jnp.zeros((2,) * n, real)
-        for op, slot, (slope, offset) in zip(stage.ops, slots, tables, strict=True):
-            local = jnp.asarray(offset, real)
-            if slot is not None:
-                local = local + jnp.asarray(slope, real) * t[slot]
-            total = total + _broadcast_to_register(local, op.qubits, n)
-        return total.reshape(-1)
+
+def _expand(local: np.ndarray, qubits: Sequence[int], n: int) -> np.ndarray:
+    """A function of some qubits' bits, as a vector over the whole register's 2**n basis states."""
+    bits = (np.arange(2**n)[:, None] >> (n - 1 - np.asarray(qubits))[None, :]) & 1
+    index = bits @ (1 << np.arange(len(qubits))[::-1])
+    return local[..., index]
+
+
+def _diag(stage: DiagStage, n: int, dtype) -> StageKernels:
+    real = jnp.finfo(dtype).dtype
+    tables = _phase_tables(stage, n)
+    param_ops = [i for i, op in enumerate(stage.ops) if op.param is not None]
+    offset = sum(_expand(off, op.qubits, n) for op, (_, off) in zip(stage.ops, tables, strict=True))
+    if 2**n * max(len(param_ops), 1) <= _PHASE_TABLE_ENTRIES:
+        slope = np.stack([_expand(tables[i][0], stage.ops[i].qubits, n) for i in param_ops], axis=1) if param_ops else None
+
+        def log_phase(t):
+            base = jnp.asarray(offset, real)
+            return base if slope is None else t @ jnp.asarray(slope.T, real) + base
+
+    else:
+
+        def log_phase(t):
+            total = jnp.asarray(offset, real).reshape((2,) * n)
+            for slot, i in enumerate(param_ops):
+                op = stage.ops[i]
+                local = jnp.asarray(tables[i][0], real) * t[..., slot, None]
+                total = total + _broadcast(local, op.qubits, n)
+            return total.reshape(t.shape[:-1] + (2**n,))
 
     def apply(t, psi, sign=1.0):
-        return psi * jnp.exp(1j * sign * log_phase(t)).astype(dtype)
+        return psi * _expi(sign * log_phase(t), dtype)
 
-    return StageKernels(apply, lambda t, psi: apply(t, psi, -1.0), _count_params(stage.ops))
+    return StageKernels(apply, lambda t, psi: apply(t, psi, -1.0), len(param_ops))
+
+
+def _broadcast(local: jnp.ndarray, qubits: Sequence[int], n: int) -> jnp.ndarray:
+    """``local[..., 2**k]`` over the gate's bits as a ``[..., 2, 1, 2, ...]`` tensor over the register."""
+    k = len(qubits)
+    lead = local.shape[:-1]
+    order = np.argsort(qubits)
+    tensor = jnp.transpose(local.reshape(lead + (2,) * k), list(range(len(lead))) + [len(lead) + o for o in order])
+    return tensor.reshape(lead + tuple(2 if q in qubits else 1 for q in range(n)))
 
 
 def _dense(stage: DenseStage, n: int, dtype) -> StageKernels:
     op = stage.op
     k = len(op.qubits)
+    bank = _MatrixBank([op], dtype)
 
     def contract(t, psi, adjoint):
-        m = op_matrix(op, None if op.param is None else t[0], dtype)
+        m = bank(t)[..., 0, :, :]
         if adjoint:
-            m = m.conj().T
-        tensor = psi.reshape((2,) * n)
-        out = jnp.tensordot(m.reshape((2,) * (2 * k)), tensor, axes=(list(range(k, 2 * k)), list(op.qubits)))
-        return jnp.moveaxis(out, list(range(k)), list(op.qubits)).reshape(-1)
+            m = jnp.swapaxes(m, -1, -2).conj()
+        tensor = psi.reshape((psi.shape[0],) + (2,) * n)
+        letters = _AXES[:n]
+        gate_in = "".join(letters[q] for q in op.qubits)
+        gate_out = string.ascii_uppercase[:k]
+        out = "".join(gate_out[op.qubits.index(q)] if q in op.qubits else letters[q] for q in range(n))
+        batch = "y" if t.ndim == 2 else ""
+        spec = f"{batch}{gate_out}{gate_in},y{letters}->y{out}"
+        return jnp.einsum(spec, m.reshape(m.shape[:-2] + (2,) * (2 * k)), tensor).reshape(psi.shape)
 
     return StageKernels(
         lambda t, psi: contract(t, psi, False), lambda t, psi: contract(t, psi, True), int(op.param is not None)
@@ -175,4 +239,3 @@ def stage_kernels(stage: Stage, n: int, dtype, max_block: int) -> StageKernels:
     if isinstance(stage, DiagStage):
         return _diag(stage, n, dtype)
     return _dense(stage, n, dtype)
-

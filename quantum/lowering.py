@@ -9,6 +9,7 @@ also give the parameter-shift rule. Controlled gates add an ``a = 0`` term on th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,7 +51,8 @@ class LoweredOp:
         freqs: a_k, float64[K]. phases: b_k, float64[K]. projectors: Q_k, complex128[K, d, d].
         diagonal: every Q_k is diagonal.
         label: the cirq operation, for messages.
-        index: position in the lowered circuit; ``symbol`` and the parameter-shift rules refer to it.
+        index: position in the lowered circuit.
+        source: the cirq operation it came from (after decomposition), for rebuilding it with a new parameter.
     """
 
     qubits: tuple[int, ...]
@@ -61,6 +63,7 @@ class LoweredOp:
     diagonal: bool
     label: str
     index: int = -1
+    source: cirq.Operation | None = None
 
     def unitary(self, t: float = 0.0) -> np.ndarray:
         """The gate's matrix at parameter value ``t`` (numpy, complex128)."""
@@ -202,10 +205,10 @@ def lower_circuit(
                 )
             pending.extend(reversed(list(cirq.flatten_to_ops(decomposed))))
             continue
-        ops.extend(lowered)
+        ops.extend(dataclasses.replace(lo, source=op) for lo in lowered)
     ops = [_with_index(op, i) for i, op in enumerate(ops)]
     return LoweredCircuit(tuple(ops), len(qubits), len(symbols))
 
 
 def _with_index(op: LoweredOp, index: int) -> LoweredOp:
-    return LoweredOp(op.qubits, op.param, op.freqs, op.phases, op.projectors, op.diagonal, op.label, index)
+    return dataclasses.replace(op, index=index)

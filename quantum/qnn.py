@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from quantum.backends import Backend, DifferentiableBackend, JaxBackend
 from quantum.circuits import CircuitSpec, QnnCircuit, build_circuit
+from quantum.gradients import GradientRule, ParameterShift, callback_qnn
 from quantum.statevector import QnnFunction
 
 
@@ -15,7 +16,9 @@ def feature_map(qc: QnnCircuit, inputs: jax.Array) -> jax.Array:
     return jnp.pi * jnp.tanh(inputs) if qc.feature_map == "pi_tanh" else inputs
 
 
-def make_qnn(circuit: CircuitSpec | QnnCircuit, *, backend: Backend | None = None) -> QnnFunction:
+def make_qnn(
+    circuit: CircuitSpec | QnnCircuit, *, backend: Backend | None = None, gradient: GradientRule | None = None
+) -> QnnFunction:
     """Build the QNN ``qnn(inputs[B, n_inputs], weights[n_weights]) -> float[B, n_outputs]``.
 
     ``inputs`` are raw features (the circuit's feature map, e.g. pi*tanh, is applied inside). The result is
@@ -23,7 +26,9 @@ def make_qnn(circuit: CircuitSpec | QnnCircuit, *, backend: Backend | None = Non
 
     Args:
         circuit: a spec (built with ``build_circuit``) or a circuit record.
-        backend: where circuits run; default ``JaxBackend()`` (complex64 statevector).
+        backend: where circuits run; default ``JaxBackend()`` (complex64 statevector, adjoint gradients).
+        gradient: for backends without ``compile`` (qsim, samplers): ``ParameterShift()`` (default, exact) or
+            ``Spsa(seed=...)``. Ignored by differentiable backends.
 
     Returns:
         The QNN function.
@@ -38,7 +43,7 @@ def make_qnn(circuit: CircuitSpec | QnnCircuit, *, backend: Backend | None = Non
     if isinstance(backend, DifferentiableBackend):
         simulate = backend.compile(qc)
     else:
-        raise TypeError(f"backend {backend!r} is not differentiable; gradient rules are not wired yet")
+        simulate = callback_qnn(qc, backend, ParameterShift() if gradient is None else gradient)
 
     def qnn(inputs: jax.Array, weights: jax.Array) -> jax.Array:
         return simulate(feature_map(qc, jnp.asarray(inputs)), weights)

@@ -114,10 +114,6 @@ def _plan(qc: QnnCircuit, options: SimulatorOptions) -> _Plan:
     return _Plan(tuple(kernels), tuple(batched), tuple(bounds), prepare, mb[:, :k], mb[:, k:], cb, ms[:, k:], cs)
 
 
-def _batched(fn: Callable, is_batched: bool) -> Callable:
-    return jax.vmap(fn, in_axes=(0 if is_batched else None, 0))
-
-
 def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
     n = len(qc.qubits)
     real = jnp.finfo(dtype).dtype
@@ -131,20 +127,15 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         lo, hi = plan.bounds[i]
         return t_b[:, lo:hi] if plan.batched[i] else t_s[lo:hi]
 
-    def prepare(i, t, batch):
-        if plan.batched[i]:
-            return jax.vmap(plan.prepare)(t)
-        return jnp.broadcast_to(plan.prepare(t), (batch, 2**n))
-
     def forward(t_b, t_s):
         batch = t_b.shape[0]
         start = 0
         if plan.prepare is not None:
-            psi, start = prepare(0, stage_params(0, t_b, t_s), batch), 1
+            psi, start = plan.prepare(stage_params(0, t_b, t_s), batch), 1
         else:
             psi = jnp.zeros((batch, 2**n), dtype).at[:, 0].set(1)
         for i in range(start, len(plan.kernels)):
-            psi = _batched(plan.kernels[i].apply, plan.batched[i])(stage_params(i, t_b, t_s), psi)
+            psi = plan.kernels[i].apply(stage_params(i, t_b, t_s), psi)
         return psi
 
     @jax.custom_vjp
@@ -163,11 +154,11 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
             t = stage_params(i, t_b, t_s)
             if i == 0 and plan.prepare is not None:
                 batch = t_b.shape[0]
-                (grads[i],) = jax.vjp(lambda t_, batch=batch: prepare(0, t_, batch), t)[1](lam)
+                (grads[i],) = jax.vjp(lambda t_, batch=batch: plan.prepare(t_, batch), t)[1](lam)
                 continue
             kern = plan.kernels[i]
-            psi = _batched(kern.adjoint, plan.batched[i])(t, psi)  # uncompute: the state before stage i
-            grads[i], lam = jax.vjp(_batched(kern.apply, plan.batched[i]), t, psi)[1](lam)
+            psi = kern.adjoint(t, psi)  # uncompute: the state before stage i
+            grads[i], lam = jax.vjp(kern.apply, t, psi)[1](lam)
         g_b = [grads[i] for i in range(len(grads)) if plan.batched[i]]
         g_s = [grads[i] for i in range(len(grads)) if not plan.batched[i]]
         g_b = jnp.concatenate(g_b, axis=1) if g_b else jnp.zeros_like(t_b)
