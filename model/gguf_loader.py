@@ -145,8 +145,8 @@ def _config_from_metadata(value, arch: str, tensors: dict[str, np.ndarray], path
         "num_attention_heads": heads,
         "num_key_value_heads": int(value(f"{arch}.attention.head_count_kv", heads)),
         "head_dim": int(value(f"{arch}.attention.key_length", hidden // heads)),
-        "rms_norm_eps": float(need("attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(value(f"{arch}.rope.freq_base", 10000.0)),
+        "rms_norm_eps": _float32_meta(need("attention.layer_norm_rms_epsilon")),
+        "rope_theta": _float32_meta(value(f"{arch}.rope.freq_base", 10000.0)),
         "max_position_embeddings": int(value(f"{arch}.context_length", 2048)),
         "tie_word_embeddings": "lm_head.weight" not in tensors,
         "attention_bias": "model.layers.0.self_attn.q_proj.bias" in tensors,
@@ -157,8 +157,14 @@ def _config_from_metadata(value, arch: str, tensors: dict[str, np.ndarray], path
     if scaling_type not in (None, "none"):
         if scaling_type != "linear":
             raise UnsupportedModelError(f"{path}: GGUF RoPE scaling {scaling_type!r} is not supported (only linear)")
-        hf["rope_scaling"] = {"rope_type": "linear", "factor": float(value(f"{arch}.rope.scaling.factor", 1.0))}
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": _float32_meta(value(f"{arch}.rope.scaling.factor", 1.0))}
     return LMConfig.from_hf_config(hf, source=str(path))
+
+
+def _float32_meta(x: Any) -> float:
+    # GGUF stores these as float32: 1e-5 reads back as 9.99999974e-06. Seven significant digits is all float32
+    # holds, so rounding recovers the value the converter wrote (and HF and GGUF configs then compare equal).
+    return float(f"{float(x):.7g}")
 
 
 def _tokenizer_from_metadata(value, path: Path) -> Tokenizer:
