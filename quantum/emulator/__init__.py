@@ -5,6 +5,7 @@ from quantum.emulator.compile import CompiledCircuit, compile_for_device, valida
 from quantum.emulator.cost import CostModel
 from quantum.emulator.device import DeviceSpec
 from quantum.emulator.emulator import Billing, DeviceEmulator, EmulatorConfig, density_matrix_engine
+from quantum.emulator.engine import DensityMatrixEngine, final_density_matrix
 from quantum.emulator.jobs import FailureModel, LatencyModel
 from quantum.emulator.noise import add_noise, apply_confusion, apply_readout_error
 
@@ -13,6 +14,7 @@ __all__ = [
     "Calibration",
     "CompiledCircuit",
     "CostModel",
+    "DensityMatrixEngine",
     "DeviceEmulator",
     "DeviceSpec",
     "EmulatorConfig",
@@ -24,5 +26,6 @@ __all__ = [
     "apply_readout_error",
     "compile_for_device",
     "density_matrix_engine",
+    "final_density_matrix",
     "validate",
 ]

@@ -15,6 +15,7 @@ from quantum.emulator.calibration import Calibration
 from quantum.emulator.compile import CompiledCircuit, compile_for_device
 from quantum.emulator.cost import CostModel
 from quantum.emulator.device import DeviceSpec
+from quantum.emulator.engine import DensityMatrixEngine
 from quantum.emulator.jobs import EmulatedJob, FailureModel, LatencyModel, draw_submission
 from quantum.emulator.noise import add_noise, apply_readout_error
 from quantum.hardware.clock import Clock, RealClock
@@ -30,7 +31,7 @@ EngineFactory = Callable[[int], cirq.Sampler]
 
 
 def density_matrix_engine(seed: int) -> cirq.Sampler:
-    """cirq's density-matrix simulator: exact noisy distributions, sampled once per program."""
+    """cirq's density-matrix simulator (a slower reference for the default :class:`DensityMatrixEngine`)."""
     return cirq.DensityMatrixSimulator(seed=seed)
 
 
@@ -95,7 +96,7 @@ class DeviceEmulator(cirq.Sampler):
         *,
         calibration: Calibration | None = None,
         clock: Clock | None = None,
-        engine: EngineFactory = density_matrix_engine,
+        engine: EngineFactory | None = None,
         poll_s: float = 0.5,
     ) -> None:
         """Create an emulator.
@@ -104,8 +105,9 @@ class DeviceEmulator(cirq.Sampler):
             config: device, latency, failures, cost and caps.
             calibration: the snapshot that drives noise and dead couplers; a seeded synthetic one by default.
             clock: time source for queue latency (a FakeClock in tests).
-            engine: simulator factory for noisy circuits (cirq density matrix by default; qsim trajectories via
-                ``quantum.backends.noisy_qsim.qsim_trajectory_engine``).
+            engine: simulator factory for noisy circuits; by default an exact density-matrix engine sharing one
+                superoperator cache (fine up to ~10 active qubits); qsim trajectories for wider circuits via
+                ``quantum.backends.noisy_qsim.qsim_trajectory_engine``.
             poll_s: how often the blocking Sampler interface polls its own jobs.
         """
         self.config = config or EmulatorConfig()
@@ -115,7 +117,8 @@ class DeviceEmulator(cirq.Sampler):
                 f"calibration is for {self.calibration.device_name!r} but the device is {self.config.device.name!r}"
             )
         self._clock = clock or RealClock()
-        self._engine = engine
+        self._superoperators: dict = {}
+        self._engine = engine or (lambda seed: DensityMatrixEngine(seed, cache=self._superoperators))
         self._poll_s = poll_s
         self._lock = threading.Lock()
         self._jobs: dict[str, _JobRecord] = {}
@@ -274,7 +277,9 @@ class DeviceEmulator(cirq.Sampler):
         engine = self._engine(int(rng.integers(2**31)))
         raw = engine.run(noisy, repetitions=program.repetitions)
         measured = {
-            op.gate.key: tuple(op.qubits) for op in resolved.all_operations() if cirq.is_measurement(op)
+            op.gate.key: tuple(op.qubits)
+            for op in resolved.all_operations()
+            if isinstance(op.gate, cirq.MeasurementGate)
         }
         measurements = {
             key: apply_readout_error(raw.measurements[key], qubits, self.calibration, rng)

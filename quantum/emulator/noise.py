@@ -20,7 +20,7 @@ from quantum.mitigation.readout import apply_per_qubit
 def _moment_duration(moment: cirq.Moment, device: DeviceSpec) -> float:
     longest = 0.0
     for op in moment:
-        if cirq.is_measurement(op) or isinstance(op.gate, cirq.GlobalPhaseGate):
+        if isinstance(op.gate, cirq.MeasurementGate) or isinstance(op.gate, cirq.GlobalPhaseGate):
             continue
         longest = max(longest, device.two_qubit_gate_s if len(op.qubits) == 2 else device.single_qubit_gate_s)
     return longest
@@ -63,7 +63,7 @@ def add_noise(circuit: cirq.AbstractCircuit, device: DeviceSpec, calibration: Ca
         out.append(moment, strategy=cirq.InsertStrategy.NEW_THEN_INLINE)
         noise: list[cirq.Operation] = []
         for op in moment:
-            if cirq.is_measurement(op) or isinstance(op.gate, cirq.GlobalPhaseGate):
+            if isinstance(op.gate, cirq.MeasurementGate) or isinstance(op.gate, cirq.GlobalPhaseGate):
                 continue
             if len(op.qubits) == 1:
                 p = calibration.qubits[op.qubits[0]].single_qubit_error

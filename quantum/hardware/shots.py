@@ -1,40 +1,35 @@
-"""QNN circuits as shot programs: bind symbols, measure the readout qubits, turn bits back into estimates.
+"""QNN circuits as shot programs on an executor, with optional readout-error mitigation.
 
-:class:`ExecutorBackend` implements the quantum package's ``Backend`` protocol (``evaluate(qc, values)``) on
-top of an :class:`~quantum.executor.Executor`, so a QNN can run on the emulator or a vendor unchanged.
+:class:`ExecutorBackend` implements the quantum package's ``Backend`` protocol (``evaluate(qc, values)``), so
+the quantum package's gradient rules (``ParameterShift``, ``Spsa``, ``callback_qnn``) run on the emulator or a
+vendor unchanged. Unlike ``SamplerBackend`` over an ``ExecutorSampler`` it knows which physical qubits were read,
+which readout mitigation needs, and it reports standard errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cirq
 import numpy as np
 
+from quantum.backends import MEASUREMENT_KEY, SamplerBackend, estimate, standard_error
+from quantum.backends.base import as_rows
 from quantum.circuits import QnnCircuit
 from quantum.executor import Executor
 from quantum.hardware.protocol import Program, ProgramResult
 from quantum.mitigation.readout import bits_to_probabilities, mitigate_probabilities, z_expectations
 
-READOUT_KEY = "q"
-
-
-def measured_circuit(qc: QnnCircuit) -> cirq.Circuit:
-    """The QNN circuit followed by a measurement of its readout qubits under key ``"q"``."""
-    return qc.circuit + cirq.Circuit(cirq.measure(*qc.qubits, key=READOUT_KEY))
+ConfusionSource = Callable[[Sequence[cirq.Qid]], list[np.ndarray]]
+"""Physical qubits → their 2×2 confusion matrices, e.g. ``Calibration.confusion_matrices``."""
 
 
 def programs_for(qc: QnnCircuit, values: np.ndarray, repetitions: int) -> list[Program]:
-    """One program per row of ``values[N, len(qc.symbols)]`` (inputs then weights)."""
-    circuit = measured_circuit(qc)
+    """One program per row of ``values[N, len(qc.symbols)]`` (inputs then weights), every qubit measured."""
+    circuit = SamplerBackend().measured(qc)
     names = [s.name for s in qc.symbols]
     return [Program(circuit, dict(zip(names, map(float, row), strict=True)), repetitions) for row in values]
-
-
-def _binomial_stderr(counts: np.ndarray, shots: int) -> np.ndarray:
-    p = (np.asarray(counts, dtype=float) + 0.5) / (shots + 1)
-    return np.sqrt(p * (1 - p) / shots)
 
 
 @dataclass(frozen=True)
@@ -43,38 +38,38 @@ class Estimate:
 
     Attributes:
         values: ``[N, n_outputs]`` estimated ⟨Z_i⟩ or probabilities.
-        stderr: their standard errors from shot noise (binomial), before mitigation.
+        stderr: their binomial standard errors from shot noise (before mitigation, which widens them).
     """
 
     values: np.ndarray
     stderr: np.ndarray
 
 
-def estimate(qc: QnnCircuit, results: Sequence[ProgramResult], *, confusions_for=None) -> Estimate:
-    """Turn measured bits into the QNN's readout.
+def _smoothed(bits: np.ndarray, readout: str) -> np.ndarray:
+    """Raw estimates shrunk by half a count, so an all-equal column does not claim a zero standard error."""
+    shots = len(bits)
+    raw = estimate(bits, readout)
+    if readout == "z":  # ⟨Z⟩ = 1 − 2 p(1), with p(1) → (k + ½)/(shots + 1)
+        return 1.0 - 2.0 * ((1.0 - raw) / 2.0 * shots + 0.5) / (shots + 1)
+    return (raw * shots + 0.5) / (shots + 1)
 
-    Args:
-        qc: the circuit (its ``readout`` picks ⟨Z⟩ or probabilities).
-        results: one per program, in order.
-        confusions_for: optional ``qubits -> list of 2×2 confusion matrices`` (e.g.
-            ``calibration.confusion_matrices``); when given, readout error is mitigated per program using the
-            physical qubits that were actually read.
-    """
+
+def estimate_results(
+    qc: QnnCircuit, results: Sequence[ProgramResult], *, confusions_for: ConfusionSource | None = None
+) -> Estimate:
+    """Turn measured bits into the QNN's readout, mitigating readout error if ``confusions_for`` is given."""
     values, errors = [], []
     for result in results:
-        bits = result.bits(READOUT_KEY)
-        shots = len(bits)
-        probs = bits_to_probabilities(bits)
-        if confusions_for is not None:
-            probs = mitigate_probabilities(probs, confusions_for(result.physical_qubits[READOUT_KEY]))
-        if qc.readout == "z":
-            values.append(z_expectations(probs))
-            # ⟨Z⟩ = 1 − 2·p(1); the +½ smoothing keeps the error of an all-equal column from being zero.
-            ones = bits.sum(axis=0)
-            errors.append(2 * _binomial_stderr(ones, shots))
+        bits = result.bits(MEASUREMENT_KEY)
+        if confusions_for is None:
+            value = estimate(bits, qc.readout)
         else:
-            values.append(probs)
-            errors.append(_binomial_stderr(bits_to_probabilities(bits) * shots, shots))
+            probs = mitigate_probabilities(
+                bits_to_probabilities(bits), confusions_for(result.physical_qubits[MEASUREMENT_KEY])
+            )
+            value = z_expectations(probs) if qc.readout == "z" else probs
+        values.append(value)
+        errors.append(standard_error(_smoothed(bits, qc.readout), qc.readout, len(bits)))
     return Estimate(np.array(values), np.array(errors))
 
 
@@ -83,29 +78,28 @@ class ExecutorBackend:
 
     Attributes:
         name: ``"executor"``.
+        executor: runs the programs (batching, retries, budget, stats).
+        repetitions: shots per program (Origin's cloud defaults to 1000).
+        confusions_for: optional readout-mitigation source, e.g. ``emulator.calibration.confusion_matrices``.
     """
 
     name = "executor"
 
-    def __init__(self, executor: Executor, *, repetitions: int = 1000, confusions_for=None) -> None:
-        """Args:
-        executor: runs the programs (batching, retries, budget, stats).
-        repetitions: shots per program (Origin's cloud defaults to 1000).
-        confusions_for: optional readout-mitigation source, see :func:`estimate`.
-        """
+    def __init__(
+        self, executor: Executor, *, repetitions: int = 1000, confusions_for: ConfusionSource | None = None
+    ) -> None:
+        """Wrap ``executor`` (see the class attributes)."""
         self.executor = executor
         self.repetitions = repetitions
         self.confusions_for = confusions_for
 
     def run(self, qc: QnnCircuit, values: np.ndarray) -> Estimate:
-        """Estimates and standard errors for every row of ``values``."""
-        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-        if values.shape[1] != len(qc.symbols):
-            raise ValueError(
-                f"values of shape {values.shape}: expected [N, {len(qc.symbols)}] (inputs then weights)"
-            )
+        """Estimates and standard errors for every row of ``values[N, len(qc.symbols)]``."""
+        values = as_rows(values, qc)
+        if len(values) == 0:
+            return Estimate(np.zeros((0, qc.n_outputs)), np.zeros((0, qc.n_outputs)))
         results = self.executor.run(programs_for(qc, values, self.repetitions))
-        return estimate(qc, results, confusions_for=self.confusions_for)
+        return estimate_results(qc, results, confusions_for=self.confusions_for)
 
     def evaluate(self, qc: QnnCircuit, values: np.ndarray) -> np.ndarray:
         """``float64[N, qc.n_outputs]`` shot estimates (the ``Backend`` protocol)."""

@@ -12,6 +12,7 @@ from quantum.backends.noisy_qsim import qsim_trajectory_engine
 from quantum.emulator import (
     Calibration,
     CostModel,
+    DensityMatrixEngine,
     DeviceEmulator,
     DeviceSpec,
     EmulatorConfig,
@@ -19,6 +20,7 @@ from quantum.emulator import (
     LatencyModel,
     apply_confusion,
     compile_for_device,
+    final_density_matrix,
     validate,
 )
 from quantum.hardware import (
@@ -256,3 +258,26 @@ def test_caps_and_seeded_transient_failures() -> None:
     assert _submit_many(config, program, 300) == (fates, states)
     other = EmulatorConfig(device=GRID, failures=failures, seed=6)
     assert _submit_many(other, program, 300)[0] != fates
+
+
+def test_the_fast_density_matrix_engine_matches_cirq() -> None:
+    cal = Calibration.synthetic(GRID, seed=4, scale=3.0)
+    emulator = DeviceEmulator(EmulatorConfig(device=GRID), calibration=cal, clock=FakeClock())
+    noisy = emulator.noisy_circuit(Program(ring_circuit(), {"t": 0.8}, 1))
+    qubits = sorted(noisy.all_qubits())
+    body = cirq.Circuit(op for op in noisy.all_operations() if not cirq.is_measurement(op))
+    reference = cirq.DensityMatrixSimulator(dtype=np.complex128).simulate(body, qubit_order=qubits)
+    np.testing.assert_allclose(
+        final_density_matrix(noisy, qubits), reference.final_density_matrix, atol=1e-10
+    )
+    # Sampling: inverted measurements and several keys keep their bits.
+    q = cirq.LineQubit.range(3)
+    circuit = cirq.Circuit(
+        cirq.X(q[0]),
+        cirq.measure(q[0], q[1], key="a", invert_mask=(False, True)),
+        cirq.measure(q[2], key="b"),
+    )
+    result = DensityMatrixEngine(seed=0).run(circuit, repetitions=5)
+    assert (
+        result.measurements["a"].tolist() == [[1, 1]] * 5 and result.measurements["b"].tolist() == [[0]] * 5
+    )
