@@ -23,9 +23,24 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _rotate_pairs(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    # llama.cpp's "normal" RoPE: adjacent pairs (x[2j], x[2j+1]) rotate by frequency j.
+    even, odd = x[..., 0::2], x[..., 1::2]
+    c, s = cos[..., : x.shape[-1] // 2], sin[..., : x.shape[-1] // 2]
+    out = np.empty_like(x)
+    out[..., 0::2] = even * c - odd * s
+    out[..., 1::2] = even * s + odd * c
+    return out
+
+
 def reference_logits(hf_config: dict, tensors: dict[str, np.ndarray], ids: list[int],
-                     dtype=np.float64) -> np.ndarray:
-    """Logits ``[T, V]`` for one unpadded sequence ``ids`` (no rope scaling)."""
+                     dtype=np.float64, *, interleaved_rope: bool = False, last: int | None = None) -> np.ndarray:
+    """Logits ``[T, V]`` for one unpadded sequence ``ids`` (no rope scaling).
+
+    ``interleaved_rope=True`` rotates adjacent pairs, as llama.cpp does on GGUF's permuted Q/K weights: feeding it
+    the raw GGUF tensors checks our un-permutation without using it. ``last=k`` returns only the last ``k``
+    positions' logits (the vocabulary projection dominates the cost on a real model).
+    """
     w = {k: np.asarray(v, dtype) for k, v in tensors.items()}
     d = hf_config["hidden_size"]
     n_heads = hf_config["num_attention_heads"]
@@ -52,8 +67,11 @@ def reference_logits(hf_config: dict, tensors: dict[str, np.ndarray], ids: list[
         q = proj("q_proj").reshape(t, n_heads, hd).transpose(1, 0, 2)  # [H, T, hd]
         k = proj("k_proj").reshape(t, n_kv, hd).transpose(1, 0, 2)
         v = proj("v_proj").reshape(t, n_kv, hd).transpose(1, 0, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        if interleaved_rope:
+            q, k = _rotate_pairs(q, cos, sin), _rotate_pairs(k, cos, sin)
+        else:
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
         k = np.repeat(k, n_heads // n_kv, axis=0)  # repeat_kv
         v = np.repeat(v, n_heads // n_kv, axis=0)
         scores = q @ k.transpose(0, 2, 1) / np.sqrt(hd)
@@ -64,6 +82,6 @@ def reference_logits(hf_config: dict, tensors: dict[str, np.ndarray], ids: list[
         gate = h @ w[p + "mlp.gate_proj.weight"].T
         up = h @ w[p + "mlp.up_proj.weight"].T
         x = x + ((gate / (1 + np.exp(-gate))) * up) @ w[p + "mlp.down_proj.weight"].T
-    x = _rms_norm(x, w["model.norm.weight"], eps)
+    x = _rms_norm(x if last is None else x[-last:], w["model.norm.weight"], eps)
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
     return x @ head.T

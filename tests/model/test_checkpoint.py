@@ -61,6 +61,22 @@ def test_hf_and_gguf_copies_give_the_same_model_tokenizer_and_fingerprint(both) 
     np.testing.assert_allclose(a[0], reference_logits(tiny_hf_config(), tiny_tensors(), ids), atol=1e-4)
 
 
+def test_gguf_logits_match_a_reference_that_rotates_permuted_weights_in_pairs(both) -> None:
+    # llama.cpp keeps Q/K permuted and rotates adjacent pairs; we un-permute and rotate halves. Same logits.
+    _, gg = both
+    cfg = tiny_hf_config()
+    permuted = {
+        name: permute_qk_like_llama_cpp(w, cfg["num_attention_heads"]) if "q_proj" in name
+        else permute_qk_like_llama_cpp(w, cfg["num_key_value_heads"]) if "k_proj" in name else w
+        for name, w in tiny_tensors().items()
+    }
+    ids = [1, 85, 288, 86, 71, 79, 201, 59, 271, 259, 273]
+    ref = reference_logits(cfg, permuted, ids, interleaved_rope=True)
+    np.testing.assert_allclose(np.asarray(_forward(gg.model, jnp.asarray([ids])))[0], ref, atol=1e-4)
+    wrong = reference_logits(cfg, permuted, ids)  # pairs rotated as halves: the permutation matters
+    assert np.abs(wrong - ref).max() > 1e-2
+
+
 def test_gguf_control_tokens_are_special(both) -> None:
     _, gg = both
     tok = gg.tokenizer
