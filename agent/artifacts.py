@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -32,6 +32,7 @@ __all__ = [
     "ArtifactCorruptError",
     "ArtifactMissingError",
     "Layout",
+    "clean_pointer_temporaries",
     "clean_temporaries",
     "digest_of",
     "point_current",
@@ -286,14 +287,39 @@ def version_ids_on_disk(layout: Layout) -> list[str]:
     return sorted(p.name for p in layout.versions.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def clean_temporaries(layout: Layout) -> list[Path]:
-    """Removes leftovers of interrupted writes (``versions/.tmp-*``, ``.current.tmp-*``); returns them."""
+def _tmp_owner(name: str) -> str | None:
+    """The version id a ``.tmp-<id>-<hex>`` publication directory belongs to (None for deletions)."""
+    if name.startswith(f"{TMP_PREFIX}delete-"):
+        return None
+    return name[len(TMP_PREFIX) :].rsplit("-", 1)[0]
+
+
+def clean_temporaries(layout: Layout, *, in_use: Callable[[str], bool] | None = None) -> list[Path]:
+    """Removes leftovers of interrupted writes under ``versions/`` (``.tmp-*``); returns them.
+
+    Args:
+        in_use: ``in_use(version_id)`` is True while that version may still be being published by a live
+            writer (e.g. the candidate of a running cycle); its temporary directory is left alone.
+    """
     removed = []
     if layout.versions.is_dir():
         for path in layout.versions.iterdir():
-            if path.name.startswith(TMP_PREFIX):
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-                removed.append(path)
+            if not path.name.startswith(TMP_PREFIX):
+                continue
+            owner = _tmp_owner(path.name)
+            if owner is not None and in_use is not None and in_use(owner):
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path)
+    return removed
+
+
+def clean_pointer_temporaries(layout: Layout) -> list[Path]:
+    """Removes ``.current.tmp-*`` symlinks left by a crash during :func:`point_current`.
+
+    Call it while holding the promotion lock, so that it cannot remove a live swap's temporary link.
+    """
+    removed = []
     if layout.state_dir.is_dir():
         for path in layout.state_dir.iterdir():
             if path.name.startswith(_CURRENT_TMP_PREFIX):

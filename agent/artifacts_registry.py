@@ -9,7 +9,8 @@ the champion keeps serving.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from agent.artifacts import Artifact, ArtifactCorruptError, ArtifactMissingError
 from agent.store import AuditKind, ChampionState, ModelVersion, Store, VersionStatus
 
 __all__ = ["HousekeepingReport", "Registry"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -134,14 +137,16 @@ class Registry:
             ChampionMovedError, ChampionPinnedError, VersionStateError: see :meth:`Champion.promote`.
         """
         self.load(version_id)
-        return self.store.champion.promote(
-            version_id,
-            expected_epoch=expected_epoch,
-            actor=actor,
-            reason=reason,
-            automatic=automatic,
-            cycle_id=cycle_id,
-            within=self._point,
+        return self._move(
+            lambda within: self.store.champion.promote(
+                version_id,
+                expected_epoch=expected_epoch,
+                actor=actor,
+                reason=reason,
+                automatic=automatic,
+                cycle_id=cycle_id,
+                within=within,
+            )
         )
 
     def rollback(self, *, actor: str, reason: str, automatic: bool = False) -> ChampionState:
@@ -161,8 +166,10 @@ class Registry:
                 except ArtifactMissingError as exc:
                     self.store.versions.reject(target.id, reason=str(exc))
                     continue
-            return self.store.champion.rollback(
-                expected_epoch=seen.epoch, actor=actor, reason=reason, automatic=automatic, within=self._point
+            return self._move(
+                lambda within, epoch=seen.epoch: self.store.champion.rollback(
+                    expected_epoch=epoch, actor=actor, reason=reason, automatic=automatic, within=within
+                )
             )
 
     def pin(self, version_id: str | None = None, *, actor: str, reason: str) -> ChampionState:
@@ -190,29 +197,54 @@ class Registry:
                 return self.rollback(actor=actor, reason=f"champion artifact unusable: {exc}")
         return self.store.champion.hold(self._point_if_needed)
 
-    def housekeeping(self, *, keep_last: int, protect: Iterable[str] = ()) -> HousekeepingReport:
+    def housekeeping(
+        self,
+        *,
+        keep_last: int,
+        protect: Iterable[str] = (),
+        in_use: Callable[[str], bool] | None = None,
+        all_temporaries: bool = False,
+    ) -> HousekeepingReport:
         """Removes temporaries and unregistered version directories, and prunes old artifacts.
 
         Retention keeps the newest ``keep_last`` versions, every version that was ever champion, and
-        ``protect`` (e.g. the running cycle's candidate). Rows are never deleted, only marked pruned.
-        Call it from the leader only, when no other process is publishing.
+        ``protect``. Rows are never deleted, only marked pruned.
+
+        Args:
+            keep_last: how many of the newest versions keep their artifacts.
+            protect: version ids whose artifacts are kept regardless.
+            in_use: ``in_use(version_id)`` is True while a live writer may still publish or register that
+                version (the running cycle's candidate); its temporary or unregistered directory is kept.
+                Checked at deletion time, so a cycle that starts meanwhile is safe too.
+            all_temporaries: remove temporaries even of versions in use (at start-up, when nothing writes).
         """
-        temporaries = [p.name for p in artifacts.clean_temporaries(self.layout)]
+        in_use = in_use or (lambda _version_id: False)
+        tmp_in_use = None if all_temporaries else in_use
+        temporaries = [p.name for p in artifacts.clean_temporaries(self.layout, in_use=tmp_in_use)]
+        pointer_tmps: list[Path] = []
+        self.store.champion.hold(
+            lambda _state: pointer_tmps.extend(artifacts.clean_pointer_temporaries(self.layout))
+        )
+        temporaries += [p.name for p in pointer_tmps]
         rows = self.store.versions.list()
         known = {v.id for v in rows}
         keep = set(protect)
         champion = self.store.champion.get().version_id
         if champion is not None:
             keep.add(champion)
-        orphans = [v for v in artifacts.version_ids_on_disk(self.layout) if v not in known and v not in keep]
-        for version_id in orphans:
-            artifacts.remove_version(self.layout, version_id)
+        orphans = []
+        for version_id in artifacts.version_ids_on_disk(self.layout):
+            if version_id in known or version_id in keep or in_use(version_id):
+                continue
+            if self.store.versions.find(version_id) is None:  # re-read: it may have been registered meanwhile
+                artifacts.remove_version(self.layout, version_id)
+                orphans.append(version_id)
         live = [v for v in rows if not v.pruned]
         keep |= {v.id for v in live[-keep_last:]} if keep_last > 0 else set()
         keep |= {v.id for v in live if v.was_champion}
         pruned = []
         for version in live:
-            if version.id not in keep:
+            if version.id not in keep and not in_use(version.id):
                 artifacts.remove_version(self.layout, version.id)
                 self.store.versions.mark_pruned(version.id)
                 pruned.append(version.id)
@@ -224,6 +256,25 @@ class Registry:
         )
 
     # -- internals ---------------------------------------------------------------------------------------------
+
+    def _move(self, move: Callable[[Callable[[ChampionState], None]], ChampionState]) -> ChampionState:
+        swapped: list[str | None] = []
+
+        def within(state: ChampionState) -> None:
+            self._point(state)
+            swapped.append(state.version_id)
+
+        try:
+            return move(within)
+        except BaseException:
+            # The swap happens before the commit; if the commit then failed (connection lost, disk full), put
+            # ``current`` back on the committed champion rather than leave it on a version that never won.
+            if swapped:
+                try:
+                    self.store.champion.hold(self._point_if_needed)
+                except Exception:  # the database is unreachable: reconcile() repairs it at the next start
+                    log.warning("could not re-point current after a failed move", exc_info=True)
+            raise
 
     def _point(self, state: ChampionState) -> None:
         assert state.version_id is not None  # a move always names its target

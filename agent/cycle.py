@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from agent.store import (
     ChampionState,
     Cycle,
     CycleState,
+    NotFoundError,
     StaleCycleError,
     Store,
     VersionStateError,
@@ -45,6 +47,9 @@ __all__ = ["CycleRunner", "candidate_id_for"]
 log = logging.getLogger(__name__)
 
 Event = Callable[[str, Mapping[str, Any]], None]
+
+
+_CANDIDATE_ID = re.compile(r"^c(\d{6,})$")
 
 
 def candidate_id_for(cycle_id: int) -> str:
@@ -171,21 +176,36 @@ class CycleRunner:
     def housekeeping(self, *, include_active: bool = False) -> HousekeepingReport:
         """Removes temporaries, work directories of finished cycles and old artifacts (see Registry).
 
+        Safe to run while a cycle trains in another thread: what belongs to a non-terminal cycle (its work
+        directory, its candidate's temporary or unregistered directory) is checked at deletion time and kept.
+
         Args:
-            include_active: also clean the running cycle's interrupted checkpoint writes (start-up only, when
-                nothing is training).
+            include_active: also clean the running cycle's interrupted writes (checkpoints, publication);
+                only at start-up, when nothing is training.
         """
-        active = self.store.cycles.active()
-        protect = [candidate_id_for(active.id)] if active else []
-        report = self.registry.housekeeping(keep_last=self.keep_last, protect=protect)
+        report = self.registry.housekeeping(
+            keep_last=self.keep_last, in_use=self._candidate_in_use, all_temporaries=include_active
+        )
         if self.workdirs.is_dir():
             for workdir in self.workdirs.iterdir():
-                if active is not None and workdir.name == str(active.id):
+                if self._cycle_running(workdir.name):
                     if include_active:
                         prune_checkpoints(workdir)
                     continue
-                shutil.rmtree(workdir)
+                shutil.rmtree(workdir, ignore_errors=True)
         return report
+
+    def _cycle_running(self, cycle_id: str) -> bool:
+        if not cycle_id.isdigit():
+            return False
+        try:
+            return not self.store.cycles.get(int(cycle_id)).state.terminal
+        except NotFoundError:
+            return False
+
+    def _candidate_in_use(self, version_id: str) -> bool:
+        found = _CANDIDATE_ID.match(version_id)
+        return found is not None and self._cycle_running(found.group(1))
 
     # -- the state machine -------------------------------------------------------------------------------------
 

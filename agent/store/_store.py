@@ -14,7 +14,7 @@ from agent.store._lease import Leases
 from agent.store._observations import Decisions, Metrics
 from agent.store._operator import Commands, Overrides
 from agent.store._versions import Versions
-from agent.store.errors import SchemaTooNewError
+from agent.store.errors import SchemaTooNewError, StoreError
 
 
 class Store:
@@ -50,7 +50,7 @@ class Store:
                     f"database schema version {version} is newer than this qtha understands (up to "
                     f"{_migrations.LATEST_VERSION}); upgrade qtha"
                 )
-            raise RuntimeError(
+            raise StoreError(
                 f"database schema version {version} is older than {_migrations.LATEST_VERSION}; "
                 "open it with open_store(), which migrates"
             )

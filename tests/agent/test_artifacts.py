@@ -6,13 +6,21 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent import artifacts
 from agent.artifacts import ArtifactCorruptError, ArtifactMissingError, Layout
 from agent.artifacts_registry import Registry
-from agent.store import AuditKind, ChampionPinnedError, Store, VersionStateError, VersionStatus
+from agent.store import (
+    AuditKind,
+    ChampionPinnedError,
+    ChampionState,
+    Store,
+    VersionStateError,
+    VersionStatus,
+)
 
 
 def _source(root: Path, name: str, payload: bytes) -> Path:
@@ -105,11 +113,14 @@ def test_current_pointer_is_a_relative_symlink_replaced_atomically(layout: Layou
 
 def test_clean_temporaries_removes_interrupted_writes(layout: Layout, tmp_path: Path) -> None:
     artifacts.publish(layout, "v1", _source(tmp_path, "v1", b"a"))
-    (layout.versions / ".tmp-v2-abcd").mkdir()
-    (layout.versions / ".tmp-v2-abcd" / "half").write_bytes(b"x")
+    for name in (".tmp-v2-abcd", ".tmp-v3-0123", ".tmp-delete-v3-4567"):
+        (layout.versions / name).mkdir()
+        (layout.versions / name / "half").write_bytes(b"x")
     os.symlink("versions/v1", layout.state_dir / ".current.tmp-1234")
-    removed = sorted(p.name for p in artifacts.clean_temporaries(layout))
-    assert removed == [".current.tmp-1234", ".tmp-v2-abcd"]
+    removed = sorted(p.name for p in artifacts.clean_temporaries(layout, in_use=lambda v: v == "v3"))
+    assert removed == [".tmp-delete-v3-4567", ".tmp-v2-abcd"]  # v3 may still be being published
+    assert [p.name for p in artifacts.clean_pointer_temporaries(layout)] == [".current.tmp-1234"]
+    assert sorted(p.name for p in layout.versions.iterdir()) == [".tmp-v3-0123", "v1"]
     assert artifacts.version_ids_on_disk(layout) == ["v1"]
 
 
@@ -162,6 +173,23 @@ def test_rollback_moves_both_back_and_pin_blocks_automatic_moves(
     assert artifacts.read_current(registry.layout) == "v1"
     pinned = registry.pin("v3", actor="operator", reason="serve v3 and hold it")
     assert pinned.version_id == artifacts.read_current(registry.layout) == "v3" and pinned.pinned
+
+
+def test_a_move_that_fails_after_the_swap_puts_current_back(
+    registry: Registry, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _candidate(registry, tmp_path, "v1")
+    _candidate(registry, tmp_path, "v2")
+    registry.promote("v1", expected_epoch=0, actor="bootstrap", reason="first")
+
+    def commit_fails(version_id: str, *, within: Any, **_kw: Any) -> ChampionState:
+        within(ChampionState(version_id, 2, False, None))  # the swap happened...
+        raise OSError("connection lost during COMMIT")  # ...but the row never moved
+
+    monkeypatch.setattr(store.champion, "promote", commit_fails)
+    with pytest.raises(OSError, match="connection lost"):
+        registry.promote("v2", expected_epoch=1, actor="cycle", reason="r")
+    assert artifacts.read_current(registry.layout) == "v1" == store.champion.get().version_id
 
 
 def test_reconcile_repairs_a_pointer_left_behind_by_a_crash(registry: Registry, tmp_path: Path) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from agent.clock import FakeClock
 from agent.store import (
@@ -72,6 +73,47 @@ def test_newer_schema_is_refused_with_a_clear_message(store_url: str, fake_clock
     engine.dispose()
     with pytest.raises(SchemaTooNewError, match=r"schema version 7 is newer .* \(up to 1\); upgrade qtha"):
         open_store(store_url, clock=fake_clock)
+
+
+def test_concurrent_first_start_ups_migrate_once(store_url: str, fake_clock: FakeClock) -> None:
+    stores: list[Store] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            stores.append(open_store(store_url, clock=fake_clock))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(stores) == 3
+    with stores[0].engine.connect() as conn:
+        assert conn.execute(text("SELECT version FROM schema_version")).scalars().all() == [1]
+        assert conn.execute(text("SELECT count(*) FROM champion")).scalar() == 1
+    for s in stores:
+        s.close()
+
+
+def test_migrated_schema_matches_the_table_definitions(store: Store) -> None:
+    from agent.store._tables import METADATA
+
+    inspector = inspect(store.engine)
+    for table in METADATA.sorted_tables:
+        columns = {c["name"] for c in inspector.get_columns(table.name)}
+        assert columns == {c.name for c in table.columns}, f"{table.name}: add a migration step"
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys_and_a_busy_timeout(sqlite_store: Store) -> None:
+    with sqlite_store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    with pytest.raises(Exception, match="FOREIGN KEY"), sqlite_store.engine.begin() as conn:
+        conn.execute(text("UPDATE champion SET version_id = 'no-such-version'"))
 
 
 # -- versions -----------------------------------------------------------------------------------------------
