@@ -158,7 +158,8 @@ def refine_on_device(
         The refined parameters, per-step history and a stop status (never raises for budget or offline).
     """
     config = config or RefineConfig()
-    value_and_grad = jax.value_and_grad(loss_fn)
+    # Jitted once: the device calls are callbacks inside the compiled step, the rest runs at XLA speed.
+    value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
     m = jax.tree.map(jnp.zeros_like, params)
     v = jax.tree.map(jnp.zeros_like, params)
     history: list[RefineStep] = []
@@ -191,7 +192,7 @@ def refine_on_device(
         history.append(RefineStep(step, float(loss), stats.shots, stats.cost))
     validation = None
     if validate_fn is not None:
-        out, err = guarded(lambda: validate_fn(params))
+        out, err = guarded(lambda: jax.jit(validate_fn)(params))
         if err is not None:
             return stop(err)
         validation = float(out)
