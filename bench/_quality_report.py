@@ -1,0 +1,218 @@
+"""REPORT.md and the PNG plots of the quality study, rendered from its raw results (nothing here measures)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._quality_summary import (
+    BASELINE,
+    MAX_COST_RATIO,
+    ArmSummary,
+    Comparison,
+    compare_to_lora,
+    recommend,
+    summarize,
+)
+
+__all__ = ["write_report"]
+
+_METRIC_NAMES = {"heldout_loss": "held-out loss", "exact_match": "exact match"}
+
+
+def _label(results: dict[str, Any], arm: str) -> str:
+    return results["meta"]["arms"][arm]["label"]
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot_loss_curves(results: dict[str, Any], task: str, path: Path) -> None:
+    """Training loss per arm (mean over seeds, moving average; band: min–max over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm in results["meta"]["profile"]["arms"]:
+        runs = [r for r in results["runs"] if r["task"] == task and r["arm"] == arm and not r["probe"]]
+        if not runs:
+            continue
+        curves = np.asarray([r["train_losses"] for r in runs], np.float64)
+        window = max(1, curves.shape[1] // 15)
+        smooth = np.asarray([_smooth(c, window) for c in curves])
+        x = np.arange(smooth.shape[1]) + window
+        ax.plot(x, smooth.mean(axis=0), label=f"{_label(results, arm)} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        if len(runs) > 1:
+            ax.fill_between(x, smooth.min(axis=0), smooth.max(axis=0), alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (moving average)")
+    ax.set_title(f"{task}: training loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]], metric: str, path: Path) -> None:
+    """Bars of ``metric`` per arm (mean ± sd over seeds) per task, the untrained base model as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in summary if metric != "exact_match" or t == "maths"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        arms = list(summary[task])
+        stats = [getattr(summary[task][a], metric) for a in arms]
+        means = [s.mean for s in stats]
+        errs = [0.0 if math.isnan(s.sd) else s.sd for s in stats]
+        ax.bar(range(len(arms)), means, yerr=errs, capsize=4, color=[f"C{i}" for i in range(len(arms))])
+        ax.set_xticks(range(len(arms)), [_label(results, a).replace(" ", "\n", 2) for a in arms], fontsize=7)
+        base = results["base"].get(task, {}).get(metric)
+        if base is not None:
+            ax.axhline(base, color="k", linestyle="--", linewidth=1, label=f"base model {base:.3f}")
+            ax.legend(fontsize=8)
+        ax.set_title(f"{task}: {_METRIC_NAMES[metric]} (mean ± sd over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _arm_table(results: dict[str, Any], task: str, rows: dict[str, ArmSummary]) -> list[str]:
+    lora = rows.get(BASELINE)
+    maths = task == "maths"
+    head = ("| arm | seeds | trainable params | ratio to LoRA | bond dim | s/step (median) | × LoRA time | "
+            "final train loss | held-out loss | held-out ppl |" + (" exact match |" if maths else ""))
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    base = results["base"].get(task)
+    if base is not None:
+        lines.append(f"| base model (no training) | – | 0 | – | – | – | – | – | {base['heldout_loss']:.4f} | "
+                     f"{base['heldout_ppl']:.2f} |" + (f" {base['exact_match']:.3f} |" if maths else ""))
+    for arm, s in rows.items():
+        ratio = f"{s.params / lora.params:.3f}" if lora else "–"
+        cost = f"{s.step_s.mean / lora.step_s.mean:.2f}" if lora else "–"
+        lines.append(
+            f"| {_label(results, arm)} | {len(s.seeds)} | {s.params:,} | {ratio} | {s.bond_dim or '–'} | "
+            f"{s.step_s.fmt(2)} | {cost} | {s.final_train_loss.fmt()} | {s.heldout_loss.fmt()} | "
+            f"{s.heldout_ppl.fmt(2)} |" + (f" {s.exact_match.fmt(3)} |" if maths else ""))
+    return lines
+
+
+def _comparison_table(results: dict[str, Any], comparisons: list[Comparison]) -> list[str]:
+    lines = ["| task | arm | metric | seeds paired | arm − LoRA | 95% CI | examples | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        d = c.diff
+        lines.append(f"| {c.task} | {_label(results, c.arm)} | {_METRIC_NAMES[c.metric]} "
+                     f"({'lower' if c.lower_is_better else 'higher'} is better) | "
+                     f"{', '.join(map(str, c.seeds))} | {d.diff:+.4f} | [{d.low:+.4f}, {d.high:+.4f}] | "
+                     f"{d.n_examples} | {c.verdict} LoRA |")
+    return lines
+
+
+def _profile_lines(results: dict[str, Any]) -> list[str]:
+    p = results["meta"]["profile"]
+    meta = results["meta"]
+    lines = [
+        f"- Profile **{p['name']}**, checkpoint `{meta['checkpoint']}`; arms: {', '.join(p['arms'])}.",
+        f"- Training seeds {', '.join(map(str, p['seeds']))} for the cheap arms, the first {p['costly_seeds']} for "
+        f"the costly ones; data seed {p['data_seed']} (the same problems and split for every arm and seed).",
+        f"- Maths: {p['maths_steps']} steps × batch {p['maths_batch']} × {p['maths']['seq_len']} tokens; "
+        f"dialogue: {p['dialogue_steps']} steps × batch {p['dialogue_batch']} × {p['dialogue']['seq_len']} tokens.",
+        f"- Every arm: AdamW, peak learning rate {p['learning_rate']:g}, {p['warmup_steps']} warm-up steps then "
+        "cosine decay to a tenth, global-norm clipping at 1, per-block remat, float32.",
+    ]
+    if p["lr_probe"]:
+        lines.append(f"- Learning-rate probe for the recipe (not part of the comparison): {', '.join(p['lr_probe_arms'])}"
+                     f" at {', '.join(f'{x:g}' for x in p['lr_probe'])} on maths, seed {p['seeds'][0]}.")
+    lines += [f"- Task {name}: {text}." for name, text in meta["tasks"].items()]
+    start, end = meta.get("machine_at_start", {}), meta.get("machine_at_end", {})
+    lines.append(f"- Machine: {start.get('cpus')} CPUs, {start.get('platform')}, jax {start.get('jax')} on "
+                 f"{start.get('device')}; load average at start {tuple(round(x, 1) for x in start.get('load_avg', ()))}"
+                 + (f", at end {tuple(round(x, 1) for x in end['load_avg'])}" if end else "") + ".")
+    if "study_wall_s" in meta:
+        lines.append(f"- Study wall time: {meta['study_wall_s'] / 60:.1f} min ({meta['started_utc']} → "
+                     f"{meta['finished_utc']} UTC).")
+    else:
+        lines.append("- **The study did not finish**: the tables hold the runs completed before it stopped.")
+    return lines
+
+
+def _verdict_lines(results: dict[str, Any], comparisons: list[Comparison]) -> list[str]:
+    lines = []
+    for c in comparisons:
+        d = c.diff
+        lines.append(f"- **{c.task}, {_label(results, c.arm)}** {c.verdict} LoRA on {_METRIC_NAMES[c.metric]}: "
+                     f"{d.diff:+.4f} (95% CI [{d.low:+.4f}, {d.high:+.4f}], {d.n_examples} held-out examples, seeds "
+                     f"{', '.join(map(str, c.seeds))}).")
+    return lines
+
+
+def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0) -> Path:
+    """Writes ``REPORT.md`` and the PNG plots into ``out``; returns the report's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results)
+    comparisons = compare_to_lora(results, seed=bootstrap_seed)
+    plots = []
+    for task in summary:
+        name = f"loss_curves_{task}.png"
+        plot_loss_curves(results, task, out / name)
+        plots.append((f"{task}: training loss per arm", name))
+    if "maths" in summary:
+        plot_bars(results, summary, "exact_match", out / "accuracy.png")
+        plots.append(("maths: held-out exact match", "accuracy.png"))
+    plot_bars(results, summary, "heldout_loss", out / "heldout_loss.png")
+    plots.append(("held-out loss per task", "heldout_loss.png"))
+    rec = recommend(results, summary)
+
+    lines = ["# Quality study: QTHA against LoRA on SmolLM2-135M-Instruct", "",
+             "Produced by `bench/quality.py` (raw numbers in `results.json` beside this file); every number below "
+             "was measured by that run. Reproduce with:", "", "```", f".venv/bin/python {results['meta']['command']}",
+             "```", "", "## What was run", "", *_profile_lines(results), "",
+             "## Where QTHA beats, matches or loses to LoRA", "",
+             "Paired per held-out example (per-example values averaged over the seeds both arms ran), 95% percentile "
+             f"bootstrap interval over examples ({results['meta']['profile']['bootstrap']} resamples). \"No "
+             "significant difference\" means the interval contains 0 — not that the arms are equal.", "",
+             *(_verdict_lines(results, comparisons) or ["- No comparison: LoRA or the other arms have no runs."]), ""]
+    for task, rows in summary.items():
+        lines += [f"## {task.capitalize()}", "",
+                  "Mean ± sample standard deviation over seeds. Final train loss: mean of the last tenth of the "
+                  "steps. s/step: median wall time of a training step after compilation (the machine was shared "
+                  "while it ran, so compare ratios within this run rather than absolute times).", "",
+                  *_arm_table(results, task, rows), ""]
+    lines += ["## Paired differences to LoRA", "", *_comparison_table(results, comparisons), ""]
+    lines += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots] + [""]
+    lines += ["## Arms", ""]
+    for arm, info in results["meta"]["arms"].items():
+        configs = {r["adapter_config"] for r in results["runs"] if r["arm"] == arm}
+        lines.append(f"- **{info['label']}** (`{arm}`): {info['note']}."
+                     + "".join(f" Config: `{c}`." for c in sorted(configs)))
+    lines += ["", "## Default QTHA recipe for the daemon's cold start", ""]
+    if rec is None:
+        lines.append("No QTHA arm was affordable or run; the recipe was not changed.")
+    else:
+        lines += [f"Chosen: **{rec.qnn_mode} mode, {rec.qubits} qubits, {rec.layers} layers, bond dimension "
+                  f"{rec.bond_dim}, learning rate {rec.learning_rate:g}** (arm `{rec.arm}`).", ""]
+        lines += [f"- {reason}." for reason in rec.reasons]
+        lines += [f"- Rule: among QTHA arms (not the classical ablation) whose median time per step is at most "
+                  f"{MAX_COST_RATIO:g}× LoRA's, the best maths exact match (ties: lower held-out loss).", ""]
+    samples = [(r["key"], s) for r in results["runs"] if r.get("samples") and not r["probe"] and r["seed"] ==
+               results["meta"]["profile"]["seeds"][0] for s in r["samples"][:1]]
+    if samples:
+        lines += ["## A held-out completion per arm (maths, first seed)", ""]
+        for key, s in samples:
+            lines.append(f"- `{key}` (answer {s['answer']}): {s['completion'][:300]!r}")
+        lines.append("")
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,263 @@
+"""Quality study: QTHA against LoRA on the bundled SmolLM2-135M-Instruct, the baseline protocol of qtha-method.md.
+
+Every arm gets the same base model, data, training seeds, steps, batch and learning-rate schedule; the study
+trains each (arm, task, seed), scores it on held-out data (maths: exact match by greedy decoding and response
+loss; dialogue: response loss / perplexity), and writes ``results.json``, PNG plots and ``REPORT.md``.
+
+    .venv/bin/python bench/quality.py --profile full          # the study (~2 h on an idle 2-core machine)
+    .venv/bin/python bench/quality.py --profile quick         # about an hour on a shared machine
+    .venv/bin/python bench/quality.py --report-only           # re-render REPORT.md and plots from results.json
+    .venv/bin/python bench/quality.py --profile smoke --checkpoint DIR --out /tmp/q --json   # pipeline check
+
+Raw results are saved after every run, so ``--resume`` continues a study that was cut short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from bench._quality_api import (  # noqa: E402
+    TrainConfig,
+    batch_schedule,
+    count_adapter_params,
+    inject_adapters,
+    train,
+)
+from bench._quality_arms import Arm, default_arms  # noqa: E402
+from bench._quality_data import Task, dialogue_task, maths_task  # noqa: E402
+from bench._quality_eval import exact_match, example_losses  # noqa: E402
+from bench._quality_profiles import PROFILES, Profile, RunSpec, plan_runs  # noqa: E402
+from bench._quality_report import write_report  # noqa: E402
+from model import LoadedModel, load_checkpoint  # noqa: E402
+
+RESULTS_FORMAT = 1
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "reports" / "quality"
+
+
+def log(message: str) -> None:
+    """Progress on stdout, flushed (the study runs for hours, often under nohup)."""
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
+
+
+def build_tasks(loaded: LoadedModel, profile: Profile) -> dict[str, Task]:
+    """The profile's tasks, tokenized with the model's tokenizer."""
+    builders: dict[str, Callable[[], Task]] = {
+        "maths": lambda: maths_task(loaded.tokenizer, profile.maths, data_seed=profile.data_seed),
+        "dialogue": lambda: dialogue_task(loaded.tokenizer, profile.dialogue, data_seed=profile.data_seed),
+    }
+    return {name: builders[name]() for name in profile.tasks}
+
+
+def evaluate(model: nnx.Module, loaded: LoadedModel, task: Task, profile: Profile) -> dict[str, Any]:
+    """Held-out measurements of one model on one task (per example, for paired comparisons)."""
+    t0 = time.perf_counter()
+    losses = example_losses(model, task.test, batch_size=profile.eval_batch)
+    out: dict[str, Any] = {
+        "heldout_loss": losses.mean,
+        "heldout_ppl": float(np.exp(losses.mean)),
+        "example_nll": losses.nll.tolist(),
+        "example_tokens": losses.tokens.tolist(),
+        "loss_eval_s": time.perf_counter() - t0,
+    }
+    if task.prompts:
+        t1 = time.perf_counter()
+        correct, completions = exact_match(model, loaded.tokenizer, task.prompts, task.answers,
+                                           max_new_tokens=profile.maths.max_new_tokens,
+                                           batch_size=profile.gen_batch)
+        out.update({
+            "exact_match": float(correct.mean()),
+            "example_correct": correct.tolist(),
+            "samples": [{"prompt": p, "completion": c, "answer": a}
+                        for p, c, a in list(zip(task.prompts, completions, task.answers, strict=True))[:3]],
+            "generate_s": time.perf_counter() - t1,
+        })
+    return out
+
+
+def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: Profile) -> dict[str, Any]:
+    """Inject ``arm``'s adapter into a copy of the base model, train it, evaluate it; the run's raw record."""
+    steps = profile.maths_steps if task.name == "maths" else profile.dialogue_steps
+    batch = profile.maths_batch if task.name == "maths" else profile.dialogue_batch
+    model = nnx.clone(loaded.model)
+    used = inject_adapters(model, arm.config, rngs=nnx.Rngs(params=spec.seed, dropout=spec.seed),
+                           qnn_factory=arm.qnn_factory(spec.seed))
+    params = count_adapter_params(model).total
+    config = TrainConfig(steps=steps, learning_rate=spec.learning_rate, warmup_steps=profile.warmup_steps,
+                         seed=spec.seed)
+    every = max(1, steps // 10)
+
+    def progress(p: Any) -> None:
+        if p.step == 1 or p.step % every == 0 or p.step == p.total_steps:
+            log(f"  {spec.key} step {p.step}/{p.total_steps} loss {p.loss:.4f} lr {p.learning_rate:.2e} "
+                f"{p.elapsed_s:.0f}s")
+
+    result = train(model, batch_schedule(task.train, batch, seed=spec.seed), config, progress=progress)
+    step_times = list(result.step_times_s)
+    log(f"  {spec.key} trained: median {statistics.median(step_times):.2f} s/step, compile "
+        f"{result.compile_time_s:.1f} s; evaluating")
+    record: dict[str, Any] = {
+        "key": spec.key,
+        "task": task.name,
+        "arm": arm.name,
+        "seed": spec.seed,
+        "learning_rate": spec.learning_rate,
+        "probe": spec.probe,
+        "steps": steps,
+        "batch": batch,
+        "adapter_config": repr(used),
+        "bond_dim": getattr(used, "bond_dim", None),
+        "trainable_params": params,
+        "train_losses": [float(x) for x in result.losses],
+        "skipped_nonfinite": result.skipped_nonfinite,
+        "compile_s": result.compile_time_s,
+        "step_times_s": step_times,
+        "median_step_s": statistics.median(step_times),
+        "train_wall_s": result.wall_time_s,
+    }
+    record.update(evaluate(model, loaded, task, profile))
+    return record
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the study ran (its timings depend on it)."""
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
+    }
+
+
+def save_results(path: Path, results: dict[str, Any]) -> None:
+    """Atomic write of the raw results (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_previous(path: Path, profile: Profile, checkpoint: str) -> dict[str, dict[str, Any]]:
+    """Runs of an earlier, identical study in ``path`` (same profile and checkpoint), by key."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text(encoding="utf-8"))
+    meta = old.get("meta", {})
+    if meta.get("profile") != profile.to_json() or meta.get("checkpoint") != checkpoint:
+        log(f"--resume: {path} holds a different study (profile or checkpoint differ); starting afresh")
+        return {}
+    return {r["key"]: r for r in old.get("runs", [])}
+
+
+def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command: str) -> dict[str, Any]:
+    """Runs the whole study, saving ``results.json`` after every run, and returns the results."""
+    started = time.perf_counter()
+    # The seeds of one arm lower to the same program: a persistent compilation cache compiles it once.
+    jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "qtha" / "jax-quality"))
+    log(f"profile {profile.name}: loading {checkpoint}")
+    loaded = load_checkpoint(checkpoint)
+    tasks = build_tasks(loaded, profile)
+    for task in tasks.values():
+        log(f"task {task.name}: {task.describe}")
+    arms = {a.name: a for a in default_arms(activation_qubits=profile.activation_qubits,
+                                            activation_layers=profile.activation_layers)}
+    unknown = sorted(set(profile.arms) - set(arms))
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; known: {sorted(arms)}")
+    plan = plan_runs(profile, {name for name, a in arms.items() if not a.cheap})
+    path = out / "results.json"
+    done = load_previous(path, profile, checkpoint) if resume else {}
+    results: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "meta": {
+            "profile": profile.to_json(),
+            "checkpoint": checkpoint,
+            "command": command,
+            "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine_at_start": machine_info(),
+            "tasks": {name: t.describe for name, t in tasks.items()},
+            "arms": {name: {"label": a.label, "note": a.note, "cheap": a.cheap, "classical": a.classical}
+                     for name, a in arms.items() if name in profile.arms},
+        },
+        "base": {},
+        "runs": [],
+    }
+    for name, task in tasks.items():
+        log(f"base model on {name} (no adapter)")
+        results["base"][name] = evaluate(loaded.model, loaded, task, profile)
+        log(f"  base {name}: held-out loss {results['base'][name]['heldout_loss']:.4f}"
+            + (f", exact match {results['base'][name]['exact_match']:.3f}" if task.prompts else ""))
+    for i, spec in enumerate(plan, start=1):
+        if spec.key in done:
+            results["runs"].append(done[spec.key])
+            log(f"[{i}/{len(plan)}] {spec.key}: reused from the earlier run")
+            continue
+        elapsed = time.perf_counter() - started
+        log(f"[{i}/{len(plan)}] {spec.key} ({arms[spec.arm].label}); study time so far {elapsed / 60:.1f} min")
+        record = run_one(loaded, tasks[spec.task], arms[spec.arm], spec, profile)
+        results["runs"].append(record)
+        log(f"  {spec.key}: params {record['trainable_params']}, final loss {record['train_losses'][-1]:.4f}, "
+            f"held-out loss {record['heldout_loss']:.4f}"
+            + (f", exact match {record['exact_match']:.3f}" if "exact_match" in record else ""))
+        save_results(path, results)
+    results["meta"]["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["meta"]["study_wall_s"] = time.perf_counter() - started
+    results["meta"]["machine_at_end"] = machine_info()
+    save_results(path, results)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--checkpoint", default="bundled:smollm2", help="base model (default: bundled SmolLM2)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default: reports/quality)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the profile's training seeds")
+    parser.add_argument("--maths-steps", type=int, help="override the profile's maths steps")
+    parser.add_argument("--dialogue-steps", type=int, help="override the profile's dialogue steps")
+    parser.add_argument("--arms", nargs="+", help="override the profile's arms")
+    parser.add_argument("--tasks", nargs="+", choices=("maths", "dialogue"), help="override the profile's tasks")
+    parser.add_argument("--resume", action="store_true", help="reuse finished runs of the same study in --out")
+    parser.add_argument("--report-only", action="store_true", help="re-render the report from --out/results.json")
+    parser.add_argument("--json", action="store_true", help="print the raw results as JSON at the end")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = args.out / "results.json"
+    if args.report_only:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        profile = PROFILES[args.profile].with_overrides(
+            seeds=tuple(args.seeds) if args.seeds else None, maths_steps=args.maths_steps,
+            dialogue_steps=args.dialogue_steps, arms=tuple(args.arms) if args.arms else None,
+            tasks=tuple(args.tasks) if args.tasks else None)
+        command = " ".join(["bench/quality.py", *(argv if argv is not None else sys.argv[1:])])
+        results = study(profile, checkpoint=args.checkpoint, out=args.out, resume=args.resume, command=command)
+    report = write_report(results, args.out)
+    log(f"report written: {report}")
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
