@@ -31,7 +31,7 @@ class Jacobian:
     stderr: np.ndarray
 
 
-def parameter_shift_jacobian(
+def parameter_shift_estimate(
     backend: Backend, qc: QnnCircuit, weights: np.ndarray, *, inputs: np.ndarray | None = None
 ) -> Jacobian:
     """The Jacobian in the weights at one input, every shifted circuit in one backend call.

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from quantum.circuits import QnnCircuit
-from quantum.executor import ExecutionStats, Executor
 from quantum.gradients import GradientRule, ParameterShift, callback_qnn
 from quantum.hardware.errors import BudgetExhaustedError, DeviceOfflineError
 from quantum.hardware.shots import ExecutorBackend
 from quantum.qnn import feature_map
+
+if TYPE_CHECKING:  # the executor imports this package's vocabulary; avoid the cycle at import time
+    from quantum.executor import ExecutionStats, Executor
 
 Stopped = Literal["completed", "budget_exhausted", "device_offline"]
 

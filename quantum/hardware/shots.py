@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cirq
 import numpy as np
@@ -17,9 +18,11 @@ import numpy as np
 from quantum.backends import MEASUREMENT_KEY, SamplerBackend, estimate, standard_error
 from quantum.backends.base import as_rows
 from quantum.circuits import QnnCircuit
-from quantum.executor import Executor
 from quantum.hardware.protocol import Program, ProgramResult
 from quantum.mitigation.readout import bits_to_probabilities, mitigate_probabilities, z_expectations
+
+if TYPE_CHECKING:  # the executor imports this package's vocabulary; avoid the cycle at import time
+    from quantum.executor import Executor
 
 ConfusionSource = Callable[[Sequence[cirq.Qid]], list[np.ndarray]]
 """Physical qubits → their 2×2 confusion matrices, e.g. ``Calibration.confusion_matrices``."""

@@ -11,7 +11,7 @@ from quantum import CircuitSpec, JaxBackend, build_circuit, make_qnn
 from quantum.emulator import Calibration, DeviceEmulator, DeviceSpec, EmulatorConfig
 from quantum.executor import Executor
 from quantum.hardware import FakeClock
-from quantum.hardware.gradients import parameter_shift_jacobian
+from quantum.hardware.gradients import parameter_shift_estimate
 from quantum.hardware.shots import ExecutorBackend
 
 GRID = DeviceSpec(name="grid-3x3", rows=3, cols=3)
@@ -26,7 +26,7 @@ def exact_jacobian(spec: CircuitSpec, weights: np.ndarray) -> np.ndarray:
 def test_parameter_shift_rules_are_exact_on_exact_values(readout: str) -> None:
     spec = CircuitSpec(n_qubits=3, n_layers=1, encoding="none", readout=readout)
     weights = np.random.default_rng(1).uniform(-np.pi, np.pi, spec.n_weights)
-    jac = parameter_shift_jacobian(JaxBackend(), build_circuit(spec), weights)
+    jac = parameter_shift_estimate(JaxBackend(), build_circuit(spec), weights)
     np.testing.assert_allclose(jac.values, exact_jacobian(spec, weights), atol=2e-5)
 
 
@@ -41,7 +41,7 @@ def test_parameter_shift_from_10000_shots_agrees_with_exact_gradients(readout: s
     )
     backend = ExecutorBackend(Executor(emulator, clock=clock, client_id=f"ps-{readout}"), repetitions=10_000)
     weights = np.random.default_rng(0).uniform(-1, 1, spec.n_weights)
-    jac = parameter_shift_jacobian(backend, qc, weights)
+    jac = parameter_shift_estimate(backend, qc, weights)
     exact = exact_jacobian(spec, weights)
     z = np.abs(jac.values - exact) / jac.stderr
     print(
