@@ -108,7 +108,7 @@ def _greedy_cached(graphdef, state, tokens, mask, stop_ids, max_new_tokens):
     batch, width = tokens.shape
     cache = model.init_cache(batch, width + max_new_tokens)
     key_mask = jnp.concatenate([mask, jnp.ones((batch, max_new_tokens), jnp.int32)], axis=1)
-    logits, cache = model(tokens, attention_mask=key_mask, cache=cache)
+    logits, cache = model(tokens, attention_mask=key_mask, cache=cache, last_only=True)
     first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
     out = jnp.full((batch, max_new_tokens), _UNWRITTEN, jnp.int32)
 

@@ -165,6 +165,7 @@ class CausalLM(nnx.Module):
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
         remat: bool = False,
+        last_only: bool = False,
     ) -> jax.Array | tuple[jax.Array, KVCache]:
         """Next-token logits.
 
@@ -178,9 +179,12 @@ class CausalLM(nnx.Module):
                 not shift positions.
             cache: a :class:`KVCache`; the tokens are written at ``cache.length`` and the updated cache returned.
             remat: recompute each block in the backward pass (``jax.checkpoint``) to save training memory.
+            last_only: project only the last position to the vocabulary (``[B, 1, vocab]``): a generation prefill
+                needs nothing else, and the vocabulary projection of every prompt token is a large waste.
 
         Returns:
-            float32 logits ``[B, T, vocab]``; with a cache, ``(logits, new_cache)``.
+            float32 logits ``[B, T, vocab]`` (``[B, 1, vocab]`` with ``last_only``); with a cache,
+            ``(logits, new_cache)``.
         """
         b, t = tokens.shape
         start = jnp.int32(0) if cache is None else cache.length
@@ -204,7 +208,7 @@ class CausalLM(nnx.Module):
             if kv is not None:
                 new_keys.append(kv[0])
                 new_values.append(kv[1])
-        x = self.norm(x)
+        x = self.norm(x[:, -1:] if last_only else x)
         logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
         logits = logits.astype(jnp.float32)
         if cache is None:

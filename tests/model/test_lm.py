@@ -63,6 +63,9 @@ def test_kv_cache_prefill_then_single_steps_equals_full_forward() -> None:
         parts.append(logits)
     assert int(cache.length) == len(IDS)
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-5)
+    last = nnx.jit(lambda m, t: m(t, last_only=True))(lm, tokens)
+    assert last.shape == (2, 1, full.shape[-1])
+    np.testing.assert_allclose(np.asarray(last)[:, 0], full[:, -1], atol=1e-5)
 
 
 def test_left_padding_leaves_the_real_tokens_logits_unchanged() -> None:
