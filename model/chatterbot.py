@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import ChatExample
+from .data import ChatExample, check_split_fractions
 
 SPLITS = ("train", "validation", "test")
 
@@ -120,8 +120,7 @@ def split_chatterbot(
     Raises:
         ValueError: fractions that are not three non-negative numbers summing to 1.
     """
-    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions={tuple(fractions)} must be three non-negative numbers summing to 1")
+    fractions = check_split_fractions(fractions)
     ids = sorted({p.conversation for p in pairs})
     order = np.random.default_rng(seed).permutation(len(ids))
     n_train = int(round(fractions[0] * len(ids)))

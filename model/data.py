@@ -223,6 +223,17 @@ def tokenize_examples(tokenizer: Tokenizer, examples: Sequence[Example], *, seq_
     return TokenizedData(inputs, targets, loss_mask, attention, truncated, tuple(dropped))
 
 
+def check_split_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """Validate train / validation / test fractions.
+
+    Raises:
+        ValueError: not three non-negative numbers summing to 1.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions={tuple(fractions)} must be three non-negative numbers summing to 1")
+    return float(fractions[0]), float(fractions[1]), float(fractions[2])
+
+
 def iterate_batches(
     data: TokenizedData, batch_size: int, *, seed: int, epochs: int | None = None
 ) -> Iterator[dict[str, np.ndarray]]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import ChatExample
+from .data import ChatExample, check_split_fractions
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -70,8 +70,7 @@ class MathProblem:
 
 def split_of(key: str, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> str:
     """The split a canonical problem key belongs to: a fixed hash bucket, independent of any seed."""
-    if len(fractions) != len(SPLITS) or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions={tuple(fractions)} must be three non-negative numbers summing to 1")
+    fractions = check_split_fractions(fractions)
     u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
     edges = np.cumsum(fractions)
     return SPLITS[min(int(np.searchsorted(edges, u, side="right")), len(SPLITS) - 1)]
