@@ -184,7 +184,7 @@ class CycleRunner:
                 only at start-up, when nothing is training.
         """
         report = self.registry.housekeeping(
-            keep_last=self.keep_last, in_use=self._candidate_in_use, all_temporaries=include_active
+            keep_last=self.keep_last, in_use=self.candidate_in_use, all_temporaries=include_active
         )
         if self.workdirs.is_dir():
             for workdir in self.workdirs.iterdir():
@@ -203,7 +203,9 @@ class CycleRunner:
         except NotFoundError:
             return False
 
-    def _candidate_in_use(self, version_id: str) -> bool:
+    def candidate_in_use(self, version_id: str) -> bool:
+        """True while ``version_id`` is the candidate of a non-terminal cycle (it may still be being published);
+        pass it as ``in_use`` to :meth:`Registry.housekeeping`."""
         found = _CANDIDATE_ID.match(version_id)
         return found is not None and self._cycle_running(found.group(1))
 

@@ -35,6 +35,21 @@ ROOT = Path(__file__).resolve().parents[2]
 KILLS = 55
 SEED = 20261127
 DEADLINE_S = 60.0
+# Event kinds to kill after (see agent.cycle_worker); rare, short windows are listed so they get hit too.
+KILL_AFTER = (
+    "begin",
+    "state:plan",
+    "state:train",
+    "checkpoint",
+    "checkpoint",
+    "published",
+    "state:validate",
+    "state:promote",
+    "promoted",
+    "state:rejected",
+    "end",
+    "rolled_back",
+)
 
 
 class Worker:
@@ -162,15 +177,19 @@ def test_sigkill_at_random_moments_keeps_every_invariant(tmp_path: Path) -> None
         if ready["adopted"] is not None:
             adopted_states["adopted"] += 1
         worker.go()
-        # Kill after a seeded random number of events (transitions and checkpoints); the child keeps running
-        # while we read, so the exact moment also varies with scheduling.
-        target = rng.randint(1, 60)
-        last = "ready"
-        for _ in range(target):
+        # Kill right after the n-th event of a seeded random kind; the child keeps running while we read, so
+        # the kill lands somewhere in the work that follows the event (publishing, the promotion transaction,
+        # the pointer swap, housekeeping, …) and the exact moment also varies with scheduling.
+        kind, nth = rng.choice(KILL_AFTER), rng.randint(1, 3)
+        last, seen = "ready", 0
+        for _ in range(200):
             event = worker.next_event()
             if event is None:
                 break
             last = event["event"] if event["event"] != "state" else f"state:{event['to']}"
+            seen += last == kind
+            if seen == nth:
+                break
         worker.proc.send_signal(signal.SIGKILL)
         worker.proc.wait()
         assert worker.proc.returncode == -signal.SIGKILL
