@@ -43,7 +43,8 @@ def _pause(rt: Runtime, args: Mapping[str, Any], actor: str) -> str:
 def _resume(rt: Runtime, args: Mapping[str, Any], actor: str) -> str:
     rt.store.overrides.clear("paused", actor=actor, reason="operator resume")
     rt.metrics.set_paused(False)
-    rt.run_soon("consider")
+    # No immediate trigger here: a `cycle --now` queued right behind this resume must be seen by the same
+    # trigger decision (the next consider tick comes within scheduler.consider_interval_s).
     return "resumed"
 
 

@@ -107,10 +107,14 @@ class QuantumConfig(_Section):
 
 class TrainingConfig(_Section):
     steps: int = Field(default=60, ge=1, description="Optimizer steps per cycle (cold-start recipe).")
-    batch_size: int = Field(default=4, ge=1)
-    seq_len: int = Field(default=128, ge=8)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    seed: int = Field(default=0)
+    batch_size: int = Field(default=4, ge=1, description="Training sequences per optimizer step.")
+    seq_len: int = Field(
+        default=128, ge=8, description="Tokens per training and evaluation sequence (longer are cut)."
+    )
+    learning_rate: float = Field(
+        default=1e-3, gt=0, description="Peak AdamW learning rate (warm-up, then cosine)."
+    )
+    seed: int = Field(default=0, description="Seeds adapter initialisation, batch order and the bootstrap.")
 
 
 class SchedulerConfig(_Section):
@@ -165,7 +169,11 @@ class PolicyConfig(_Section):
         default=0, ge=0, description="Quantum shots budget per UTC day (0: simulators only)."
     )
     money_per_day: float = Field(default=0.0, ge=0, description="Hardware spending budget per UTC day.")
-    promotion_floor: float = Field(default=0.0, description="A candidate below this accuracy is rejected.")
+    promotion_floor: float | None = Field(
+        default=None,
+        description="A candidate whose mean per-example score is below this is rejected (the score scale of "
+        "evaluation.score: minus the token loss for nll, 0-1 for exact_match). Empty: no absolute floor.",
+    )
     promotion_min_gain: float = Field(
         default=0.0, ge=0, description="Least mean accuracy gain over the champion."
     )
@@ -205,7 +213,12 @@ class EvaluationConfig(_Section):
         default=24, ge=1, description="Held-out examples per evaluation (same for every version)."
     )
     max_new_tokens: int = Field(default=48, ge=1, description="Greedy generation budget per example.")
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=8, ge=1, description="Evaluation sequences per forward pass.")
+    score: Literal["nll", "exact_match"] = Field(
+        default="nll",
+        description="Per-example score the promotion gate compares: minus the held-out token loss of the reference "
+        "answer (nll, informative from the first cycle) or exact-match accuracy of greedy answers.",
+    )
 
 
 class ObserveConfig(_Section):
@@ -236,7 +249,9 @@ class DaemonConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe level logged."
+    )
     json_lines: bool = Field(default=False, description="One JSON object per line instead of text.")
 
     @field_validator("level", mode="before")

@@ -7,6 +7,7 @@ pydantic model, so a bad override is refused with the same message a bad file wo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -107,7 +108,7 @@ def budget_per_day(policy: PolicyConfig) -> policies.Spend:
 
 def promotion_config(policy: PolicyConfig) -> policies.PromotionConfig:
     return policies.PromotionConfig(
-        floor=policy.promotion_floor,
+        floor=-math.inf if policy.promotion_floor is None else policy.promotion_floor,
         min_gain=policy.promotion_min_gain,
         confidence=policy.promotion_confidence,
         min_slice_examples=policy.min_slice_examples,

@@ -46,8 +46,10 @@ def job_config(config: QthaConfig) -> dict[str, Any]:
         "eval_examples": config.evaluation.examples,
         "eval_max_new_tokens": config.evaluation.max_new_tokens,
         "eval_batch_size": config.evaluation.batch_size,
+        "eval_score": config.evaluation.score,
         "backend": config.quantum.backend,
         "shots": config.quantum.shots,
+        "jax_cache_dir": str(config.state_dir / "jax-cache"),
     }
 
 

@@ -1,0 +1,325 @@
+"""The jobs the training child runs (``agent.training_job:train`` / ``:evaluate``), wrapping ``model/``.
+
+They run in the child process started by :class:`agent.trainer.WorkerTrainer`; their ``payload`` is JSON built by
+:func:`agent.trainer.job_config` plus the job's own fields, their ``ctx`` the worker's event sink and stop flag.
+
+train: load the base → inject the adapter the recipe names (warm-started from the champion's adapter when it has
+the same configuration) → train with step checkpoints (mirrored into the cycle's ``checkpoints/step-N``) → save the
+adapter. evaluate: load the base (+ the version's adapter) → score the fixed held-out set per example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.cycle_trainer import save_checkpoint
+from agent.inbox import read_examples
+from agent.train_worker import Interrupted, JobContext
+
+__all__ = ["adapter_config_for", "evaluate", "train"]
+
+_STATE = "train_state"  # model.train's own checkpoint directory inside the cycle's workdir
+_META = "train_state.json"
+
+
+def _setup_jax(payload: dict[str, Any]) -> None:
+    """Persistent XLA compilation cache: compiling the training step dominates a short cycle on CPU, and every
+    cycle of one recipe shape compiles the same program."""
+    cache = payload.get("jax_cache_dir")
+    if cache:
+        import jax
+
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def adapter_config_for(recipe: dict[str, Any], targets: tuple[str, ...]) -> Any:
+    """The ``model.adapters`` config a policy recipe names (weight mode needs an even number of qubits)."""
+    from model.adapters import LoraConfig, QthaAdapterConfig
+
+    targets = tuple(recipe.get("targets") or targets)
+    if recipe.get("adapter") == "lora":
+        rank = int(recipe.get("rank") or 8)
+        return LoraConfig(rank=rank, alpha=2.0 * rank, targets=targets)
+    mode = recipe.get("qnn_mode") or "weight"
+    qubits = int(recipe.get("qubits") or 4)
+    if mode == "weight" and qubits % 2:
+        qubits += 1  # P(θ) is reshaped into an r×r core: 2^n must be a square
+    return QthaAdapterConfig(
+        n_qubits=qubits,
+        n_layers=int(recipe.get("layers") or 2),
+        qnn_mode=mode,
+        bond_dim=int(recipe["bond_dim"]) if recipe.get("bond_dim") else None,
+        targets=targets,
+    )
+
+
+def _training_examples(payload: dict[str, Any], recipe: dict[str, Any], cycle: str, count: int) -> list[Any]:
+    from model import ChatExample, generate_math_problems, load_chatterbot, split_chatterbot
+
+    seed = int(payload["data_seed"]) * 100_003 + (int(cycle) if cycle.isdigit() else 0)
+    if payload["task"] == "maths":
+        # Fresh problems each cycle (seeded by the cycle), always from the train split: no test leakage.
+        examples = [p.as_example() for p in generate_math_problems(count, split="train", seed=seed)]
+    else:
+        pairs = split_chatterbot(load_chatterbot(), seed=int(payload["data_seed"]))["train"]
+        examples = [ChatExample(p.prompt, p.response) for p in pairs]
+    inbox = [ChatExample(e.prompt, e.answer) for e in read_examples(Path(payload["dataset_dir"]))]
+    return inbox + examples
+
+
+def _heldout(payload: dict[str, Any]) -> list[tuple[str, Any, int | None]]:
+    """(id, chat example, exact answer or None) — the same for every version (fixed seed and split)."""
+    from model import ChatExample, generate_math_problems, load_chatterbot, split_chatterbot
+
+    n = int(payload["eval_examples"])
+    if payload["task"] == "maths":
+        problems = generate_math_problems(n, split="test", seed=int(payload["data_seed"]))
+        return [(f"steps{p.steps}/{p.key}", p.as_example(), p.answer) for p in problems]
+    pairs = split_chatterbot(load_chatterbot(), seed=int(payload["data_seed"]))["test"][:n]
+    return [(f"dialogue/{i:04d}", ChatExample(p.prompt, p.response), None) for i, p in enumerate(pairs)]
+
+
+def _mirror(workdir: Path, state_dir: Path, last: int, ctx: JobContext) -> int:
+    """Copies model.train's newest checkpoint into ``checkpoints/step-N`` (atomic) and reports it."""
+    meta = state_dir / _META
+    if not meta.exists():
+        return last
+    step = int(json.loads(meta.read_text(encoding="utf-8"))["step"])
+    if step <= last:
+        return last
+    path = save_checkpoint(
+        workdir,
+        step,
+        lambda tmp: [
+            shutil.copy2(f, tmp / f.name)
+            for f in state_dir.iterdir()
+            if f.is_file() and not f.name.endswith(".tmp")
+        ],
+    )
+    ctx.emit({"event": "checkpoint", "step": step, "path": str(path)})
+    return step
+
+
+def train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from model import load_checkpoint, tokenize_examples
+    from model.adapters import adapter_config, count_adapter_params, inject_adapters
+    from model.artifacts import load_adapter, read_adapter_manifest, save_adapter
+    from model.train import Batch, TrainConfig
+    from model.train import train as train_model
+
+    _setup_jax(payload)
+    recipe = dict(payload["recipe"])
+    workdir = Path(payload["workdir"])
+    cycle = workdir.name
+    steps = int(recipe["steps"])
+    batch_size = int(recipe.get("batch_size") or payload["batch_size"])
+    seq_len = int(recipe.get("seq_len") or payload["seq_len"])
+    seed = int(recipe.get("seed", payload["seed"]))
+    started = time.monotonic()
+
+    loaded = load_checkpoint(payload["model_source"])
+    model = loaded.model
+    wanted = adapter_config_for(recipe, tuple(payload["targets"]))
+    parent = payload.get("parent_dir")
+    warm = False
+    if parent and (Path(parent) / "adapter.json").exists():
+        manifest = read_adapter_manifest(parent)
+        # Continue from the champion's adapter only when the recipe asks for the same one on the same base.
+        if manifest.get("base_fingerprint") == loaded.fingerprint and _same_adapter(manifest, wanted):
+            load_adapter(model, parent, base_fingerprint=loaded.fingerprint)
+            warm = True
+    if not warm:
+        inject_adapters(model, wanted, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    used = adapter_config(model)
+    ctx.emit({"event": "log", "message": f"adapter {used.kind} {used}, warm start from champion: {warm}"})
+
+    examples = _training_examples(payload, recipe, cycle, max(steps * batch_size, 64))
+    data = tokenize_examples(loaded.tokenizer, examples, seq_len=seq_len)
+    if len(data) < batch_size:
+        raise ValueError(f"only {len(data)} training examples fit seq_len={seq_len}; lower the batch size")
+
+    rng = np.random.default_rng(seed)
+    order = np.concatenate(
+        [rng.permutation(len(data)) for _ in range(math.ceil(steps * batch_size / len(data)) + 1)]
+    )
+    batches = []
+    for i in range(steps):
+        rows = data.select(order[i * batch_size : (i + 1) * batch_size])
+        batches.append(
+            Batch(
+                jnp.asarray(rows["inputs"]),
+                jnp.asarray(rows["targets"]),
+                jnp.asarray(rows["loss_mask"]),
+                jnp.asarray(rows["attention_mask"]),
+            )
+        )
+
+    state_dir = workdir / _STATE
+    resume_from = payload.get("resume_from")
+    if resume_from:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.copytree(resume_from, state_dir)
+    elif state_dir.exists():
+        shutil.rmtree(state_dir)  # a stale state from an attempt whose checkpoint was never mirrored
+    last = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
+    first_step = last
+    every = max(1, steps // 6)
+    config = TrainConfig(
+        steps=steps,
+        learning_rate=float(recipe["learning_rate"]),
+        warmup_steps=min(5, steps // 4),
+        seed=seed,
+        checkpoint_every=every,
+    )
+
+    def progress(report: Any) -> None:
+        nonlocal last
+        last = _mirror(workdir, state_dir, last, ctx)  # the checkpoint written after the previous step
+        ctx.emit(
+            {
+                "event": "progress",
+                "step": report.step,
+                "of": report.total_steps,
+                "loss": report.loss,
+                "lr": report.learning_rate,
+                "nonfinite": report.skipped_nonfinite,
+            }
+        )
+
+    result = train_model(
+        model,
+        batches,
+        config,
+        checkpoint_dir=state_dir,
+        resume=bool(resume_from),
+        progress=progress,
+        should_stop=lambda: ctx.stop_requested,
+    )
+    last = _mirror(workdir, state_dir, last, ctx)
+    # Circuit evaluations (forward passes; the adjoint backward pass is not counted): one per adapted module per
+    # step in weight mode, one per token in activation mode.
+    per_step = 1 if getattr(used, "qnn_mode", None) == "weight" else batch_size * seq_len
+    modules = len(count_adapter_params(model).per_module)
+    circuits = modules * per_step * max(0, result.steps_done - first_step) if used.kind == "qtha" else 0
+    if circuits:
+        ctx.emit(
+            {
+                "event": "quantum",
+                "backend": recipe.get("backend") or payload["backend"],
+                "circuits": circuits,
+                "shots": 0,
+            }
+        )
+    if result.stopped_early == "stop requested":
+        raise Interrupted(f"stopped at step {result.steps_done} of {steps}; checkpoint at step {last}")
+    if result.stopped_early:
+        raise RuntimeError(f"training stopped early: {result.stopped_early} after {result.steps_done} steps")
+    out = workdir / "candidate"
+    shutil.rmtree(out, ignore_errors=True)
+    save_adapter(model, out, base_fingerprint=loaded.fingerprint)
+    finite = [x for x in result.losses if math.isfinite(x)]
+    tail = finite[-max(1, len(finite) // 5) :] if finite else [math.nan]
+    return {
+        "artifact_dir": str(out),
+        "steps": result.steps_done,
+        "metrics": {
+            "train_loss_final": float(sum(tail) / len(tail)),
+            "train_loss_first": float(finite[0]) if finite else math.nan,
+            "nonfinite_steps": float(result.skipped_nonfinite),
+            "trainable_params": float(count_adapter_params(model).total),
+            "train_wall_s": time.monotonic() - started,
+            "warm_start": 1.0 if warm else 0.0,
+        },
+        "base_fingerprint": loaded.fingerprint,
+        "adapter_kind": used.kind,
+        "adapter_config": json.loads(json.dumps(dataclasses.asdict(used), default=str)),
+    }
+
+
+def _same_adapter(manifest: dict[str, Any], wanted: Any) -> bool:
+    saved = manifest.get("config", {})
+    if manifest.get("kind") != wanted.kind:
+        return False
+    keys = ("rank", "n_qubits", "n_layers", "qnn_mode")
+    same = all(saved.get(k) == getattr(wanted, k, None) for k in keys if hasattr(wanted, k))
+    same = same and tuple(saved.get("targets", ())) == tuple(wanted.targets)
+    if getattr(wanted, "bond_dim", None) is not None:  # None: resolved automatically, as the saved one was
+        same = same and saved.get("bond_dim") == wanted.bond_dim
+    return same
+
+
+def evaluate(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from model import check_answer, generate, load_checkpoint, token_nll, tokenize_examples
+    from model.adapters import count_adapter_params
+    from model.artifacts import load_adapter
+
+    _setup_jax(payload)
+    loaded = load_checkpoint(payload["model_source"])
+    model = loaded.model
+    artifact = Path(payload["artifact_dir"])
+    params = 0
+    if (artifact / "adapter.json").exists():
+        load_adapter(model, artifact, base_fingerprint=loaded.fingerprint)
+        params = count_adapter_params(model).total
+    items = _heldout(payload)
+    seq_len, batch = int(payload["seq_len"]), int(payload["eval_batch_size"])
+    data = tokenize_examples(loaded.tokenizer, [e for _, e, _ in items], seq_len=seq_len)
+    kept = [i for i in range(len(items)) if i not in set(data.dropped)]
+    graphdef, weights = nnx.split(model)
+
+    @jax.jit
+    def example_nll(weights: Any, inputs: Any, attention: Any, targets: Any, mask: Any) -> Any:
+        # The weights are an argument, not a closure: constants of a real model's size would blow up XLA.
+        logits = nnx.merge(graphdef, weights)(inputs, attention_mask=attention)
+        return jnp.sum(token_nll(logits, targets) * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+    nll: dict[str, float] = {}
+    for start in range(0, len(data), batch):
+        if ctx.stop_requested:
+            raise Interrupted(f"evaluation stopped after {start} of {len(data)} examples")
+        # Every chunk has one shape (the last is padded by repeating rows): one compiled forward pass.
+        rows = data.select(np.arange(start, start + batch) % len(data))
+        arrays = [jnp.asarray(rows[k]) for k in ("inputs", "attention_mask", "targets", "loss_mask")]
+        values = np.asarray(example_nll(weights, *arrays))
+        for r in range(min(batch, len(data) - start)):
+            nll[items[kept[start + r]][0]] = float(values[r])
+        ctx.emit({"event": "progress", "done": min(start + batch, len(data)), "of": len(items)})
+    if ctx.stop_requested:
+        raise Interrupted("evaluation stopped before generation")
+    # Greedy answers in one batch (one compiled decoding loop); they double as the servability smoke test.
+    max_new = int(payload["eval_max_new_tokens"])
+    prompts = [e.prompt for _, e, _ in items]
+    texts = generate(model, loaded.tokenizer, prompts, max_new_tokens=max_new)
+    correct = {
+        key: 1.0 if check_answer(text, answer) else 0.0
+        for (key, _, answer), text in zip(items, texts, strict=True)
+        if answer is not None
+    }
+    smoke = len(texts) == len(prompts) and all(isinstance(t, str) for t in texts)
+    score_kind = payload.get("eval_score", "nll")
+    scores = {k: (correct.get(k, 0.0) if score_kind == "exact_match" else -v) for k, v in nll.items()}
+    metrics = {
+        "loss": float(np.mean(list(nll.values()))) if nll else math.nan,
+        "accuracy": float(np.mean(list(correct.values()))) if correct else math.nan,
+        "examples": float(len(scores)),
+        "smoke_ok": 1.0 if smoke else 0.0,
+        "trainable_params": float(params),
+    }
+    return {"scores": scores, "metrics": metrics}
