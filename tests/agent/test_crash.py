@@ -33,6 +33,7 @@ from agent.store import AuditKind, Store, VersionStatus, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 55
+KILLS_POSTGRES = 12
 SEED = 20261127
 DEADLINE_S = 60.0
 # Event kinds to kill after (see agent.cycle_worker); rare, short windows are listed so they get hit too.
@@ -154,12 +155,9 @@ def check_invariants(state_dir: Path, store: Store, live_owner: str) -> list[str
     return problems
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_moments_keeps_every_invariant(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
-    url = f"sqlite:///{state_dir / 'qtha.db'}"
+def _crash_run(state_dir: Path, url: str, kills_wanted: int) -> None:
     rng = random.Random(SEED)
-    common = ["--seed", "7", "--keep-last", "3", "--rollback-every", "4"]
+    common = ["--url", url, "--seed", "7", "--keep-last", "3", "--rollback-every", "4"]
 
     # Bootstrap a champion (not killed), so "exactly one champion" is meaningful from the first kill on.
     first = Worker(state_dir, *common, "--cycles", "1")
@@ -170,7 +168,7 @@ def test_sigkill_at_random_moments_keeps_every_invariant(tmp_path: Path) -> None
     kills, violations = 0, []
     killed_after: Counter[str] = Counter()
     adopted_states: Counter[str] = Counter()
-    while kills < KILLS:
+    while kills < kills_wanted:
         worker = Worker(state_dir, *common, "--cycles", "1000", "--pause")
         ready = worker.wait_ready()
         violations += [f"after kill {kills}: {p}" for p in check_invariants(state_dir, store, ready["owner"])]
@@ -204,14 +202,29 @@ def test_sigkill_at_random_moments_keeps_every_invariant(tmp_path: Path) -> None
 
     outcomes = Counter(str(c.state) for c in store.cycles.list())
     champion_epoch = store.champion.get().epoch
+    backend = store.backend
     store.close()
     print(
-        f"\ncrash test: kills={kills} violations={len(violations)} cycles={dict(outcomes)} "
+        f"\ncrash test ({backend}): kills={kills} violations={len(violations)} cycles={dict(outcomes)} "
         f"champion_epoch={champion_epoch} adopted={adopted_states['adopted']} killed_after={dict(killed_after)}"
     )
     for line in violations:
         print("  VIOLATION", line)
-    assert kills >= 50
+    assert kills == kills_wanted
     assert violations == []
-    assert outcomes["promoted"] >= 5 and outcomes["failed"] + outcomes["rejected"] >= 1
+    assert outcomes["promoted"] >= 3 and outcomes["failed"] + outcomes["rejected"] >= 1
     assert os.path.islink(state_dir / "current")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_keeps_every_invariant(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    _crash_run(state_dir, f"sqlite:///{state_dir / 'qtha.db'}", KILLS)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_sigkill_keeps_every_invariant_on_postgres(tmp_path: Path, postgres: Any) -> None:
+    # Fewer kills: the SQLite run is the acceptance figure; this one shows a killed client mid-transaction
+    # (the server rolls it back) and the advisory-locked promotion behave the same on PostgreSQL.
+    _crash_run(tmp_path / "state", postgres.create_database(), KILLS_POSTGRES)
