@@ -71,11 +71,23 @@ def _jinja_literal(text: str) -> str:
 
 
 def default_system_prompt(template: str) -> str | None:
-    """The system message a ChatML template inserts when the conversation has none, if it inserts one."""
-    if "!= 'system'" not in template and '!= "system"' not in template:
+    """The system message a ChatML template inserts when the conversation has none, if it inserts one.
+
+    Raises:
+        ChatTemplateError: the template branches on the first message's role but its default system message is
+            not a plain string literal (e.g. Qwen2.5's tool-aware template); only jinja2 renders that faithfully.
+    """
+    if not re.search(r"messages\[0\]\[['\"]role['\"]\]", template):
         return None
-    found = re.search(re.escape(CHATML_START) + r"system(?:\\n|\n)(.*?)" + re.escape(CHATML_END), template, re.S)
-    return _jinja_literal(found.group(1)) if found else None
+    found = re.search(
+        r"['\"]" + re.escape(CHATML_START) + r"system(?:\\n|\n)([^'\"{}]*?)" + re.escape(CHATML_END), template
+    )
+    if found is None:
+        raise ChatTemplateError(
+            "this chat template inserts a default system message that qtha cannot read without jinja2; "
+            "`pip install jinja2` to render it exactly"
+        )
+    return _jinja_literal(found.group(1))
 
 
 def _render_chatml(template: str, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:

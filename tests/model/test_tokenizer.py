@@ -41,6 +41,13 @@ def test_chatml_explicit_system_replaces_default_and_plain_chatml_has_none() -> 
     )
 
 
+def test_chatml_default_system_that_is_not_a_literal_needs_jinja() -> None:
+    dynamic = ("{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] }}"
+               "{%- else %}{{- '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' }}{%- endif %}")
+    with pytest.raises(ChatTemplateError, match="default system message.*pip install jinja2"):
+        render_chat(dynamic, USER, add_generation_prompt=True, use_jinja=False)
+
+
 def test_llama3_template_and_unknown_templates() -> None:
     llama3 = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>..."
     assert render_chat(llama3, USER, add_generation_prompt=True, bos_token="<|begin_of_text|>", use_jinja=False) == (
