@@ -1,0 +1,129 @@
+"""The admin CLI in-process (Typer's runner) against a fresh database: JSON output, exit codes, queued commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.store import open_store
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("QTHA_CONFIG", "STATE_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QTHA_ACTOR", "alice")
+    path = tmp_path / "qtha.toml"
+    path.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    return path
+
+
+def run(config: Path, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [*args, "--config", str(config)])
+    return result.exit_code, result.output
+
+
+def test_status_json_on_a_fresh_database(config: Path) -> None:
+    code, out = run(config, "status", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["champion"] == {"version": None, "epoch": 0, "pinned": False, "metrics": {}, "since": None}
+    assert data["cycle"] is None and data["leader"]["holder"] is None and data["pending_commands"] == []
+
+
+def test_overrides_queue_with_idempotency_keys(config: Path) -> None:
+    assert run(config, "pause", "--key", "k1")[0] == 0
+    assert run(config, "pause", "--key", "k1")[0] == 0  # the same key again: still one command
+    code, out = run(config, "promote", "c000007", "--key", "k2")
+    assert code == 0 and "queued promote" in out
+    code, out = run(config, "promote", "c000008", "--key", "k2")  # same key, different command
+    assert code == 2 and "already names command promote" in out
+    pending = json.loads(run(config, "status", "--json")[1])["pending_commands"]
+    assert [(c["kind"], c["args"], c["actor"]) for c in pending] == [
+        ("pause", {}, "alice"),
+        ("promote", {"version": "c000007"}, "alice"),
+    ]
+
+
+def test_wait_without_a_daemon_fails_with_1(config: Path) -> None:
+    code, out = run(config, "resume", "--wait", "0.5")
+    assert code == 1 and "not applied within 0.5 s" in out
+
+
+def test_refused_command_exits_3(config: Path) -> None:
+    run(config, "status")  # creates the database
+    store = open_store(f"sqlite:///{config.parent / 'state' / 'qtha.db'}")
+    command = store.commands.submit("promote", {"version": "nope"}, key="pre-applied", actor="alice")
+    store.commands.mark_applied(command.id, ok=False, result="model version 'nope' does not exist")
+    store.close()
+    code, out = run(config, "promote", "nope", "--key", "pre-applied", "--wait", "5")
+    assert code == 3 and "refused: model version 'nope' does not exist" in out
+
+
+def test_cycle_now_while_a_cycle_runs_exits_4(config: Path) -> None:
+    run(config, "status")
+    store = open_store(f"sqlite:///{config.parent / 'state' / 'qtha.db'}")
+    store.cycles.begin(owner="somebody#1", trigger_reasons=["stale"])
+    store.close()
+    code, out = run(config, "cycle", "--now")
+    assert code == 4 and "cycle 1 is running" in out
+    assert run(config, "cycle")[0] == 2  # without --now: usage
+
+
+def test_policy_set_validates_before_queueing(config: Path) -> None:
+    code, out = run(config, "policy", "set", "cooldown=5")
+    assert code == 2 and "unknown policy key 'cooldown'" in out
+    code, out = run(config, "policy", "set", "cooldown_s=-1")
+    assert code == 2 and "cooldown_s" in out
+    assert run(config, "policy", "set", "quiet_hours=[8, 18]")[0] == 0
+    shown = json.loads(run(config, "policy", "show", "--json")[1])
+    assert shown["cooldown_s"] == {"value": 3600.0, "source": "config"}  # queued, not yet applied
+
+
+def test_ingest_validates_and_drops_into_the_inbox(config: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "1+1?", "answer": "2"}\n{"prompt": "2+2?", "response": "4"}\n')
+    code, out = run(config, "ingest", str(good))
+    assert code == 0 and "queued 2 examples" in out
+    inbox = list((tmp_path / "state" / "inbox").iterdir())
+    assert (
+        len(inbox) == 1 and inbox[0].name.endswith("-good.jsonl") and inbox[0].read_text() == good.read_text()
+    )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    code, out = run(config, "ingest", str(bad))
+    assert code == 1 and "line 1: 'answer' must be a non-empty string" in out
+    assert run(config, "ingest", str(tmp_path / "missing.jsonl"))[0] == 2
+
+
+def test_observe_records_a_labelled_sample(config: Path) -> None:
+    code, out = run(config, "observe", "live_accuracy", "0.75", "--label", "region=eu", "--label", "model=v3")
+    assert code == 0 and "recorded live_accuracy=0.75" in out
+    store = open_store(f"sqlite:///{config.parent / 'state' / 'qtha.db'}")
+    [sample] = store.metrics.samples("live_accuracy")
+    store.close()
+    assert (sample.value, dict(sample.labels), sample.source) == (
+        0.75,
+        {"region": "eu", "model": "v3"},
+        "operator",
+    )
+
+
+def test_read_commands_have_json(config: Path) -> None:
+    for command in ("versions", "history", "decisions", "policy show", "config show"):
+        code, out = run(config, *command.split(), "--json")
+        assert code == 0, (command, out)
+        json.loads(out)
+
+
+def test_bad_config_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[metrics]\nport = 0\n")
+    code, out = run(path, "status")
+    assert code == 2 and "metrics.port" in out
