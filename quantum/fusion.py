@@ -119,3 +119,38 @@ def fuse(lowered: LoweredCircuit) -> list[Stage]:
         else:
             stages.append(DenseStage(op))
     return stages
+
+
+def signature(stage: Stage) -> tuple:
+    """Everything about a stage except its parameter values: equal signatures mean one kernel fits both."""
+    ops = tuple(
+        (op.qubits, op.param is None, op.freqs.tobytes(), op.phases.tobytes(), op.projectors.tobytes())
+        for op in stage.all_ops
+    )
+    return (type(stage).__name__, ops)
+
+
+def repeats(signatures: list[tuple], eligible: list[bool], max_period: int = 8) -> list[tuple[int, int, int]]:
+    """Split stages into runs ``(start, period, reps)``: ``reps`` copies of ``period`` identical stages.
+
+    Only ``eligible`` stages take part in runs with reps >= 2; every other stage is a run of (i, 1, 1). A
+    repeated run becomes one ``lax.scan``, so program size and buffer reuse do not depend on circuit depth.
+    """
+    runs, i, n = [], 0, len(signatures)
+    while i < n:
+        best = (1, 1)
+        for period in range(1, max_period + 1):
+            block = signatures[i : i + period]
+            if len(block) < period or not all(eligible[i : i + period]):
+                break
+            reps = 1
+            while (
+                signatures[i + reps * period : i + (reps + 1) * period] == block
+                and all(eligible[i + reps * period : i + (reps + 1) * period])
+            ):
+                reps += 1
+            if reps >= 2 and reps * period > best[0] * best[1]:
+                best = (period, reps)
+        runs.append((i, *best))
+        i += best[0] * best[1]
+    return runs

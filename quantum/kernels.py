@@ -50,20 +50,19 @@ class _MatrixBank:
         self.freqs = np.zeros((len(ops), k))
         self.phases = np.zeros((len(ops), k))
         self.projectors = np.zeros((len(ops), k, d, d), np.complex128)
-        self.param_of = np.zeros(len(ops), np.int64)  # index into t (fixed ops read a dummy 0)
+        n_params = sum(op.param is not None for op in ops)
+        self.select = np.zeros((n_params, len(ops)))  # t[..., g] @ select -> per-op parameter
         slot = 0
         for i, op in enumerate(ops):
             kk = len(op.freqs)
             self.freqs[i, :kk], self.phases[i, :kk], self.projectors[i, :kk] = op.freqs, op.phases, op.projectors
             if op.param is not None:
-                self.param_of[i] = slot + 1
+                self.select[slot, i] = 1.0
                 slot += 1
 
     def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
-        padded = jnp.concatenate([jnp.zeros(t.shape[:-1] + (1,), t.dtype), t], axis=-1)
-        angles = padded[..., self.param_of, None] * jnp.asarray(self.freqs, self.real) + jnp.asarray(
-            self.phases, self.real
-        )
+        per_op = t @ jnp.asarray(self.select, t.dtype)  # fixed ops read 0 (and their freqs are 0)
+        angles = per_op[..., None] * jnp.asarray(self.freqs, self.real) + jnp.asarray(self.phases, self.real)
         return jnp.einsum("...ok,okij->...oij", _expi(angles, self.dtype), jnp.asarray(self.projectors, self.dtype))
 
 
@@ -98,9 +97,11 @@ class _QubitMatrices:
         mats = self.bank(t)
         eye = jnp.broadcast_to(jnp.eye(2, dtype=self.dtype), mats.shape[:-3] + (1, 2, 2))
         mats = jnp.concatenate([mats, eye], axis=-3)
-        out = mats[..., self.index[0], :, :]
+        # Select with a one-hot contraction, not a gather: gathers under vmap hit an XLA shape bug here.
+        pick = jnp.asarray(np.eye(mats.shape[-3])[self.index], self.dtype)  # [depth, n, n_ops + 1]
+        out = jnp.einsum("qo,...okl->...qkl", pick[0], mats)
         for j in range(1, len(self.index)):
-            out = mats[..., self.index[j], :, :] @ out
+            out = jnp.einsum("qo,...okl->...qkl", pick[j], mats) @ out
         return out
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from quantum.circuits import QnnCircuit
 from quantum.errors import CircuitTooLargeError, QuantumSpecError
-from quantum.fusion import LocalStage, fuse
+from quantum.fusion import LocalStage, fuse, repeats, signature
 from quantum.kernels import local_prepare, stage_kernels
 from quantum.lowering import lower_circuit
 
@@ -80,6 +80,7 @@ class _Plan:
     batched: tuple[bool, ...]  # stage parameters depend on inputs
     bounds: tuple[tuple[int, int], ...]  # slice of the stage's params in t_batched or t_shared
     prepare: Callable | None  # first stage applied to |0...0> as a product state
+    runs: tuple[tuple[int, int, int], ...]  # (start, period, reps): repeated stages run as one lax.scan
     in_map: np.ndarray  # [Gb, k]: t_batched = inputs @ in_map.T + weights @ wb_map.T + b_const
     wb_map: np.ndarray
     b_const: np.ndarray
@@ -110,8 +111,12 @@ def _plan(qc: QnnCircuit, options: SimulatorOptions) -> _Plan:
                 m[r, i] += c
         dense[key] = (m, np.array([p.const for p in params]))
     prepare = local_prepare(stages[0], n, dtype) if stages and isinstance(stages[0], LocalStage) else None
+    eligible = [not b and not (i == 0 and prepare is not None) for i, b in enumerate(batched)]
+    runs = repeats([signature(s) for s in stages], eligible)
     (mb, cb), (ms, cs) = dense[True], dense[False]
-    return _Plan(tuple(kernels), tuple(batched), tuple(bounds), prepare, mb[:, :k], mb[:, k:], cb, ms[:, k:], cs)
+    return _Plan(
+        tuple(kernels), tuple(batched), tuple(bounds), prepare, tuple(runs), mb[:, :k], mb[:, k:], cb, ms[:, k:], cs
+    )
 
 
 def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
@@ -127,16 +132,40 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         lo, hi = plan.bounds[i]
         return t_b[:, lo:hi] if plan.batched[i] else t_s[lo:hi]
 
+    def run_params(start, period, reps, t_s):
+        """The shared parameters of a repeated run, one row per repetition, and each stage's slice of a row."""
+        lo, hi = plan.bounds[start][0], plan.bounds[start + period * reps - 1][1]
+        cuts = [(plan.bounds[start + j][0] - lo, plan.bounds[start + j][1] - lo) for j in range(period)]
+        return t_s[lo:hi].reshape(reps, -1), cuts
+
     def forward(t_b, t_s):
         batch = t_b.shape[0]
-        start = 0
         if plan.prepare is not None:
-            psi, start = plan.prepare(stage_params(0, t_b, t_s), batch), 1
+            psi = plan.prepare(stage_params(0, t_b, t_s), batch)
         else:
             psi = jnp.zeros((batch, 2**n), dtype).at[:, 0].set(1)
-        for i in range(start, len(plan.kernels)):
-            psi = plan.kernels[i].apply(stage_params(i, t_b, t_s), psi)
+        for start, period, reps in plan.runs:
+            if start == 0 and plan.prepare is not None:
+                continue
+            if reps == 1:
+                psi = plan.kernels[start].apply(stage_params(start, t_b, t_s), psi)
+                continue
+            rows, cuts = run_params(start, period, reps, t_s)
+
+            def body(psi, row, start=start, cuts=cuts):
+                for j, (a, b) in enumerate(cuts):
+                    psi = plan.kernels[start + j].apply(row[a:b], psi)
+                return psi, None
+
+            psi, _ = jax.lax.scan(body, psi, rows)
         return psi
+
+    def step_back(kern, t, psi, lam):
+        psi = kern.adjoint(t, psi)  # uncompute: the state before this stage
+        grad, lam = jax.vjp(kern.apply, t, psi)[1](lam)
+        # Nothing else orders these: XLA may run the uncompute chain ahead, or defer a stage's gradient
+        # reduction to the end, keeping state-sized buffers per stage alive (what the adjoint method avoids).
+        return jax.lax.optimization_barrier((psi, lam, grad))
 
     @jax.custom_vjp
     def core(t_b, t_s):
@@ -149,18 +178,29 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
     def core_bwd(res, g):
         t_b, t_s, psi = res
         (lam,) = jax.vjp(readout, psi)[1](g)
-        grads: list = [None] * len(plan.kernels)
-        for i in range(len(plan.kernels) - 1, -1, -1):
-            t = stage_params(i, t_b, t_s)
-            if i == 0 and plan.prepare is not None:
+        grads: dict[int, jax.Array] = {}  # by run start, flattened in parameter order
+        for start, period, reps in reversed(plan.runs):
+            if start == 0 and plan.prepare is not None:
                 batch = t_b.shape[0]
-                (grads[i],) = jax.vjp(lambda t_, batch=batch: plan.prepare(t_, batch), t)[1](lam)
-                continue
-            kern = plan.kernels[i]
-            psi = kern.adjoint(t, psi)  # uncompute: the state before stage i
-            grads[i], lam = jax.vjp(kern.apply, t, psi)[1](lam)
-        g_b = [grads[i] for i in range(len(grads)) if plan.batched[i]]
-        g_s = [grads[i] for i in range(len(grads)) if not plan.batched[i]]
+                prep = lambda t_, batch=batch: plan.prepare(t_, batch)  # noqa: E731
+                (grads[0],) = jax.vjp(prep, stage_params(0, t_b, t_s))[1](lam)
+            elif reps == 1:
+                psi, lam, grads[start] = step_back(plan.kernels[start], stage_params(start, t_b, t_s), psi, lam)
+            else:
+                rows, cuts = run_params(start, period, reps, t_s)
+
+                def body(carry, row, start=start, cuts=cuts):
+                    psi, lam = carry
+                    parts = [None] * len(cuts)
+                    for j in range(len(cuts) - 1, -1, -1):
+                        a, b = cuts[j]
+                        psi, lam, parts[j] = step_back(plan.kernels[start + j], row[a:b], psi, lam)
+                    return (psi, lam), jnp.concatenate(parts)
+
+                (psi, lam), g_rows = jax.lax.scan(body, (psi, lam), rows, reverse=True)
+                grads[start] = g_rows.reshape(-1)
+        g_b = [grads[s] for s, _, _ in plan.runs if plan.batched[s]]
+        g_s = [grads[s] for s, _, _ in plan.runs if not plan.batched[s]]
         g_b = jnp.concatenate(g_b, axis=1) if g_b else jnp.zeros_like(t_b)
         g_s = jnp.concatenate(g_s) if g_s else jnp.zeros_like(t_s)
         return g_b.astype(t_b.dtype), g_s.astype(t_s.dtype)
