@@ -52,3 +52,28 @@ def test_parameter_shift_from_10000_shots_agrees_with_exact_gradients(readout: s
     stats = backend.executor.stats()
     assert stats.programs == 6 * 2 + 6 * 4  # six RY (two terms) and six CRZ (four terms) weights
     assert stats.shots == stats.programs * 10_000
+
+
+def test_make_qnn_runs_on_the_emulator_through_the_executor() -> None:
+    """The quantum package's make_qnn over an ExecutorBackend, and its SamplerBackend over an ExecutorSampler."""
+    from quantum import SamplerBackend
+    from quantum.executor import ExecutorSampler
+
+    spec = CircuitSpec(n_qubits=2, n_layers=1, encoding="angle", readout="z")
+    clock = FakeClock()
+    emulator = DeviceEmulator(
+        EmulatorConfig(device=GRID, seed=6), calibration=Calibration.ideal(GRID), clock=clock
+    )
+    executor = Executor(emulator, clock=clock, client_id="qnn")
+    inputs = jnp.array([[0.3, -0.2], [1.0, 0.5], [-0.7, 0.1]])
+    weights = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, spec.n_weights), jnp.float32)
+    exact = np.asarray(make_qnn(spec)(inputs, weights))
+    shots = 20_000
+    for backend in (
+        ExecutorBackend(executor, repetitions=shots),
+        SamplerBackend(repetitions=shots, sampler=ExecutorSampler(executor)),
+    ):
+        estimated = np.asarray(make_qnn(spec, backend=backend)(inputs, weights))
+        stderr = np.sqrt((1 - exact**2) / shots) + 1e-4
+        assert np.all(np.abs(estimated - exact) < 4 * stderr), (backend.name, estimated, exact)
+    assert executor.stats().programs == 2 * len(inputs)
