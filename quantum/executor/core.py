@@ -248,7 +248,11 @@ class Executor:
                 self._recorder.error(err.kind)
                 continue
             if status.state is JobState.DONE:
-                results = self.backend.results(job_id)
+                try:
+                    results = self.backend.results(job_id)
+                except TransientBackendError as err:  # the job is done; only the download failed
+                    self._recorder.error(err.kind)
+                    continue
                 if len(results) != n_programs:
                     raise JobFailedError(
                         f"job {job_id} returned {len(results)} results for {n_programs} programs"

@@ -25,6 +25,7 @@ from quantum.hardware import (
     FakeClock,
     Program,
     RetriesExhaustedError,
+    TransientBackendError,
 )
 
 GRID = DeviceSpec(name="grid-3x4", rows=3, cols=4)
@@ -219,3 +220,26 @@ def test_backoff_sleeps_on_the_injected_clock() -> None:
     assert rate_limited > 5
     assert clock.slept >= rate_limited * 7.0 * 0.5  # each refusal waited ≥ half the initial back-off
     np.testing.assert_equal(executor.stats().programs, 30)
+
+
+class FlakyDownloads(Recording):
+    """Fails the first download of every job, as a dropped connection would."""
+
+    def __init__(self, backend) -> None:
+        super().__init__(backend)
+        self.failed: set[str] = set()
+
+    def results(self, job_id):
+        if job_id not in self.failed:
+            self.failed.add(job_id)
+            raise TransientBackendError("server_error", "connection reset while downloading results")
+        return super().results(job_id)
+
+
+def test_a_failed_download_is_retried_without_resubmitting() -> None:
+    clock = FakeClock()
+    backend = FlakyDownloads(emulator(clock))
+    executor = Executor(backend, ExecutorConfig(batch_size=5), clock=clock)
+    results = executor.run(index_programs(12))
+    assert [decoded(r) for r in results] == [{i} for i in range(12)]
+    assert executor.stats().jobs_submitted == 3 and executor.stats().errors == {"server_error": 3}
