@@ -268,7 +268,7 @@ class Daemon:
             log.warning("reload: %s changed but take effect only after a restart", ", ".join(ignored))
             fresh = fresh.model_copy(update={k: getattr(rt.config, k) for k in ignored})
         rt.config = fresh
-        configure_logging(fresh.logging.level, json_lines=fresh.logging.json_lines)
+        _configure_logging(fresh)
         jobs.schedule_all(self.scheduler, rt)
         log.info("configuration reloaded")
         rt.notifier.ready(status=rt.status)
@@ -303,10 +303,17 @@ class Daemon:
         self.rt.metrics.decision("job_error", event.job_id)
 
 
+def _configure_logging(config: QthaConfig) -> None:
+    configure_logging(config.logging.level, json_lines=config.logging.json_lines)
+    # APScheduler logs every run of every job at INFO (several a second here): keep its warnings and errors only.
+    if config.logging.level != "DEBUG":
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
 def run_daemon(config_path: Path | None, *, cycles_factory: Callable[[QthaConfig], CycleDriver]) -> int:
     """The ``qtha daemon`` command: configure logging, build, run until SIGTERM."""
     config = load_config(config_path)
-    configure_logging(config.logging.level, json_lines=config.logging.json_lines)
+    _configure_logging(config)
     rt = build_runtime(config, cycles=cycles_factory(config))
     daemon = Daemon(rt, config_path=config_path)
     daemon.install_signal_handlers()

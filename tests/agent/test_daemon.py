@@ -208,3 +208,83 @@ def test_inbox_file_is_ingested_or_quarantined(running: Running) -> None:
     wait_for(lambda: rt.store.metrics.samples("ingested_examples"), what="ingested sample")
     assert rt.inbox.count() == 1
     assert any(e.kind == "quarantine" and "bad.jsonl" in e.reason for e in rt.store.audit.entries())
+
+
+def test_sighup_reload_applies_new_intervals_and_keeps_a_bad_file_out(tmp_path: Path) -> None:
+    path = tmp_path / "qtha.toml"
+    state = tmp_path / "state"
+    path.write_text(
+        f'state_dir = "{state}"\n[metrics]\nenabled = false\n[scheduler]\nconsider_interval_s = 300\n'
+    )
+    config = load_config(path)
+    rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    daemon = Daemon(rt, config_path=path, loop_interval_s=0.1)
+    daemon.start()
+    try:
+        assert daemon.scheduler.get_job("consider").trigger.interval.total_seconds() == 300
+        path.write_text(
+            f'state_dir = "{state}"\n[metrics]\nenabled = false\n[scheduler]\nconsider_interval_s = 7\n'
+            "[policy]\ncooldown_s = 42\n"
+        )
+        daemon.request_reload()
+        daemon.step()
+        assert daemon.scheduler.get_job("consider").trigger.interval.total_seconds() == 7
+        assert rt.policy().cooldown_s == 42
+        path.write_text("[scheduler]\nconsider_interval_s = -1\n")  # invalid: the running config stays
+        daemon.request_reload()
+        daemon.step()
+        assert rt.config.scheduler.consider_interval_s == 7
+        path.write_text(f'state_dir = "{tmp_path / "elsewhere"}"\n[metrics]\nenabled = false\n')
+        daemon.request_reload()
+        daemon.step()
+        assert rt.config.state_dir == state  # needs a restart; reported, not applied
+    finally:
+        daemon.shutdown()
+        rt.store.close()
+
+
+def test_prometheus_queries_become_metric_samples(tmp_path: Path) -> None:
+    import json
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps(
+                {
+                    "status": "success",
+                    "data": {
+                        "resultType": "vector",
+                        "result": [{"metric": {"region": "eu"}, "value": [1700000000, "0.625"]}],
+                    },
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    config = fast_config(
+        tmp_path / "state",
+        observe={
+            "prometheus_url": f"http://127.0.0.1:{server.server_address[1]}",
+            "queries": {"live_accuracy": "avg(answer_correct)"},
+        },
+    )
+    rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    try:
+        assert rt.leadership.tick()
+        from agent import jobs
+
+        jobs.observe_prometheus(rt)
+        [sample] = rt.store.metrics.samples("live_accuracy")
+        assert (sample.value, dict(sample.labels), sample.source) == (0.625, {"region": "eu"}, "prometheus")
+    finally:
+        server.shutdown()
+        server.server_close()
+        rt.store.close()
