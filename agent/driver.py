@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import policies
+from agent.artifacts_registry import HousekeepingReport
 from agent.commands import RUN_NOW_KEY
 from agent.cycle import CycleRunner
 from agent.cycle_trainer import CycleInterrupted, EvalOutcome, Trainer
@@ -175,6 +176,14 @@ class PolicyCycleDriver:
                 f"idle: champion {rt.store.champion.get().version_id}, {version_id} scored {outcome.mean:.4g}"
             )
             return metrics
+
+    def housekeeping(self, rt: Runtime) -> HousekeepingReport | None:
+        if not self._lock.acquire(blocking=False):
+            return None  # a cycle or an evaluation is running; its files are in use
+        try:
+            return self.runner(rt).housekeeping()
+        finally:
+            self._lock.release()
 
     # -- phases ------------------------------------------------------------------------------------------------------
     def _trigger(self, rt: Runtime, *, run_now: dict[str, Any] | None) -> policies.Decision:

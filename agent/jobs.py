@@ -35,7 +35,6 @@ __all__ = [
 log = logging.getLogger("qtha.jobs")
 
 METRIC_RETENTION = timedelta(days=90)
-KEEP_LAST_VERSIONS = 10
 
 
 def _leading(rt: Runtime) -> bool:
@@ -120,17 +119,20 @@ def housekeeping(rt: Runtime) -> None:
     """Retention of artifacts and metric samples, temporary files, the inbox hash index, old worker dirs."""
     if not _leading(rt):
         return
-    active = rt.store.cycles.active()
-    protect = [active.candidate_id] if active is not None and active.candidate_id else []
-    report = rt.registry.housekeeping(keep_last=KEEP_LAST_VERSIONS, protect=protect)
+    report = rt.cycles.housekeeping(rt)
+    if report is None:
+        return  # a cycle or an evaluation is running: next time
     deleted = rt.store.metrics.delete_before(rt.clock.now() - METRIC_RETENTION)
     rt.inbox.rebuild_index()
     work = rt.config.state_dir / "work"
     if work.is_dir():
-        live = {f"cycle-{active.id}"} if active is not None else set()
         for path in work.iterdir():
-            if path.is_dir() and path.name.startswith("cycle-") and path.name not in live:
-                shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir() and path.name.startswith("eval-"):
+                shutil.rmtree(path, ignore_errors=True)  # child logs of finished evaluations
+        known = {v.id for v in rt.store.versions.list() if not v.pruned}
+        for path in (work / "evals").glob("*.json"):
+            if path.name.rsplit("-", 1)[0] not in known:
+                path.unlink(missing_ok=True)  # cached scores of pruned versions
     log.info(
         "housekeeping: pruned %s, removed %d temporaries and %d orphans, %d old samples",
         list(report.pruned),

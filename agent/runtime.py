@@ -42,6 +42,9 @@ class CycleDriver(Protocol):
     def evaluate(self, rt: Runtime, version_id: str, *, reason: str) -> dict[str, Any] | None:
         """Evaluates one version on the held-out set, records the samples, returns the metrics."""
 
+    def housekeeping(self, rt: Runtime) -> Any:
+        """Retention of artifacts and finished cycles' work directories; ``None`` when busy (try later)."""
+
 
 @dataclass
 class Runtime:

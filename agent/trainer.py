@@ -9,7 +9,10 @@ metrics and the status line; checkpoints are reported to the cycle, which may fe
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -147,7 +150,18 @@ class WorkerTrainer:
         )
 
     def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
+        """Scores a version; the result is cached per version and evaluation setting (a version's artifact is
+        immutable and verified, the held-out set fixed and decoding greedy, so a second run gives the same
+        numbers — e.g. the champion's scores in the next cycle's validation)."""
         payload = job_config(self.config) | {"artifact_dir": str(artifact_dir), "version_id": version_id}
+        setting = {
+            k: v for k, v in payload.items() if k not in ("artifact_dir", "jax_cache_dir", "dataset_dir")
+        }
+        key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:16]
+        cached = self.config.state_dir / "work" / "evals" / f"{version_id}-{key}.json"
+        if cached.exists():
+            data = json.loads(cached.read_text(encoding="utf-8"))
+            return EvalOutcome(version_id=version_id, scores=data["scores"], metrics=data["metrics"])
         work = self.config.state_dir / "work" / f"eval-{version_id}"
 
         def on_event(event: dict[str, Any]) -> None:
@@ -164,11 +178,13 @@ class WorkerTrainer:
             timeout_s=self.config.daemon.train_timeout_s,
         )
         result = self._result(outcome, what=f"evaluation of {version_id}")
-        return EvalOutcome(
-            version_id=version_id,
-            scores={str(k): float(v) for k, v in result["scores"].items()},
-            metrics={k: float(v) for k, v in result.get("metrics", {}).items()},
-        )
+        scores = {str(k): float(v) for k, v in result["scores"].items()}
+        metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.tmp")
+        tmp.write_text(json.dumps({"scores": scores, "metrics": metrics}), encoding="utf-8")
+        os.replace(tmp, cached)
+        return EvalOutcome(version_id=version_id, scores=scores, metrics=metrics)
 
     def _quantum(self, event: Mapping[str, Any]) -> None:
         backend = str(event.get("backend", self.config.quantum.backend))

@@ -288,3 +288,16 @@ def test_prometheus_queries_become_metric_samples(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
         rt.store.close()
+
+
+def test_housekeeping_removes_finished_cycle_work(running: Running) -> None:
+    from agent import jobs
+
+    rt = running.rt
+    running.applied(running.submit("cycle", {"recipe": {"steps": 3}}))
+    wait_for(lambda: rt.store.champion.get().version_id, what="a champion")
+    wait_for(lambda: rt.store.cycles.active() is None, what="idle")
+    assert (rt.config.state_dir / "cycles" / "1").is_dir()
+    jobs.housekeeping(rt)
+    assert not (rt.config.state_dir / "cycles" / "1").exists()
+    assert (rt.config.state_dir / "current").resolve().name == rt.store.champion.get().version_id
