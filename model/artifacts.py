@@ -34,6 +34,7 @@ from .adapters import (
     count_adapter_params,
     inject_adapters,
     qtha_circuit_spec,
+    refresh_qnn_cores,
 )
 
 __all__ = [
@@ -199,4 +200,5 @@ def load_adapter(
                 f"{weights}: {name} has shape {list(value.shape)} but the model needs {list(var.get_value().shape)}"
             )
         var.set_value(jnp.asarray(value, jnp.float32))
+    refresh_qnn_cores(model)
     return config

@@ -14,11 +14,13 @@ from .inject import (
 from .lora import LoraAdapter, LoraConfig, lora_param_count
 from .mpo import MPO, balanced_factors, mpo_bond_dims, mpo_param_count, mpo_to_dense
 from .qtha import (
+    QnnProbs,
     QthaAdapter,
     QthaAdapterConfig,
     qtha_circuit_spec,
     qtha_param_count,
     qtha_rank,
+    refresh_qnn_cores,
     resolve_bond_dim,
 )
 
@@ -31,6 +33,7 @@ __all__ = [
     "LoraAdapter",
     "LoraConfig",
     "ParamCounts",
+    "QnnProbs",
     "QthaAdapter",
     "QthaAdapterConfig",
     "adapted_modules",
@@ -46,6 +49,7 @@ __all__ = [
     "qtha_circuit_spec",
     "qtha_param_count",
     "qtha_rank",
+    "refresh_qnn_cores",
     "resolve_bond_dim",
     "target_shapes",
 ]

@@ -32,11 +32,13 @@ from .lora import lora_param_count
 from .mpo import MPO, balanced_factors, mpo_param_count
 
 __all__ = [
+    "QnnProbs",
     "QthaAdapter",
     "QthaAdapterConfig",
     "qtha_circuit_spec",
     "qtha_param_count",
     "qtha_rank",
+    "refresh_qnn_cores",
     "resolve_bond_dim",
 ]
 
@@ -192,8 +194,20 @@ def resolve_bond_dim(config: QthaAdapterConfig, shapes: Mapping[str, tuple[int, 
     return best
 
 
+class QnnProbs(nnx.Variable):
+    """Weight mode's circuit probabilities P(θ): derived from the angles, neither trained nor saved.
+
+    The circuit takes no token input, so P is computed once per step for all modules together (one batched
+    circuit evaluation, see :func:`refresh_qnn_cores`) instead of once per module inside the forward pass: 60
+    separate circuits in one program made it compile ~20× longer.
+    """
+
+
 class QthaAdapter(nnx.Module):
     """The QTHA branch of one layer.
+
+    In weight mode the forward pass reads ``P(θ)`` from :class:`QnnProbs`; whoever changes ``θ`` refreshes it
+    with :func:`refresh_qnn_cores` (``inject_adapters``, ``train`` and ``load_adapter`` do).
 
     Args:
         d_in: input features of the adapted layer.
@@ -238,15 +252,17 @@ class QthaAdapter(nnx.Module):
         if self.mode == "weight":
             # c · P with c = r gives the core entries a mean of 1/r: an averaging map of unit gain to start from.
             self.core_scale = AdapterParam(jnp.asarray(float(self.rank), jnp.float32))
+            self.probs = QnnProbs(self._circuit_probs(self.theta[...]))
         elif self.fusion == "linear":
             self.fuse_alpha = AdapterParam(jnp.ones((), jnp.float32))
             self.fuse_beta = AdapterParam(jnp.ones((), jnp.float32))
 
+    def _circuit_probs(self, theta: jax.Array) -> jax.Array:
+        return self.qnn(jnp.zeros((1, self.spec.n_inputs), jnp.float32), theta)[0]
+
     def middle_core(self) -> jax.Array:
-        """Weight mode's ``c · P(θ)`` as an ``[r, r]`` matrix (one circuit evaluation)."""
-        inputs = jnp.zeros((1, self.spec.n_inputs), jnp.float32)
-        probs = self.qnn(inputs, self.theta[...])[0]
-        return self.core_scale[...] * probs.reshape(self.rank, self.rank)
+        """Weight mode's ``c · P(θ)`` as an ``[r, r]`` matrix, from the probabilities of the last refresh."""
+        return self.core_scale[...] * self.probs[...].reshape(self.rank, self.rank)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         lead = x.shape[:-1]
@@ -257,3 +273,23 @@ class QthaAdapter(nnx.Module):
             q = self.qnn(h, self.theta[...])
             f = self.fuse_alpha[...] * h + self.fuse_beta[...] * q if self.fusion == "linear" else h * q
         return (self.scaling * self.mpo_b(f)).reshape(*lead, self.d_out)
+
+
+def refresh_qnn_cores(model: nnx.Module) -> int:
+    """Recomputes weight mode's circuit probabilities from the current angles, all modules in one batched call.
+
+    Differentiable: the training step calls it inside the loss, so gradients reach θ through P.
+
+    Returns:
+        How many modules were refreshed.
+    """
+    groups: dict[int, list[QthaAdapter]] = {}
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, QthaAdapter) and node.mode == "weight":
+            groups.setdefault(id(node.qnn), []).append(node)  # modules sharing one QNN function batch together
+    for adapters in groups.values():
+        thetas = jnp.stack([a.theta[...] for a in adapters])
+        probs = jax.vmap(adapters[0]._circuit_probs)(thetas)
+        for adapter, p in zip(adapters, probs, strict=True):
+            adapter.probs[...] = p
+    return sum(len(a) for a in groups.values())

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from model import CausalLM, LMConfig
+from model.adapters import AdapterParam, refresh_qnn_cores
 from model.train import Batch
 
 TINY = LMConfig(
@@ -40,3 +42,13 @@ def counting_batches(n: int, *, seed: int, batch: int = 8, length: int = 16) -> 
 
 def tokens(batch: int = 2, length: int = 7, seed: int = 0) -> jnp.ndarray:
     return jnp.asarray(np.random.default_rng(seed).integers(0, TINY.vocab_size, size=(batch, length)), jnp.int32)
+
+
+def randomise_adapters(model: nnx.Module, *, seed: int = 1, scale: float = 0.3) -> None:
+    """Adds seeded noise to every adapter weight, so the adapters do something measurable (fresh ones are no-ops),
+    and refreshes weight-mode QTHA's circuit probabilities from the new angles."""
+    leaves, treedef = jax.tree.flatten(nnx.state(model, AdapterParam))
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    nnx.update(model, jax.tree.unflatten(
+        treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]))
+    refresh_qnn_cores(model)

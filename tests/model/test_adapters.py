@@ -27,7 +27,7 @@ from model.adapters import (
     resolve_bond_dim,
     target_shapes,
 )
-from tests.model.adapter_helpers import tiny_lm, tokens
+from tests.model.adapter_helpers import randomise_adapters, tiny_lm, tokens
 
 QTHA_CONFIGS = [
     QthaAdapterConfig(n_qubits=4, n_layers=2, qnn_mode="weight", bond_dim=3),
@@ -49,16 +49,6 @@ def numpy_dense(cores: list[np.ndarray]) -> np.ndarray:
                 chain = chain @ core[:, i, j, :].astype(np.float64)
             dense[row, col] = chain[0]
     return dense
-
-
-def _randomise(model: nnx.Module, seed: int = 1, scale: float = 0.3) -> None:
-    """Give every adapter weight a random value, so the adapters do something measurable."""
-    state = nnx.state(model, AdapterParam)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    nnx.update(model, jax.tree.unflatten(treedef, [
-        leaf + scale * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys, strict=True)
-    ]))
 
 
 @pytest.mark.parametrize(
@@ -107,7 +97,7 @@ def test_a_fresh_adapter_leaves_the_logits_unchanged(config) -> None:
 def test_lora_matches_its_dense_formula() -> None:
     lm = tiny_lm()
     inject_adapters(lm, LoraConfig(rank=4, alpha=8.0), rngs=nnx.Rngs(1))
-    _randomise(lm)
+    randomise_adapters(lm)
     layer = lm.layers[1].self_attn.v_proj
     assert isinstance(layer, AdaptedLinear)
     x = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)
@@ -121,7 +111,7 @@ def test_lora_matches_its_dense_formula() -> None:
 def test_qtha_matches_its_dense_formula(config: QthaAdapterConfig) -> None:
     lm = tiny_lm()
     inject_adapters(lm, config, rngs=nnx.Rngs(1))
-    _randomise(lm)
+    randomise_adapters(lm)
     layer = lm.layers[0].self_attn.q_proj
     delta = layer.delta
     x = np.random.default_rng(0).normal(size=(2, 3, 32)).astype(np.float32)

@@ -9,30 +9,22 @@ import tempfile
 from pathlib import Path
 
 import cirq
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from model import load_checkpoint
-from model.adapters import AdapterParam, LoraConfig, QthaAdapterConfig, count_adapter_params, inject_adapters
+from model.adapters import LoraConfig, QthaAdapterConfig, count_adapter_params, inject_adapters
 from model.artifacts import AdapterArtifactError, AdapterFingerprintError, load_adapter, save_adapter
 from quantum import build_circuit
 from tests.fixtures.tiny_model import write_tiny_hf
-from tests.model.adapter_helpers import tokens
+from tests.model.adapter_helpers import randomise_adapters, tokens
 
 
 @pytest.fixture(scope="module")
 def checkpoints():
     with tempfile.TemporaryDirectory() as tmp:
         yield write_tiny_hf(Path(tmp) / "a", seed=0), write_tiny_hf(Path(tmp) / "b", seed=1)
-
-
-def _randomise(model: nnx.Module) -> None:
-    leaves, treedef = jax.tree.flatten(nnx.state(model, AdapterParam))
-    keys = jax.random.split(jax.random.key(5), len(leaves))
-    nnx.update(model, jax.tree.unflatten(
-        treedef, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]))
 
 
 @pytest.mark.parametrize(
@@ -44,7 +36,7 @@ def _randomise(model: nnx.Module) -> None:
 def test_save_then_load_gives_identical_outputs_and_a_complete_manifest(checkpoints, config) -> None:
     loaded = load_checkpoint(checkpoints[0])
     used = inject_adapters(loaded.model, config, rngs=nnx.Rngs(1))
-    _randomise(loaded.model)
+    randomise_adapters(loaded.model)
     x = tokens(length=9)
     expected = np.asarray(loaded.model(x))
     with tempfile.TemporaryDirectory() as tmp:

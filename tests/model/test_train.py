@@ -160,3 +160,18 @@ def test_progress_bar_draws_on_stderr(capsys) -> None:
     train(lm, TRAIN, TrainConfig(steps=2, remat=False), progress_bar=True)
     err = capsys.readouterr().err
     assert "2/2" in err and "loss" in err
+
+
+def test_accumulating_two_micro_batches_equals_one_update_on_both() -> None:
+    a, b = TRAIN[0], TRAIN[1]
+    both = Batch(*(np.concatenate([x, y]) for x, y in zip(a, b, strict=True)))
+    config = TrainConfig(steps=2, learning_rate=1e-2, warmup_steps=0, remat=False)
+    accumulated = tiny_lm(layers=1)
+    inject_adapters(accumulated, LoraConfig(rank=2), rngs=nnx.Rngs(1))
+    train(accumulated, [a, b, TRAIN[2], TRAIN[3]], TrainConfig(**{**config.__dict__, "grad_accum": 2}))
+    single = tiny_lm(layers=1)
+    inject_adapters(single, LoraConfig(rank=2), rngs=nnx.Rngs(1))
+    both_next = Batch(*(np.concatenate([x, y]) for x, y in zip(TRAIN[2], TRAIN[3], strict=True)))
+    train(single, [both, both_next], config)
+    for x, y in zip(adapter_values(accumulated), adapter_values(single), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
