@@ -298,6 +298,7 @@ def test_housekeeping_removes_finished_cycle_work(running: Running) -> None:
     wait_for(lambda: rt.store.champion.get().version_id, what="a champion")
     wait_for(lambda: rt.status.startswith("idle: cycle 1"), what="idle after cycle 1")
     assert (rt.config.state_dir / "cycles" / "1").is_dir()
-    jobs.housekeeping(rt)
+    wait_for(lambda: rt.cycles.housekeeping(rt) is not None, what="the driver's lock released")
+    jobs.housekeeping(rt)  # the job itself: idempotent
     assert not (rt.config.state_dir / "cycles" / "1").exists()
     assert (rt.config.state_dir / "current").resolve().name == rt.store.champion.get().version_id
