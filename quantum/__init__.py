@@ -103,9 +103,7 @@ from quantum.executor import (  # noqa: E402
 from quantum.hardware import (  # noqa: E402
     BudgetExhaustedError,
     DeviceOfflineError,
-    DeviceQnn,
     DeviceValidationError,
-    ExecutorBackend,
     FakeClock,
     JobBackend,
     JobFailedError,
@@ -115,13 +113,13 @@ from quantum.hardware import (  # noqa: E402
     Program,
     ProgramResult,
     RealClock,
-    RefineConfig,
-    RefineResult,
     RetriesExhaustedError,
     TransientBackendError,
-    parameter_shift_estimate,
-    refine_on_device,
 )
+from quantum.hardware.factory import executor_backend, job_backend  # noqa: E402
+from quantum.hardware.gradients import parameter_shift_estimate  # noqa: E402
+from quantum.hardware.loop import DeviceQnn, RefineConfig, RefineResult, refine_on_device  # noqa: E402
+from quantum.hardware.shots import ExecutorBackend  # noqa: E402
 from quantum.mitigation import fold_global, mitigate_probabilities, mitigated_z, zne  # noqa: E402
 
 __all__ += [
@@ -161,7 +159,9 @@ __all__ += [
     "SamplerJobBackend",
     "TransientBackendError",
     "compile_for_device",
+    "executor_backend",
     "fold_global",
+    "job_backend",
     "mitigate_probabilities",
     "mitigated_z",
     "parameter_shift_estimate",

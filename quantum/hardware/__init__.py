@@ -1,4 +1,8 @@
-"""The hardware path: the job protocol, its exceptions, injected time, shot estimates and training on a device."""
+"""The hardware path's shared vocabulary: the job protocol, its exceptions and injected time.
+
+Kept free of heavier imports because the emulator, the executor and the vendor adapters all import it. The
+training side lives in submodules (``shots``, ``gradients``, ``loop``, ``factory``), re-exported by ``quantum``.
+"""
 
 from quantum.hardware.clock import Clock, FakeClock, RealClock
 from quantum.hardware.errors import (
@@ -11,25 +15,16 @@ from quantum.hardware.errors import (
     RetriesExhaustedError,
     TransientBackendError,
 )
-from quantum.hardware.gradients import Jacobian, parameter_shift_estimate  # noqa: E402
-from quantum.hardware.loop import DeviceQnn, RefineConfig, RefineResult, RefineStep, refine_on_device  # noqa: E402
 from quantum.hardware.protocol import JobBackend, JobState, JobStatus, Program, ProgramResult
-
-# After the vocabulary above: these import the executor, which imports that vocabulary.
-from quantum.hardware.shots import Estimate, ExecutorBackend, estimate_results, programs_for  # noqa: E402, I001
 
 __all__ = [
     "BudgetExhaustedError",
     "Clock",
     "DeviceOfflineError",
-    "DeviceQnn",
     "DeviceValidationError",
-    "Estimate",
-    "ExecutorBackend",
     "FakeClock",
-    "Jacobian",
-    "JobFailedError",
     "JobBackend",
+    "JobFailedError",
     "JobNotDoneError",
     "JobState",
     "JobStatus",
@@ -37,13 +32,6 @@ __all__ = [
     "Program",
     "ProgramResult",
     "RealClock",
-    "RefineConfig",
-    "RefineResult",
-    "RefineStep",
     "RetriesExhaustedError",
     "TransientBackendError",
-    "estimate_results",
-    "parameter_shift_estimate",
-    "programs_for",
-    "refine_on_device",
 ]

@@ -214,3 +214,24 @@ def test_sampler_job_backend_reports_failures_by_kind() -> None:
     status = backend.status(job)
     assert status.state is JobState.FAILED and status.error_kind == "ValueError"
     backend.close()
+
+
+def test_backends_from_plain_configuration() -> None:
+    from quantum import DeviceEmulator, EmulatorConfig, ExecutorBackend, executor_backend, job_backend
+    from quantum.emulator import DeviceSpec
+
+    emulated = job_backend("emulator", emulator=EmulatorConfig(device=DeviceSpec(name="g", rows=2, cols=2)))
+    assert isinstance(emulated, DeviceEmulator) and emulated.config.device.n_qubits == 4
+    qnn_backend = executor_backend(emulated, shots=123)
+    assert isinstance(qnn_backend, ExecutorBackend) and qnn_backend.repetitions == 123
+    assert qnn_backend.confusions_for == emulated.calibration.confusion_matrices  # readout mitigation on
+    sampled = job_backend("sampler", sampler="cirq:Simulator", sampler_options={"seed": 1})
+    assert isinstance(sampled, SamplerJobBackend) and isinstance(sampled.sampler, cirq.Simulator)
+    assert executor_backend(sampled).confusions_for is None  # no calibration to mitigate with
+    sampled.close()
+    with pytest.raises(ValueError, match="needs sampler='module:factory'"):
+        job_backend("sampler")
+    with pytest.raises(ValueError, match="needs api_key and backend_name"):
+        job_backend("origin")
+    with pytest.raises(ValueError, match="unknown hardware kind"):
+        job_backend("ibm")  # type: ignore[arg-type]
