@@ -25,6 +25,7 @@ from agent.clock import FakeClock
 from agent.store import Store, open_store
 
 _PG_BIN_GLOBS = ("/usr/lib/postgresql/*/bin",)
+_SHARED_DB = "qtha_tests"
 
 
 def _find_pg_bin() -> Path | None:
@@ -46,7 +47,11 @@ def _free_port() -> int:
 
 @dataclass(frozen=True)
 class PostgresServer:
-    """A running server: ``url(db)`` builds a SQLAlchemy URL, ``create_database()`` a fresh database."""
+    """A running server.
+
+    ``fresh_url()`` gives a URL whose connections see only a new, empty schema (cheap: no database copy, which
+    matters on a shared disk); ``create_database()`` a URL of a whole new database.
+    """
 
     host: str
     port: int
@@ -57,15 +62,23 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
 
-    def create_database(self) -> str:
+    def _admin(self, database: str, statement: str) -> None:
         import psycopg
 
-        name = f"qtha_test_{os.getpid()}_{next(self._counter)}"
         with psycopg.connect(
-            host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True
+            host=self.host, port=self.port, user=self.user, dbname=database, autocommit=True
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(statement)
+
+    def create_database(self) -> str:
+        name = f"qtha_test_{os.getpid()}_{next(self._counter)}"
+        self._admin("postgres", f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def fresh_url(self) -> str:
+        schema = f"t_{os.getpid()}_{next(self._counter)}"
+        self._admin(_SHARED_DB, f'CREATE SCHEMA "{schema}"')
+        return f"{self.url(_SHARED_DB)}?options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture(scope="session")
@@ -100,8 +113,10 @@ def postgres() -> Iterator[PostgresServer]:
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(base, ignore_errors=True)
         pytest.fail(f"could not start PostgreSQL: {exc.stderr or exc.stdout}")
+    server = PostgresServer("127.0.0.1", port, "postgres", datadir, itertools.count())
     try:
-        yield PostgresServer("127.0.0.1", port, "postgres", datadir, itertools.count())
+        server._admin("postgres", f'CREATE DATABASE "{_SHARED_DB}"')
+        yield server
     finally:
         subprocess.run(
             [bindir / "pg_ctl", "-D", datadir, "-m", "immediate", "-w", "stop"],
@@ -131,11 +146,11 @@ def sqlite_url(state_dir: Path) -> str:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    """A URL of a fresh, empty database: SQLite and PostgreSQL."""
+    """A URL of a fresh, empty database: SQLite, and a new schema on the session's PostgreSQL server."""
     if request.param == "sqlite":
         return sqlite_url
     server: PostgresServer = request.getfixturevalue("postgres")
-    return server.create_database()
+    return server.fresh_url()
 
 
 @pytest.fixture

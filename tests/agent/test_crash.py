@@ -227,4 +227,4 @@ def test_sigkill_at_random_moments_keeps_every_invariant(tmp_path: Path) -> None
 def test_sigkill_keeps_every_invariant_on_postgres(tmp_path: Path, postgres: Any) -> None:
     # Fewer kills: the SQLite run is the acceptance figure; this one shows a killed client mid-transaction
     # (the server rolls it back) and the advisory-locked promotion behave the same on PostgreSQL.
-    _crash_run(tmp_path / "state", postgres.create_database(), KILLS_POSTGRES)
+    _crash_run(tmp_path / "state", postgres.fresh_url(), KILLS_POSTGRES)

@@ -134,7 +134,7 @@ def test_two_processes_never_both_promote_sqlite(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_processes_never_both_promote_postgres(tmp_path: Path, postgres: object) -> None:
-    _race(tmp_path / "state", postgres.create_database())  # type: ignore[attr-defined]
+    _race(tmp_path / "state", postgres.fresh_url())  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
