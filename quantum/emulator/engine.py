@@ -104,7 +104,9 @@ class DensityMatrixEngine(cirq.Sampler):
             ]
             read = [q for op in measurements for q in op.qubits]
             if len(set(read)) != len(read):
-                raise ValueError("DensityMatrixEngine cannot measure a qubit twice; use one measurement per qubit")
+                raise ValueError(
+                    "DensityMatrixEngine cannot measure a qubit twice; use one measurement per qubit"
+                )
             qubits = read + sorted(set(circuit.all_qubits()) - set(read))
             rho = final_density_matrix(circuit, qubits, cache=self._cache)
             probs = np.clip(np.real(np.diag(rho)), 0, None).reshape(2 ** len(read), -1).sum(axis=1)

@@ -17,10 +17,24 @@ from quantum.emulator.device import DeviceSpec, coupler_key
 from quantum.mitigation.readout import apply_per_qubit
 
 
+def is_virtual_z(op: cirq.Operation) -> bool:
+    """True for a PhasedXZ with no X part: a Z rotation, done in software by shifting later pulses' phases.
+
+    Superconducting devices implement Z rotations as frame changes ("virtual Z"): they take no time and add no
+    error, so the noise model gives them neither.
+    """
+    gate = op.gate
+    return (
+        isinstance(gate, cirq.PhasedXZGate)
+        and not cirq.is_parameterized(gate.x_exponent)
+        and gate.x_exponent == 0
+    )
+
+
 def _moment_duration(moment: cirq.Moment, device: DeviceSpec) -> float:
     longest = 0.0
     for op in moment:
-        if isinstance(op.gate, cirq.MeasurementGate) or isinstance(op.gate, cirq.GlobalPhaseGate):
+        if isinstance(op.gate, cirq.MeasurementGate | cirq.GlobalPhaseGate) or is_virtual_z(op):
             continue
         longest = max(longest, device.two_qubit_gate_s if len(op.qubits) == 2 else device.single_qubit_gate_s)
     return longest
@@ -46,7 +60,7 @@ def add_noise(circuit: cirq.AbstractCircuit, device: DeviceSpec, calibration: Ca
 
     Each one-qubit gate is followed by a depolarizing channel of that qubit's error, each two-qubit gate by a
     two-qubit depolarizing channel of that coupler's error, and every active qubit (busy or idle) by thermal
-    relaxation for the moment's duration. Zero-probability channels are left out, so an ideal calibration
+    relaxation for the moment's duration. Z rotations are virtual (free and exact, see :func:`is_virtual_z`). Zero-probability channels are left out, so an ideal calibration
     returns a unitary circuit.
 
     Args:
@@ -63,7 +77,7 @@ def add_noise(circuit: cirq.AbstractCircuit, device: DeviceSpec, calibration: Ca
         out.append(moment, strategy=cirq.InsertStrategy.NEW_THEN_INLINE)
         noise: list[cirq.Operation] = []
         for op in moment:
-            if isinstance(op.gate, cirq.MeasurementGate) or isinstance(op.gate, cirq.GlobalPhaseGate):
+            if isinstance(op.gate, cirq.MeasurementGate | cirq.GlobalPhaseGate) or is_virtual_z(op):
                 continue
             if len(op.qubits) == 1:
                 p = calibration.qubits[op.qubits[0]].single_qubit_error

@@ -18,6 +18,7 @@ from quantum.emulator import (
     EmulatorConfig,
     FailureModel,
     LatencyModel,
+    add_noise,
     apply_confusion,
     compile_for_device,
     final_density_matrix,
@@ -281,3 +282,18 @@ def test_the_fast_density_matrix_engine_matches_cirq() -> None:
     assert (
         result.measurements["a"].tolist() == [[1, 1]] * 5 and result.measurements["b"].tolist() == [[0]] * 5
     )
+
+
+def test_z_rotations_are_virtual_and_noise_follows_the_calibration() -> None:
+    cal = Calibration.synthetic(GRID, seed=4)
+    a, b = cirq.GridQubit(0, 0), cirq.GridQubit(0, 1)
+    z_only = cirq.Circuit(cirq.PhasedXZGate(x_exponent=0, z_exponent=0.3, axis_phase_exponent=0).on(a))
+    assert add_noise(z_only, GRID, cal) == z_only  # no time, no error
+    x = cirq.PhasedXZGate(x_exponent=0.5, z_exponent=0, axis_phase_exponent=0)
+    noisy = add_noise(cirq.Circuit(x.on(a), cirq.CZ(a, b)), GRID, cal)
+    channels = [op.gate for op in noisy.all_operations() if not cirq.has_unitary(op)]
+    assert cirq.depolarize(cal.qubits[a].single_qubit_error) in channels
+    assert cirq.depolarize(cal.two_qubit_errors[(a, b)], n_qubits=2) in channels
+    # Relaxation over a 2q gate time: amplitude damping γ = 1 − exp(−t/T1) on each qubit.
+    gamma = 1 - np.exp(-GRID.two_qubit_gate_s / cal.qubits[b].t1_s)
+    assert any(isinstance(g, cirq.AmplitudeDampingChannel) and np.isclose(g.gamma, gamma) for g in channels)
