@@ -161,9 +161,12 @@ class CycleRunner:
             return self.store.cycles.get(cycle.id)
         except Exception as exc:  # a failed step fails the cycle, with its reason, and the daemon goes on
             log.exception("cycle %s failed in %s", cycle.id, cycle.state)
-            cycle = self.store.cycles.fail(
-                cycle.id, owner=self.owner, error=f"{cycle.state}: {type(exc).__name__}: {exc}"
-            )
+            try:
+                cycle = self.store.cycles.fail(
+                    cycle.id, owner=self.owner, error=f"{cycle.state}: {type(exc).__name__}: {exc}"
+                )
+            except StaleCycleError:  # adopted by another owner meanwhile: its business now
+                return self.store.cycles.get(cycle.id)
         self._event("end", {"cycle": cycle.id, "state": str(cycle.state)})
         return cycle
 
