@@ -284,6 +284,10 @@ class Daemon:
             jobs.resume_cycle, args=[rt], id="resume", replace_existing=True, misfire_grace_time=None
         )
         self.scheduler.resume()
+        # Apply queued commands and ask the trigger at once rather than one interval after taking over (a fresh
+        # install starts its first cycle right away; a `cycle --now` applied meanwhile triggers its own run).
+        rt.run_soon("commands")
+        rt.run_soon("consider")
         rt.set_status(f"leader (epoch {rt.leadership.epoch}), champion {state.version_id or 'none yet'}")
 
     def _on_deposed(self) -> None:

@@ -52,6 +52,7 @@ def job_config(config: QthaConfig) -> dict[str, Any]:
         "eval_score": config.evaluation.score,
         "backend": config.quantum.backend,
         "shots": config.quantum.shots,
+        "sampler": config.quantum.sampler,
         "jax_cache_dir": str(config.state_dir / "jax-cache"),
     }
 

@@ -11,6 +11,7 @@ adapter. evaluate: load the base (+ the version's adapter) → score the fixed h
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -38,6 +39,37 @@ def _setup_jax(payload: dict[str, Any]) -> None:
         Path(cache).mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _qnn_backend(name: str, payload: dict[str, Any]) -> Any:
+    """The QNN backend the recipe names: ``None`` for the JAX simulator (the default), else a ``quantum`` backend
+    (qsim exactly; the emulator or a cirq sampler through the executor, with shots and parameter-shift gradients)."""
+    if name in ("", "jax"):
+        return None
+    import quantum
+
+    if name == "qsim":
+        return quantum.QsimBackend()
+    if name in ("emulator", "sampler"):
+        job = quantum.job_backend(name, sampler=payload.get("sampler"))
+        return quantum.executor_backend(job, shots=int(payload["shots"]))
+    raise ValueError(f"unknown quantum backend {name!r}; use jax, qsim, emulator or sampler")
+
+
+def _quantum_event(backend: Any, name: str, circuits: int) -> dict[str, Any]:
+    """What the circuits cost: executor counters when there is an executor, else the simulator's circuit count."""
+    executor = getattr(backend, "executor", None)
+    if executor is None:
+        return {"event": "quantum", "backend": name, "circuits": circuits, "shots": 0}
+    stats = executor.stats()
+    return {
+        "event": "quantum",
+        "backend": name,
+        "circuits": stats.programs,
+        "shots": stats.shots,
+        "errors": dict(stats.errors),
+        "cost": stats.cost,
+    }
 
 
 def adapter_config_for(recipe: dict[str, Any], targets: tuple[str, ...]) -> Any:
@@ -118,6 +150,7 @@ def train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     from model.artifacts import load_adapter, read_adapter_manifest, save_adapter
     from model.train import Batch, TrainConfig
     from model.train import train as train_model
+    from quantum import make_qnn
 
     _setup_jax(payload)
     recipe = dict(payload["recipe"])
@@ -132,16 +165,19 @@ def train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     loaded = load_checkpoint(payload["model_source"])
     model = loaded.model
     wanted = adapter_config_for(recipe, tuple(payload["targets"]))
+    backend_name = str(recipe.get("backend") or payload["backend"])
+    qnn_backend = _qnn_backend(backend_name, payload) if wanted.kind == "qtha" else None
+    qnn_factory = None if qnn_backend is None else functools.partial(make_qnn, backend=qnn_backend)
     parent = payload.get("parent_dir")
     warm = False
     if parent and (Path(parent) / "adapter.json").exists():
         manifest = read_adapter_manifest(parent)
         # Continue from the champion's adapter only when the recipe asks for the same one on the same base.
         if manifest.get("base_fingerprint") == loaded.fingerprint and _same_adapter(manifest, wanted):
-            load_adapter(model, parent, base_fingerprint=loaded.fingerprint)
+            load_adapter(model, parent, base_fingerprint=loaded.fingerprint, qnn_factory=qnn_factory)
             warm = True
     if not warm:
-        inject_adapters(model, wanted, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+        inject_adapters(model, wanted, rngs=nnx.Rngs(params=seed, dropout=seed + 1), qnn_factory=qnn_factory)
     used = adapter_config(model)
     ctx.emit({"event": "log", "message": f"adapter {used.kind} {used}, warm start from champion: {warm}"})
 
@@ -213,15 +249,8 @@ def train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     per_step = 1 if getattr(used, "qnn_mode", None) == "weight" else batch_size * seq_len
     modules = len(count_adapter_params(model).per_module)
     circuits = modules * per_step * max(0, result.steps_done - first_step) if used.kind == "qtha" else 0
-    if circuits:
-        ctx.emit(
-            {
-                "event": "quantum",
-                "backend": recipe.get("backend") or payload["backend"],
-                "circuits": circuits,
-                "shots": 0,
-            }
-        )
+    if used.kind == "qtha":
+        ctx.emit(_quantum_event(qnn_backend, backend_name, circuits))
     if result.stopped_early == "stop requested":
         raise Interrupted(f"stopped at step {result.steps_done} of {steps}; checkpoint at step {last}")
     if result.stopped_early:

@@ -1,0 +1,63 @@
+"""Pieces of the model-backed training job that need no model: recipe → adapter config, backends, warm start."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.training_job import _qnn_backend, _quantum_event, _same_adapter, adapter_config_for
+
+QTHA = {"adapter": "qtha", "qnn_mode": "weight", "qubits": 5, "layers": 3, "bond_dim": 2, "rank": 0}
+
+
+def test_recipe_to_adapter_config() -> None:
+    config = adapter_config_for(QTHA, ("q_proj",))
+    assert (config.kind, config.n_qubits, config.n_layers, config.bond_dim, config.qnn_mode) == (
+        "qtha",
+        6,
+        3,
+        2,
+        "weight",
+    )  # weight mode needs an even qubit count: 5 → 6
+    assert config.targets == ("q_proj",)
+    lora = adapter_config_for({"adapter": "lora", "rank": 12, "targets": ["v_proj"]}, ("q_proj",))
+    assert (lora.kind, lora.rank, lora.alpha, lora.targets) == ("lora", 12, 24.0, ("v_proj",))
+    activation = adapter_config_for({**QTHA, "qnn_mode": "activation"}, ("q_proj",))
+    assert activation.n_qubits == 5
+
+
+def test_warm_start_only_from_the_same_adapter() -> None:
+    wanted = adapter_config_for(QTHA, ("q_proj", "v_proj"))
+    saved = {
+        "kind": "qtha",
+        "config": {
+            "n_qubits": 6,
+            "n_layers": 3,
+            "qnn_mode": "weight",
+            "bond_dim": 2,
+            "targets": ["q_proj", "v_proj"],
+        },
+    }
+    assert _same_adapter(saved, wanted)
+    assert not _same_adapter({**saved, "config": {**saved["config"], "n_layers": 4}}, wanted)
+    assert not _same_adapter({**saved, "kind": "lora"}, wanted)
+    assert not _same_adapter({**saved, "config": {**saved["config"], "targets": ["q_proj"]}}, wanted)
+
+
+def test_backends_by_name() -> None:
+    import quantum
+
+    assert _qnn_backend("jax", {}) is None
+    assert isinstance(_qnn_backend("qsim", {}), quantum.QsimBackend)
+    emulator = _qnn_backend("emulator", {"shots": 200})
+    assert isinstance(emulator, quantum.ExecutorBackend) and emulator.repetitions == 200
+    with pytest.raises(ValueError, match="unknown quantum backend 'wukong'"):
+        _qnn_backend("wukong", {})
+    # The simulator reports the circuits it ran; an executor reports its own counters (none yet here).
+    assert _quantum_event(None, "jax", 120) == {
+        "event": "quantum",
+        "backend": "jax",
+        "circuits": 120,
+        "shots": 0,
+    }
+    event = _quantum_event(emulator, "emulator", 120)
+    assert (event["circuits"], event["shots"], event["errors"]) == (0, 0, {})
