@@ -14,7 +14,7 @@ __all__ = ["model_trainer", "run"]
 
 def model_trainer(rt: Runtime) -> WorkerTrainer:
     """The trainer of the daemon: ``model/`` in a child process, progress into the database and metrics."""
-    return WorkerTrainer(rt.config, rt.runner, rt.store, rt.metrics, status=rt.set_status)
+    return WorkerTrainer(lambda: rt.config, rt.runner, rt.store, rt.metrics, status=rt.set_status)
 
 
 def run(config_path: Path | None) -> int:

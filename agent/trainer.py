@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ class WorkerTrainer:
     """Trains and evaluates through child processes.
 
     Args:
-        config: the daemon's configuration (read at every call, so SIGHUP changes apply to the next job).
+        config: the daemon's configuration, or a function returning the current one (read at every call, so a
+            SIGHUP reload applies to the next job).
         runner: runs the child (shared with the daemon, which asks it to stop on SIGTERM).
         store: where progress samples go.
         metrics: Prometheus metrics to move.
@@ -71,7 +72,7 @@ class WorkerTrainer:
 
     def __init__(
         self,
-        config: QthaConfig,
+        config: QthaConfig | Callable[[], QthaConfig],
         runner: WorkerRunner,
         store: Store,
         metrics: QthaMetrics,
@@ -80,13 +81,17 @@ class WorkerTrainer:
         train_entry: str = TRAIN_ENTRY,
         evaluate_entry: str = EVALUATE_ENTRY,
     ) -> None:
-        self.config = config
+        self._config = config
         self.runner = runner
         self.store = store
         self.metrics = metrics
         self._status = status or (lambda text: None)
         self.train_entry = train_entry
         self.evaluate_entry = evaluate_entry
+
+    @property
+    def config(self) -> QthaConfig:
+        return self._config() if callable(self._config) else self._config
 
     def train(
         self,
