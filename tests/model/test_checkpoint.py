@@ -127,6 +127,13 @@ def test_gguf_tensor_names_map_to_hf() -> None:
     assert hf_tensor_name("blk.0.ssm_conv1d.weight") is None
 
 
+def test_qwen2_gguf_with_qkv_biases_loads_unpermuted(tmp_path) -> None:
+    hf = load_checkpoint(write_tiny_hf(tmp_path / "qwen", model_type="qwen2"))
+    gg = load_checkpoint(write_tiny_gguf(tmp_path / "qwen.gguf", model_type="qwen2"))
+    assert gg.config.model_type == "qwen2" and gg.config.attention_bias
+    assert hf.config == gg.config and hf.fingerprint == gg.fingerprint
+
+
 def test_tied_embeddings_gguf_has_no_output_tensor(tmp_path) -> None:
     hf = load_checkpoint(write_tiny_hf(tmp_path / "tied", tie_word_embeddings=True))
     gg = load_checkpoint(write_tiny_gguf(tmp_path / "tied.gguf", tie_word_embeddings=True))
