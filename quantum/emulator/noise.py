@@ -8,6 +8,7 @@ applied to the sampled bits, as on hardware, where it is a classical error of th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cirq
 import numpy as np
@@ -40,19 +41,46 @@ def _moment_duration(moment: cirq.Moment, device: DeviceSpec) -> float:
     return longest
 
 
+@dataclass(frozen=True)
+class ThermalRelaxation(cirq.Gate):
+    """Amplitude damping ``gamma`` followed by pure dephasing ``lam``, as one channel.
+
+    One channel instead of two per qubit and time step halves the channel count that trajectory simulators
+    sample. Kraus operators: ``diag(1, √((1-γ)(1-λ)))``, ``[[0, √γ], [0, 0]]`` and ``diag(0, √(λ(1-γ)))``
+    (the fourth product vanishes). Hashable, so engines can cache its superoperator.
+    """
+
+    gamma: float
+    lam: float
+
+    def _num_qubits_(self) -> int:
+        return 1
+
+    def _kraus_(self) -> tuple[np.ndarray, ...]:
+        g, lam = self.gamma, self.lam
+        return (
+            np.diag([1.0, np.sqrt((1 - g) * (1 - lam))]),
+            np.array([[0.0, np.sqrt(g)], [0.0, 0.0]]),
+            np.diag([0.0, np.sqrt(lam * (1 - g))]),
+        )
+
+    def _has_kraus_(self) -> bool:
+        return True
+
+    def _circuit_diagram_info_(self, args: cirq.CircuitDiagramInfoArgs) -> str:
+        return f"T(γ={self.gamma:.2g},λ={self.lam:.2g})"
+
+
 def _relaxation(q: cirq.Qid, duration: float, calibration: Calibration) -> list[cirq.Operation]:
-    """Amplitude damping (T1) and pure dephasing (T_φ, with 1/T2 = 1/(2 T1) + 1/T_φ) over ``duration``."""
+    """T1 amplitude damping and T_φ dephasing (1/T2 = 1/(2 T1) + 1/T_φ) over ``duration``, as one channel."""
     cal = calibration.qubits[q]
-    ops: list[cirq.Operation] = []
-    gamma = 1.0 - np.exp(-duration / cal.t1_s)
-    if gamma > 0:
-        ops.append(cirq.amplitude_damp(gamma).on(q))
+    gamma = float(1.0 - np.exp(-duration / cal.t1_s))
     pure_dephasing_rate = 1.0 / cal.t2_s - 0.5 / cal.t1_s
-    # phase_damp(λ) scales coherences by sqrt(1-λ); T_φ decay over t scales them by exp(-t/T_φ).
-    lam = 1.0 - np.exp(-2.0 * duration * pure_dephasing_rate)
-    if lam > 1e-15:
-        ops.append(cirq.phase_damp(lam).on(q))
-    return ops
+    # Dephasing by λ scales coherences by √(1-λ); T_φ decay over t scales them by exp(-t/T_φ).
+    lam = float(1.0 - np.exp(-2.0 * duration * pure_dephasing_rate))
+    if gamma <= 0 and lam <= 1e-15:
+        return []
+    return [ThermalRelaxation(gamma, max(lam, 0.0)).on(q)]
 
 
 def add_noise(circuit: cirq.AbstractCircuit, device: DeviceSpec, calibration: Calibration) -> cirq.Circuit:
@@ -95,25 +123,8 @@ def add_noise(circuit: cirq.AbstractCircuit, device: DeviceSpec, calibration: Ca
         if noise:
             out.append(cirq.Moment(noise))
         if idle_noise:
-            for layer in _layers(idle_noise):
-                out.append(cirq.Moment(layer))
+            out.append(cirq.Moment(idle_noise))
     return out
-
-
-def _layers(ops: Sequence[cirq.Operation]) -> list[list[cirq.Operation]]:
-    """Split operations into lists with at most one operation per qubit."""
-    layers: list[list[cirq.Operation]] = []
-    used: list[set[cirq.Qid]] = []
-    for op in ops:
-        for layer, qs in zip(layers, used, strict=True):
-            if not qs.intersection(op.qubits):
-                layer.append(op)
-                qs.update(op.qubits)
-                break
-        else:
-            layers.append([op])
-            used.append(set(op.qubits))
-    return layers
 
 
 def apply_readout_error(

@@ -24,6 +24,7 @@ from quantum.emulator import (
     final_density_matrix,
     validate,
 )
+from quantum.emulator.noise import ThermalRelaxation
 from quantum.hardware import (
     DeviceValidationError,
     FakeClock,
@@ -294,6 +295,15 @@ def test_z_rotations_are_virtual_and_noise_follows_the_calibration() -> None:
     channels = [op.gate for op in noisy.all_operations() if not cirq.has_unitary(op)]
     assert cirq.depolarize(cal.qubits[a].single_qubit_error) in channels
     assert cirq.depolarize(cal.two_qubit_errors[(a, b)], n_qubits=2) in channels
-    # Relaxation over a 2q gate time: amplitude damping γ = 1 − exp(−t/T1) on each qubit.
-    gamma = 1 - np.exp(-GRID.two_qubit_gate_s / cal.qubits[b].t1_s)
-    assert any(isinstance(g, cirq.AmplitudeDampingChannel) and np.isclose(g.gamma, gamma) for g in channels)
+    # Relaxation over a 2q gate time: γ = 1 − exp(−t/T1), and dephasing to the T2 envelope exp(−t/T2).
+    t, c = GRID.two_qubit_gate_s, cal.qubits[b]
+    relaxations = [
+        g
+        for op in noisy.all_operations()
+        if isinstance(g := op.gate, ThermalRelaxation) and op.qubits == (b,)
+    ]
+    assert len(relaxations) == 2  # b idles through the 1q moment, then takes part in the CZ
+    relax = relaxations[-1]
+    assert np.isclose(relax.gamma, 1 - np.exp(-t / c.t1_s))
+    rho = cirq.final_density_matrix(cirq.Circuit(cirq.H(b), relax.on(b)), dtype=np.complex128)
+    assert np.isclose(abs(rho[0, 1]), 0.5 * np.exp(-t / c.t2_s))
