@@ -66,6 +66,9 @@ class Tokenizer:
         Raises:
             TokenizerError: a named special token is not in the vocabulary.
         """
+        # A tokenizer.json may carry padding/truncation settings; batch encoding would then pad or cut silently.
+        backend.no_padding()
+        backend.no_truncation()
         self.backend = backend
         self.chat_template = chat_template
         self.eos_token = eos_token

@@ -98,10 +98,16 @@ def test_rebuilding_rejects_malformed_vocabularies() -> None:
 
 
 def test_tokenizer_from_hf_dir_reads_special_tokens_and_template(tmp_path) -> None:
-    tiny_tokenizer().save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
         {"eos_token": {"content": "<|im_end|>"}, "chat_template": [{"name": "default", "template": CHAT_TEMPLATE}]}))
+    backend = tiny_tokenizer()
+    backend.enable_padding(pad_id=2, pad_token="<|im_end|>", length=64)
+    backend.enable_truncation(max_length=3)
+    backend.save(str(tmp_path / "tokenizer.json"))
     tok = Tokenizer.from_hf_dir(tmp_path)
+    assert [len(ids) for ids in tok.encode_batch(["hi", "a longer sentence here"])] == [
+        len(tok.encode("hi")), len(tok.encode("a longer sentence here"))] and len(tok.encode("hi")) < 64
+    assert len(tok.encode("a longer sentence here")) > 3  # the file's padding and truncation are switched off
     assert tok.eos_id == 2 and tok.pad_id == 2 and tok.chat_template == CHAT_TEMPLATE
     assert tok.apply_chat_template(USER).endswith("<|im_start|>assistant\n")
     (tmp_path / "tokenizer.json").write_text("{broken")
