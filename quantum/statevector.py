@@ -45,11 +45,16 @@ class SimulatorOptions:
         max_block_qubits: single-qubit layers are applied as Kronecker blocks of at most this many qubits
             (2**5 = 32-wide matrices suit CPU matmuls).
         memory_limit_bytes: refuse batch sizes whose working set exceeds this; None means physical memory.
+        chunk_size: examples simulated together; larger batches run chunk by chunk (``lax.map``) so the states
+            stay in cache through all stages. None: as many as fit in ``cache_bytes``.
+        cache_bytes: the cache budget for the automatic chunk size.
     """
 
     dtype: Literal["complex64", "complex128"] = "complex64"
     max_block_qubits: int = 5
     memory_limit_bytes: int | None = None
+    chunk_size: int | None = None
+    cache_bytes: int = 2**19
 
     def __post_init__(self) -> None:
         if self.dtype not in ("complex64", "complex128"):
@@ -80,6 +85,7 @@ class _Plan:
     batched: tuple[bool, ...]  # stage parameters depend on inputs
     bounds: tuple[tuple[int, int], ...]  # slice of the stage's params in t_batched or t_shared
     prepare: Callable | None  # first stage applied to |0...0> as a product state
+    chunk: int  # examples simulated together (a cache-sized block of the batch)
     runs: tuple[tuple[int, int, int], ...]  # (start, period, reps): repeated stages run as one lax.scan
     in_map: np.ndarray  # [Gb, k]: t_batched = inputs @ in_map.T + weights @ wb_map.T + b_const
     wb_map: np.ndarray
@@ -114,8 +120,9 @@ def _plan(qc: QnnCircuit, options: SimulatorOptions) -> _Plan:
     eligible = [not b and not (i == 0 and prepare is not None) for i, b in enumerate(batched)]
     runs = repeats([signature(s) for s in stages], eligible)
     (mb, cb), (ms, cs) = dense[True], dense[False]
+    chunk = options.chunk_size or max(8, options.cache_bytes // (2**n * dtype.itemsize))
     return _Plan(
-        tuple(kernels), tuple(batched), tuple(bounds), prepare, tuple(runs), mb[:, :k], mb[:, k:], cb, ms[:, k:], cs
+        tuple(kernels), tuple(batched), tuple(bounds), prepare, chunk, tuple(runs), mb[:, :k], mb[:, k:], cb, ms[:, k:], cs
     )
 
 
@@ -167,16 +174,7 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         # reduction to the end, keeping state-sized buffers per stage alive (what the adjoint method avoids).
         return jax.lax.optimization_barrier((psi, lam, grad))
 
-    @jax.custom_vjp
-    def core(t_b, t_s):
-        return readout(forward(t_b, t_s))
-
-    def core_fwd(t_b, t_s):
-        psi = forward(t_b, t_s)
-        return readout(psi), (t_b, t_s, psi)
-
-    def core_bwd(res, g):
-        t_b, t_s, psi = res
+    def backward(t_b, t_s, psi, g):
         (lam,) = jax.vjp(readout, psi)[1](g)
         grads: dict[int, jax.Array] = {}  # by run start, flattened in parameter order
         for start, period, reps in reversed(plan.runs):
@@ -204,6 +202,34 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         g_b = jnp.concatenate(g_b, axis=1) if g_b else jnp.zeros_like(t_b)
         g_s = jnp.concatenate(g_s) if g_s else jnp.zeros_like(t_s)
         return g_b.astype(t_b.dtype), g_s.astype(t_s.dtype)
+
+    def chunks(x, size):
+        """``[B, ...] -> [ceil(B/size), size, ...]``, zero-padded (padded rows get zero cotangents)."""
+        count = -(-x.shape[0] // size)
+        x = jnp.pad(x, [(0, count * size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape((count, size) + x.shape[1:])
+
+    def core_fwd(t_b, t_s):
+        batch = t_b.shape[0]
+        if batch <= plan.chunk:
+            psi = forward(t_b, t_s)
+            return readout(psi), (t_b, t_s, psi)
+        # Chunks small enough to stay in cache through all stages, instead of streaming the batch per stage.
+        psi = jax.lax.map(lambda tb: forward(tb, t_s), chunks(t_b, plan.chunk))
+        out = readout(psi.reshape(-1, psi.shape[-1]))[:batch]
+        return out, (t_b, t_s, psi)
+
+    def core_bwd(res, g):
+        t_b, t_s, psi = res
+        if psi.ndim == 2:
+            return backward(t_b, t_s, psi, g)
+        parts = (chunks(t_b, plan.chunk), psi, chunks(g, plan.chunk))
+        g_b, g_s = jax.lax.map(lambda a: backward(a[0], t_s, a[1], a[2]), parts)
+        return g_b.reshape(-1, t_b.shape[1])[: t_b.shape[0]], g_s.sum(axis=0)
+
+    @jax.custom_vjp
+    def core(t_b, t_s):
+        return core_fwd(t_b, t_s)[0]
 
     core.defvjp(core_fwd, core_bwd)
     return core

@@ -31,7 +31,7 @@ def _split(qc: QnnCircuit, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[:, :k], values[0, k:]
 
 
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(random_circuits())
 def test_random_circuits_match_qsim(case: tuple[QnnCircuit, np.ndarray]) -> None:
     qc, values = case
@@ -43,7 +43,7 @@ def test_random_circuits_match_qsim(case: tuple[QnnCircuit, np.ndarray]) -> None
 
 
 @pytest.mark.parametrize("readout", ["z", "probs"])
-@pytest.mark.parametrize("max_block", [1, 3, 5])
+@pytest.mark.parametrize("max_block", [1, 5])
 def test_qtha_circuit_matches_qsim(readout: str, max_block: int) -> None:
     spec = CircuitSpec(n_qubits=6, n_layers=2, readout=readout)
     qc = build_circuit(spec)
@@ -70,22 +70,22 @@ def test_weight_mode_has_no_inputs_and_probs_sum_to_one() -> None:
 
 
 def test_fixed_shapes_compile_once() -> None:
-    spec = CircuitSpec(n_qubits=4, n_layers=2)
+    spec = CircuitSpec(n_qubits=3, n_layers=1)
     qnn = make_qnn(spec)
     grad = jax.jit(jax.grad(lambda x, w: qnn(x, w).sum(), argnums=(0, 1)))
     key = jax.random.key(0)
     for i in range(3):
-        x, w = jax.random.normal(jax.random.fold_in(key, i), (8, 4)), init_weights(spec, jax.random.fold_in(key, 9 + i))
+        x, w = jax.random.normal(jax.random.fold_in(key, i), (8, 3)), init_weights(spec, jax.random.fold_in(key, 9 + i))
         qnn(x, w).block_until_ready()
         jax.block_until_ready(grad(x, w))
     assert qnn._cache_size() == 1
     assert grad._cache_size() == 1
-    qnn(jnp.zeros((16, 4)), w)  # a new batch size is a new shape: exactly one more entry
+    qnn(jnp.zeros((16, 3)), w)  # a new batch size is a new shape: exactly one more entry
     assert qnn._cache_size() == 2
 
 
 def test_vmap_over_weight_sets_equals_a_loop() -> None:
-    spec = CircuitSpec(n_qubits=3, n_layers=2)
+    spec = CircuitSpec(n_qubits=3, n_layers=1)
     qnn = make_qnn(spec)
     x = jax.random.normal(jax.random.key(1), (4, 3))
     ws = jnp.stack([init_weights(spec, jax.random.key(i), scale=1.0) for i in range(3)])
@@ -146,3 +146,18 @@ def test_bad_argument_shapes_are_named() -> None:
     sim = compile_circuit(build_circuit(CircuitSpec(n_qubits=3, n_layers=1)))
     with pytest.raises(ValueError, match=r"expected inputs \[B, 3\] and weights \[12\]"):
         sim(jnp.zeros((2, 4)), jnp.zeros(12))
+
+
+def test_chunked_batches_equal_one_block_in_values_and_gradients() -> None:
+    spec = CircuitSpec(n_qubits=3, n_layers=2)
+    qc = build_circuit(spec)
+    x = jax.random.normal(jax.random.key(2), (5, 3))  # 5 = 2 + 2 + 1: the last chunk is padded
+    w = init_weights(spec, jax.random.key(3), scale=1.0)
+    results = []
+    for chunk in (2, 64):
+        sim = jax.jit(compile_circuit(qc, SimulatorOptions(chunk_size=chunk)))
+        value = sim(x, w)
+        grads = jax.grad(lambda x, w, sim=sim: (sim(x, w) * jnp.arange(1.0, 4.0)).sum(), argnums=(0, 1))(x, w)
+        results.append((value, *grads))
+    for chunked, whole in zip(*results, strict=True):
+        np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
