@@ -121,13 +121,28 @@ class DecoderBlock(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, key_mask, cache):
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        key_mask: jax.Array,
+        cache: tuple[jax.Array, jax.Array, jax.Array] | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, cache)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
-def _run_block(block: DecoderBlock, x, cos, sin, key_mask, cache):
+def _run_block(
+    block: DecoderBlock,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    key_mask: jax.Array,
+    cache: tuple[jax.Array, jax.Array, jax.Array] | None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    # A plain function of the block so nnx.remat can wrap it (the block's parameters become its inputs).
     return block(x, cos, sin, key_mask, cache)
 
 
