@@ -4,6 +4,7 @@ learnable token task."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from flax import nnx
 from model import CausalLM, LMConfig
 from model.adapters import AdapterParam, refresh_qnn_cores
 from model.train import Batch
+from quantum import make_qnn
 
 TINY = LMConfig(
     vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -52,3 +54,8 @@ def randomise_adapters(model: nnx.Module, *, seed: int = 1, scale: float = 0.3) 
     nnx.update(model, jax.tree.unflatten(
         treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]))
     refresh_qnn_cores(model)
+
+
+# One compiled QNN per circuit spec for the whole test session: each make_qnn call is a new jitted function that
+# compiles anew, and the tests inject the same few specs many times.
+shared_qnn = functools.cache(make_qnn)

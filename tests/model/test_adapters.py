@@ -27,7 +27,7 @@ from model.adapters import (
     resolve_bond_dim,
     target_shapes,
 )
-from tests.model.adapter_helpers import randomise_adapters, tiny_lm, tokens
+from tests.model.adapter_helpers import randomise_adapters, shared_qnn, tiny_lm, tokens
 
 QTHA_CONFIGS = [
     QthaAdapterConfig(n_qubits=4, n_layers=2, qnn_mode="weight", bond_dim=3),
@@ -89,7 +89,7 @@ def test_a_fresh_adapter_leaves_the_logits_unchanged(config) -> None:
     lm = tiny_lm()
     x = tokens()
     before = np.asarray(lm(x))
-    inject_adapters(lm, config, rngs=nnx.Rngs(1))
+    inject_adapters(lm, config, rngs=nnx.Rngs(1))  # the default QNN factory, quantum.make_qnn
     assert len(adapted_modules(lm)) == 4
     np.testing.assert_array_equal(np.asarray(lm(x)), before)
 
@@ -110,7 +110,7 @@ def test_lora_matches_its_dense_formula() -> None:
 @pytest.mark.parametrize("config", QTHA_CONFIGS, ids=lambda c: f"{c.qnn_mode}-{c.fusion}")
 def test_qtha_matches_its_dense_formula(config: QthaAdapterConfig) -> None:
     lm = tiny_lm()
-    inject_adapters(lm, config, rngs=nnx.Rngs(1))
+    inject_adapters(lm, config, rngs=nnx.Rngs(1), qnn_factory=shared_qnn)
     randomise_adapters(lm)
     layer = lm.layers[0].self_attn.q_proj
     delta = layer.delta
@@ -141,7 +141,7 @@ def test_only_adapter_weights_are_adapter_params_and_counts_agree(config) -> Non
     shapes = target_shapes(lm, config.targets)
     assert shapes == {f"layers.{i}.self_attn.{p}": s for i in range(2) for p, s in
                       (("q_proj", (32, 32)), ("v_proj", (32, 16)))}
-    inject_adapters(lm, config, rngs=nnx.Rngs(1))
+    inject_adapters(lm, config, rngs=nnx.Rngs(1), qnn_factory=shared_qnn)
     # The frozen weights are all still nnx.Param with their values; nothing else is.
     base_after = nnx.state(lm, nnx.Param)
     assert sum(x.size for x in jax.tree.leaves(base_after)) == sum(x.size for x in jax.tree.leaves(base_before))

@@ -18,7 +18,7 @@ from model.adapters import LoraConfig, QthaAdapterConfig, count_adapter_params, 
 from model.artifacts import AdapterArtifactError, AdapterFingerprintError, load_adapter, save_adapter
 from quantum import build_circuit
 from tests.fixtures.tiny_model import write_tiny_hf
-from tests.model.adapter_helpers import randomise_adapters, tokens
+from tests.model.adapter_helpers import randomise_adapters, shared_qnn, tokens
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def checkpoints():
 )
 def test_save_then_load_gives_identical_outputs_and_a_complete_manifest(checkpoints, config) -> None:
     loaded = load_checkpoint(checkpoints[0])
-    used = inject_adapters(loaded.model, config, rngs=nnx.Rngs(1))
+    used = inject_adapters(loaded.model, config, rngs=nnx.Rngs(1), qnn_factory=shared_qnn)
     randomise_adapters(loaded.model)
     x = tokens(length=9)
     expected = np.asarray(loaded.model(x))
@@ -43,7 +43,7 @@ def test_save_then_load_gives_identical_outputs_and_a_complete_manifest(checkpoi
         save_adapter(loaded.model, tmp, base_fingerprint=loaded.fingerprint)
         manifest = json.loads((Path(tmp) / "adapter.json").read_text())
         fresh = load_checkpoint(checkpoints[0])
-        assert load_adapter(fresh.model, tmp, base_fingerprint=fresh.fingerprint) == used
+        assert load_adapter(fresh.model, tmp, base_fingerprint=fresh.fingerprint, qnn_factory=shared_qnn) == used
     np.testing.assert_array_equal(np.asarray(fresh.model(x)), expected)
 
     assert manifest["format_version"] == 1 and manifest["kind"] == config.kind

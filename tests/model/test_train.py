@@ -17,7 +17,7 @@ from model.data import TokenizedData
 from model.lm import causal_lm_loss
 from model.train import Batch, TrainConfig, batch_schedule, train
 from model.train_state import TrainCheckpointError
-from tests.model.adapter_helpers import counting_batches, tiny_lm
+from tests.model.adapter_helpers import counting_batches, shared_qnn, tiny_lm
 
 TRAIN = counting_batches(12, seed=0)
 HELD_OUT = counting_batches(2, seed=1)
@@ -46,7 +46,7 @@ def base_values(model: nnx.Module) -> list[np.ndarray]:
 )
 def test_training_lowers_held_out_loss_and_moves_only_adapter_weights(config, remat: bool) -> None:
     lm = tiny_lm(layers=1)
-    inject_adapters(lm, config, rngs=nnx.Rngs(1))
+    inject_adapters(lm, config, rngs=nnx.Rngs(1), qnn_factory=shared_qnn)
     base_before, adapters_before, loss_before = base_values(lm), adapter_values(lm), held_out_loss(lm)
     seen = []
     config = TrainConfig(steps=150, learning_rate=1e-2, warmup_steps=10, remat=remat)
