@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     parser.add_argument("--full", action="store_true", help="include PennyLane fwd+bwd at batch 4096")
+    parser.add_argument("--impl", action="append", choices=sorted(IMPLS), help="only these implementations")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per configuration")
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "MODE", "BATCH", "LAYERS", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     for config in configs(args.full):
+        if args.impl and config[0] not in args.impl:
+            continue
         rows.append(run(config, args.timeout))
         if not args.json:
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
