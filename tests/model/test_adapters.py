@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.adapters import (
     MPO,
@@ -71,6 +73,26 @@ def test_mpo_bond_dimensions_are_capped_by_the_rank_across_each_cut() -> None:
     mpo = MPO((2, 2), (2, 2), 3, rngs=nnx.Rngs(0), init_std=1.0, zero_last=True)
     assert [tuple(c[...].shape) for c in mpo.cores] == [(1, 2, 2, 3), (3, 2, 2, 1)]
     assert not np.any(np.asarray(mpo.cores[1][...]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 4))
+def test_balanced_factors_property(n: int, k: int) -> None:
+    factors = balanced_factors(n, k)
+    assert len(factors) == k and math.prod(factors) == n and list(factors) == sorted(factors, reverse=True)
+    assert factors[0] ** k >= n  # the largest factor is at least the k-th root
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6)), min_size=1, max_size=4), st.integers(1, 40))
+def test_mpo_param_count_and_bonds_property(dims: list[tuple[int, int]], bond: int) -> None:
+    in_f, out_f = [i for i, _ in dims], [j for _, j in dims]
+    bonds = mpo_bond_dims(in_f, out_f, bond)
+    assert bonds[0] == bonds[-1] == 1 and max(bonds) <= bond
+    for k in range(1, len(dims)):  # never more than the rank across the cut
+        assert bonds[k] <= min(math.prod(i * j for i, j in dims[:k]), math.prod(i * j for i, j in dims[k:]))
+    assert mpo_param_count(in_f, out_f, bond) == sum(
+        bonds[k] * i * j * bonds[k + 1] for k, (i, j) in enumerate(dims))
 
 
 @pytest.mark.parametrize("n", [1, 7, 10, 32, 192, 576, 4096, 8960])
