@@ -199,8 +199,9 @@ def apply_one(rt: Runtime, command: OperatorCommand) -> OperatorCommand:
 def apply_pending(rt: Runtime) -> list[OperatorCommand]:
     """Applies every queued command, oldest first; stops early when the daemon is stopping or not leader."""
     applied = []
-    for command in rt.store.commands.pending():
-        if rt.stopping.is_set() or not rt.leadership.is_leader():
-            break
-        applied.append(apply_one(rt, command))
+    with rt.commands_lock:
+        for command in rt.store.commands.pending():
+            if rt.stopping.is_set() or not rt.leadership.is_leader():
+                break
+            applied.append(apply_one(rt, command))
     return applied

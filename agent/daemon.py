@@ -309,9 +309,10 @@ class Daemon:
 
 def _configure_logging(config: QthaConfig) -> None:
     configure_logging(config.logging.level, json_lines=config.logging.json_lines)
-    # APScheduler logs every run of every job at INFO (several a second here): keep its warnings and errors only.
+    # APScheduler logs every run of every job at INFO, and a skipped run of a job still busy (the consider job
+    # during a long cycle: by design) at WARNING. Job errors and missed runs reach the log through our listener.
     if config.logging.level != "DEBUG":
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def run_daemon(config_path: Path | None, *, cycles_factory: Callable[[QthaConfig], CycleDriver]) -> int:

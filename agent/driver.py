@@ -122,9 +122,11 @@ class PolicyCycleDriver:
         return self._storage
 
     # -- CycleDriver -------------------------------------------------------------------------------------------------
-    def consider(self, rt: Runtime, *, run_now: dict[str, Any] | None) -> None:
+    def consider(self, rt: Runtime) -> None:
         with self._lock:
-            decision = self._trigger(rt, run_now=run_now)
+            with rt.commands_lock:  # a consistent view: no command batch half-applied
+                run_now = rt.store.overrides.get(RUN_NOW_KEY)
+                decision = self._trigger(rt, run_now=run_now)
             if decision.action is not policies.Action.RUN:
                 return
             recipe = self._plan(rt, run_now)

@@ -17,7 +17,7 @@ from agent import commands, promquery
 from agent.metrics import QthaMetrics
 from agent.policyconf import budget_per_day, cycle_records, trigger_config
 from agent.runtime import Runtime
-from agent.store import AuditKind
+from agent.store import AuditKind, CycleState
 
 __all__ = [
     "JOB_IDS",
@@ -54,8 +54,7 @@ def consider_cycle(rt: Runtime) -> None:
     if rt.store.cycles.active() is not None:
         rt.cycles.resume(rt)
         return
-    run_now = rt.store.overrides.get(commands.RUN_NOW_KEY)
-    rt.cycles.consider(rt, run_now=run_now)
+    rt.cycles.consider(rt)
 
 
 def resume_cycle(rt: Runtime) -> None:
@@ -174,6 +173,14 @@ def update_gauges(metrics: QthaMetrics, rt: Runtime) -> None:
     metrics.set_breaker_open(breaker.state == "open")
     active = rt.store.cycles.active()
     metrics.cycle_in_progress.set(0 if active is None else 1)
+    # After a restart the gauge would read 0 until the next success: take the last one from the database.
+    done = [
+        c.finished_at
+        for c in rt.store.cycles.list(limit=50)
+        if c.finished_at is not None and c.state in (CycleState.PROMOTED, CycleState.REJECTED)
+    ]
+    if done and (metrics.value("qtha_last_success_timestamp_seconds") or 0) < max(done).timestamp():
+        metrics.last_success.set(max(done).timestamp())
 
 
 # id → (function, interval attribute of [scheduler], coalesce)

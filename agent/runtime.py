@@ -33,7 +33,7 @@ log = logging.getLogger("qtha.daemon")
 class CycleDriver(Protocol):
     """Runs cycles (trigger → recipe → train → validate → promote/reject) for the jobs."""
 
-    def consider(self, rt: Runtime, *, run_now: dict[str, Any] | None) -> None:
+    def consider(self, rt: Runtime) -> None:
         """Asks the trigger policy and, if it says run, plans and runs a cycle to its end (blocking)."""
 
     def resume(self, rt: Runtime) -> None:
@@ -62,6 +62,7 @@ class Runtime:
         runner: the training/evaluation child process runner.
         cycles: the cycle driver.
         stopping: set when the daemon shuts down; long jobs check it between phases.
+        commands_lock: serialises applying commands and reading the state a trigger decision is based on.
         scheduler: the APScheduler instance (set by the daemon; commands use it to run jobs at once).
     """
 
@@ -76,6 +77,9 @@ class Runtime:
     runner: WorkerRunner
     cycles: CycleDriver
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Held while a batch of operator commands is applied and while the trigger reads the state it decides on, so
+    # commands queued together (resume + cycle --now) are seen together.
+    commands_lock: threading.Lock = field(default_factory=threading.Lock)
     scheduler: Any = None
     status: str = "starting"
 

@@ -73,6 +73,16 @@ class Running:
             kind, args or {}, key=key or f"{kind}-{time.monotonic_ns()}", actor="test"
         )
 
+    def resume_and_cycle(self, recipe: dict) -> OperatorCommand:
+        """Queues resume + cycle --now so that one pass of the commands job applies both (as if queued while the
+        daemon was down); otherwise the trigger may fire no_champion between the two."""
+        self.rt.scheduler.pause_job("commands")
+        try:
+            self.submit("resume")
+            return self.submit("cycle", {"recipe": recipe})
+        finally:
+            self.rt.scheduler.resume_job("commands")
+
     def applied(self, command: OperatorCommand) -> OperatorCommand:
         return wait_for(
             lambda: (c := self.rt.store.commands.get(command.key)).applied_at and c,
@@ -96,6 +106,8 @@ def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running
         monkeypatch.delenv(name, raising=False)
     config = fast_config(tmp_path / "state")
     rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    # Paused from the start: with no champion the trigger would fire at election, before a test acts.
+    rt.store.overrides.set("paused", True, actor="test", reason="fixture")
     daemon = Daemon(rt, loop_interval_s=0.1)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
@@ -110,7 +122,7 @@ def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running
 
 def test_cycle_now_promotes_and_metrics_show_it(running: Running) -> None:
     rt = running.rt
-    command = running.applied(running.submit("cycle", {"recipe": {"steps": 8}}))
+    command = running.applied(running.resume_and_cycle({"steps": 8}))
     assert command.ok, command.result
     promoted = wait_for(
         lambda: [c for c in rt.store.cycles.list() if c.state is CycleState.PROMOTED], what="a promoted cycle"
@@ -133,6 +145,15 @@ def test_cycle_now_promotes_and_metrics_show_it(running: Running) -> None:
     assert samples[("qtha_leader", ())] == 1
     assert samples[("qtha_cycle_duration_seconds_count", ())] == 1
     assert samples[("qtha_last_success_timestamp_seconds", ())] > 0
+    # A restarted daemon's gauges come from the database, not from zero.
+    from agent.jobs import update_gauges
+    from agent.metrics import QthaMetrics, new_registry
+
+    fresh = QthaMetrics(new_registry(), version="0")
+    update_gauges(fresh, rt)
+    finished = rt.store.cycles.get(cycle.id).finished_at
+    assert fresh.value("qtha_last_success_timestamp_seconds") == finished.timestamp()
+    assert fresh.value("qtha_champion_info", version=cycle.candidate_id) == 1
 
 
 def test_pause_stops_cycles_and_refuses_cycle_now(running: Running) -> None:
@@ -157,7 +178,7 @@ def test_pause_stops_cycles_and_refuses_cycle_now(running: Running) -> None:
 
 def test_rollback_and_pin_move_the_pointer(running: Running) -> None:
     rt = running.rt
-    running.applied(running.submit("cycle", {"recipe": {"steps": 4}}))
+    running.applied(running.resume_and_cycle({"steps": 4}))
     first = wait_for(lambda: rt.store.champion.get().version_id, what="first champion")
     # A second, better-trained candidate: promotion needs a gain; more steps give one on the stand-in task.
     wait_for(lambda: rt.store.cycles.active() is None, what="idle")
@@ -294,7 +315,7 @@ def test_housekeeping_removes_finished_cycle_work(running: Running) -> None:
     from agent import jobs
 
     rt = running.rt
-    running.applied(running.submit("cycle", {"recipe": {"steps": 3}}))
+    running.applied(running.resume_and_cycle({"steps": 3}))
     wait_for(lambda: rt.store.champion.get().version_id, what="a champion")
     wait_for(lambda: rt.status.startswith("idle: cycle 1"), what="idle after cycle 1")
     assert (rt.config.state_dir / "cycles" / "1").is_dir()
