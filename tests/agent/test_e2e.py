@@ -54,6 +54,7 @@ def _cycle(config: Path, cycle_id: int) -> dict | None:
     return next((c for c in qtha_json(config, "history")["cycles"] if c["id"] == cycle_id), None)
 
 
+@pytest.mark.slow
 def test_operator_story(setup: tuple[Path, Path, int], tmp_path: Path) -> None:
     config, state, port = setup
     # The CLI works with no daemon running: the commands queue in the database and apply in order at start-up.
