@@ -47,7 +47,7 @@ def operations(draw: st.DrawFn, qubits: list[cirq.LineQubit]) -> cirq.Operation:
 
 
 @st.composite
-def random_circuits(draw: st.DrawFn, max_qubits: int = 10, max_ops: int = 14) -> tuple[QnnCircuit, np.ndarray]:
+def random_circuits(draw: st.DrawFn, max_qubits: int = 10, max_ops: int = 10) -> tuple[QnnCircuit, np.ndarray]:
     """A circuit over 1..max_qubits qubits with symbols (a, b | c) and random values for them."""
     n = draw(st.integers(1, max_qubits))
     qubits = cirq.LineQubit.range(n)
