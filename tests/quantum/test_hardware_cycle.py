@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from model import load_checkpoint
-from model.adapters import QthaAdapter, QthaAdapterConfig, inject_adapters
+from model.adapters import QnnProbs, QthaAdapter, QthaAdapterConfig, inject_adapters
 from model.lm import causal_lm_loss
 from model.train import TrainConfig, train
 from quantum import build_circuit
@@ -42,6 +42,11 @@ def _batch_loss(model: nnx.Module, inputs, targets, mask):
 
 def mean_loss(model: nnx.Module, batches) -> float:
     return float(np.mean([_batch_loss(model, b.inputs, b.targets, b.loss_mask) for b in batches]))
+
+
+def _module_paths(state, name: str) -> list[str]:
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    return [p[: p.index(name)] for p in paths]
 
 
 @pytest.mark.slow
@@ -71,16 +76,24 @@ def test_hardware_in_the_loop_cycle_with_the_tiny_model() -> None:
     for adapter in adapters:
         adapter.qnn = qnn
 
-    graphdef, thetas, rest = nnx.split(lm, nnx.PathContains("theta"), ...)
+    # Weight mode keeps each module's P(θ) in a QnnProbs variable; the device loss recomputes them from the angles
+    # (one device circuit per module) and merges them in, without mutating the model inside the trace.
+    graphdef, thetas, probs, rest = nnx.split(lm, nnx.PathContains("theta"), QnnProbs, ...)
+    probs_tree = jax.tree.structure(probs)
+    assert _module_paths(thetas, "theta") == _module_paths(probs, "probs")  # leaves pair up module by module
+    zeros = jnp.zeros((1, 0), jnp.float32)
 
     def loss_on(batches):
-        # One forward pass over all examples: each adapter's circuit runs once per evaluation, not per batch.
+        # One forward pass over all examples: each module's circuit runs once per evaluation, not per batch.
         inputs, targets, mask = (
             jnp.concatenate([getattr(b, f) for b in batches]) for f in ("inputs", "targets", "loss_mask")
         )
 
         def loss(theta_state):
-            return causal_lm_loss(nnx.merge(graphdef, theta_state, rest)(inputs), targets, mask)
+            stacked = jnp.stack(jax.tree.leaves(theta_state))  # same module order as the probs leaves
+            device_probs = jax.vmap(lambda t: qnn(zeros, t)[0])(stacked)
+            model = nnx.merge(graphdef, theta_state, jax.tree.unflatten(probs_tree, list(device_probs)), rest)
+            return causal_lm_loss(model(inputs), targets, mask)
 
         return loss
 
