@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from model import generate, load_checkpoint, token_nll
+from model.adapters import QthaAdapterConfig, inject_adapters
 from model.data import ChatExample, encode_example
 from model.evaluate import EvalExample, evaluate
 from model.math_problems import generate_math_problems
 from tests.fixtures.tiny_model import write_tiny_hf
+from tests.model.adapter_helpers import randomise_adapters, shared_qnn
 
 EXAMPLES = [
     EvalExample("a", "What is 12 plus 7?", "The answer is 19.", "easy", 19),
@@ -94,3 +97,17 @@ def test_math_problems_become_examples_keyed_by_their_arithmetic() -> None:
     examples = [EvalExample.from_math(p) for p in problems]
     assert [e.example_id for e in examples] == [p.key for p in problems]
     assert all(e.answer == p.answer and e.slice == f"steps={p.steps}" for e, p in zip(examples, problems, strict=True))
+
+
+def test_an_adapted_model_is_evaluated_with_its_adapter() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = load_checkpoint(write_tiny_hf(Path(tmp) / "m", seed=0))
+    inject_adapters(loaded.model, QthaAdapterConfig(n_qubits=4, n_layers=1, qnn_mode="weight"), rngs=nnx.Rngs(0),
+                    qnn_factory=shared_qnn)
+    base = evaluate(loaded.model, loaded.tokenizer, EXAMPLES[:2], accuracy=False)
+    randomise_adapters(loaded.model, scale=1.0)
+    adapted = evaluate(loaded.model, loaded.tokenizer, EXAMPLES[:2], max_new_tokens=4)
+    refs = reference_losses(loaded, EXAMPLES[:2])
+    assert adapted.loss == pytest.approx(sum(s for s, _ in refs) / sum(n for _, n in refs), rel=1e-4)
+    assert adapted.loss != pytest.approx(base.loss, rel=1e-3)  # the adapter is in the evaluated model
+    assert all(r.completion is not None for r in adapted.examples)
