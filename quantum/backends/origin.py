@@ -69,7 +69,7 @@ def translate(circuit: cirq.AbstractCircuit) -> Translated:
 
 def to_qprog(translated: Translated) -> Any:
     """The pyqpanda3 ``QProg`` of a translated circuit."""
-    from pyqpanda3.intermediate_compiler import convert_qasm_string_to_qprog
+    from pyqpanda3.intermediate_compiler import convert_qasm_string_to_qprog  # type: ignore[attr-defined]
 
     return convert_qasm_string_to_qprog(translated.qasm)
 
@@ -94,7 +94,7 @@ class OriginLocalSampler(cirq.Sampler):
         self, program: cirq.AbstractCircuit, params: cirq.Sweepable, repetitions: int = 1
     ) -> Sequence[cirq.Result]:
         """Translate each resolved circuit and sample it on CPUQVM."""
-        from pyqpanda3.core import CPUQVM
+        from pyqpanda3.core import CPUQVM  # type: ignore[attr-defined]
 
         out = []
         for resolver in cirq.to_resolvers(params):
@@ -110,7 +110,7 @@ def local_state_vector(circuit: cirq.AbstractCircuit) -> np.ndarray:
 
     The circuit must be measurement-free and act on the qubits ``sorted(circuit.all_qubits())``.
     """
-    from pyqpanda3.core import CPUQVM
+    from pyqpanda3.core import CPUQVM  # type: ignore[attr-defined]
 
     qvm = CPUQVM()
     qvm.run(to_qprog(translate(circuit)), 1)
@@ -155,7 +155,7 @@ class OriginQCloudBackend:
                     "OriginQCloudBackend needs api_key and backend_name (list the chips with "
                     "pyqpanda3.qcloud.QCloudService(api_key).backends()), or an injected qcloud_backend"
                 )
-            from pyqpanda3.qcloud import QCloudService
+            from pyqpanda3.qcloud import QCloudService  # type: ignore[attr-defined]
 
             qcloud_backend = QCloudService(api_key).backend(backend_name)
         self._backend = qcloud_backend

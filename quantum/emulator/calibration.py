@@ -62,9 +62,9 @@ class Calibration:
 
     device_name: str
     timestamp: str
-    qubits: Mapping[cirq.GridQubit, QubitCalibration]
-    two_qubit_errors: Mapping[tuple[cirq.GridQubit, cirq.GridQubit], float]
-    dead_couplers: frozenset[tuple[cirq.GridQubit, cirq.GridQubit]]
+    qubits: Mapping[cirq.Qid, QubitCalibration]
+    two_qubit_errors: Mapping[tuple[cirq.Qid, cirq.Qid], float]
+    dead_couplers: frozenset[tuple[cirq.Qid, cirq.Qid]]
 
     @classmethod
     def ideal(cls, device: DeviceSpec) -> Calibration:
@@ -102,7 +102,7 @@ class Calibration:
             scale: multiplies every error rate (and divides coherence times); 0 gives an almost ideal chip.
         """
         rng = np.random.default_rng(seed)
-        qubits = {}
+        qubits: dict[cirq.Qid, QubitCalibration] = {}
         for q in device.qubits():
             t1 = rng.uniform(20e-6, 45e-6) / max(scale, 1e-9)
             t2 = min(2 * t1, rng.uniform(0.5, 1.5) * t1)
@@ -114,11 +114,11 @@ class Calibration:
                 readout_p10=float(np.clip(scale * rng.uniform(0.03, 0.07), 0, 0.3)),
             )
         couplers = list(device.couplers())
-        errors = {
+        errors: dict[tuple[cirq.Qid, cirq.Qid], float] = {
             pair: float(np.clip(scale * rng.lognormal(np.log(1.5e-2), 0.3), 0, 0.3)) for pair in couplers
         }
         graph = nx.Graph(couplers)
-        dead: set[tuple[cirq.GridQubit, cirq.GridQubit]] = set()
+        dead: set[tuple[cirq.Qid, cirq.Qid]] = set()
         for index in rng.permutation(len(couplers)):
             if len(dead) >= round(dead_coupler_fraction * len(couplers)):
                 break
@@ -153,7 +153,8 @@ class Calibration:
     def to_json(self) -> str:
         """Serialise (with a schema version) to JSON text."""
 
-        def name(q: cirq.GridQubit) -> str:
+        def name(q: cirq.Qid) -> str:
+            assert isinstance(q, cirq.GridQubit), f"calibrations name grid qubits, got {q!r}"
             return f"{q.row}_{q.col}"
 
         return json.dumps(
@@ -197,7 +198,7 @@ class Calibration:
             row, col = text.split("_")
             return cirq.GridQubit(int(row), int(col))
 
-        def pair(text: str) -> tuple[cirq.GridQubit, cirq.GridQubit]:
+        def pair(text: str) -> tuple[cirq.Qid, cirq.Qid]:
             a, b = text.split("-")
             return coupler_key(qubit(a), qubit(b))
 

@@ -21,7 +21,9 @@ def _superoperator(gate: cirq.Gate, cache: dict[cirq.Gate, np.ndarray]) -> np.nd
     if found is None:
         kraus = (cirq.unitary(gate),) if cirq.has_unitary(gate) else cirq.kraus(gate)
         k = cirq.num_qubits(gate)
-        found = sum(np.kron(m, m.conj()) for m in (np.asarray(m, dtype=np.complex128) for m in kraus))
+        found = np.sum(
+            [np.kron(m, m.conj()) for m in (np.asarray(m, dtype=np.complex128) for m in kraus)], axis=0
+        )
         # kron(K, K*) has index order (row out, col out | row in, col in) per 2^k block.
         found = np.asarray(found).reshape((2,) * (4 * k))
         if len(cache) < 4096:
@@ -116,7 +118,9 @@ class DensityMatrixEngine(cirq.Sampler):
             records, start = {}, 0
             for op in measurements:
                 width = len(op.qubits)
-                mask = np.array(op.gate.full_invert_mask(), dtype=np.int8)
+                gate = op.gate
+                assert isinstance(gate, cirq.MeasurementGate)
+                mask = np.array(gate.full_invert_mask(), dtype=np.int8)
                 records[cirq.measurement_key_name(op)] = bits[:, start : start + width] ^ mask
                 start += width
             out.append(cirq.ResultDict(params=resolver, measurements=records))

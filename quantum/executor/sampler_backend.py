@@ -15,7 +15,11 @@ from quantum.hardware.protocol import JobState, JobStatus, Program, ProgramResul
 
 
 def _measured_qubits(circuit: cirq.AbstractCircuit) -> dict[str, tuple[cirq.Qid, ...]]:
-    return {op.gate.key: tuple(op.qubits) for op in circuit.all_operations() if cirq.is_measurement(op)}
+    return {
+        cirq.measurement_key_name(op): tuple(op.qubits)
+        for op in circuit.all_operations()
+        if cirq.is_measurement(op)
+    }
 
 
 class SamplerJobBackend:

@@ -32,7 +32,10 @@ def programs_for(qc: QnnCircuit, values: np.ndarray, repetitions: int) -> list[P
     """One program per row of ``values[N, len(qc.symbols)]`` (inputs then weights), every qubit measured."""
     circuit = SamplerBackend().measured(qc)
     names = [s.name for s in qc.symbols]
-    return [Program(circuit, dict(zip(names, map(float, row), strict=True)), repetitions) for row in values]
+    return [
+        Program(circuit, cirq.ParamResolver(dict(zip(names, map(float, row), strict=True))), repetitions)
+        for row in values
+    ]
 
 
 @dataclass(frozen=True)
