@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bench._quality_api import LoraConfig, QthaAdapterConfig
+from model import LoraConfig, QthaAdapterConfig
 from quantum import CircuitSpec
 
 __all__ = ["Arm", "classical_core_factory", "default_arms"]

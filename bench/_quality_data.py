@@ -34,12 +34,15 @@ class TaskSize:
         n_train: training examples (maths: problems drawn; dialogue: at most this many of the train split).
         n_test: held-out examples scored for loss (and, for maths, for exact match).
         max_new_tokens: greedy-generation budget for exact match (maths only).
+        levels: maths difficulty levels drawn (operations per problem); 1–2 keeps every problem, system prompt
+            included, under ~140 tokens.
     """
 
     seq_len: int
     n_train: int
     n_test: int
     max_new_tokens: int = 0
+    levels: tuple[int, ...] = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,14 @@ def _tokenize(tokenizer: Tokenizer, examples: list[ChatExample], seq_len: int, w
 
 
 def maths_task(tokenizer: Tokenizer, size: TaskSize, *, data_seed: int) -> Task:
-    """Generated 1–3-step word problems; train and test come from disjoint hash buckets of the problem space.
+    """Generated word problems with ``size.levels`` operations; train and test come from disjoint hash buckets of
+    the problem space.
 
     Held-out exact match uses every scored problem whose prompt survives tokenization (all of them when
     ``seq_len`` is long enough).
     """
-    train = generate_math_problems(size.n_train, split="train", seed=data_seed)
-    test = generate_math_problems(size.n_test, split="test", seed=data_seed)
+    train = generate_math_problems(size.n_train, split="train", seed=data_seed, steps=size.levels)
+    test = generate_math_problems(size.n_test, split="test", seed=data_seed, steps=size.levels)
     train_data = _tokenize(tokenizer, [p.as_example() for p in train], size.seq_len, "maths train")
     test_data = _tokenize(tokenizer, [p.as_example() for p in test], size.seq_len, "maths test")
     if test_data.dropped:
@@ -89,8 +93,8 @@ def maths_task(tokenizer: Tokenizer, size: TaskSize, *, data_seed: int) -> Task:
         test=test_data,
         prompts=tuple(p.question for p in test),
         answers=tuple(p.answer for p in test),
-        describe=(f"{len(train_data)} train / {len(test_data)} test generated problems (1–3 steps, data seed "
-                  f"{data_seed}), seq_len {size.seq_len} (truncated: train {train_data.truncated}, test "
+        describe=(f"{len(train_data)} train / {len(test_data)} test generated problems with "
+                  f"{'/'.join(map(str, size.levels))} operations (data seed {data_seed}), seq_len {size.seq_len} (truncated: train {train_data.truncated}, test "
                   f"{test_data.truncated}), greedy decoding up to {size.max_new_tokens} new tokens"),
     )
 

@@ -28,10 +28,12 @@ class Profile:
         activation_qubits: circuit width of the activation-mode arm.
         activation_layers: its depth.
         arms: arms to run, by name (see ``bench._quality_arms.default_arms``).
+        extra_arms: arms run like the costly ones (first ``costly_seeds`` seeds, after the others) to save time.
+        costly_tasks: the tasks the costly and extra arms run on.
         tasks: tasks to run.
         data_seed: fixes the problems drawn and the dialogue split (the same for all arms and seeds).
         eval_batch: rows per held-out loss batch.
-        gen_batch: prompts per greedy-generation batch.
+        gen_batch: prompts per greedy-generation batch (at least n_test: one prompt width, one compilation).
         bootstrap: bootstrap resamples of each paired difference.
     """
 
@@ -51,10 +53,12 @@ class Profile:
     activation_qubits: int = 4
     activation_layers: int = 2
     arms: tuple[str, ...] = ("lora", "qtha_w10", "qtha_w4", "classical_w10", "qtha_act")
+    extra_arms: tuple[str, ...] = ()
+    costly_tasks: tuple[str, ...] = ("maths", "dialogue")
     tasks: tuple[str, ...] = ("maths", "dialogue")
     data_seed: int = 0
     eval_batch: int = 8
-    gen_batch: int = 64
+    gen_batch: int = 100
     bootstrap: int = 2000
 
     def to_json(self) -> dict[str, Any]:
@@ -67,32 +71,39 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # About two hours on an idle 2-core machine (see the report for the measured time per step).
+    # About two hours on an idle 2-core machine (the report gives the measured time per step of every arm).
     "full": Profile(
         name="full",
         seeds=(0, 1, 2),
         costly_seeds=1,
-        maths=TaskSize(seq_len=160, n_train=2000, n_test=200, max_new_tokens=80),
-        maths_steps=150,
+        maths=TaskSize(seq_len=144, n_train=2000, n_test=200, max_new_tokens=64),
+        maths_steps=120,
         maths_batch=4,
-        dialogue=TaskSize(seq_len=64, n_train=2000, n_test=400),
-        dialogue_steps=100,
+        dialogue=TaskSize(seq_len=64, n_train=2000, n_test=1000),
+        dialogue_steps=80,
         dialogue_batch=8,
         lr_probe=(3e-4, 3e-3),
+        gen_batch=200,
+        arms=("lora", "qtha_w10", "qtha_w4", "classical_w10", "qtha_act"),
+        extra_arms=("classical_w10",),
+        costly_tasks=("maths",),
     ),
-    # What fits in about an hour on a 2-core machine shared with other work.
+    # About an hour on a 2-core machine shared with other work: fewer steps, shorter sequences, the ablation,
+    # the small circuit and activation mode on maths with one seed.
     "quick": Profile(
         name="quick",
         seeds=(0, 1, 2),
         costly_seeds=1,
-        maths=TaskSize(seq_len=160, n_train=600, n_test=100, max_new_tokens=80),
-        maths_steps=40,
+        maths=TaskSize(seq_len=128, n_train=400, n_test=100, max_new_tokens=64),
+        maths_steps=24,
         maths_batch=4,
-        dialogue=TaskSize(seq_len=64, n_train=2000, n_test=400),
-        dialogue_steps=30,
-        dialogue_batch=8,
-        warmup_steps=4,
-        arms=("lora", "qtha_w10", "classical_w10", "qtha_act"),
+        dialogue=TaskSize(seq_len=64, n_train=2000, n_test=1000),
+        dialogue_steps=24,
+        dialogue_batch=4,
+        warmup_steps=3,
+        arms=("lora", "qtha_w10", "classical_w10", "qtha_w4", "qtha_act"),
+        extra_arms=("classical_w10", "qtha_w4"),
+        costly_tasks=("maths",),
     ),
     # Seconds: checks the pipeline end to end on the tiny test model (a byte-level tokenizer, hence the long
     # sequences); its numbers mean nothing.
@@ -133,19 +144,23 @@ class RunSpec:
 
 
 def plan_runs(profile: Profile, costly: set[str]) -> list[RunSpec]:
-    """The runs of a profile, cheapest first within a task so that a cut-short study still compares arms.
+    """The runs of a profile, in rounds, so that a study cut short still holds complete comparisons.
+
+    Round k trains seed k of every cheap arm on every task; the costly arms (their first ``costly_seeds`` seeds)
+    and the learning-rate probes come after all rounds.
 
     Args:
         profile: the sizes.
-        costly: names of arms that only run ``profile.costly_seeds`` seeds.
+        costly: names of arms that only run ``profile.costly_seeds`` seeds (slow arms and ``extra_arms``).
     """
+    costly = costly | set(profile.extra_arms)
     runs: list[RunSpec] = []
-    for task in profile.tasks:
-        for i, seed in enumerate(profile.seeds):
-            for arm in profile.arms:
-                if arm in costly and i >= profile.costly_seeds:
-                    continue
-                runs.append(RunSpec(task, arm, seed, profile.learning_rate))
+    for seed in profile.seeds:
+        runs += [RunSpec(task, arm, seed, profile.learning_rate)
+                 for task in profile.tasks for arm in profile.arms if arm not in costly]
+    for seed in profile.seeds[: profile.costly_seeds]:
+        runs += [RunSpec(task, arm, seed, profile.learning_rate)
+                 for task in profile.tasks if task in profile.costly_tasks for arm in profile.arms if arm in costly]
     if "maths" in profile.tasks:
         for arm in profile.lr_probe_arms:
             if arm in profile.arms:

@@ -206,6 +206,8 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
         lines += [f"- {reason}." for reason in rec.reasons]
         lines += [f"- Rule: among QTHA arms (not the classical ablation) whose median time per step is at most "
                   f"{MAX_COST_RATIO:g}× LoRA's, the best maths exact match (ties: lower held-out loss).", ""]
+    if results.get("failed"):
+        lines += ["## Runs that failed", ""] + [f"- `{f['key']}`: {f['error']}" for f in results["failed"]] + [""]
     samples = [(r["key"], s) for r in results["runs"] if r.get("samples") and not r["probe"] and r["seed"] ==
                results["meta"]["profile"]["seeds"][0] for s in r["samples"][:1]]
     if samples:

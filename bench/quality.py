@@ -32,19 +32,20 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench._quality_api import (  # noqa: E402
-    TrainConfig,
-    batch_schedule,
-    count_adapter_params,
-    inject_adapters,
-    train,
-)
 from bench._quality_arms import Arm, default_arms  # noqa: E402
 from bench._quality_data import Task, dialogue_task, maths_task  # noqa: E402
 from bench._quality_eval import exact_match, example_losses  # noqa: E402
 from bench._quality_profiles import PROFILES, Profile, RunSpec, plan_runs  # noqa: E402
 from bench._quality_report import write_report  # noqa: E402
-from model import LoadedModel, load_checkpoint  # noqa: E402
+from model import (  # noqa: E402
+    LoadedModel,
+    TrainConfig,
+    batch_schedule,
+    count_adapter_params,
+    inject_adapters,
+    load_checkpoint,
+    train,
+)
 
 RESULTS_FORMAT = 1
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "reports" / "quality"
@@ -75,6 +76,7 @@ def evaluate(model: nnx.Module, loaded: LoadedModel, task: Task, profile: Profil
         "example_tokens": losses.tokens.tolist(),
         "loss_eval_s": time.perf_counter() - t0,
     }
+    log(f"    held-out loss {losses.mean:.4f} on {len(task.test)} examples ({out['loss_eval_s']:.0f} s)")
     if task.prompts:
         t1 = time.perf_counter()
         correct, completions = exact_match(model, loaded.tokenizer, task.prompts, task.answers,
@@ -87,6 +89,7 @@ def evaluate(model: nnx.Module, loaded: LoadedModel, task: Task, profile: Profil
                         for p, c, a in list(zip(task.prompts, completions, task.answers, strict=True))[:3]],
             "generate_s": time.perf_counter() - t1,
         })
+        log(f"    exact match {out['exact_match']:.3f} on {len(task.prompts)} problems ({out['generate_s']:.0f} s)")
     return out
 
 
@@ -198,6 +201,7 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
         },
         "base": {},
         "runs": [],
+        "failed": [],
     }
     for name, task in tasks.items():
         log(f"base model on {name} (no adapter)")
@@ -211,7 +215,13 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
             continue
         elapsed = time.perf_counter() - started
         log(f"[{i}/{len(plan)}] {spec.key} ({arms[spec.arm].label}); study time so far {elapsed / 60:.1f} min")
-        record = run_one(loaded, tasks[spec.task], arms[spec.arm], spec, profile)
+        try:
+            record = run_one(loaded, tasks[spec.task], arms[spec.arm], spec, profile)
+        except (ValueError, RuntimeError, MemoryError) as exc:  # a broken arm is a finding; the others go on
+            log(f"  {spec.key} FAILED: {type(exc).__name__}: {exc}")
+            results["failed"].append({"key": spec.key, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+            save_results(path, results)
+            continue
         results["runs"].append(record)
         log(f"  {spec.key}: params {record['trainable_params']}, final loss {record['train_losses'][-1]:.4f}, "
             f"held-out loss {record['heldout_loss']:.4f}"
