@@ -29,6 +29,7 @@ from agent.policyconf import (
 )
 from agent.runtime import Runtime
 from agent.store import AuditKind, Cycle, CycleState, StoreError
+from agent.trainer import TrainingFailedError
 
 __all__ = ["PolicyCycleDriver", "make_gate"]
 
@@ -38,10 +39,17 @@ EVAL_METRIC = "eval_mean"  # the daemon's own held-out score of a version (highe
 _OUTCOME = {CycleState.PROMOTED: "promoted", CycleState.REJECTED: "rejected", CycleState.FAILED: "failed"}
 
 
-def make_gate(rt: Runtime) -> Callable[[EvalOutcome, EvalOutcome | None, datetime], policies.Decision]:
+def make_gate(
+    rt: Runtime, *, baseline: Callable[[], EvalOutcome | None] | None = None
+) -> Callable[[EvalOutcome, EvalOutcome | None, datetime], policies.Decision]:
     """The promotion gate of the cycle: :func:`policies.decide_promotion` with the effective policy.
 
     Example ids may carry their slice as ``"<slice>/<id>"``; per-slice no-regression checks use it.
+
+    Args:
+        rt: the runtime (effective policy, metrics).
+        baseline: scores of the base model without an adapter; with no champion yet, the first candidate is
+            compared with it (an adapter that makes the base worse is not promoted), else ``None``.
     """
 
     def evaluation(outcome: EvalOutcome) -> policies.Evaluation:
@@ -59,13 +67,25 @@ def make_gate(rt: Runtime) -> Callable[[EvalOutcome, EvalOutcome | None, datetim
         )
 
     def gate(candidate: EvalOutcome, champion: EvalOutcome | None, now: datetime) -> policies.Decision:
+        against = champion
+        if against is None and baseline is not None:
+            against = baseline()
         decision = policies.decide_promotion(
             evaluation(candidate),
-            None if champion is None else evaluation(champion),
+            None if against is None else evaluation(against),
             now,
             promotion_config(rt.policy()),
             seed=rt.config.training.seed,
         )
+        if against is not None:
+            compared = {"champion_mean": against.mean, "compared_with": against.version_id}
+            decision = policies.Decision(
+                decision.policy,
+                decision.action,
+                decision.at,
+                decision.reasons,
+                {**decision.evidence, **compared},
+            )
         rt.metrics.decision("promotion", str(decision.action))
         for reason in decision.reasons:
             log.info("promotion %s: %s [%s] %s", decision.action, reason.code, reason.kind, reason.message)
@@ -104,13 +124,26 @@ class PolicyCycleDriver:
             self._runner = CycleRunner(
                 rt.registry,
                 self.trainer(rt),
-                make_gate(rt),
+                make_gate(rt, baseline=lambda: self._base_model_scores(rt)),
                 owner=f"{rt.replica}#{epoch}",
                 workdirs=rt.config.state_dir / "cycles",
                 on_event=self._event_logger(rt),
             )
             self._runner_epoch = epoch
         return self._runner
+
+    def _base_model_scores(self, rt: Runtime) -> EvalOutcome | None:
+        """The base model's held-out scores (an empty artifact: no adapter), cached like any evaluation."""
+        empty = rt.config.state_dir / "work" / "base-model"
+        empty.mkdir(parents=True, exist_ok=True)
+        try:
+            return self.trainer(rt).evaluate(empty, version_id="base")
+        except (
+            TrainingFailedError,
+            FileNotFoundError,
+        ) as exc:  # no baseline: the gate judges the candidate alone
+            log.warning("could not score the base model for comparison: %s", exc)
+            return None
 
     def storage(self, rt: Runtime) -> Any:
         if self._storage is None:

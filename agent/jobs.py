@@ -128,7 +128,7 @@ def housekeeping(rt: Runtime) -> None:
         for path in work.iterdir():
             if path.is_dir() and path.name.startswith("eval-"):
                 shutil.rmtree(path, ignore_errors=True)  # child logs of finished evaluations
-        known = {v.id for v in rt.store.versions.list() if not v.pruned}
+        known = {v.id for v in rt.store.versions.list() if not v.pruned} | {"base"}  # "base": no adapter
         for path in (work / "evals").glob("*.json"):
             if path.name.rsplit("-", 1)[0] not in known:
                 path.unlink(missing_ok=True)  # cached scores of pruned versions
