@@ -129,7 +129,7 @@ def _profile_lines(results: dict[str, Any]) -> list[str]:
         f"the costly ones; data seed {p['data_seed']} (the same problems and split for every arm and seed).",
         f"- Maths: {p['maths_steps']} steps × batch {p['maths_batch']} × {p['maths']['seq_len']} tokens; "
         f"dialogue: {p['dialogue_steps']} steps × batch {p['dialogue_batch']} × {p['dialogue']['seq_len']} tokens.",
-        f"- Every arm: AdamW, peak learning rate {p['learning_rate']:g}, {p['warmup_steps']} warm-up steps then "
+        f"- Every arm: AdamW, peak learning rate {p['learning_rate']:g}, {p['warmup_steps']} warm-up step(s), then "
         "cosine decay to a tenth, global-norm clipping at 1, per-block remat, float32.",
     ]
     if p["lr_probe"]:
@@ -158,6 +158,29 @@ def _verdict_lines(results: dict[str, Any], comparisons: list[Comparison]) -> li
     return lines
 
 
+def _headline(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]],
+              comparisons: list[Comparison]) -> list[str]:
+    """Counts of verdicts and the parameter ratios: the study in a few lines."""
+    lines = []
+    quantum = [c for c in comparisons if not results["meta"]["arms"][c.arm]["classical"]]
+    for verdict in ("beats", "is not significantly different from", "loses to"):
+        hits = [c for c in quantum if c.verdict == verdict]
+        if hits:
+            lines.append(f"- QTHA {verdict} LoRA in {len(hits)} of {len(quantum)} comparisons: "
+                         + "; ".join(f"{c.task} {_METRIC_NAMES[c.metric]} ({_label(results, c.arm)})" for c in hits)
+                         + ".")
+    for task, rows in summary.items():
+        lora = rows.get(BASELINE)
+        if lora is None:
+            continue
+        ratios = ", ".join(f"{_label(results, a)} {s.params / lora.params:.1%}" for a, s in rows.items()
+                           if a != BASELINE)
+        if ratios:
+            lines.append(f"- Trainable parameters relative to LoRA's {lora.params:,} ({task}): {ratios}.")
+        break
+    return lines
+
+
 def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0) -> Path:
     """Writes ``REPORT.md`` and the PNG plots into ``out``; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -181,9 +204,12 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
              "```", "", "## What was run", "", *_profile_lines(results), "",
              "## Where QTHA beats, matches or loses to LoRA", "",
              "Paired per held-out example (per-example values averaged over the seeds both arms ran), 95% percentile "
-             f"bootstrap interval over examples ({results['meta']['profile']['bootstrap']} resamples). \"No "
-             "significant difference\" means the interval contains 0 — not that the arms are equal.", "",
-             *(_verdict_lines(results, comparisons) or ["- No comparison: LoRA or the other arms have no runs."]), ""]
+             f"bootstrap interval over examples ({results['meta']['profile']['bootstrap']} resamples). \"Not "
+             "significantly different\" means the interval contains 0 — not that the arms are equal.", "",
+             *_headline(results, summary, comparisons), "", "In detail:", "",
+             *(_verdict_lines(results, comparisons) or ["- No comparison: LoRA or the other arms have no runs."]), "",
+             "These are short runs of a 135M-parameter model on two small tasks; they say nothing about longer "
+             "training, larger models or other data, and a learning rate tuned per arm could change them.", ""]
     for task, rows in summary.items():
         lines += [f"## {task.capitalize()}", "",
                   "Mean ± sample standard deviation over seeds. Final train loss: mean of the last tenth of the "

@@ -105,10 +105,10 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """"beats", "loses to" or "no significant difference from" LoRA (the interval decides)."""
+        """"beats", "loses to" or "is not significantly different from" LoRA (the interval decides)."""
         better = self.diff.high < 0 if self.lower_is_better else self.diff.low > 0
         worse = self.diff.low > 0 if self.lower_is_better else self.diff.high < 0
-        return "beats" if better else "loses to" if worse else "no significant difference from"
+        return "beats" if better else "loses to" if worse else "is not significantly different from"
 
 
 def _per_example(runs: list[dict[str, Any]], metric: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -35,7 +35,7 @@ def test_verdict_follows_the_interval_and_the_metric_direction() -> None:
     assert verdict(-0.2, -0.1, True) == "beats"
     assert verdict(0.1, 0.2, True) == "loses to"
     assert verdict(0.1, 0.2, False) == "beats"
-    assert verdict(-0.1, 0.2, False) == "no significant difference from"
+    assert verdict(-0.1, 0.2, False) == "is not significantly different from"
 
 
 def _synthetic_results() -> dict:
