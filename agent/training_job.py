@@ -93,29 +93,36 @@ def adapter_config_for(recipe: dict[str, Any], targets: tuple[str, ...]) -> Any:
     )
 
 
-def _training_examples(payload: dict[str, Any], recipe: dict[str, Any], cycle: str, count: int) -> list[Any]:
-    from model import ChatExample, generate_math_problems, load_chatterbot, split_chatterbot
+def _dialogues(payload: dict[str, Any], split: str) -> list[Any]:
+    """The bundled chatterbot pairs of one split (by conversation, seeded by data.seed)."""
+    from model import load_chatterbot, split_chatterbot
+
+    pairs, _report = load_chatterbot()
+    return split_chatterbot(pairs, seed=int(payload["data_seed"]))[split]
+
+
+def _training_examples(payload: dict[str, Any], cycle: str, count: int) -> list[Any]:
+    from model import ChatExample, generate_math_problems
 
     seed = int(payload["data_seed"]) * 100_003 + (int(cycle) if cycle.isdigit() else 0)
     if payload["task"] == "maths":
         # Fresh problems each cycle (seeded by the cycle), always from the train split: no test leakage.
         examples = [p.as_example() for p in generate_math_problems(count, split="train", seed=seed)]
     else:
-        pairs = split_chatterbot(load_chatterbot(), seed=int(payload["data_seed"]))["train"]
-        examples = [ChatExample(p.prompt, p.response) for p in pairs]
+        examples = [ChatExample(p.prompt, p.response) for p in _dialogues(payload, "train")]
     inbox = [ChatExample(e.prompt, e.answer) for e in read_examples(Path(payload["dataset_dir"]))]
     return inbox + examples
 
 
 def _heldout(payload: dict[str, Any]) -> list[tuple[str, Any, int | None]]:
     """(id, chat example, exact answer or None) — the same for every version (fixed seed and split)."""
-    from model import ChatExample, generate_math_problems, load_chatterbot, split_chatterbot
+    from model import ChatExample, generate_math_problems
 
     n = int(payload["eval_examples"])
     if payload["task"] == "maths":
         problems = generate_math_problems(n, split="test", seed=int(payload["data_seed"]))
         return [(f"steps{p.steps}/{p.key}", p.as_example(), p.answer) for p in problems]
-    pairs = split_chatterbot(load_chatterbot(), seed=int(payload["data_seed"]))["test"][:n]
+    pairs = _dialogues(payload, "test")[:n]
     return [(f"dialogue/{i:04d}", ChatExample(p.prompt, p.response), None) for i, p in enumerate(pairs)]
 
 
@@ -181,7 +188,7 @@ def train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     used = adapter_config(model)
     ctx.emit({"event": "log", "message": f"adapter {used.kind} {used}, warm start from champion: {warm}"})
 
-    examples = _training_examples(payload, recipe, cycle, max(steps * batch_size, 64))
+    examples = _training_examples(payload, cycle, max(steps * batch_size, 64))
     data = tokenize_examples(loaded.tokenizer, examples, seq_len=seq_len)
     if len(data) < batch_size:
         raise ValueError(f"only {len(data)} training examples fit seq_len={seq_len}; lower the batch size")

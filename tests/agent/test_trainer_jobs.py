@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from agent.training_job import _qnn_backend, _quantum_event, _same_adapter, adapter_config_for
+from agent.training_job import (
+    _heldout,
+    _qnn_backend,
+    _quantum_event,
+    _same_adapter,
+    _training_examples,
+    adapter_config_for,
+)
 
 QTHA = {"adapter": "qtha", "qnn_mode": "weight", "qubits": 5, "layers": 3, "bond_dim": 2, "rank": 0}
 
@@ -61,3 +68,17 @@ def test_backends_by_name() -> None:
     }
     event = _quantum_event(emulator, "emulator", 120)
     assert (event["circuits"], event["shots"], event["errors"]) == (0, 0, {})
+
+
+def test_heldout_sets_are_fixed_and_disjoint_from_training(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    payload = {"task": "maths", "data_seed": 0, "eval_examples": 12, "dataset_dir": str(tmp_path)}
+    first, again = _heldout(payload), _heldout(payload)
+    assert [k for k, _, _ in first] == [k for k, _, _ in again] and len(first) == 12
+    assert all(answer is not None for _, _, answer in first)
+    train = _training_examples(payload, "3", 50)
+    heldout_prompts = {e.prompt for _, e, _ in first}
+    assert len(train) == 50 and not heldout_prompts & {e.prompt for e in train}
+    (tmp_path / "x.jsonl").write_text('{"prompt": "inbox question", "answer": "42", "slice": "inbox"}\n')
+    assert _training_examples(payload, "3", 50)[0].response == "42"  # ingested data joins the training set
+    dialogue = _heldout({**payload, "task": "dialogue", "eval_examples": 5})
+    assert len(dialogue) == 5 and all(k.startswith("dialogue/") and a is None for k, _, a in dialogue)
