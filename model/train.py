@@ -296,7 +296,8 @@ def train(
 
     model.train()  # dropout on; restored to inference mode below whatever happens
     try:
-        graphdef, params, rng_state, base = nnx.split(model, AdapterParam, nnx.RngState, ...)
+        # flax annotates split's result as a variadic tuple; with three filters it is these four.
+        graphdef, params, rng_state, base = nnx.split(model, AdapterParam, nnx.RngState, ...)  # type: ignore[misc]
         rng_state = _seed_rngs(rng_state, config.seed)
         opt_state = opt.init(params)
         step0, losses, skipped = 0, [], 0

@@ -44,6 +44,7 @@ __all__ = [
 
 QnnMode = Literal["activation", "weight"]
 Fusion = Literal["linear", "elementwise"]
+Entangler = Literal["crz_ring", "cz_ring"]
 
 # Largest bond dimension the automatic choice considers; beyond it an MPO of these sizes is dense anyway.
 _MAX_AUTO_BOND = 64
@@ -79,7 +80,7 @@ class QthaAdapterConfig:
     n_layers: int = 10
     qnn_mode: QnnMode = "weight"
     fusion: Fusion = "linear"
-    entangler: str = "crz_ring"
+    entangler: Entangler = "crz_ring"
     bond_dim: int | None = None
     n_cores: int = 3
     in_factors: tuple[int, ...] | None = None
