@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bench._quality_data import TaskSize
 
-__all__ = ["PROFILES", "Profile", "RunSpec", "plan_runs"]
+__all__ = ["PROFILES", "Profile", "RunSpec", "plan_runs", "run_settings"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class Profile:
     gen_batch: int = 100
     bootstrap: int = 2000
 
+    def run_settings(self) -> dict[str, Any]:
+        """The fields that define what one run measures (what ``--resume`` must find unchanged)."""
+        return json.loads(json.dumps(run_settings(self.to_json())))  # tuples as the lists a results file holds
+
     def to_json(self) -> dict[str, Any]:
         """The profile as plain JSON data (recorded with the results, compared on ``--resume``)."""
         return asdict(self)
@@ -68,6 +73,16 @@ class Profile:
     def with_overrides(self, **changes: Any) -> Profile:
         """This profile with the given fields replaced (None values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# Fields that only choose which runs a study plans, or how it summarises them: a run does not depend on them.
+_PLAN_FIELDS = ("name", "seeds", "costly_seeds", "lr_probe", "lr_probe_arms", "arms", "extra_arms", "costly_tasks",
+                "tasks", "bootstrap")
+
+
+def run_settings(profile: dict[str, Any]) -> dict[str, Any]:
+    """The run-defining part of a profile given as JSON data (see ``Profile.run_settings``)."""
+    return {k: v for k, v in profile.items() if k not in _PLAN_FIELDS}
 
 
 PROFILES: dict[str, Profile] = {
@@ -101,6 +116,7 @@ PROFILES: dict[str, Profile] = {
         dialogue_steps=20,
         dialogue_batch=4,
         warmup_steps=3,
+        lr_probe=(3e-3, 1e-2),
         arms=("lora", "qtha_w10", "classical_w10", "qtha_w4", "qtha_act"),
         extra_arms=("classical_w10", "qtha_w4"),
         costly_tasks=("maths",),

@@ -141,8 +141,9 @@ def _profile_lines(results: dict[str, Any]) -> list[str]:
                  f"{start.get('device')}; load average at start {tuple(round(x, 1) for x in start.get('load_avg', ()))}"
                  + (f", at end {tuple(round(x, 1) for x in end['load_avg'])}" if end else "") + ".")
     if "study_wall_s" in meta:
-        lines.append(f"- Study wall time: {meta['study_wall_s'] / 60:.1f} min ({meta['started_utc']} → "
-                     f"{meta['finished_utc']} UTC).")
+        busy = sum(r["train_wall_s"] + r["loss_eval_s"] + r.get("generate_s", 0.0) for r in results["runs"])
+        lines.append(f"- Training and evaluation wall time summed over the runs: {busy / 60:.1f} min (runs of "
+                     "processes that shared the study overlap in time).")
     else:
         lines.append("- **The study did not finish**: the tables hold the runs completed before it stopped.")
     return lines

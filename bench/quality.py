@@ -35,7 +35,7 @@ from flax import nnx  # noqa: E402
 from bench._quality_arms import Arm, default_arms  # noqa: E402
 from bench._quality_data import Task, dialogue_task, maths_task  # noqa: E402
 from bench._quality_eval import exact_match, example_losses  # noqa: E402
-from bench._quality_profiles import PROFILES, Profile, RunSpec, plan_runs  # noqa: E402
+from bench._quality_profiles import PROFILES, Profile, RunSpec, plan_runs, run_settings  # noqa: E402
 from bench._quality_report import write_report  # noqa: E402
 from model import (  # noqa: E402
     LoadedModel,
@@ -157,20 +157,46 @@ def save_results(path: Path, results: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_previous(path: Path, profile: Profile, checkpoint: str) -> dict[str, dict[str, Any]]:
-    """Runs of an earlier, identical study in ``path`` (same profile and checkpoint), by key."""
-    if not path.is_file():
-        return {}
-    old = json.loads(path.read_text(encoding="utf-8"))
-    meta = old.get("meta", {})
-    if meta.get("profile") != profile.to_json() or meta.get("checkpoint") != checkpoint:
-        log(f"--resume: {path} holds a different study (profile or checkpoint differ); starting afresh")
-        return {}
-    return {r["key"]: r for r in old.get("runs", [])}
+def load_previous(out: Path, profile: Profile, checkpoint: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Finished runs and base-model results of earlier or concurrent processes of the same study in ``out``.
+
+    Reads ``results.json`` and every ``results.*.json`` part. A run is reused when the settings that define a run
+    (``Profile.run_settings``: sizes, steps, schedule, data seed, evaluation) and the checkpoint are the same; which
+    arms, seeds or probes a study plans does not change a run's numbers.
+
+    Returns:
+        Runs by key, and base-model results by task.
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    base: dict[str, Any] = {}
+    for path in sorted(out.glob("results*.json")):
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # a part being written right now; it is read again before the next run
+        meta = old.get("meta", {})
+        if meta.get("checkpoint") != checkpoint or run_settings(meta.get("profile", {})) != profile.run_settings():
+            log(f"--resume: {path.name} holds a different study (run settings or checkpoint differ); not reused")
+            continue
+        runs.update({r["key"]: r for r in old.get("runs", [])})
+        base.update(old.get("base", {}))
+    return runs, base
 
 
-def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command: str) -> dict[str, Any]:
-    """Runs the whole study, saving ``results.json`` after every run, and returns the results."""
+def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command: str, part: str | None = None,
+          reverse: bool = False) -> dict[str, Any]:
+    """Runs the whole study, saving the results after every run, and returns them.
+
+    Args:
+        profile: the study's sizes.
+        checkpoint: the base model.
+        out: where ``results.json`` (or ``results.<part>.json``) goes.
+        resume: reuse finished runs of the same study found in ``out`` (re-read before every run, so processes
+            working on one study in parallel, each with its own ``part`` and one with ``reverse``, share the work).
+        command: the command line that reproduces the study (recorded in the report).
+        part: write ``results.<part>.json`` instead of ``results.json``.
+        reverse: go through the plan from its end.
+    """
     started = time.perf_counter()
     # The seeds of one arm lower to the same program: a persistent compilation cache compiles it once.
     jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "qtha" / "jax-quality"))
@@ -185,8 +211,8 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; known: {sorted(arms)}")
     plan = plan_runs(profile, {name for name, a in arms.items() if not a.cheap})
-    path = out / "results.json"
-    done = load_previous(path, profile, checkpoint) if resume else {}
+    path = out / (f"results.{part}.json" if part else "results.json")
+    done, done_base = load_previous(out, profile, checkpoint) if resume else ({}, {})
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
         "meta": {
@@ -204,11 +230,17 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
         "failed": [],
     }
     for name, task in tasks.items():
+        if name in done_base:
+            results["base"][name] = done_base[name]
+            continue
         log(f"base model on {name} (no adapter)")
         results["base"][name] = evaluate(loaded.model, loaded, task, profile)
         log(f"  base {name}: held-out loss {results['base'][name]['heldout_loss']:.4f}"
             + (f", exact match {results['base'][name]['exact_match']:.3f}" if task.prompts else ""))
-    for i, spec in enumerate(plan, start=1):
+    order = list(enumerate(plan, start=1))
+    for i, spec in reversed(order) if reverse else order:
+        if resume:
+            done = {**done, **load_previous(out, profile, checkpoint)[0]}
         if spec.key in done:
             results["runs"].append(done[spec.key])
             log(f"[{i}/{len(plan)}] {spec.key}: reused from the earlier run")
@@ -227,6 +259,8 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
             f"held-out loss {record['heldout_loss']:.4f}"
             + (f", exact match {record['exact_match']:.3f}" if "exact_match" in record else ""))
         save_results(path, results)
+    rank = {spec.key: i for i, spec in enumerate(plan)}
+    results["runs"].sort(key=lambda r: rank.get(r["key"], len(rank)))
     results["meta"]["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["meta"]["study_wall_s"] = time.perf_counter() - started
     results["meta"]["machine_at_end"] = machine_info()
@@ -244,7 +278,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dialogue-steps", type=int, help="override the profile's dialogue steps")
     parser.add_argument("--arms", nargs="+", help="override the profile's arms")
     parser.add_argument("--tasks", nargs="+", choices=("maths", "dialogue"), help="override the profile's tasks")
-    parser.add_argument("--resume", action="store_true", help="reuse finished runs of the same study in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse finished runs of the same study in --out (results.json and results.*.json)")
+    parser.add_argument("--part", help="write results.PART.json (a process sharing a study with others)")
+    parser.add_argument("--reverse", action="store_true", help="run the plan from its end (with --resume --part)")
     parser.add_argument("--report-only", action="store_true", help="re-render the report from --out/results.json")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON at the end")
     return parser.parse_args(argv)
@@ -260,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
             seeds=tuple(args.seeds) if args.seeds else None, maths_steps=args.maths_steps,
             dialogue_steps=args.dialogue_steps, arms=tuple(args.arms) if args.arms else None,
             tasks=tuple(args.tasks) if args.tasks else None)
-        command = " ".join(["bench/quality.py", *(argv if argv is not None else sys.argv[1:])])
-        results = study(profile, checkpoint=args.checkpoint, out=args.out, resume=args.resume, command=command)
+        # Resuming or sharing the work does not change a run's numbers: the recorded command leaves those flags out.
+        given = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--resume", "--reverse")]
+        if args.part:
+            given = [a for i, a in enumerate(given) if a != "--part" and (i == 0 or given[i - 1] != "--part")]
+        command = " ".join(["bench/quality.py", *given])
+        results = study(profile, checkpoint=args.checkpoint, out=args.out, resume=args.resume, command=command,
+                        part=args.part, reverse=args.reverse)
     report = write_report(results, args.out)
     log(f"report written: {report}")
     if args.json:
