@@ -233,6 +233,10 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
         lines += [f"- {reason}." for reason in rec.reasons]
         lines += [f"- Rule: among QTHA arms (not the classical ablation) whose median time per step is at most "
                   f"{MAX_COST_RATIO:g}× LoRA's, the best maths exact match (ties: lower held-out loss).", ""]
+    if results.get("not_run"):
+        lines += ["## Planned runs that were not run", "",
+                  "The study was stopped before these runs (time limit); the tables above do not include them.", ""]
+        lines += [f"- `{key}`" for key in results["not_run"]] + [""]
     if results.get("failed"):
         lines += ["## Runs that failed", ""] + [f"- `{f['key']}`: {f['error']}" for f in results["failed"]] + [""]
     samples = [(r["key"], s) for r in results["runs"] if r.get("samples") and not r["probe"] and r["seed"] ==

@@ -184,7 +184,7 @@ def load_previous(out: Path, profile: Profile, checkpoint: str) -> tuple[dict[st
 
 
 def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command: str, part: str | None = None,
-          reverse: bool = False) -> dict[str, Any]:
+          reverse: bool = False, merge_only: bool = False) -> dict[str, Any]:
     """Runs the whole study, saving the results after every run, and returns them.
 
     Args:
@@ -196,6 +196,7 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
         command: the command line that reproduces the study (recorded in the report).
         part: write ``results.<part>.json`` instead of ``results.json``.
         reverse: go through the plan from its end.
+        merge_only: with ``resume``, train nothing: collect the finished runs and list the others as not run.
     """
     started = time.perf_counter()
     # The seeds of one arm lower to the same program: a persistent compilation cache compiles it once.
@@ -228,6 +229,7 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
         "base": {},
         "runs": [],
         "failed": [],
+        "not_run": [],
     }
     for name, task in tasks.items():
         if name in done_base:
@@ -244,6 +246,10 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
         if spec.key in done:
             results["runs"].append(done[spec.key])
             log(f"[{i}/{len(plan)}] {spec.key}: reused from the earlier run")
+            continue
+        if merge_only:
+            results["not_run"].append(spec.key)
+            log(f"[{i}/{len(plan)}] {spec.key}: not run (--merge-only)")
             continue
         elapsed = time.perf_counter() - started
         log(f"[{i}/{len(plan)}] {spec.key} ({arms[spec.arm].label}); study time so far {elapsed / 60:.1f} min")
@@ -282,6 +288,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="reuse finished runs of the same study in --out (results.json and results.*.json)")
     parser.add_argument("--part", help="write results.PART.json (a process sharing a study with others)")
     parser.add_argument("--reverse", action="store_true", help="run the plan from its end (with --resume --part)")
+    parser.add_argument("--merge-only", action="store_true",
+                        help="with --resume: train nothing, merge the finished runs and list the missing ones")
     parser.add_argument("--report-only", action="store_true", help="re-render the report from --out/results.json")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON at the end")
     return parser.parse_args(argv)
@@ -298,12 +306,13 @@ def main(argv: list[str] | None = None) -> int:
             dialogue_steps=args.dialogue_steps, arms=tuple(args.arms) if args.arms else None,
             tasks=tuple(args.tasks) if args.tasks else None)
         # Resuming or sharing the work does not change a run's numbers: the recorded command leaves those flags out.
-        given = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--resume", "--reverse")]
+        given = [a for a in (argv if argv is not None else sys.argv[1:])
+                 if a not in ("--resume", "--reverse", "--merge-only")]
         if args.part:
             given = [a for i, a in enumerate(given) if a != "--part" and (i == 0 or given[i - 1] != "--part")]
         command = " ".join(["bench/quality.py", *given])
         results = study(profile, checkpoint=args.checkpoint, out=args.out, resume=args.resume, command=command,
-                        part=args.part, reverse=args.reverse)
+                        part=args.part, reverse=args.reverse, merge_only=args.merge_only)
     report = write_report(results, args.out)
     log(f"report written: {report}")
     if args.json:
