@@ -75,7 +75,7 @@ class Cycles:
                 f"cycle {running.id} ({running.state}, owner {running.owner})" if running else "another cycle"
             )
             raise CycleAlreadyRunningError(
-                f"{what} is still running; wait for it to finish or fail it with `qtha cycle --abort`"
+                f"{what} is still running; wait for it to finish (`qtha status` shows its progress); a cycle whose owner died is resumed or failed when the daemon next starts"
             ) from None
 
     def get(self, cycle_id: int) -> Cycle:
