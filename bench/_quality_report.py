@@ -232,7 +232,8 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
                   f"{rec.bond_dim}, learning rate {rec.learning_rate:g}** (arm `{rec.arm}`).", ""]
         lines += [f"- {reason}." for reason in rec.reasons]
         lines += [f"- Rule: among QTHA arms (not the classical ablation) whose median time per step is at most "
-                  f"{MAX_COST_RATIO:g}× LoRA's, the best maths exact match (ties: lower held-out loss).", ""]
+                  f"{MAX_COST_RATIO:g}× LoRA's, the lowest mean maths held-out loss (ties: higher exact match); "
+                  "then, for that arm, the probed learning rate with the lowest final training loss.", ""]
     if results.get("not_run"):
         lines += ["## Planned runs that were not run", "",
                   "The study was stopped before these runs (time limit); the tables above do not include them.", ""]
