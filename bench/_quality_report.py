@@ -136,10 +136,10 @@ def _profile_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"- Learning-rate probe for the recipe (not part of the comparison): {', '.join(p['lr_probe_arms'])}"
                      f" at {', '.join(f'{x:g}' for x in p['lr_probe'])} on maths, seed {p['seeds'][0]}.")
     lines += [f"- Task {name}: {text}." for name, text in meta["tasks"].items()]
-    start, end = meta.get("machine_at_start", {}), meta.get("machine_at_end", {})
+    start = meta.get("machine_at_start", {})
     lines.append(f"- Machine: {start.get('cpus')} CPUs, {start.get('platform')}, jax {start.get('jax')} on "
-                 f"{start.get('device')}; load average at start {tuple(round(x, 1) for x in start.get('load_avg', ()))}"
-                 + (f", at end {tuple(round(x, 1) for x in end['load_avg'])}" if end else "") + ".")
+                 f"{start.get('device')}. Times per step depend on what else the machine was running (see the "
+                 "tables' note).")
     if "study_wall_s" in meta:
         busy = sum(r["train_wall_s"] + r["loss_eval_s"] + r.get("generate_s", 0.0) for r in results["runs"])
         lines.append(f"- Training and evaluation wall time summed over the runs: {busy / 60:.1f} min (runs of "
