@@ -284,6 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dialogue-steps", type=int, help="override the profile's dialogue steps")
     parser.add_argument("--arms", nargs="+", help="override the profile's arms")
     parser.add_argument("--tasks", nargs="+", choices=("maths", "dialogue"), help="override the profile's tasks")
+    parser.add_argument("--lr-probe", type=float, nargs="*", help="override the probed learning rates (none: no probe)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse finished runs of the same study in --out (results.json and results.*.json)")
     parser.add_argument("--part", help="write results.PART.json (a process sharing a study with others)")
@@ -304,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = PROFILES[args.profile].with_overrides(
             seeds=tuple(args.seeds) if args.seeds else None, maths_steps=args.maths_steps,
             dialogue_steps=args.dialogue_steps, arms=tuple(args.arms) if args.arms else None,
-            tasks=tuple(args.tasks) if args.tasks else None)
+            tasks=tuple(args.tasks) if args.tasks else None,
+            lr_probe=tuple(args.lr_probe) if args.lr_probe is not None else None)
         # Resuming or sharing the work does not change a run's numbers: the recorded command leaves those flags out.
         given = [a for a in (argv if argv is not None else sys.argv[1:])
                  if a not in ("--resume", "--reverse", "--merge-only")]
