@@ -60,7 +60,10 @@ def greedy(smollm):
 
 def test_smollm_greedy_answers(smollm, greedy) -> None:
     answers = [smollm.tokenizer.decode(ids) for ids in greedy[1]]
-    assert answers[0].startswith("12 + 7 =")  # sets the sum up; see the note in the closing report on "19"
+    # llama.cpp itself (llama-cpp-python 0.3, greedy, same file) answers "12 + 7 = 9\n\nThis is a classic example
+    # of arithmetic ..." from the same prompt ids: this Q4_1 checkpoint gets this sum wrong, so we pin llama.cpp's
+    # tokens instead of a "19" the file does not produce.
+    assert answers[0].startswith("12 + 7 = 9\n\nThis is a classic example of")
     assert "Paris" in answers[1]
     assert "19" in answers[2]
     assert "5" in answers[3]
@@ -75,3 +78,15 @@ def test_smollm_greedy_tokens_match_a_llama_cpp_style_numpy_reference(smollm, gr
     logits = reference_logits(hf_config, _raw_gguf_tensors(), prompt + ours[:-1], dtype=np.float32,
                               interleaved_rope=True, last=len(ours))
     assert [int(i) for i in logits.argmax(axis=-1)] == ours
+
+
+# Token ids llama.cpp (llama-cpp-python 0.3, `tokenize(..., special=True)`) gives for the chat-templated acceptance
+# prompt of this GGUF file: our tokenizer rebuilt from the GGUF metadata must agree exactly.
+LLAMA_CPP_PROMPT_IDS = [
+    1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2,
+    198, 1, 4093, 198, 1780, 314, 216, 33, 34, 8055, 216, 39, 47, 2, 198, 1, 520, 9531, 198,
+]
+
+
+def test_smollm_prompt_ids_equal_llama_cpp(greedy) -> None:
+    assert greedy[0][0] == LLAMA_CPP_PROMPT_IDS
