@@ -53,7 +53,7 @@ def _synthetic_results() -> dict:
         return {"key": f"maths/{arm}/seed{seed}/lr{lr:g}", "task": "maths", "arm": arm, "seed": seed,
                 "learning_rate": lr, "probe": probe, "trainable_params": 100 if arm == "lora" else 24,
                 "bond_dim": None if arm == "lora" else 3, "adapter_config": config,
-                "train_losses": [2.0, 1.5, 1.0, 0.9], "median_step_s": 1.0 if arm == "lora" else 1.1,
+                "train_losses": [2.0, 1.5, 1.0, 0.9], "compile_s": 5.0, "median_step_s": 1.0 if arm == "lora" else 1.1,
                 "heldout_loss": 1.0 if arm == "lora" else 0.8, "heldout_ppl": 2.7,
                 "example_nll": [2.0, 4.0, 2.0, 4.0] if arm == "lora" else [1.0, 3.0, 1.0, 3.0],
                 "example_tokens": [2.0, 4.0, 2.0, 4.0], "exact_match": float(np.mean(correct)),
