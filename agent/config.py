@@ -112,7 +112,7 @@ class TrainingConfig(_Section):
         default=128, ge=8, description="Tokens per training and evaluation sequence (longer are cut)."
     )
     learning_rate: float = Field(
-        default=1e-3, gt=0, description="Peak AdamW learning rate (warm-up, then cosine)."
+        default=1e-2, gt=0, description="Peak AdamW learning rate (warm-up, then cosine)."
     )
     seed: int = Field(default=0, description="Seeds adapter initialisation, batch order and the bootstrap.")
 
@@ -191,21 +191,25 @@ class PolicyConfig(_Section):
 
 
 class RecipeConfig(_Section):
-    """The cold-start recipe of the learner and the bounds of what it may propose."""
+    """The cold-start recipe of the learner and the bounds of what it may propose.
+
+    The QTHA defaults (weight mode, 10 qubits × 10 layers, bond dimension 4, with ``training.learning_rate``
+    1e-2) come from the quality study, reports/quality/REPORT.md.
+    """
 
     adapter: Literal["qtha", "lora"] = Field(default="qtha", description="Adapter of the first cycle.")
     qnn_mode: Literal["weight", "activation"] = Field(
         default="weight",
         description="QTHA circuit use: one circuit per module (weight) or per token (activation).",
     )
-    qubits: int = Field(default=4, ge=1, le=16, description="QTHA circuit width of the first cycle.")
-    layers: int = Field(default=2, ge=1, description="QTHA circuit depth of the first cycle.")
-    bond_dim: int = Field(default=2, ge=1, description="QTHA MPO bond dimension of the first cycle.")
+    qubits: int = Field(default=10, ge=1, le=16, description="QTHA circuit width of the first cycle.")
+    layers: int = Field(default=10, ge=1, description="QTHA circuit depth of the first cycle.")
+    bond_dim: int = Field(default=4, ge=1, description="QTHA MPO bond dimension of the first cycle.")
     rank: int = Field(default=8, ge=1, description="LoRA rank when the adapter is lora.")
     learn: bool = Field(default=True, description="Let the Optuna learner propose later recipes.")
     max_steps: int = Field(default=200, ge=1, description="Upper bound of proposed steps.")
-    max_qubits: int = Field(default=8, ge=1, le=16, description="Upper bound of proposed qubits.")
-    max_layers: int = Field(default=4, ge=1, description="Upper bound of proposed layers.")
+    max_qubits: int = Field(default=10, ge=1, le=16, description="Upper bound of proposed qubits.")
+    max_layers: int = Field(default=10, ge=1, description="Upper bound of proposed layers.")
 
 
 class EvaluationConfig(_Section):
