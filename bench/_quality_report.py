@@ -14,6 +14,7 @@ from bench._quality_summary import (
     ArmSummary,
     Comparison,
     compare_to_lora,
+    final_loss,
     recommend,
     summarize,
 )
@@ -218,6 +219,18 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
                   "while it ran, so compare ratios within this run rather than absolute times).", "",
                   *_arm_table(results, task, rows), ""]
     lines += ["## Paired differences to LoRA", "", *_comparison_table(results, comparisons), ""]
+    probes = [r for r in results["runs"] if r["probe"]]
+    if probes:
+        first = results["meta"]["profile"]["seeds"][0]
+        rows = [r for r in results["runs"] if r["task"] == "maths" and r["seed"] == first and not r["probe"]
+                and r["arm"] in {BASELINE, *(p["arm"] for p in probes)}] + probes
+        lines += ["## Learning-rate probe (maths, one seed)", "",
+                  f"Seed {first} only, for the recipe; not part of the comparison above (only QTHA's rate was varied, "
+                  "LoRA was not tuned, so these rows do not say how QTHA compares with a tuned LoRA).", "",
+                  "| arm | learning rate | final train loss | held-out loss | exact match |", "|---|---|---|---|---|"]
+        lines += [f"| {_label(results, r['arm'])} | {r['learning_rate']:g} | {final_loss(r['train_losses']):.4f} | "
+                  f"{r['heldout_loss']:.4f} | {r['exact_match']:.3f} |"
+                  for r in sorted(rows, key=lambda r: (r["arm"], r["learning_rate"]))] + [""]
     lines += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots] + [""]
     lines += ["## Arms", ""]
     for arm, info in results["meta"]["arms"].items():
