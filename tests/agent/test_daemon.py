@@ -317,7 +317,11 @@ def test_housekeeping_removes_finished_cycle_work(running: Running) -> None:
     rt = running.rt
     running.applied(running.resume_and_cycle({"steps": 3}))
     wait_for(lambda: rt.store.champion.get().version_id, what="a champion")
-    wait_for(lambda: rt.status.startswith("idle: cycle 1"), what="idle after cycle 1")
+    # The status line moves on from "idle: cycle 1 ..." within milliseconds (the next trigger check), so wait on
+    # the recorded state instead of a transient status string.
+    wait_for(
+        lambda: rt.store.cycles.get(1).state.terminal and rt.status.startswith("idle"), what="idle after cycle 1"
+    )
     assert (rt.config.state_dir / "cycles" / "1").is_dir()
     wait_for(lambda: rt.cycles.housekeeping(rt) is not None, what="the driver's lock released")
     jobs.housekeeping(rt)  # the job itself: idempotent
