@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bench._quality_data import TaskSize
 
-__all__ = ["PROFILES", "Profile", "RunSpec", "plan_runs", "run_settings"]
+__all__ = ["PROFILES", "Profile", "RunSpec", "plan_comparison", "plan_sweep", "run_settings"]
 
 
 @dataclass(frozen=True)
@@ -21,15 +22,21 @@ class Profile:
         costly_seeds: how many of ``seeds`` the costly arms (activation mode) run.
         maths: maths sizes; ``maths_steps`` and ``maths_batch`` its optimizer steps and batch size.
         dialogue: dialogue sizes; ``dialogue_steps``/``dialogue_batch`` likewise.
-        learning_rate: peak learning rate of every arm in the comparison.
+        learning_rate: peak learning rate of an arm that is neither swept nor follows a swept arm (and of every arm
+            when ``lr_grid`` is empty).
         warmup_steps: linear warm-up, then cosine decay to a tenth of the peak.
-        lr_probe: extra peak learning rates tried on the maths task, first seed, for ``lr_probe_arms`` (the recipe's
-            learning rate; these runs are not part of the LoRA comparison).
-        lr_probe_arms: arms whose learning rate is probed.
+        lr_grid: peak learning rates swept, on the maths task with the first seed, for each of ``sweep_arms``; each
+            swept arm is then compared at the rate of its lowest late training loss (the held-out set plays no part).
+            Empty: no sweep, every arm at ``learning_rate``.
+        sweep_arms: arms whose learning rate is swept (LoRA among them, so that both sides are tuned alike).
+        lr_follows: (arm, swept arm) pairs: the arm trains at the swept arm's chosen rate (the classical ablation
+            must share its quantum twin's rate to isolate the circuit; activation mode is too costly to sweep).
         activation_qubits: circuit width of the activation-mode arm.
         activation_layers: its depth.
         arms: arms to run, by name (see ``bench._quality_arms.default_arms``).
-        extra_arms: arms run like the costly ones (first ``costly_seeds`` seeds, after the others) to save time.
+        extra_arms: arms run like the costly ones (after the others, on ``costly_tasks``) to save time, with the
+            first ``extra_seeds`` seeds (default: ``costly_seeds``).
+        extra_seeds: see ``extra_arms``.
         costly_tasks: the tasks the costly and extra arms run on.
         tasks: tasks to run.
         data_seed: fixes the problems drawn and the dialogue split (the same for all arms and seeds).
@@ -49,12 +56,14 @@ class Profile:
     dialogue_batch: int
     learning_rate: float = 1e-3
     warmup_steps: int = 10
-    lr_probe: tuple[float, ...] = ()
-    lr_probe_arms: tuple[str, ...] = ("qtha_w10",)
+    lr_grid: tuple[float, ...] = ()
+    sweep_arms: tuple[str, ...] = ("lora", "qtha_w10")
+    lr_follows: tuple[tuple[str, str], ...] = ()
     activation_qubits: int = 4
     activation_layers: int = 2
     arms: tuple[str, ...] = ("lora", "qtha_w10", "qtha_w4", "classical_w10", "qtha_act")
     extra_arms: tuple[str, ...] = ()
+    extra_seeds: int | None = None
     costly_tasks: tuple[str, ...] = ("maths", "dialogue")
     tasks: tuple[str, ...] = ("maths", "dialogue")
     data_seed: int = 0
@@ -76,8 +85,9 @@ class Profile:
 
 
 # Fields that only choose which runs a study plans, or how it summarises them: a run does not depend on them.
-_PLAN_FIELDS = ("name", "seeds", "costly_seeds", "lr_probe", "lr_probe_arms", "arms", "extra_arms", "costly_tasks",
-                "tasks", "bootstrap")
+# ``lr_probe``/``lr_probe_arms`` are the plan fields of the first study's results files (read by ``--resume``).
+_PLAN_FIELDS = ("name", "seeds", "costly_seeds", "lr_grid", "sweep_arms", "lr_follows", "arms", "extra_arms",
+                "extra_seeds", "costly_tasks", "tasks", "bootstrap", "lr_probe", "lr_probe_arms")
 
 
 def run_settings(profile: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +96,8 @@ def run_settings(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 PROFILES: dict[str, Profile] = {
-    # About two hours on an idle 2-core machine (the report gives the measured time per step of every arm).
+    # The larger study: longer runs, more test problems. Estimated at 2-2.5 h on an idle 2-core machine from the
+    # quick profile's measured times per step (not yet run end to end).
     "full": Profile(
         name="full",
         seeds=(0, 1, 2),
@@ -97,14 +108,16 @@ PROFILES: dict[str, Profile] = {
         dialogue=TaskSize(seq_len=64, n_train=2000, n_test=1000),
         dialogue_steps=80,
         dialogue_batch=8,
-        lr_probe=(3e-4, 3e-3),
+        lr_grid=(1e-3, 3e-3, 1e-2),
+        sweep_arms=("lora", "qtha_w10"),
+        lr_follows=(("classical_w10", "qtha_w10"), ("qtha_act", "qtha_w10"), ("qtha_w4", "qtha_w10")),
         gen_batch=200,
         arms=("lora", "qtha_w10", "qtha_w4", "classical_w10", "qtha_act"),
-        extra_arms=("classical_w10",),
+        extra_arms=("classical_w10", "qtha_w4"),
         costly_tasks=("maths",),
     ),
-    # About an hour on a 2-core machine shared with other work: fewer steps, shorter sequences, the ablation,
-    # the small circuit and activation mode on maths with one seed.
+    # About 75 min on an idle 2-core machine: short runs, every cheap arm's learning rate swept, three seeds of
+    # LoRA and QTHA on both tasks and of the ablation and the small circuit on maths, activation mode once.
     "quick": Profile(
         name="quick",
         seeds=(0, 1, 2),
@@ -116,9 +129,12 @@ PROFILES: dict[str, Profile] = {
         dialogue_steps=20,
         dialogue_batch=4,
         warmup_steps=3,
-        lr_probe=(3e-3, 1e-2),
+        lr_grid=(1e-3, 3e-3, 1e-2, 3e-2),
+        sweep_arms=("lora", "qtha_w10", "qtha_w4"),
+        lr_follows=(("classical_w10", "qtha_w10"), ("qtha_act", "qtha_w10")),
         arms=("lora", "qtha_w10", "classical_w10", "qtha_w4", "qtha_act"),
         extra_arms=("classical_w10", "qtha_w4"),
+        extra_seeds=3,
         costly_tasks=("maths",),
     ),
     # Seconds: checks the pipeline end to end on the tiny test model (a byte-level tokenizer, hence the long
@@ -151,7 +167,7 @@ class RunSpec:
     arm: str
     seed: int
     learning_rate: float
-    probe: bool = False
+    sweep: bool = False
 
     @property
     def key(self) -> str:
@@ -159,26 +175,46 @@ class RunSpec:
         return f"{self.task}/{self.arm}/seed{self.seed}/lr{self.learning_rate:g}"
 
 
-def plan_runs(profile: Profile, costly: set[str]) -> list[RunSpec]:
-    """The runs of a profile, in rounds, so that a study cut short still holds complete comparisons.
+def plan_sweep(profile: Profile) -> list[RunSpec]:
+    """The learning-rate sweep: every swept arm at every rate of the grid, on maths, with the first seed.
+
+    Empty when the profile has no grid or no maths task.
+    """
+    if not profile.lr_grid or "maths" not in profile.tasks:
+        return []
+    return [RunSpec("maths", arm, profile.seeds[0], lr, sweep=True)
+            for arm in profile.sweep_arms if arm in profile.arms for lr in profile.lr_grid]
+
+
+def learning_rate_of(profile: Profile, arm: str, chosen: Mapping[str, float]) -> float:
+    """The peak learning rate ``arm`` is compared at: its own chosen rate, the one it follows, or the default."""
+    follows = dict(profile.lr_follows)
+    return chosen.get(arm, chosen.get(follows.get(arm, ""), profile.learning_rate))
+
+
+def plan_comparison(profile: Profile, costly: set[str], chosen: Mapping[str, float]) -> list[RunSpec]:
+    """The comparison runs, in rounds, so that a study cut short still holds complete comparisons.
 
     Round k trains seed k of every cheap arm on every task; the costly arms (their first ``costly_seeds`` seeds)
-    and the learning-rate probes come after all rounds.
+    and the extra arms (first ``extra_seeds``) come after all rounds, on ``costly_tasks``. A run that the sweep
+    already made (same task, arm, seed and rate) is planned again under the same key and reused, not retrained.
 
     Args:
         profile: the sizes.
-        costly: names of arms that only run ``profile.costly_seeds`` seeds (slow arms and ``extra_arms``).
+        costly: names of arms that only run ``profile.costly_seeds`` seeds (slow arms).
+        chosen: swept arm → chosen peak learning rate (see :func:`learning_rate_of`).
     """
-    costly = costly | set(profile.extra_arms)
+    extra = set(profile.extra_arms)
+    later = costly | extra
     runs: list[RunSpec] = []
     for seed in profile.seeds:
-        runs += [RunSpec(task, arm, seed, profile.learning_rate)
-                 for task in profile.tasks for arm in profile.arms if arm not in costly]
-    for seed in profile.seeds[: profile.costly_seeds]:
-        runs += [RunSpec(task, arm, seed, profile.learning_rate)
-                 for task in profile.tasks if task in profile.costly_tasks for arm in profile.arms if arm in costly]
-    if "maths" in profile.tasks:
-        for arm in profile.lr_probe_arms:
-            if arm in profile.arms:
-                runs += [RunSpec("maths", arm, profile.seeds[0], lr, probe=True) for lr in profile.lr_probe]
+        runs += [RunSpec(task, arm, seed, learning_rate_of(profile, arm, chosen))
+                 for task in profile.tasks for arm in profile.arms if arm not in later]
+    extra_seeds = profile.costly_seeds if profile.extra_seeds is None else profile.extra_seeds
+    for arm in profile.arms:
+        if arm not in later:
+            continue
+        n = profile.costly_seeds if arm in costly else extra_seeds
+        runs += [RunSpec(task, arm, seed, learning_rate_of(profile, arm, chosen))
+                 for seed in profile.seeds[:n] for task in profile.tasks if task in profile.costly_tasks]
     return runs

@@ -13,9 +13,13 @@ from bench._quality_summary import (
     MAX_COST_RATIO,
     ArmSummary,
     Comparison,
+    compare_at_equal_rates,
     compare_to_lora,
-    final_loss,
+    compared_rate,
+    main_runs,
     recommend,
+    reproduce,
+    selection_loss,
     summarize,
 )
 
@@ -44,14 +48,15 @@ def plot_loss_curves(results: dict[str, Any], task: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm in results["meta"]["profile"]["arms"]:
-        runs = [r for r in results["runs"] if r["task"] == task and r["arm"] == arm and not r["probe"]]
+        runs = main_runs(results, task, arm)
         if not runs:
             continue
         curves = np.asarray([r["train_losses"] for r in runs], np.float64)
         window = max(1, curves.shape[1] // 15)
         smooth = np.asarray([_smooth(c, window) for c in curves])
         x = np.arange(smooth.shape[1]) + window
-        ax.plot(x, smooth.mean(axis=0), label=f"{_label(results, arm)} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        ax.plot(x, smooth.mean(axis=0), label=f"{_label(results, arm)}, lr {compared_rate(results, arm):g} "
+                                              f"({len(runs)} seed{'s' * (len(runs) > 1)})")
         if len(runs) > 1:
             ax.fill_between(x, smooth.min(axis=0), smooth.max(axis=0), alpha=0.2)
     ax.set_xlabel("step")
@@ -92,19 +97,20 @@ def plot_bars(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]
 def _arm_table(results: dict[str, Any], task: str, rows: dict[str, ArmSummary]) -> list[str]:
     lora = rows.get(BASELINE)
     maths = task == "maths"
-    head = ("| arm | seeds | trainable params | ratio to LoRA | bond dim | s/step (median) | × LoRA time | compile s | "
-            "final train loss | held-out loss | held-out ppl |" + (" exact match |" if maths else ""))
+    head = ("| arm | peak lr | seeds | trainable params | ratio to LoRA | bond dim | s/step (median) | × LoRA time | "
+            "compile s | late train loss | held-out loss | held-out ppl |" + (" exact match |" if maths else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     base = results["base"].get(task)
     if base is not None:
-        lines.append(f"| base model (no training) | – | 0 | – | – | – | – | – | – | {base['heldout_loss']:.4f} | "
+        lines.append(f"| base model (no training) | – | – | 0 | – | – | – | – | – | – | {base['heldout_loss']:.4f} | "
                      f"{base['heldout_ppl']:.2f} |" + (f" {base['exact_match']:.3f} |" if maths else ""))
     for arm, s in rows.items():
         ratio = f"{s.params / lora.params:.3f}" if lora else "–"
         cost = f"{s.step_s.mean / lora.step_s.mean:.2f}" if lora else "–"
         lines.append(
-            f"| {_label(results, arm)} | {len(s.seeds)} | {s.params:,} | {ratio} | {s.bond_dim or '–'} | "
-            f"{s.step_s.fmt(2)} | {cost} | {s.compile_s.mean:.0f} | {s.final_train_loss.fmt()} | {s.heldout_loss.fmt()} | "
+            f"| {_label(results, arm)} | {compared_rate(results, arm):g} | {len(s.seeds)} | {s.params:,} | {ratio} | "
+            f"{s.bond_dim or '–'} | "
+            f"{s.step_s.fmt(2)} | {cost} | {s.compile_s.mean:.0f} | {s.late_train_loss.fmt()} | {s.heldout_loss.fmt()} | "
             f"{s.heldout_ppl.fmt(2)} |" + (f" {s.exact_match.fmt(3)} |" if maths else ""))
     return lines
 
@@ -130,12 +136,23 @@ def _profile_lines(results: dict[str, Any]) -> list[str]:
         f"the costly ones; data seed {p['data_seed']} (the same problems and split for every arm and seed).",
         f"- Maths: {p['maths_steps']} steps × batch {p['maths_batch']} × {p['maths']['seq_len']} tokens; "
         f"dialogue: {p['dialogue_steps']} steps × batch {p['dialogue_batch']} × {p['dialogue']['seq_len']} tokens.",
-        f"- Every arm: AdamW, peak learning rate {p['learning_rate']:g}, {p['warmup_steps']} warm-up step(s), then "
-        "cosine decay to a tenth, global-norm clipping at 1, per-block remat, float32.",
+        f"- Every arm: AdamW, {p['warmup_steps']} warm-up step(s) to its peak learning rate, then cosine decay to a "
+        "tenth, global-norm clipping at 1, per-block remat, float32.",
     ]
-    if p["lr_probe"]:
-        lines.append(f"- Learning-rate probe for the recipe (not part of the comparison): {', '.join(p['lr_probe_arms'])}"
-                     f" at {', '.join(f'{x:g}' for x in p['lr_probe'])} on maths, seed {p['seeds'][0]}.")
+    if p.get("lr_grid"):
+        follows = "; ".join(f"{_label(results, a)} at {_label(results, b)}'s" for a, b in p.get("lr_follows", [])
+                            if a in p["arms"])
+        lines.append(f"- Peak learning rate: swept over {', '.join(f'{x:g}' for x in p['lr_grid'])} for "
+                     f"{', '.join(_label(results, a) for a in p['sweep_arms'] if a in p['arms'])} alike (maths, seed "
+                     f"{p['seeds'][0]}); each is compared at the rate of its lowest late training loss (mean of the "
+                     "last quarter of steps; the held-out set plays no part)"
+                     + (f"; {follows} rate" if follows else "") + ". Dialogue uses the rates chosen on maths.")
+        chosen = meta.get("learning_rates", {})
+        lines.append("- Rates chosen: " + ", ".join(f"{_label(results, a)} {compared_rate(results, a):g}"
+                                                   for a in p["arms"] if any(r["arm"] == a for r in results["runs"]))
+                     + "." + ("" if chosen else " (no sweep finished: every arm at the default rate)"))
+    else:
+        lines.append(f"- Peak learning rate {p['learning_rate']:g} for every arm (no sweep).")
     lines += [f"- Task {name}: {text}." for name, text in meta["tasks"].items()]
     start = meta.get("machine_at_start", {})
     lines.append(f"- Machine: {start.get('cpus')} CPUs, {start.get('platform')}, jax {start.get('jax')} on "
@@ -183,6 +200,63 @@ def _headline(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]
     return lines
 
 
+def _sweep_section(results: dict[str, Any], bootstrap_seed: int) -> list[str]:
+    """The learning-rate sweep's runs, and LoRA against each swept arm at the same rate (one seed each)."""
+    p = results["meta"]["profile"]
+    grid, first = p.get("lr_grid", []), p["seeds"][0]
+    runs = sorted((r for r in results["runs"] if r["task"] == "maths" and r["seed"] == first
+                   and r["arm"] in p.get("sweep_arms", []) and r["learning_rate"] in grid),
+                  key=lambda r: (p["arms"].index(r["arm"]), r["learning_rate"]))
+    if not runs:
+        return []
+    lines = ["## Learning-rate sweep (maths, one seed)", "",
+             f"Seed {first}. The late training loss picks each arm's rate (chosen: ✓); held-out numbers are shown "
+             "but were not used to choose.", "",
+             "| arm | peak lr | late train loss | held-out loss | exact match | chosen |", "|---|---|---|---|---|---|"]
+    lines += [f"| {_label(results, r['arm'])} | {r['learning_rate']:g} | {selection_loss(r['train_losses']):.4f} | "
+              f"{r['heldout_loss']:.4f} | {r.get('exact_match', math.nan):.3f} | "
+              f"{'✓' if r['learning_rate'] == compared_rate(results, r['arm']) else ''} |" for r in runs]
+    edges = [a for a in p.get("sweep_arms", []) if _at_edge(results, a)]
+    if edges:
+        lines += ["", "Chosen at the edge of the grid (the best rate may lie beyond it): "
+                  + ", ".join(_label(results, a) for a in edges) + "."]
+    equal = compare_at_equal_rates(results, seed=bootstrap_seed)
+    if equal:
+        lines += ["", "### Same learning rate for both (one seed, paired over held-out examples)", "",
+                  "| peak lr | arm | metric | arm − LoRA | 95% CI | verdict |", "|---|---|---|---|---|---|"]
+        lines += [f"| {rate:g} | {_label(results, c.arm)} | {_METRIC_NAMES[c.metric]} | {c.diff.diff:+.4f} | "
+                  f"[{c.diff.low:+.4f}, {c.diff.high:+.4f}] | {c.verdict} LoRA |" for rate, c in equal]
+    return lines + [""]
+
+
+def _at_edge(results: dict[str, Any], arm: str) -> bool:
+    grid = results["meta"]["profile"].get("lr_grid", [])
+    return arm in results["meta"].get("learning_rates", {}) and len(grid) > 1 and \
+        compared_rate(results, arm) in (min(grid), max(grid))
+
+
+def _reproduction_section(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]) -> list[str]:
+    """How this study's runs compare with the same runs of an earlier study (``--reference``)."""
+    rows = reproduce(results)
+    if not rows:
+        return []
+    ref = results["reference"]
+    worst = max(abs(r.heldout_loss[1] - r.heldout_loss[0]) for r in rows)
+    sds = [s.heldout_loss.sd for rows_ in summary.values() for s in rows_.values() if s.heldout_loss.n > 1]
+    lines = ["## Reproducibility", "",
+             f"{len(rows)} runs of this study were also made by an earlier run of the study (`{ref['path']}`, started "
+             f"{ref['started_utc']}) with the same settings and seeds. Largest held-out loss difference: "
+             f"{worst:.4f}" + (f"; the smallest seed-to-seed standard deviation of an arm here is {min(sds):.4f}"
+                              if sds else "") + ".", "",
+             "| run | held-out loss (earlier → now) | late train loss (earlier → now) | exact match (earlier → now) |",
+             "|---|---|---|---|"]
+    for r in rows:
+        em = f"{r.exact_match[0]:.3f} → {r.exact_match[1]:.3f}" if r.exact_match else "–"
+        lines.append(f"| `{r.key}` | {r.heldout_loss[0]:.4f} → {r.heldout_loss[1]:.4f} | "
+                     f"{r.selection_loss[0]:.4f} → {r.selection_loss[1]:.4f} | {em} |")
+    return lines + [""]
+
+
 def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0) -> Path:
     """Writes ``REPORT.md`` and the PNG plots into ``out``; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -211,26 +285,16 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
              *_headline(results, summary, comparisons), "", "In detail:", "",
              *(_verdict_lines(results, comparisons) or ["- No comparison: LoRA or the other arms have no runs."]), "",
              "These are short runs of a 135M-parameter model on two small tasks; they say nothing about longer "
-             "training, larger models or other data, and a learning rate tuned per arm could change them.", ""]
+             "training, larger models or other data.", ""]
     for task, rows in summary.items():
         lines += [f"## {task.capitalize()}", "",
-                  "Mean ± sample standard deviation over seeds. Final train loss: mean of the last tenth of the "
+                  "Mean ± sample standard deviation over seeds. Late train loss: mean of the last quarter of the "
                   "steps. s/step: median wall time of a training step after compilation (the machine was shared "
                   "while it ran, so compare ratios within this run rather than absolute times).", "",
                   *_arm_table(results, task, rows), ""]
     lines += ["## Paired differences to LoRA", "", *_comparison_table(results, comparisons), ""]
-    probes = [r for r in results["runs"] if r["probe"]]
-    if probes:
-        first = results["meta"]["profile"]["seeds"][0]
-        rows = [r for r in results["runs"] if r["task"] == "maths" and r["seed"] == first and not r["probe"]
-                and r["arm"] in {BASELINE, *(p["arm"] for p in probes)}] + probes
-        lines += ["## Learning-rate probe (maths, one seed)", "",
-                  f"Seed {first} only, for the recipe; not part of the comparison above (only QTHA's rate was varied, "
-                  "LoRA was not tuned, so these rows do not say how QTHA compares with a tuned LoRA).", "",
-                  "| arm | learning rate | final train loss | held-out loss | exact match |", "|---|---|---|---|---|"]
-        lines += [f"| {_label(results, r['arm'])} | {r['learning_rate']:g} | {final_loss(r['train_losses']):.4f} | "
-                  f"{r['heldout_loss']:.4f} | {r['exact_match']:.3f} |"
-                  for r in sorted(rows, key=lambda r: (r["arm"], r["learning_rate"]))] + [""]
+    lines += _sweep_section(results, bootstrap_seed)
+    lines += _reproduction_section(results, summary)
     lines += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots] + [""]
     lines += ["## Arms", ""]
     for arm, info in results["meta"]["arms"].items():
@@ -245,16 +309,17 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
                   f"{rec.bond_dim}, learning rate {rec.learning_rate:g}** (arm `{rec.arm}`).", ""]
         lines += [f"- {reason}." for reason in rec.reasons]
         lines += [f"- Rule: among QTHA arms (not the classical ablation) whose median time per step is at most "
-                  f"{MAX_COST_RATIO:g}× LoRA's, the (arm, learning rate) pair with the lowest final maths training "
-                  "loss; the held-out test set is not used to choose.", ""]
+                  f"{MAX_COST_RATIO:g}× LoRA's, the arm with the lowest late maths training loss (mean over seeds) at "
+                  "its compared rate; the held-out test set is not used to choose.", ""]
     if results.get("not_run"):
         lines += ["## Planned runs that were not run", "",
                   "The study was stopped before these runs (time limit); the tables above do not include them.", ""]
         lines += [f"- `{key}`" for key in results["not_run"]] + [""]
     if results.get("failed"):
         lines += ["## Runs that failed", ""] + [f"- `{f['key']}`: {f['error']}" for f in results["failed"]] + [""]
-    samples = [(r["key"], s) for r in results["runs"] if r.get("samples") and not r["probe"] and r["seed"] ==
-               results["meta"]["profile"]["seeds"][0] for s in r["samples"][:1]]
+    first = results["meta"]["profile"]["seeds"][0]
+    samples = [(r["key"], s) for arm in results["meta"]["profile"]["arms"] for r in main_runs(results, "maths", arm)
+               if r.get("samples") and r["seed"] == first for s in r["samples"][:1]] if "maths" in summary else []
     if samples:
         lines += ["## A held-out completion per arm (maths, first seed)", ""]
         for key, s in samples:

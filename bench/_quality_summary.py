@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from bench._quality_eval import PairedDiff, paired_bootstrap
 
-__all__ = ["ArmSummary", "Comparison", "Recommendation", "compare_to_lora", "recommend", "summarize"]
+__all__ = ["ArmSummary", "Comparison", "LearningRateChoice", "Recommendation", "Reproduction", "choose_learning_rates",
+           "compare_at_equal_rates", "compare_to_lora", "recommend", "reproduce", "selection_loss", "summarize"]
 
 BASELINE = "lora"
 # A QTHA arm whose median time per step exceeds this multiple of LoRA's is not an acceptable daemon default.
@@ -48,7 +50,7 @@ class ArmSummary:
     seeds: tuple[int, ...]
     params: int
     bond_dim: int | None
-    final_train_loss: Stat
+    late_train_loss: Stat
     heldout_loss: Stat
     heldout_ppl: Stat
     exact_match: Stat
@@ -56,16 +58,60 @@ class ArmSummary:
     compile_s: Stat
 
 
-def final_loss(losses: list[float]) -> float:
-    """The training loss at the end of a run: the mean of its last tenth of steps (at least one), NaNs skipped."""
-    k = max(1, len(losses) // 10)
-    tail = [x for x in losses[-k:] if x == x]
-    return statistics.fmean(tail) if tail else math.nan
+def selection_loss(losses: list[float]) -> float:
+    """What picks a learning rate or a recipe: the mean training loss over the last quarter of a run's steps.
+
+    Each batch is seen once, so a late batch's loss is a loss on examples the model had not trained on; a quarter
+    (not the last step) averages over enough of them to rank rates. Infinite when the run diverged (NaN steps).
+    """
+    k = max(1, len(losses) // 4)
+    tail = losses[-k:]
+    return math.inf if any(x != x or math.isinf(x) for x in tail) else statistics.fmean(tail)
+
+
+@dataclass(frozen=True)
+class LearningRateChoice:
+    """The peak learning rate a swept arm is compared at, and the sweep it was picked from."""
+
+    arm: str
+    learning_rate: float
+    scores: tuple[tuple[float, float], ...]  # (rate, selection loss) in grid order
+
+    @property
+    def at_edge(self) -> bool:
+        """True when the chosen rate is the grid's smallest or largest (the optimum may lie outside it)."""
+        rates = [rate for rate, _ in self.scores]
+        return len(rates) > 1 and self.learning_rate in (min(rates), max(rates))
+
+
+def choose_learning_rates(runs: list[dict[str, Any]], sweep_arms: Sequence[str], grid: Collection[float], *,
+                          task: str = "maths", seed: int = 0) -> dict[str, LearningRateChoice]:
+    """Each swept arm's rate with the lowest :func:`selection_loss` among its sweep runs (task, seed, rates).
+
+    Ties go to the smaller rate. An arm with no finished sweep run gets no choice (it trains at the default rate).
+    """
+    out = {}
+    for arm in sweep_arms:
+        scored = sorted((r["learning_rate"], selection_loss(r["train_losses"])) for r in runs
+                        if r["arm"] == arm and r["task"] == task and r["seed"] == seed and r["learning_rate"] in grid)
+        if scored:
+            best = min(scored, key=lambda rs: (rs[1], rs[0]))[0]
+            out[arm] = LearningRateChoice(arm, best, tuple(scored))
+    return out
+
+
+def compared_rate(results: dict[str, Any], arm: str) -> float:
+    """The peak learning rate at which ``arm`` is compared with LoRA (the sweep's choice, the one it follows, or
+    the profile's default)."""
+    chosen = results["meta"].get("learning_rates", {})
+    follows = dict(map(tuple, results["meta"]["profile"].get("lr_follows", [])))
+    return chosen.get(arm, chosen.get(follows.get(arm, ""), results["meta"]["profile"]["learning_rate"]))
 
 
 def main_runs(results: dict[str, Any], task: str, arm: str) -> list[dict[str, Any]]:
-    """The comparison runs (not learning-rate probes) of one arm on one task, by seed."""
-    runs = [r for r in results["runs"] if r["task"] == task and r["arm"] == arm and not r["probe"]]
+    """The comparison runs of one arm on one task, by seed: those at the arm's compared rate."""
+    rate = compared_rate(results, arm)
+    runs = [r for r in results["runs"] if r["task"] == task and r["arm"] == arm and r["learning_rate"] == rate]
     return sorted(runs, key=lambda r: r["seed"])
 
 
@@ -84,7 +130,7 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, ArmSummary]]:
                 seeds=tuple(r["seed"] for r in runs),
                 params=runs[0]["trainable_params"],
                 bond_dim=runs[0]["bond_dim"],
-                final_train_loss=Stat.of([final_loss(r["train_losses"]) for r in runs]),
+                late_train_loss=Stat.of([selection_loss(r["train_losses"]) for r in runs]),
                 heldout_loss=Stat.of([r["heldout_loss"] for r in runs]),
                 heldout_ppl=Stat.of([r["heldout_ppl"] for r in runs]),
                 exact_match=Stat.of([r["exact_match"] for r in runs if "exact_match" in r]),
@@ -121,25 +167,76 @@ def _per_example(runs: list[dict[str, Any]], metric: str) -> tuple[np.ndarray, n
     return per_token, tokens
 
 
+def _compare(task: str, arm: str, runs: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], *,
+             n_resamples: int, seed: int) -> list[Comparison]:
+    common = tuple(sorted(set(runs) & set(base)))
+    if not common:
+        return []
+    out = []
+    metrics = [("heldout_loss", True)] + ([("exact_match", False)] if "exact_match" in base[common[0]] else [])
+    for metric, lower in metrics:
+        a, w = _per_example([runs[s] for s in common], metric)
+        b, _ = _per_example([base[s] for s in common], metric)
+        diff = paired_bootstrap(a, b, weights=w, n_resamples=n_resamples, seed=seed)
+        out.append(Comparison(task, arm, metric, common, diff, lower))
+    return out
+
+
 def compare_to_lora(results: dict[str, Any], *, seed: int) -> list[Comparison]:
-    """Paired bootstrap differences (arm − LoRA) of held-out loss and, for maths, exact match."""
+    """Paired bootstrap differences (arm − LoRA) of held-out loss and, for maths, exact match, each arm at its
+    compared rate."""
     n_resamples = results["meta"]["profile"]["bootstrap"]
     out = []
     for task in results["meta"]["profile"]["tasks"]:
         base = {r["seed"]: r for r in main_runs(results, task, BASELINE)}
         for arm in results["meta"]["profile"]["arms"]:
-            if arm == BASELINE:
-                continue
-            runs = {r["seed"]: r for r in main_runs(results, task, arm)}
-            common = tuple(sorted(set(runs) & set(base)))
-            if not common:
-                continue
-            metrics = [("heldout_loss", True)] + ([("exact_match", False)] if "exact_match" in base[common[0]] else [])
-            for metric, lower in metrics:
-                a, w = _per_example([runs[s] for s in common], metric)
-                b, _ = _per_example([base[s] for s in common], metric)
-                diff = paired_bootstrap(a, b, weights=w, n_resamples=n_resamples, seed=seed)
-                out.append(Comparison(task, arm, metric, common, diff, lower))
+            if arm != BASELINE:
+                runs = {r["seed"]: r for r in main_runs(results, task, arm)}
+                out += _compare(task, arm, runs, base, n_resamples=n_resamples, seed=seed)
+    return out
+
+
+def compare_at_equal_rates(results: dict[str, Any], *, seed: int) -> list[tuple[float, Comparison]]:
+    """(rate, comparison) of every swept arm against LoRA at each rate of the sweep (maths, first seed): the
+    same-schedule comparison, one seed per rate."""
+    profile = results["meta"]["profile"]
+    first = profile["seeds"][0]
+    sweep = [r for r in results["runs"] if r["task"] == "maths" and r["seed"] == first
+             and r["learning_rate"] in profile.get("lr_grid", [])]
+    out = []
+    for rate in profile.get("lr_grid", []):
+        at = {r["arm"]: r for r in sweep if r["learning_rate"] == rate}
+        if BASELINE not in at:
+            continue
+        for arm in profile.get("sweep_arms", []):
+            if arm != BASELINE and arm in at:
+                out += [(rate, c) for c in _compare("maths", arm, {first: at[arm]}, {first: at[BASELINE]},
+                                                    n_resamples=profile["bootstrap"], seed=seed)]
+    return out
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """One run measured twice with the same settings and seed: by an earlier study and by this one."""
+
+    key: str
+    heldout_loss: tuple[float, float]  # (earlier, now)
+    selection_loss: tuple[float, float]
+    exact_match: tuple[float, float] | None
+
+
+def reproduce(results: dict[str, Any]) -> list[Reproduction]:
+    """Pairs this study's runs with the earlier study's copies of them (``results["reference"]``, recorded by
+    ``bench/quality.py --reference``; only runs whose run settings and checkpoint matched were kept)."""
+    reference = {r["key"]: r for r in results.get("reference", {}).get("runs", [])}
+    out = []
+    for run in results["runs"]:
+        old = reference.get(run["key"])
+        if old is None:
+            continue
+        em = (old["exact_match"], run["exact_match"]) if "exact_match" in run and "exact_match" in old else None
+        out.append(Reproduction(run["key"], (old["heldout_loss"], run["heldout_loss"]),
+                                (selection_loss(old["train_losses"]), selection_loss(run["train_losses"])), em))
     return out
 
 
@@ -163,20 +260,20 @@ def _config_field(text: str, name: str) -> str:
 
 
 def recommend(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]) -> Recommendation | None:
-    """The affordable QTHA configuration and learning rate with the lowest final training loss on maths.
+    """The affordable QTHA configuration, at its compared learning rate, with the lowest late training loss on maths.
 
-    Candidates: every (arm, learning rate) pair run on the task (comparison runs and learning-rate probes) of a
-    QTHA arm — not the classical ablation — whose mean median time per step is at most ``MAX_COST_RATIO``× LoRA's.
-    Score: the final training loss averaged over the pair's seeds. The runs see every training batch once, so
-    their late training loss is a loss on problems they had not seen, and the held-out test set plays no part in
-    choosing the recipe (it only measures the comparison).
+    Candidates: every QTHA arm — not the classical ablation — whose mean median time per step is at most
+    ``MAX_COST_RATIO``× LoRA's, at the rate it is compared at (a swept arm's rate was itself picked by the same
+    loss on the sweep). Score: :func:`selection_loss` averaged over the arm's seeds. Each training batch is seen
+    once, so a late training loss is a loss on problems the run had not yet seen, and the held-out test set plays
+    no part in choosing the recipe (it only measures the comparison).
     """
     arms = results["meta"]["arms"]
     task = "maths" if "maths" in summary else next(iter(summary), None)
     if task is None or BASELINE not in summary[task]:
         return None
     lora_step = summary[task][BASELINE].step_s.mean
-    pairs: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    scored = []
     reasons = []
     for name, s in summary[task].items():
         if name == BASELINE or arms[name]["classical"]:
@@ -186,19 +283,18 @@ def recommend(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]
             reasons.append(f"{arms[name]['label']} is excluded: {ratio:.1f}× LoRA's time per step on {task} "
                            f"(limit {MAX_COST_RATIO:g}×)")
             continue
-        for r in results["runs"]:
-            if r["task"] == task and r["arm"] == name:
-                pairs.setdefault((name, r["learning_rate"]), []).append(r)
-    if not pairs:
+        runs = main_runs(results, task, name)
+        scored.append((statistics.fmean(selection_loss(r["train_losses"]) for r in runs), name,
+                       runs[0]["learning_rate"], len(runs)))
+    if not scored:
         return None
-    scored = sorted((statistics.fmean(final_loss(r["train_losses"]) for r in runs), name, lr, len(runs))
-                    for (name, lr), runs in pairs.items())
+    scored.sort()
     loss, best, lr, n = scored[0]
     s = summary[task][best]
-    reasons.insert(0, f"{arms[best]['label']} at learning rate {lr:g} has the lowest final {task} training loss "
-                      f"({loss:.4f}, {n} seed{'s' * (n > 1)}; {s.step_s.mean / lora_step:.2f}× LoRA's time per step, "
-                      f"{s.params:,} parameters)")
-    reasons.append("candidates (final training loss, seeds): " + "; ".join(
+    reasons.insert(0, f"{arms[best]['label']} at learning rate {lr:g} has the lowest late {task} training loss "
+                      f"({loss:.4f}, mean of {n} seed{'s' * (n > 1)}; {s.step_s.mean / lora_step:.2f}× LoRA's time "
+                      f"per step, {s.params:,} parameters)")
+    reasons.append("candidates (late training loss, seeds): " + "; ".join(
         f"{arms[a]['label']} at {rate:g} → {value:.4f} ({k})" for value, a, rate, k in scored))
     if n == 1:
         reasons.append("the winner rests on a single seed: a weak preference")

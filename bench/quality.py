@@ -1,11 +1,13 @@
 """Quality study: QTHA against LoRA on the bundled SmolLM2-135M-Instruct, the baseline protocol of qtha-method.md.
 
-Every arm gets the same base model, data, training seeds, steps, batch and learning-rate schedule; the study
-trains each (arm, task, seed), scores it on held-out data (maths: exact match by greedy decoding and response
-loss; dialogue: response loss / perplexity), and writes ``results.json``, PNG plots and ``REPORT.md``.
+Every arm gets the same base model, data, training seeds, steps, batch and schedule shape. The study first sweeps
+the peak learning rate of LoRA and the QTHA arms alike (maths, first seed) and picks each arm's rate by its late
+training loss; then it trains each (arm, task, seed) at that rate, scores it on held-out data (maths: exact match
+by greedy decoding and response loss; dialogue: response loss / perplexity), and writes ``results.json``, PNG
+plots and ``REPORT.md``. The sweep also gives the same-rate comparison at every rate of the grid.
 
-    .venv/bin/python bench/quality.py --profile full          # the study (~2 h on an idle 2-core machine)
-    .venv/bin/python bench/quality.py --profile quick         # about an hour on a shared machine
+    .venv/bin/python bench/quality.py --profile quick         # the committed study (~75 min, idle 2-core machine)
+    .venv/bin/python bench/quality.py --profile full          # longer runs (estimated 2-2.5 h; not yet run)
     .venv/bin/python bench/quality.py --report-only           # re-render REPORT.md and plots from results.json
     .venv/bin/python bench/quality.py --profile smoke --checkpoint DIR --out /tmp/q --json   # pipeline check
 
@@ -35,8 +37,16 @@ from flax import nnx  # noqa: E402
 from bench._quality_arms import Arm, default_arms  # noqa: E402
 from bench._quality_data import Task, dialogue_task, maths_task  # noqa: E402
 from bench._quality_eval import exact_match, example_losses  # noqa: E402
-from bench._quality_profiles import PROFILES, Profile, RunSpec, plan_runs, run_settings  # noqa: E402
+from bench._quality_profiles import (  # noqa: E402
+    PROFILES,
+    Profile,
+    RunSpec,
+    plan_comparison,
+    plan_sweep,
+    run_settings,
+)
 from bench._quality_report import write_report  # noqa: E402
+from bench._quality_summary import choose_learning_rates, selection_loss  # noqa: E402
 from model import (  # noqa: E402
     LoadedModel,
     TrainConfig,
@@ -120,7 +130,7 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
         "arm": arm.name,
         "seed": spec.seed,
         "learning_rate": spec.learning_rate,
-        "probe": spec.probe,
+        "probe": spec.sweep,  # a sweep run (it is also a comparison run when its rate is the one chosen)
         "steps": steps,
         "batch": batch,
         "adapter_config": repr(used),
@@ -183,8 +193,28 @@ def load_previous(out: Path, profile: Profile, checkpoint: str) -> tuple[dict[st
     return runs, base
 
 
+def load_reference(path: Path, profile: Profile, checkpoint: str) -> dict[str, Any]:
+    """An earlier study's runs (their measured numbers only), checked to be the same experiment as this study's.
+
+    Raises:
+        SystemExit: the file is unreadable, or was made with other run settings or another checkpoint (its runs
+            would not be the same experiment, so comparing them says nothing about reproducibility).
+    """
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--reference {path}: cannot read it as a results file ({exc})") from exc
+    meta = old.get("meta", {})
+    if meta.get("checkpoint") != checkpoint or run_settings(meta.get("profile", {})) != profile.run_settings():
+        raise SystemExit(f"--reference {path}: made with other run settings or another checkpoint than this study; "
+                         "its runs are not repeats of these")
+    keep = ("key", "heldout_loss", "exact_match", "train_losses")
+    return {"path": str(path), "started_utc": meta.get("started_utc"),
+            "runs": [{k: r[k] for k in keep if k in r} for r in old.get("runs", [])]}
+
+
 def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command: str, part: str | None = None,
-          reverse: bool = False, merge_only: bool = False) -> dict[str, Any]:
+          reverse: bool = False, merge_only: bool = False, reference: Path | None = None) -> dict[str, Any]:
     """Runs the whole study, saving the results after every run, and returns them.
 
     Args:
@@ -197,8 +227,11 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
         part: write ``results.<part>.json`` instead of ``results.json``.
         reverse: go through the plan from its end.
         merge_only: with ``resume``, train nothing: collect the finished runs and list the others as not run.
+        reference: an earlier study's ``results.json``; the runs it shares with this one are recorded beside the
+            results, and the report shows how closely they reproduce.
     """
     started = time.perf_counter()
+    earlier = load_reference(reference, profile, checkpoint) if reference is not None else None  # fail fast
     # The seeds of one arm lower to the same program: a persistent compilation cache compiles it once.
     jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "qtha" / "jax-quality"))
     log(f"profile {profile.name}: loading {checkpoint}")
@@ -211,7 +244,6 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
     unknown = sorted(set(profile.arms) - set(arms))
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; known: {sorted(arms)}")
-    plan = plan_runs(profile, {name for name, a in arms.items() if not a.cheap})
     path = out / (f"results.{part}.json" if part else "results.json")
     done, done_base = load_previous(out, profile, checkpoint) if resume else ({}, {})
     results: dict[str, Any] = {
@@ -239,32 +271,54 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
         results["base"][name] = evaluate(loaded.model, loaded, task, profile)
         log(f"  base {name}: held-out loss {results['base'][name]['heldout_loss']:.4f}"
             + (f", exact match {results['base'][name]['exact_match']:.3f}" if task.prompts else ""))
-    order = list(enumerate(plan, start=1))
-    for i, spec in reversed(order) if reverse else order:
-        if resume:
-            done = {**done, **load_previous(out, profile, checkpoint)[0]}
-        if spec.key in done:
-            results["runs"].append(done[spec.key])
-            log(f"[{i}/{len(plan)}] {spec.key}: reused from the earlier run")
-            continue
-        if merge_only:
-            results["not_run"].append(spec.key)
-            log(f"[{i}/{len(plan)}] {spec.key}: not run (--merge-only)")
-            continue
-        elapsed = time.perf_counter() - started
-        log(f"[{i}/{len(plan)}] {spec.key} ({arms[spec.arm].label}); study time so far {elapsed / 60:.1f} min")
-        try:
-            record = run_one(loaded, tasks[spec.task], arms[spec.arm], spec, profile)
-        except (ValueError, RuntimeError, MemoryError) as exc:  # a broken arm is a finding; the others go on
-            log(f"  {spec.key} FAILED: {type(exc).__name__}: {exc}")
-            results["failed"].append({"key": spec.key, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+    costly = {name for name, a in arms.items() if not a.cheap}
+
+    def execute(specs: list[RunSpec], stage: str) -> None:
+        """Trains (or reuses) each planned run not yet in the results, saving after every run."""
+        nonlocal done
+        order = [(i, spec) for i, spec in enumerate(specs, start=1)]
+        for i, spec in reversed(order) if reverse else order:
+            if any(r["key"] == spec.key for r in results["runs"]):
+                continue  # the sweep already made this comparison run
+            if resume:
+                done = {**done, **load_previous(out, profile, checkpoint)[0]}
+            tag = f"{stage} [{i}/{len(specs)}] {spec.key}"
+            if spec.key in done:
+                results["runs"].append(done[spec.key])
+                log(f"{tag}: reused from an earlier run")
+                continue
+            if merge_only:
+                results["not_run"].append(spec.key)
+                log(f"{tag}: not run (--merge-only)")
+                continue
+            log(f"{tag} ({arms[spec.arm].label}); study time so far {(time.perf_counter() - started) / 60:.1f} min")
+            try:
+                record = run_one(loaded, tasks[spec.task], arms[spec.arm], spec, profile)
+            except (ValueError, RuntimeError, MemoryError) as exc:  # a broken arm is a finding; the others go on
+                log(f"  {spec.key} FAILED: {type(exc).__name__}: {exc}")
+                results["failed"].append({"key": spec.key, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+                save_results(path, results)
+                continue
+            results["runs"].append(record)
+            log(f"  {spec.key}: params {record['trainable_params']}, late train loss "
+                f"{selection_loss(record['train_losses']):.4f}, held-out loss {record['heldout_loss']:.4f}"
+                + (f", exact match {record['exact_match']:.3f}" if "exact_match" in record else ""))
             save_results(path, results)
-            continue
-        results["runs"].append(record)
-        log(f"  {spec.key}: params {record['trainable_params']}, final loss {record['train_losses'][-1]:.4f}, "
-            f"held-out loss {record['heldout_loss']:.4f}"
-            + (f", exact match {record['exact_match']:.3f}" if "exact_match" in record else ""))
-        save_results(path, results)
+
+    sweep = plan_sweep(profile)
+    execute(sweep, "sweep")
+    choices = choose_learning_rates(results["runs"], profile.sweep_arms, profile.lr_grid,
+                                    seed=profile.seeds[0]) if sweep else {}
+    chosen = {arm: c.learning_rate for arm, c in choices.items()}
+    results["meta"]["learning_rates"] = chosen
+    for arm, c in choices.items():
+        log(f"learning rate of {arm}: {c.learning_rate:g}{' (at the edge of the grid)' if c.at_edge else ''} "
+            "(late training loss by rate: " + ", ".join(f"{rate:g} → {loss:.4f}" for rate, loss in c.scores) + ")")
+    plan = sweep + plan_comparison(profile, costly, chosen)
+    execute(plan[len(sweep):], "comparison")
+    if earlier is not None:
+        made = {r["key"] for r in results["runs"]}
+        results["reference"] = {**earlier, "runs": [r for r in earlier["runs"] if r["key"] in made]}
     rank = {spec.key: i for i, spec in enumerate(plan)}
     results["runs"].sort(key=lambda r: rank.get(r["key"], len(rank)))
     results["meta"]["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -284,7 +338,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dialogue-steps", type=int, help="override the profile's dialogue steps")
     parser.add_argument("--arms", nargs="+", help="override the profile's arms")
     parser.add_argument("--tasks", nargs="+", choices=("maths", "dialogue"), help="override the profile's tasks")
-    parser.add_argument("--lr-probe", type=float, nargs="*", help="override the probed learning rates (none: no probe)")
+    parser.add_argument("--lr-grid", type=float, nargs="*",
+                        help="override the swept learning rates (none: no sweep, every arm at the default rate)")
+    parser.add_argument("--sweep-arms", nargs="+", help="override the arms whose learning rate is swept")
+    parser.add_argument("--reference", type=Path,
+                        help="an earlier results.json of the same settings: report how its shared runs reproduce")
     parser.add_argument("--resume", action="store_true",
                         help="reuse finished runs of the same study in --out (results.json and results.*.json)")
     parser.add_argument("--part", help="write results.PART.json (a process sharing a study with others)")
@@ -306,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             seeds=tuple(args.seeds) if args.seeds else None, maths_steps=args.maths_steps,
             dialogue_steps=args.dialogue_steps, arms=tuple(args.arms) if args.arms else None,
             tasks=tuple(args.tasks) if args.tasks else None,
-            lr_probe=tuple(args.lr_probe) if args.lr_probe is not None else None)
+            lr_grid=tuple(args.lr_grid) if args.lr_grid is not None else None,
+            sweep_arms=tuple(args.sweep_arms) if args.sweep_arms else None)
         # Resuming or sharing the work does not change a run's numbers: the recorded command leaves those flags out.
         given = [a for a in (argv if argv is not None else sys.argv[1:])
                  if a not in ("--resume", "--reverse", "--merge-only")]
@@ -314,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             given = [a for i, a in enumerate(given) if a != "--part" and (i == 0 or given[i - 1] != "--part")]
         command = " ".join(["bench/quality.py", *given])
         results = study(profile, checkpoint=args.checkpoint, out=args.out, resume=args.resume, command=command,
-                        part=args.part, reverse=args.reverse, merge_only=args.merge_only)
+                        part=args.part, reverse=args.reverse, merge_only=args.merge_only, reference=args.reference)
     report = write_report(results, args.out)
     log(f"report written: {report}")
     if args.json:

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench._quality_eval import paired_bootstrap  # noqa: E402
-from bench._quality_summary import Comparison  # noqa: E402
+from bench._quality_summary import Comparison, compare_at_equal_rates  # noqa: E402
 from tests.fixtures.tiny_model import write_tiny_hf  # noqa: E402
 
 
@@ -41,8 +41,8 @@ def test_verdict_follows_the_interval_and_the_metric_direction() -> None:
 def _synthetic_results() -> dict:
     """Results as bench/quality.py writes them, for two arms, two seeds, four held-out examples."""
     profile = {"name": "synthetic", "seeds": [0, 1], "costly_seeds": 1, "tasks": ["maths"],
-               "arms": ["lora", "qtha_w4"], "learning_rate": 1e-3, "warmup_steps": 1, "lr_probe": [3e-3],
-               "lr_probe_arms": ["qtha_w4"], "bootstrap": 200, "data_seed": 0, "maths_steps": 4, "maths_batch": 2,
+               "arms": ["lora", "qtha_w4"], "learning_rate": 1e-3, "warmup_steps": 1, "lr_grid": [1e-3, 3e-3],
+               "sweep_arms": ["lora", "qtha_w4"], "lr_follows": [], "bootstrap": 200, "data_seed": 0, "maths_steps": 4, "maths_batch": 2,
                "dialogue_steps": 4, "dialogue_batch": 2, "maths": {"seq_len": 8}, "dialogue": {"seq_len": 8}}
     arms = {"lora": {"label": "LoRA", "note": "", "cheap": True, "classical": False},
             "qtha_w4": {"label": "QTHA w4", "note": "", "cheap": True, "classical": False}}
@@ -59,13 +59,17 @@ def _synthetic_results() -> dict:
                 "example_tokens": [2.0, 4.0, 2.0, 4.0], "exact_match": float(np.mean(correct)),
                 "example_correct": correct, "samples": []}
 
+    # The sweep (seed 0 at both rates) chose 1e-3 for LoRA and 3e-3 for QTHA: the comparison runs are at those.
     runs = [run("lora", s, [0.0, 1.0, 0.0, 0.0]) for s in (0, 1)]
-    runs += [run("qtha_w4", s, [1.0, 1.0, 0.0, 1.0]) for s in (0, 1)]
-    probe = run("qtha_w4", 0, [1.0, 1.0, 1.0, 1.0], lr=3e-3, probe=True)
-    probe["train_losses"] = [2.0, 1.2, 0.8, 0.7]  # the recipe's learning rate follows the final training loss
-    runs.append(probe)
+    lora_fast = run("lora", 0, [0.0, 0.0, 0.0, 0.0], lr=3e-3, probe=True)
+    lora_fast["train_losses"] = [2.0, 1.5, 1.2, 1.1]
+    slow = run("qtha_w4", 0, [0.0, 0.0, 0.0, 0.0], probe=True)
+    runs += [lora_fast, slow] + [run("qtha_w4", s, [1.0, 1.0, 0.0, 1.0], lr=3e-3, probe=s == 0) for s in (0, 1)]
+    for r in runs[-2:]:
+        r["train_losses"] = [2.0, 1.2, 0.8, 0.7]
     return {"format": 1, "meta": {"profile": profile, "checkpoint": "x", "command": "bench/quality.py --x",
-                                  "tasks": {"maths": "4 problems"}, "arms": arms},
+                                  "tasks": {"maths": "4 problems"}, "arms": arms,
+                                  "learning_rates": {"lora": 1e-3, "qtha_w4": 3e-3}},
             "base": {"maths": {"heldout_loss": 2.0, "heldout_ppl": 7.4, "exact_match": 0.0}}, "runs": runs}
 
 
@@ -79,30 +83,96 @@ def test_report_summarises_compares_and_recommends(tmp_path_factory: pytest.Temp
     loss, em = compare_to_lora(results, seed=0)
     assert loss.diff.diff == pytest.approx(-4 / 12) and loss.verdict == "beats"  # 1 nat less on each of 4, 12 tokens
     assert em.diff.diff == pytest.approx(0.5)
+    assert summary["maths"]["qtha_w4"].seeds == (0, 1)  # the runs at its chosen rate, not the 1e-3 sweep run
+    assert summary["maths"]["lora"].late_train_loss.mean == pytest.approx(0.9)  # last quarter of 4 steps: 1 step
     rec = recommend(results, summary)
     assert (rec.qnn_mode, rec.qubits, rec.layers, rec.bond_dim, rec.learning_rate) == ("weight", 4, 2, 3, 3e-3)
+    equal = compare_at_equal_rates(results, seed=0)
+    assert [(rate, c.arm, c.metric) for rate, c in equal] == [
+        (1e-3, "qtha_w4", "heldout_loss"), (1e-3, "qtha_w4", "exact_match"),
+        (3e-3, "qtha_w4", "heldout_loss"), (3e-3, "qtha_w4", "exact_match")]
+    assert equal[3][1].diff.diff == pytest.approx(0.75)  # seed 0 at 3e-3: QTHA 3/4 against LoRA 0/4
     out = tmp_path_factory.mktemp("report")
     report = write_report(results, out).read_text()
     assert "QTHA w4** beats LoRA on held-out loss" in report
     assert "learning rate 0.003" in report
+    assert "## Learning-rate sweep" in report and "| 0.003 | QTHA w4 | exact match | +0.7500 |" in report
     assert (out / "accuracy.png").stat().st_size > 0
 
 
+def test_learning_rate_is_chosen_by_late_training_loss_and_never_a_diverged_rate() -> None:
+    from bench._quality_summary import choose_learning_rates, selection_loss
+
+    assert selection_loss([4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.5]) == pytest.approx(0.5)
+    assert selection_loss([1.0, float("nan")]) == float("inf")
+
+    def run(arm: str, lr: float, losses: list[float], seed: int = 0, task: str = "maths") -> dict:
+        return {"arm": arm, "learning_rate": lr, "train_losses": losses, "seed": seed, "task": task}
+
+    runs = [run("lora", 1e-3, [2.0, 1.0]), run("lora", 1e-2, [2.0, 0.5]), run("lora", 3e-2, [2.0, float("nan")]),
+            run("lora", 1e-1, [2.0, 0.1], seed=1), run("lora", 1e-1, [2.0, 0.1], task="dialogue"),
+            run("qtha", 1e-3, [2.0, 0.7]), run("qtha", 1e-2, [2.0, 0.7])]
+    chosen = choose_learning_rates(runs, ["lora", "qtha", "absent"], [1e-3, 1e-2, 3e-2, 1e-1])
+    assert chosen["lora"].learning_rate == 1e-2  # 3e-2 diverged; 1e-1 ran only on another seed or task
+    assert chosen["qtha"].learning_rate == 1e-3 and chosen["qtha"].at_edge  # a tie goes to the smaller rate
+    assert "absent" not in chosen and not chosen["lora"].at_edge
+
+
+def test_quick_profile_sweeps_then_compares_each_arm_at_its_chosen_rate() -> None:
+    from bench._quality_profiles import PROFILES, plan_comparison, plan_sweep
+
+    quick = PROFILES["quick"]
+    sweep = plan_sweep(quick)
+    assert {(s.arm, s.learning_rate) for s in sweep} == {
+        (a, lr) for a in ("lora", "qtha_w10", "qtha_w4") for lr in (1e-3, 3e-3, 1e-2, 3e-2)}
+    assert {(s.task, s.seed) for s in sweep} == {("maths", 0)}
+    chosen = {"lora": 3e-3, "qtha_w10": 3e-2, "qtha_w4": 1e-2}
+    plan = plan_comparison(quick, {"qtha_act"}, chosen)
+    rates = {s.arm: {p.learning_rate for p in plan if p.arm == s.arm} for s in plan}
+    assert rates == {"lora": {3e-3}, "qtha_w10": {3e-2}, "qtha_w4": {1e-2},
+                     "classical_w10": {3e-2}, "qtha_act": {3e-2}}  # the ablation and activation mode follow w10
+    count = {(a, t): sum(p.arm == a and p.task == t for p in plan) for a in rates for t in ("maths", "dialogue")}
+    assert count[("lora", "dialogue")] == count[("qtha_w10", "maths")] == count[("classical_w10", "maths")] == 3
+    assert count[("qtha_act", "maths")] == 1 and count[("classical_w10", "dialogue")] == 0
+    assert plan[-1].arm == "qtha_act"  # the costly run last: a study cut short keeps the complete comparisons
+    # Seed 0 on maths at the chosen rate is a sweep run: it has the same key, so it is reused, not retrained.
+    assert {p.key for p in plan} & {s.key for s in sweep} == {
+        "maths/lora/seed0/lr0.003", "maths/qtha_w10/seed0/lr0.03", "maths/qtha_w4/seed0/lr0.01"}
+
+
 @pytest.mark.slow
-def test_smoke_study_writes_results_report_and_plots(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_smoke_study_sweeps_compares_reports_and_reproduces(tmp_path_factory: pytest.TempPathFactory) -> None:
     from bench.quality import main
 
     root = tmp_path_factory.mktemp("quality")
     checkpoint = write_tiny_hf(root / "tiny")
     out = root / "out"
-    assert main(["--profile", "smoke", "--checkpoint", str(checkpoint), "--out", str(out), "--seeds", "0",
-                 "--arms", "lora", "classical_w10", "--tasks", "maths"]) == 0
+    args = ["--profile", "smoke", "--checkpoint", str(checkpoint), "--seeds", "0", "--arms", "lora", "classical_w10",
+            "--tasks", "maths", "--lr-grid", "0.001", "0.01", "--sweep-arms", "lora"]
+    assert main([*args, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
+    chosen = results["meta"]["learning_rates"]["lora"]
+    assert chosen in (0.001, 0.01)
     keys = {r["key"] for r in results["runs"]}
-    assert keys == {"maths/lora/seed0/lr0.001", "maths/classical_w10/seed0/lr0.001"}
+    # The sweep's two LoRA runs (one of them the comparison run), and the ablation at the default rate.
+    assert keys == {"maths/lora/seed0/lr0.001", "maths/lora/seed0/lr0.01", "maths/classical_w10/seed0/lr0.001"}
     for run in results["runs"]:
         assert len(run["train_losses"]) == run["steps"] == 2
         assert len(run["example_correct"]) == len(run["example_nll"]) == 4
     report = (out / "REPORT.md").read_text()
-    assert "exact match" in report and "bench/quality.py" in report
+    assert "exact match" in report and "bench/quality.py" in report and "## Learning-rate sweep" in report
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "loss_curves_maths.png").stat().st_size > 0
+
+    # The same study again, against the first: every run is repeated, and with the same seeds it reproduces.
+    again = root / "again"
+    assert main([*args, "--out", str(again), "--reference", str(out / "results.json")]) == 0
+    rerun = json.loads((again / "results.json").read_text())
+    assert {r["key"] for r in rerun["reference"]["runs"]} == keys
+    first = {r["key"]: r["heldout_loss"] for r in results["runs"]}
+    for r in rerun["runs"]:
+        assert r["heldout_loss"] == pytest.approx(first[r["key"]], abs=1e-4)
+    assert "## Reproducibility" in (again / "REPORT.md").read_text()
+
+    # A reference made with other run settings is not a repeat of these runs: refused, naming the reason.
+    with pytest.raises(SystemExit, match="other run settings"):
+        main([*args, "--maths-steps", "3", "--out", str(root / "other"), "--reference", str(out / "results.json")])
