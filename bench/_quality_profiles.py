@@ -116,7 +116,7 @@ PROFILES: dict[str, Profile] = {
         extra_arms=("classical_w10", "qtha_w4"),
         costly_tasks=("maths",),
     ),
-    # About 75 min on an idle 2-core machine: short runs, every cheap arm's learning rate swept, three seeds of
+    # About 80 min on an idle 2-core machine: short runs, every cheap arm's learning rate swept, three seeds of
     # LoRA and QTHA on both tasks and of the ablation and the small circuit on maths, activation mode once.
     "quick": Profile(
         name="quick",
@@ -129,7 +129,7 @@ PROFILES: dict[str, Profile] = {
         dialogue_steps=20,
         dialogue_batch=4,
         warmup_steps=3,
-        lr_grid=(1e-3, 3e-3, 1e-2, 3e-2),
+        lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
         sweep_arms=("lora", "qtha_w10", "qtha_w4"),
         lr_follows=(("classical_w10", "qtha_w10"), ("qtha_act", "qtha_w10")),
         arms=("lora", "qtha_w10", "classical_w10", "qtha_w4", "qtha_act"),

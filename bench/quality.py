@@ -6,7 +6,7 @@ training loss; then it trains each (arm, task, seed) at that rate, scores it on 
 by greedy decoding and response loss; dialogue: response loss / perplexity), and writes ``results.json``, PNG
 plots and ``REPORT.md``. The sweep also gives the same-rate comparison at every rate of the grid.
 
-    .venv/bin/python bench/quality.py --profile quick         # the committed study (~75 min, idle 2-core machine)
+    .venv/bin/python bench/quality.py --profile quick         # the committed study (~80 min, idle 2-core machine)
     .venv/bin/python bench/quality.py --profile full          # longer runs (estimated 2-2.5 h; not yet run)
     .venv/bin/python bench/quality.py --report-only           # re-render REPORT.md and plots from results.json
     .venv/bin/python bench/quality.py --profile smoke --checkpoint DIR --out /tmp/q --json   # pipeline check

@@ -124,7 +124,7 @@ def test_quick_profile_sweeps_then_compares_each_arm_at_its_chosen_rate() -> Non
     quick = PROFILES["quick"]
     sweep = plan_sweep(quick)
     assert {(s.arm, s.learning_rate) for s in sweep} == {
-        (a, lr) for a in ("lora", "qtha_w10", "qtha_w4") for lr in (1e-3, 3e-3, 1e-2, 3e-2)}
+        (a, lr) for a in ("lora", "qtha_w10", "qtha_w4") for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
     assert {(s.task, s.seed) for s in sweep} == {("maths", 0)}
     chosen = {"lora": 3e-3, "qtha_w10": 3e-2, "qtha_w4": 1e-2}
     plan = plan_comparison(quick, {"qtha_act"}, chosen)
