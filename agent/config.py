@@ -163,7 +163,10 @@ class PolicyConfig(_Section):
         default=3600.0, gt=0, description="How long the breaker stays open first."
     )
     cpu_seconds_per_day: float = Field(
-        default=6 * 3600.0, ge=0, description="Training CPU-seconds budget per UTC day."
+        default=6 * 3600.0,
+        ge=0,
+        description="Training CPU-seconds budget per UTC day (a cycle is charged the CPU time its training process "
+        "measured; its plan's estimate while it runs).",
     )
     shots_per_day: int = Field(
         default=0, ge=0, description="Quantum shots budget per UTC day (0: simulators only)."

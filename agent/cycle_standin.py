@@ -9,6 +9,7 @@ test worker (:mod:`agent.cycle_worker`) and as a simulator for the daemon until 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,6 +74,7 @@ class StandinTrainer:
         progress: Progress,
     ) -> TrainOutcome:
         self.train_calls += 1
+        cpu_started = time.process_time()
         steps = int(recipe.get("steps", 20))
         lr = float(recipe.get("lr", 0.05))
         batch = int(recipe.get("batch", 8))
@@ -105,7 +107,7 @@ class StandinTrainer:
         return TrainOutcome(
             artifact_dir=out,
             steps=steps,
-            metrics={"train_loss": loss},
+            metrics={"train_loss": loss, "train_cpu_s": time.process_time() - cpu_started},
             base_fingerprint=self.fingerprint,
             adapter_kind="linear",
             adapter_config={"dim": self.dim, "lr": lr, "batch": batch},

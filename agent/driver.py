@@ -22,6 +22,7 @@ from agent.cycle_trainer import CycleInterrupted, EvalOutcome, Trainer
 from agent.policyconf import (
     budget_per_day,
     cycle_records,
+    cycle_spend,
     promotion_config,
     recipe_config,
     rollback_config,
@@ -342,7 +343,7 @@ class PolicyCycleDriver:
                 evidence = found[-1].evidence
                 cand, champ = evidence.get("candidate_mean"), evidence.get("champion_mean")
                 gain = None if cand is None else float(cand) - float(champ if champ is not None else 0.0)
-        spend = policies.Spend(cpu_seconds=float(cycle.recipe.get("_planned_cpu_s", 0.0) or 0.0))
+        spend = cycle_spend(rt.store, cycle)
         try:
             policies.record_recipe_outcome(
                 int(trial),

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 import policies
 from agent.config import ConfigError, PolicyConfig, QthaConfig
 from agent.config import RecipeConfig as RecipeSection
-from agent.store import CycleState, Store
+from agent.store import Cycle, CycleState, Store
 
 __all__ = [
     "OVERRIDE_PREFIX",
@@ -186,19 +186,30 @@ def recipe_config(config: QthaConfig) -> policies.RecipeConfig:
     return policies.RecipeConfig(space=space, cold_start=cold)
 
 
+def cycle_spend(store: Store, cycle: Cycle) -> policies.Spend:
+    """What a cycle cost: the CPU-seconds its training measured once it has a candidate, the planned estimate
+    before that (or when the trainer did not measure); shots and money as planned.
+
+    A cycle resumed after a crash is charged the CPU time of its last attempt only (the earlier attempts' time
+    died with their processes).
+    """
+    planned = float(cycle.recipe.get("_planned_cpu_s", 0.0) or 0.0)
+    version = store.versions.find(cycle.candidate_id) if cycle.candidate_id else None
+    measured = version.metrics.get("train_cpu_s") if version is not None else None
+    return policies.Spend(
+        cpu_seconds=float(measured) if isinstance(measured, int | float) else planned,
+        shots=int(cycle.recipe.get("_spent_shots", 0) or 0),
+        money=float(cycle.recipe.get("_spent_money", 0.0) or 0.0),
+    )
+
+
 def cycle_records(store: Store, *, since: datetime | None = None) -> tuple[policies.CycleRecord, ...]:
     """Past and running cycles as the policies see them (spend from the recorded CPU-seconds and shots)."""
     records = []
     for cycle in store.cycles.list(limit=500):
         if since is not None and cycle.started_at < since and cycle.finished_at is not None:
             continue
-        spend = policies.Spend(
-            cpu_seconds=float(
-                cycle.recipe.get("_spent_cpu_s", cycle.recipe.get("_planned_cpu_s", 0.0)) or 0.0
-            ),
-            shots=int(cycle.recipe.get("_spent_shots", 0) or 0),
-            money=float(cycle.recipe.get("_spent_money", 0.0) or 0.0),
-        )
+        spend = cycle_spend(store, cycle)
         if cycle.state.terminal:
             outcome = _OUTCOME_OF_STATE[cycle.state]
             if cycle.state is CycleState.REJECTED and (cycle.outcome or "").startswith("held"):

@@ -168,6 +168,7 @@ def train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     seq_len = int(recipe.get("seq_len") or payload["seq_len"])
     seed = int(recipe.get("seed", payload["seed"]))
     started = time.monotonic()
+    cpu_started = time.process_time()  # this worker's CPU time, XLA's threads included: what the budget charges
 
     loaded = load_checkpoint(payload["model_source"])
     model = loaded.model
@@ -276,6 +277,7 @@ def train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
             "nonfinite_steps": float(result.skipped_nonfinite),
             "trainable_params": float(count_adapter_params(model).total),
             "train_wall_s": time.monotonic() - started,
+            "train_cpu_s": time.process_time() - cpu_started,
             "warm_start": 1.0 if warm else 0.0,
         },
         "base_fingerprint": loaded.fingerprint,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -244,3 +245,19 @@ def test_start_cleans_temporaries_and_finished_work_directories(sqlite_store: St
     leftovers = [p for p in state_dir.rglob("*") if ".tmp-" in p.name]
     assert leftovers == [] and list((state_dir / "cycles").iterdir()) == []
     assert artifacts.read_current(Layout(state_dir)) == "c000001"
+
+
+def test_budget_charges_a_finished_cycle_its_measured_training_cpu_time(sqlite_store: Store, state_dir: Path) -> None:
+    from agent.policyconf import cycle_records, cycle_spend
+
+    planned = {**RECIPE, "steps": 400, "_planned_cpu_s": 5000.0}
+    runner = _runner(sqlite_store, state_dir)
+    cycle = runner.run(trigger_reasons=["bootstrap"], recipe=planned)
+    measured = sqlite_store.versions.get(cycle.candidate_id).metrics["train_cpu_s"]
+    assert 0.0 < measured < 5000.0  # 400 numpy steps on 64 rows: far below the plan's estimate
+    assert cycle_spend(sqlite_store, cycle).cpu_seconds == pytest.approx(measured)
+    [record] = cycle_records(sqlite_store)
+    assert record.outcome == "promoted" and record.spend.cpu_seconds == pytest.approx(measured)
+    # Before training has published a candidate, the plan's estimate is what the budget holds back.
+    running = dataclasses.replace(cycle, state=CycleState.TRAIN, candidate_id=None, finished_at=None)
+    assert cycle_spend(sqlite_store, running).cpu_seconds == 5000.0

@@ -7,6 +7,7 @@ restarted daemon finishes from its checkpoint; rollback moves the champion point
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,9 @@ def test_operator_story(setup: tuple[Path, Path, int], tmp_path: Path) -> None:
         status = qtha_json(config, "status")
         assert status["champion"]["version"] == first["candidate"] == "c000001"
         assert status["champion"]["metrics"]["eval_loss"] > 0
+        # The training child measured its own CPU time: that, not the plan's estimate, is what the budget charges.
+        trained = status["champion"]["metrics"]
+        assert 0 < trained["train_cpu_s"] <= (os.cpu_count() or 1) * trained["train_wall_s"] + 1.0
         samples = wait_for(
             lambda: (s := daemon.scrape()) and s.get(("qtha_promotions_total", ())) == 1.0 and s,
             timeout=30,
