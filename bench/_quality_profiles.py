@@ -96,8 +96,8 @@ def run_settings(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 PROFILES: dict[str, Profile] = {
-    # The larger study: longer runs, more test problems. Estimated at 2-2.5 h on an idle 2-core machine from the
-    # quick profile's measured times per step (not yet run end to end).
+    # The larger study: 6x the maths steps, longer sequences, 200 test problems. Not yet run end to end: from the
+    # quick profile's measured times per step, about 3 h on an idle 2-core machine.
     "full": Profile(
         name="full",
         seeds=(0, 1, 2),

@@ -14,7 +14,7 @@ import numpy as np
 from bench._quality_eval import PairedDiff, paired_bootstrap
 
 __all__ = ["ArmSummary", "Comparison", "LearningRateChoice", "Recommendation", "Reproduction", "choose_learning_rates",
-           "compare_at_equal_rates", "compare_to_lora", "recommend", "reproduce", "selection_loss", "summarize"]
+           "compare_ablations", "compare_at_equal_rates", "compare_to_lora", "recommend", "reproduce", "selection_loss", "summarize"]
 
 BASELINE = "lora"
 # A QTHA arm whose median time per step exceeds this multiple of LoRA's is not an acceptable daemon default.
@@ -193,6 +193,22 @@ def compare_to_lora(results: dict[str, Any], *, seed: int) -> list[Comparison]:
             if arm != BASELINE:
                 runs = {r["seed"]: r for r in main_runs(results, task, arm)}
                 out += _compare(task, arm, runs, base, n_resamples=n_resamples, seed=seed)
+    return out
+
+
+def compare_ablations(results: dict[str, Any], *, seed: int) -> list[tuple[str, Comparison]]:
+    """(quantum twin, comparison) of every classical ablation against the QTHA arm whose rate it follows, paired
+    over their common seeds: is the circuit doing the work?"""
+    profile, arms = results["meta"]["profile"], results["meta"]["arms"]
+    out = []
+    for ablation, twin in profile.get("lr_follows", []):
+        if ablation not in arms or twin not in arms or not arms[ablation]["classical"]:
+            continue
+        for task in profile["tasks"]:
+            base = {r["seed"]: r for r in main_runs(results, task, twin)}
+            runs = {r["seed"]: r for r in main_runs(results, task, ablation)}
+            out += [(twin, c) for c in _compare(task, ablation, runs, base, n_resamples=profile["bootstrap"],
+                                                seed=seed)]
     return out
 
 

@@ -7,7 +7,7 @@ by greedy decoding and response loss; dialogue: response loss / perplexity), and
 plots and ``REPORT.md``. The sweep also gives the same-rate comparison at every rate of the grid.
 
     .venv/bin/python bench/quality.py --profile quick         # the committed study (~80 min, idle 2-core machine)
-    .venv/bin/python bench/quality.py --profile full          # longer runs (estimated 2-2.5 h; not yet run)
+    .venv/bin/python bench/quality.py --profile full          # longer runs (estimated ~3 h; not yet run)
     .venv/bin/python bench/quality.py --report-only           # re-render REPORT.md and plots from results.json
     .venv/bin/python bench/quality.py --profile smoke --checkpoint DIR --out /tmp/q --json   # pipeline check
 
@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         # Resuming or sharing the work does not change a run's numbers: the recorded command leaves those flags out.
         given = [a for a in (argv if argv is not None else sys.argv[1:])
                  if a not in ("--resume", "--reverse", "--merge-only")]
-        if args.part:
-            given = [a for i, a in enumerate(given) if a != "--part" and (i == 0 or given[i - 1] != "--part")]
+        for flag in ("--part", "--out"):  # where results go does not change them either
+            given = [a for i, a in enumerate(given) if a != flag and (i == 0 or given[i - 1] != flag)]
         command = " ".join(["bench/quality.py", *given])
         results = study(profile, checkpoint=args.checkpoint, out=args.out, resume=args.resume, command=command,
                         part=args.part, reverse=args.reverse, merge_only=args.merge_only, reference=args.reference)

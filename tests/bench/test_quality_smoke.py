@@ -176,3 +176,19 @@ def test_smoke_study_sweeps_compares_reports_and_reproduces(tmp_path_factory: py
     # A reference made with other run settings is not a repeat of these runs: refused, naming the reason.
     with pytest.raises(SystemExit, match="other run settings"):
         main([*args, "--maths-steps", "3", "--out", str(root / "other"), "--reference", str(out / "results.json")])
+
+
+def test_the_ablation_is_paired_with_the_quantum_arm_it_follows() -> None:
+    from bench._quality_summary import compare_ablations
+
+    results = _synthetic_results()
+    results["meta"]["arms"]["cl"] = {"label": "stand-in", "note": "", "cheap": True, "classical": True}
+    results["meta"]["profile"]["arms"].append("cl")
+    results["meta"]["profile"]["lr_follows"] = [["cl", "qtha_w4"]]
+    twin = [r for r in results["runs"] if r["arm"] == "qtha_w4" and r["learning_rate"] == 3e-3]
+    for r in twin:  # the stand-in gets one problem fewer right on every seed, at its twin's rate
+        results["runs"].append({**r, "arm": "cl", "key": r["key"].replace("qtha_w4", "cl"),
+                                "example_correct": [1.0, 1.0, 0.0, 0.0], "exact_match": 0.5})
+    [(name, loss), (_, em)] = compare_ablations(results, seed=0)
+    assert name == "qtha_w4" and loss.seeds == (0, 1) and loss.diff.diff == pytest.approx(0.0)
+    assert em.diff.diff == pytest.approx(-0.25)
