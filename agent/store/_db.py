@@ -8,6 +8,8 @@ PostgreSQL: writers that must serialize (promotion, migration) also take a trans
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,13 +57,34 @@ def create_store_engine(url: str, *, echo: bool = False) -> Engine:
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    _enable_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     # FULL: a committed promotion survives power loss too, not only a process crash; one extra fsync per
     # commit is nothing at our write rate.
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
+
+
+def _enable_wal(cursor: Any, *, timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+    """Switches the database to WAL, waiting out other connections that hold it.
+
+    Changing the journal mode needs the database to itself, and SQLite answers "database is locked" at once,
+    without the busy handler, when another connection is creating or converting the same new file: two daemons
+    (or a daemon and the CLI) starting on a fresh state directory would see one of them fail. So retry, with
+    back-off, for as long as the busy timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.25)
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
