@@ -76,21 +76,27 @@ def test_newer_schema_is_refused_with_a_clear_message(store_url: str, fake_clock
         open_store(store_url, clock=fake_clock)
 
 
-def test_concurrent_first_start_ups_migrate_once(store_url: str, fake_clock: FakeClock) -> None:
+def _open_concurrently(url: str, clock: FakeClock, n: int = 3) -> tuple[list[Store], list[BaseException]]:
+    """``n`` threads open the store at once; the stores opened and the errors raised."""
     stores: list[Store] = []
     errors: list[BaseException] = []
 
     def start() -> None:
         try:
-            stores.append(open_store(store_url, clock=fake_clock))
-        except BaseException as exc:  # collected and asserted below
+            stores.append(open_store(url, clock=clock))
+        except BaseException as exc:  # collected and asserted by the caller
             errors.append(exc)
 
-    threads = [threading.Thread(target=start) for _ in range(3)]
+    threads = [threading.Thread(target=start) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return stores, errors
+
+
+def test_concurrent_first_start_ups_migrate_once(store_url: str, fake_clock: FakeClock) -> None:
+    stores, errors = _open_concurrently(store_url, fake_clock)
     assert errors == [] and len(stores) == 3
     with stores[0].engine.connect() as conn:
         assert conn.execute(text("SELECT version FROM schema_version")).scalars().all() == [1]
@@ -422,21 +428,7 @@ def test_concurrent_first_opens_of_a_new_sqlite_file_all_succeed(tmp_path: Path,
     # Switching a new file to WAL is answered "database is locked" without the busy handler while another
     # connection creates it; before the retry, about one round in eight lost a start-up this way.
     for round_ in range(24):
-        url = f"sqlite:///{tmp_path / str(round_) / 'qtha.db'}"
-        stores: list[Store] = []
-        errors: list[BaseException] = []
-
-        def start(url: str = url, stores: list[Store] = stores, errors: list[BaseException] = errors) -> None:
-            try:
-                stores.append(open_store(url, clock=fake_clock))
-            except BaseException as exc:  # collected and asserted below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=start) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        stores, errors = _open_concurrently(f"sqlite:///{tmp_path / str(round_) / 'qtha.db'}", fake_clock)
         for s in stores:
             s.close()
         assert errors == [], f"round {round_}: {errors}"
