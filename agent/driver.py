@@ -21,6 +21,7 @@ from agent.cycle import CycleRunner
 from agent.cycle_trainer import CycleInterrupted, EvalOutcome, Trainer
 from agent.policyconf import (
     budget_per_day,
+    calibrated_cost_model,
     cycle_records,
     cycle_spend,
     promotion_config,
@@ -275,12 +276,10 @@ class PolicyCycleDriver:
         left = policies.remaining_budget(
             policies.Budget(per_day=budget_per_day(rt.policy())), cycle_records(rt.store), now
         )
+        cost_model, calibration = calibrated_cost_model(rt.store)
+        config = recipe_config(rt.config, cost_model)
         proposal = policies.propose_recipe(
-            left,
-            now=now,
-            storage=self.storage(rt),
-            config=recipe_config(rt.config),
-            seed=rt.config.training.seed,
+            left, now=now, storage=self.storage(rt), config=config, seed=rt.config.training.seed
         )
         self._record(rt, proposal.decision)
         rt.metrics.decision("recipe", str(proposal.decision.action))
@@ -294,6 +293,7 @@ class PolicyCycleDriver:
         recipe.update(
             _trial=proposal.trial_number,
             _planned_cpu_s=estimate.spend.cpu_seconds if estimate else 0.0,
+            _cpu_calibration=calibration,  # the estimate's model was scaled by this (see policyconf.cpu_history)
             _spent_shots=estimate.spend.shots if estimate else 0,
             _spent_money=estimate.spend.money if estimate else 0.0,
             seq_len=int(overrides.get("seq_len", rt.config.training.seq_len)),

@@ -154,8 +154,33 @@ def cold_start_recipe(
     )
 
 
-def recipe_config(config: QthaConfig) -> policies.RecipeConfig:
-    """The learner's search space, bounded by ``[recipe]``, cold-starting from the configured recipe."""
+def cpu_history(store: Store, *, limit: int = 50) -> list[tuple[float, float]]:
+    """(uncalibrated estimate, measured) training CPU-seconds of recent finished cycles, oldest first.
+
+    A cycle planned with a calibrated model recorded its factor (``_cpu_calibration``); dividing it out gives
+    every pair the same reference (the uncalibrated model), so calibrations do not compound.
+    """
+    pairs = []
+    for cycle in store.cycles.list(limit=limit):
+        planned = float(cycle.recipe.get("_planned_cpu_s", 0.0) or 0.0)
+        factor = float(cycle.recipe.get("_cpu_calibration", 1.0) or 1.0)
+        version = store.versions.find(cycle.candidate_id) if cycle.candidate_id else None
+        measured = version.metrics.get("train_cpu_s") if version is not None else None
+        if planned > 0 and isinstance(measured, int | float):
+            pairs.append((planned / factor, float(measured)))
+    return list(reversed(pairs))
+
+
+def calibrated_cost_model(store: Store) -> tuple[policies.CostModel, float]:
+    """The cost model with its CPU coefficients scaled to what recent cycles measured, and the factor."""
+    return policies.calibrate_cpu(policies.CostModel(), cpu_history(store))
+
+
+def recipe_config(
+    config: QthaConfig, cost_model: policies.CostModel | None = None
+) -> policies.RecipeConfig:
+    """The learner's search space, bounded by ``[recipe]``, cold-starting from the configured recipe, pricing
+    recipes with ``cost_model`` (default: the uncalibrated one)."""
     section, training = config.recipe, config.training
     backend = config.quantum.backend
     cold = cold_start_recipe(
@@ -183,7 +208,7 @@ def recipe_config(config: QthaConfig) -> policies.RecipeConfig:
         backends=(option,) if option.kind == "simulator" else (policies.BackendOption(name="jax"), option),
         targets=config.model.targets,
     )
-    return policies.RecipeConfig(space=space, cold_start=cold)
+    return policies.RecipeConfig(space=space, cold_start=cold, cost_model=cost_model or policies.CostModel())
 
 
 def cycle_spend(store: Store, cycle: Cycle) -> policies.Spend:

@@ -12,7 +12,7 @@ Every metric is higher-is-better; every timestamp timezone-aware; nothing here r
 
 from .breaker import BreakerConfig, BreakerStatus, breaker_status
 from .budget import Budget, day_start, remaining_budget, spent_today
-from .cost import BackendOption, CostEstimate, CostModel, Recipe, estimate_cost
+from .cost import BackendOption, CostEstimate, CostModel, Recipe, calibrate_cpu, estimate_cost
 from .decision import Action, Decision, PolicyInputError, Reason, ReasonKind
 from .drift import DriftConfig, DriftResult, detect_drift
 from .promotion import PromotionConfig, decide_promotion, paired_bootstrap_lcb
@@ -65,6 +65,7 @@ __all__ = [
     "TriggerConfig",
     "TriggerHistory",
     "breaker_status",
+    "calibrate_cpu",
     "day_start",
     "decide_promotion",
     "decide_rollback",

@@ -12,13 +12,15 @@ two per RY parameter and four per CRZ parameter (the paper's ansatz has 2n RY an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .decision import PolicyInputError
 from .records import Spend
 
-__all__ = ["BackendOption", "CostEstimate", "CostModel", "Recipe", "estimate_cost"]
+__all__ = ["BackendOption", "CostEstimate", "CostModel", "Recipe", "calibrate_cpu", "estimate_cost"]
 
 AdapterKind = Literal["qtha", "lora"]
 QnnMode = Literal["weight", "activation"]
@@ -185,3 +187,42 @@ def estimate_cost(recipe: Recipe, backend: BackendOption, model: CostModel = Cos
     queue = math.ceil(circuits / backend.batch_size) * backend.queue_s_per_batch
     cpu = recipe.steps * base + circuits * model.sampler_cpu_s_per_circuit
     return CostEstimate(Spend(cpu_seconds=cpu, shots=shots, money=money), queue_seconds=queue)
+
+
+def calibrate_cpu(
+    model: CostModel,
+    history: Sequence[tuple[float, float]],
+    *,
+    window: int = 8,
+    bounds: tuple[float, float] = (0.1, 20.0),
+) -> tuple[CostModel, float]:
+    """The model with its CPU coefficients scaled to match what recent cycles measured.
+
+    The coefficients are calibrated on one machine; the daemon runs on another, and a cycle also spends CPU on
+    loading, compiling and evaluating that the per-step model leaves out. The factor is the median ratio of
+    measured to estimated CPU-seconds over the last ``window`` cycles (the median: one cycle slowed by a noisy
+    neighbour does not move it), clamped to ``bounds``.
+
+    Args:
+        model: the uncalibrated model.
+        history: (estimated by ``model``, measured) CPU-seconds of finished cycles, oldest first; pairs with a
+            non-positive or non-finite side are ignored.
+        window: how many of the latest pairs count.
+        bounds: the smallest and largest factor applied.
+
+    Returns:
+        The scaled model and the factor (1.0, and ``model`` itself, without usable history).
+    """
+    ratios = [m / e for e, m in history if e > 0 and m > 0 and math.isfinite(e) and math.isfinite(m)][-window:]
+    if not ratios:
+        return model, 1.0
+    factor = min(max(statistics.median(ratios), bounds[0]), bounds[1])
+    return (
+        replace(
+            model,
+            base_step_cpu_s=model.base_step_cpu_s * factor,
+            circuit_cpu_s=model.circuit_cpu_s * factor,
+            sampler_cpu_s_per_circuit=model.sampler_cpu_s_per_circuit * factor,
+        ),
+        factor,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -261,3 +262,20 @@ def test_budget_charges_a_finished_cycle_its_measured_training_cpu_time(sqlite_s
     # Before training has published a candidate, the plan's estimate is what the budget holds back.
     running = dataclasses.replace(cycle, state=CycleState.TRAIN, candidate_id=None, finished_at=None)
     assert cycle_spend(sqlite_store, running).cpu_seconds == 5000.0
+
+
+def test_cost_model_is_calibrated_on_measured_cycles_without_compounding(sqlite_store: Store, state_dir: Path) -> None:
+    from agent.policyconf import calibrated_cost_model, cpu_history
+
+    runner = _runner(sqlite_store, state_dir)
+    assert calibrated_cost_model(sqlite_store)[1] == 1.0  # no history yet
+    first = runner.run(trigger_reasons=["bootstrap"], recipe={**RECIPE, "_planned_cpu_s": 1e-3})
+    measured = sqlite_store.versions.get(first.candidate_id).metrics["train_cpu_s"]
+    # The second cycle's plan came from a model already scaled ×4: its pair is divided back to the reference.
+    second = runner.run(trigger_reasons=["drift"], recipe={**RECIPE, "_planned_cpu_s": 4e-3, "_cpu_calibration": 4.0})
+    measured_2 = sqlite_store.versions.get(second.candidate_id).metrics["train_cpu_s"]
+    assert cpu_history(sqlite_store) == [(pytest.approx(1e-3), measured), (pytest.approx(1e-3), measured_2)]
+    model, factor = calibrated_cost_model(sqlite_store)
+    ratio = statistics.median([measured / 1e-3, measured_2 / 1e-3])
+    assert factor == pytest.approx(min(max(ratio, 0.1), 20.0))
+    assert model.base_step_cpu_s == pytest.approx(1.4 * factor)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies import BackendOption, CostModel, PolicyInputError, Recipe, Spend, estimate_cost
+from policies import BackendOption, CostModel, PolicyInputError, Recipe, Spend, calibrate_cpu, estimate_cost
 
 JAX = BackendOption("jax")
 QPU = BackendOption(
@@ -56,3 +56,22 @@ def test_cost_is_linear_in_steps() -> None:
 def test_backend_must_match_the_recipe() -> None:
     with pytest.raises(PolicyInputError, match="'qpu'"):
         estimate_cost(qtha("weight", 4, 2, 1, "qpu"), JAX)
+
+
+def test_cpu_calibration_scales_estimates_by_the_median_measured_ratio() -> None:
+    model = CostModel()
+    assert calibrate_cpu(model, []) == (model, 1.0)
+    # Ratios 4, 5 and 100 (a cycle slowed by a neighbour): the median, 5, is the factor.
+    scaled, factor = calibrate_cpu(model, [(100.0, 400.0), (100.0, 500.0), (10.0, 1000.0)])
+    assert factor == 5.0 and scaled.base_step_cpu_s == pytest.approx(5 * model.base_step_cpu_s)
+    lora = Recipe("lora", None, 0, 0, 0, 8, 1e-3, 60, "jax")
+    qtha = Recipe("qtha", "weight", 10, 10, 4, 0, 1e-2, 60, "jax")
+    jax = BackendOption("jax")
+    for recipe in (lora, qtha):
+        assert estimate_cost(recipe, jax, scaled).spend.cpu_seconds == pytest.approx(
+            5 * estimate_cost(recipe, jax, model).spend.cpu_seconds
+        )
+    # Only the latest `window` pairs count; unusable pairs are skipped; the factor is clamped.
+    assert calibrate_cpu(model, [(1.0, 50.0)] * 3 + [(1.0, 2.0)] * 2, window=2)[1] == 2.0
+    assert calibrate_cpu(model, [(0.0, 5.0), (1.0, float("nan")), (-1.0, 3.0)])[1] == 1.0
+    assert calibrate_cpu(model, [(1.0, 1000.0)])[1] == 20.0 and calibrate_cpu(model, [(1.0, 1e-4)])[1] == 0.1
