@@ -13,6 +13,7 @@ from bench._quality_summary import (
     MAX_COST_RATIO,
     ArmSummary,
     Comparison,
+    choose_learning_rates,
     compare_ablations,
     compare_at_equal_rates,
     compare_to_lora,
@@ -222,7 +223,8 @@ def _sweep_section(results: dict[str, Any], bootstrap_seed: int) -> list[str]:
     lines += [f"| {_label(results, r['arm'])} | {r['learning_rate']:g} | {selection_loss(r['train_losses']):.4f} | "
               f"{r['heldout_loss']:.4f} | {r.get('exact_match', math.nan):.3f} | "
               f"{'✓' if r['learning_rate'] == compared_rate(results, r['arm']) else ''} |" for r in runs]
-    edges = [a for a in p.get("sweep_arms", []) if _at_edge(results, a)]
+    choices = choose_learning_rates(results["runs"], p.get("sweep_arms", []), grid, seed=first)
+    edges = [arm for arm, choice in choices.items() if choice.at_edge]
     if edges:
         lines += ["", "Chosen at the edge of the grid (the best rate may lie beyond it): "
                   + ", ".join(_label(results, a) for a in edges) + "."]
@@ -237,12 +239,6 @@ def _sweep_section(results: dict[str, Any], bootstrap_seed: int) -> list[str]:
         lines += [f"| {rate:g} | {_label(results, c.arm)} | {_METRIC_NAMES[c.metric]} | {c.diff.diff:+.4f} | "
                   f"[{c.diff.low:+.4f}, {c.diff.high:+.4f}] | {c.verdict} LoRA |" for rate, c in equal]
     return lines + [""]
-
-
-def _at_edge(results: dict[str, Any], arm: str) -> bool:
-    grid = results["meta"]["profile"].get("lr_grid", [])
-    return arm in results["meta"].get("learning_rates", {}) and len(grid) > 1 and \
-        compared_rate(results, arm) in (min(grid), max(grid))
 
 
 def _reproduction_section(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]) -> list[str]:
