@@ -6,7 +6,7 @@ training loss; then it trains each (arm, task, seed) at that rate, scores it on 
 by greedy decoding and response loss; dialogue: response loss / perplexity), and writes ``results.json``, PNG
 plots and ``REPORT.md``. The sweep also gives the same-rate comparison at every rate of the grid.
 
-    .venv/bin/python bench/quality.py --profile quick         # the committed study (~80 min, idle 2-core machine)
+    .venv/bin/python bench/quality.py --profile quick         # the committed study (~70 min, idle 2-core machine)
     .venv/bin/python bench/quality.py --profile full          # longer runs (estimated ~3 h; not yet run)
     .venv/bin/python bench/quality.py --report-only           # re-render REPORT.md and plots from results.json
     .venv/bin/python bench/quality.py --profile smoke --checkpoint DIR --out /tmp/q --json   # pipeline check
@@ -276,7 +276,7 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
     def execute(specs: list[RunSpec], stage: str) -> None:
         """Trains (or reuses) each planned run not yet in the results, saving after every run."""
         nonlocal done
-        order = [(i, spec) for i, spec in enumerate(specs, start=1)]
+        order = list(enumerate(specs, start=1))
         for i, spec in reversed(order) if reverse else order:
             if any(r["key"] == spec.key for r in results["runs"]):
                 continue  # the sweep already made this comparison run
