@@ -116,8 +116,9 @@ PROFILES: dict[str, Profile] = {
         extra_arms=("classical_w10", "qtha_w4"),
         costly_tasks=("maths",),
     ),
-    # About 70 min on an idle 2-core machine (measured: 31 runs, 68 min of training and evaluation): short runs, every cheap arm's learning rate swept, three seeds of
-    # LoRA and QTHA on both tasks and of the ablation and the small circuit on maths, activation mode once.
+    # About 70 min on an idle 2-core machine (measured: 31 runs, 68 min of training and evaluation): short runs,
+    # every cheap arm's learning rate swept, three seeds of LoRA and QTHA on both tasks and of the ablation and the
+    # small circuit on maths, activation mode once.
     "quick": Profile(
         name="quick",
         seeds=(0, 1, 2),
