@@ -154,6 +154,13 @@ def cold_start_recipe(
     )
 
 
+def measured_cpu_s(store: Store, cycle: Cycle) -> float | None:
+    """The CPU-seconds a cycle's training measured (its candidate's ``train_cpu_s``), if it has one."""
+    version = store.versions.find(cycle.candidate_id) if cycle.candidate_id else None
+    value = version.metrics.get("train_cpu_s") if version is not None else None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def cpu_history(store: Store, *, limit: int = 50) -> list[tuple[float, float]]:
     """(uncalibrated estimate, measured) training CPU-seconds of recent finished cycles, oldest first.
 
@@ -164,10 +171,9 @@ def cpu_history(store: Store, *, limit: int = 50) -> list[tuple[float, float]]:
     for cycle in store.cycles.list(limit=limit):
         planned = float(cycle.recipe.get("_planned_cpu_s", 0.0) or 0.0)
         factor = float(cycle.recipe.get("_cpu_calibration", 1.0) or 1.0)
-        version = store.versions.find(cycle.candidate_id) if cycle.candidate_id else None
-        measured = version.metrics.get("train_cpu_s") if version is not None else None
-        if planned > 0 and isinstance(measured, int | float):
-            pairs.append((planned / factor, float(measured)))
+        measured = measured_cpu_s(store, cycle)
+        if planned > 0 and measured is not None:
+            pairs.append((planned / factor, measured))
     return list(reversed(pairs))
 
 
@@ -218,11 +224,9 @@ def cycle_spend(store: Store, cycle: Cycle) -> policies.Spend:
     A cycle resumed after a crash is charged the CPU time of its last attempt only (the earlier attempts' time
     died with their processes).
     """
-    planned = float(cycle.recipe.get("_planned_cpu_s", 0.0) or 0.0)
-    version = store.versions.find(cycle.candidate_id) if cycle.candidate_id else None
-    measured = version.metrics.get("train_cpu_s") if version is not None else None
+    measured = measured_cpu_s(store, cycle)
     return policies.Spend(
-        cpu_seconds=float(measured) if isinstance(measured, int | float) else planned,
+        cpu_seconds=float(cycle.recipe.get("_planned_cpu_s", 0.0) or 0.0) if measured is None else measured,
         shots=int(cycle.recipe.get("_spent_shots", 0) or 0),
         money=float(cycle.recipe.get("_spent_money", 0.0) or 0.0),
     )
