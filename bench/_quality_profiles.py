@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -187,10 +187,12 @@ def plan_sweep(profile: Profile) -> list[RunSpec]:
             for arm in profile.sweep_arms if arm in profile.arms for lr in profile.lr_grid]
 
 
-def learning_rate_of(profile: Profile, arm: str, chosen: Mapping[str, float]) -> float:
-    """The peak learning rate ``arm`` is compared at: its own chosen rate, the one it follows, or the default."""
-    follows = dict(profile.lr_follows)
-    return chosen.get(arm, chosen.get(follows.get(arm, ""), profile.learning_rate))
+def learning_rate_of(arm: str, chosen: Mapping[str, float], *, follows: Iterable[Sequence[str]],
+                     default: float) -> float:
+    """The peak learning rate ``arm`` is compared at: its own chosen rate, that of the arm it follows
+    (``follows``: (arm, swept arm) pairs), or ``default``."""
+    followed = dict((a, b) for a, b in follows).get(arm, "")
+    return chosen.get(arm, chosen.get(followed, default))
 
 
 def plan_comparison(profile: Profile, costly: set[str], chosen: Mapping[str, float]) -> list[RunSpec]:
@@ -207,15 +209,19 @@ def plan_comparison(profile: Profile, costly: set[str], chosen: Mapping[str, flo
     """
     extra = set(profile.extra_arms)
     later = costly | extra
+
+    def rate(arm: str) -> float:
+        return learning_rate_of(arm, chosen, follows=profile.lr_follows, default=profile.learning_rate)
+
     runs: list[RunSpec] = []
     for seed in profile.seeds:
-        runs += [RunSpec(task, arm, seed, learning_rate_of(profile, arm, chosen))
+        runs += [RunSpec(task, arm, seed, rate(arm))
                  for task in profile.tasks for arm in profile.arms if arm not in later]
     extra_seeds = profile.costly_seeds if profile.extra_seeds is None else profile.extra_seeds
     for arm in profile.arms:
         if arm not in later:
             continue
         n = profile.costly_seeds if arm in costly else extra_seeds
-        runs += [RunSpec(task, arm, seed, learning_rate_of(profile, arm, chosen))
+        runs += [RunSpec(task, arm, seed, rate(arm))
                  for seed in profile.seeds[:n] for task in profile.tasks if task in profile.costly_tasks]
     return runs

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from bench._quality_eval import PairedDiff, paired_bootstrap
+from bench._quality_profiles import learning_rate_of
 
 __all__ = ["ArmSummary", "Comparison", "LearningRateChoice", "Recommendation", "Reproduction", "choose_learning_rates",
            "compare_ablations", "compare_at_equal_rates", "compare_to_lora", "recommend", "reproduce", "selection_loss", "summarize"]
@@ -103,9 +104,9 @@ def choose_learning_rates(runs: list[dict[str, Any]], sweep_arms: Sequence[str],
 def compared_rate(results: dict[str, Any], arm: str) -> float:
     """The peak learning rate at which ``arm`` is compared with LoRA (the sweep's choice, the one it follows, or
     the profile's default)."""
-    chosen = results["meta"].get("learning_rates", {})
-    follows = dict(map(tuple, results["meta"]["profile"].get("lr_follows", [])))
-    return chosen.get(arm, chosen.get(follows.get(arm, ""), results["meta"]["profile"]["learning_rate"]))
+    profile = results["meta"]["profile"]
+    return learning_rate_of(arm, results["meta"].get("learning_rates", {}), follows=profile.get("lr_follows", []),
+                            default=profile["learning_rate"])
 
 
 def main_runs(results: dict[str, Any], task: str, arm: str) -> list[dict[str, Any]]:
