@@ -252,7 +252,7 @@ class DaemonConfig(_Section):
     train_timeout_s: float = Field(
         default=6 * 3600.0,
         gt=0,
-        description="A training worker running longer is killed and the cycle fails.",
+        description="A training child process running longer is killed and the cycle fails.",
     )
 
 
@@ -314,7 +314,7 @@ class QthaConfig(BaseSettings):
 
     @property
     def quarantine_dir(self) -> Path:
-        # Not <state_dir>/quarantine: that holds corrupt model artifacts (agent.artifacts).
+        # Not <state_dir>/quarantine: that holds corrupt model artifacts (agent.artifacts.layout).
         return self.data.quarantine_dir or self.state_dir / "inbox-quarantine"
 
     @property

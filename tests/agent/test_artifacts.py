@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent import artifacts
-from agent.artifacts import ArtifactCorruptError, ArtifactMissingError, Layout
-from agent.artifacts_registry import Registry
+from agent.artifacts import layout as artifacts
+from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError, Layout
+from agent.artifacts.registry import Registry
 from agent.store import (
     AuditKind,
     ChampionPinnedError,

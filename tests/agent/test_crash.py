@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from agent import artifacts
-from agent.artifacts import ArtifactCorruptError, ArtifactMissingError, Layout
+from agent.artifacts import layout as artifacts
+from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError, Layout
 from agent.store import AuditKind, Store, VersionStatus, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ KILLS = 55
 KILLS_POSTGRES = 12
 SEED = 20261127
 DEADLINE_S = 60.0
-# Event kinds to kill after (see agent.cycle_worker); rare, short windows are listed so they get hit too.
+# Event kinds to kill after (see tests.support.crash_cycle); rare, short windows are listed so they get hit too.
 KILL_AFTER = (
     "begin",
     "state:plan",
@@ -54,11 +54,11 @@ KILL_AFTER = (
 
 
 class Worker:
-    """A ``python -m agent.cycle_worker`` child whose JSON events are read by a thread into a queue."""
+    """A ``python -m tests.support.crash_cycle`` child whose JSON events are read by a thread into a queue."""
 
     def __init__(self, state_dir: Path, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cycle_worker", "--state-dir", str(state_dir), *args],
+            [sys.executable, "-m", "tests.support.crash_cycle", "--state-dir", str(state_dir), *args],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent import artifacts
-from agent.artifacts import Layout
-from agent.artifacts_registry import Registry
-from agent.cycle import CycleRunner, candidate_id_for
-from agent.cycle_standin import StandinTrainer, mean_gain_gate
-from agent.cycle_trainer import EvalOutcome, GateDecision, latest_checkpoint
+from agent.artifacts import layout as artifacts
+from agent.artifacts.layout import Layout
+from agent.artifacts.registry import Registry
+from agent.cycle.machine import CycleRunner, candidate_id_for
+from agent.cycle.trainer import EvalOutcome, GateDecision, latest_checkpoint
 from agent.store import (
     CycleAlreadyRunningError,
     CycleState,
@@ -24,6 +23,7 @@ from agent.store import (
     VersionStatus,
     open_store,
 )
+from tests.support.standin_trainer import StandinTrainer, mean_gain_gate
 
 RECIPE = {"steps": 12, "lr": 0.05, "batch": 8, "seed": 3}
 
@@ -249,7 +249,7 @@ def test_start_cleans_temporaries_and_finished_work_directories(sqlite_store: St
 
 
 def test_budget_charges_a_finished_cycle_its_measured_training_cpu_time(sqlite_store: Store, state_dir: Path) -> None:
-    from agent.policyconf import cycle_records, cycle_spend
+    from agent.daemon.policy_inputs import cycle_records, cycle_spend
 
     planned = {**RECIPE, "steps": 400, "_planned_cpu_s": 5000.0}
     runner = _runner(sqlite_store, state_dir)
@@ -265,7 +265,7 @@ def test_budget_charges_a_finished_cycle_its_measured_training_cpu_time(sqlite_s
 
 
 def test_cost_model_is_calibrated_on_measured_cycles_without_compounding(sqlite_store: Store, state_dir: Path) -> None:
-    from agent.policyconf import calibrated_cost_model, cpu_history
+    from agent.daemon.policy_inputs import calibrated_cost_model, cpu_history
 
     runner = _runner(sqlite_store, state_dir)
     assert calibrated_cost_model(sqlite_store)[1] == 1.0  # no history yet

@@ -18,11 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import QthaConfig, load_config
-from agent.cycle_standin import StandinTrainer
-from agent.daemon import Daemon, build_runtime
-from agent.driver import PolicyCycleDriver
-from agent.runtime import Runtime
+from agent.daemon.driver import PolicyCycleDriver
+from agent.daemon.lifecycle import Daemon, build_runtime
+from agent.daemon.runtime import Runtime
 from agent.store import CycleState, OperatorCommand
+from tests.support.standin_trainer import StandinTrainer
 
 
 def wait_for(predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "condition") -> object:
@@ -146,8 +146,8 @@ def test_cycle_now_promotes_and_metrics_show_it(running: Running) -> None:
     assert samples[("qtha_cycle_duration_seconds_count", ())] == 1
     assert samples[("qtha_last_success_timestamp_seconds", ())] > 0
     # A restarted daemon's gauges come from the database, not from zero.
-    from agent.jobs import update_gauges
-    from agent.metrics import QthaMetrics, new_registry
+    from agent.daemon.jobs import update_gauges
+    from agent.daemon.metrics import QthaMetrics, new_registry
 
     fresh = QthaMetrics(new_registry(), version="0")
     update_gauges(fresh, rt)
@@ -300,7 +300,7 @@ def test_prometheus_queries_become_metric_samples(tmp_path: Path) -> None:
     rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
     try:
         assert rt.leadership.tick()
-        from agent import jobs
+        from agent.daemon import jobs
 
         jobs.observe_prometheus(rt)
         [sample] = rt.store.metrics.samples("live_accuracy")
@@ -312,7 +312,7 @@ def test_prometheus_queries_become_metric_samples(tmp_path: Path) -> None:
 
 
 def test_housekeeping_removes_finished_cycle_work(running: Running) -> None:
-    from agent import jobs
+    from agent.daemon import jobs
 
     rt = running.rt
     running.applied(running.resume_and_cycle({"steps": 3}))

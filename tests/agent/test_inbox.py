@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.inbox import Inbox, InboxError, read_examples, validate_file
+from agent.daemon.inbox import Inbox, InboxError, read_examples, validate_file
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

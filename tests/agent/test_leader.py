@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.clock import FakeClock
-from agent.leader import Leadership
+from agent.daemon.leader import Leadership
 from agent.store import Store
 
 

@@ -6,7 +6,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.metrics import QthaMetrics, new_registry, render, serve
+from agent.daemon.metrics import QthaMetrics, new_registry, render, serve
 
 EXPECTED = {
     "qtha_build_info": "gauge",

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from agent.promquery import PromQueryError, query
+from agent.daemon.promquery import PromQueryError, query
 
 RESPONSES = {
     "accuracy": (200, {"status": "success", "data": {"resultType": "vector", "result": [

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import artifacts
-from agent.artifacts import Layout
-from agent.artifacts_registry import Registry
+from agent.artifacts import layout as artifacts
+from agent.artifacts.layout import Layout
+from agent.artifacts.registry import Registry
 from agent.store import AuditKind, ChampionMovedError, VersionStatus, open_store
 
 ROOT = Path(__file__).resolve().parents[2]

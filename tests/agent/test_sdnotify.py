@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import Notifier, watchdog_interval_s
+from agent.daemon.sdnotify import Notifier, watchdog_interval_s
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from agent.child.runner import ChildRunner
+from agent.child.trainer import ChildTrainer
 from agent.config import load_config
-from agent.metrics import QthaMetrics, new_registry
+from agent.daemon.metrics import QthaMetrics, new_registry
 from agent.store import open_store
-from agent.trainer import WorkerTrainer
-from agent.worker import WorkerRunner
 from tests.fixtures.tiny_model import write_tiny_hf
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def _train_and_evaluate(tiny: Path, root: Path, backend: str) -> tuple[Any, Any,
     state.mkdir(parents=True)
     store = open_store(f"sqlite:///{state / 'qtha.db'}")
     metrics = QthaMetrics(new_registry(), version="test", backends=(backend,))
-    trainer = WorkerTrainer(config, WorkerRunner(), store, metrics)
+    trainer = ChildTrainer(config, ChildRunner(), store, metrics)
     steps: list[int] = []
     workdir = state / "cycles" / "1"
     workdir.mkdir(parents=True)

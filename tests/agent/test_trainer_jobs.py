@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.training_job import (
+from agent.child.tasks import (
     _heldout,
     _qnn_backend,
     _quantum_event,

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from agent.metrics import QthaMetrics, new_registry, sample_names
+from agent.daemon.metrics import QthaMetrics, new_registry, sample_names
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "ops" / "grafana" / "qtha-dashboard.json"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.metrics import QthaMetrics, new_registry, sample_names
+from agent.daemon.metrics import QthaMetrics, new_registry, sample_names
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "ops" / "prometheus"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli.app import app
 from policies import Action, PolicyInputError, replay_history
 
 DATA = Path(__file__).parent / "data"

@@ -1,6 +1,6 @@
-"""The training worker protocol with real child processes: events, results, stop, crash, OOM-like kill, timeout.
+"""The child-process protocol with real child processes: events, results, stop, crash, OOM-like kill, timeout.
 
-The job functions below run in the child (``tests.agent.test_trainer_worker:<name>``).
+The task functions below run in the child (``tests.agent.test_child_runner:<name>``).
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ from typing import Any
 
 import pytest
 
-from agent.train_worker import Interrupted, JobContext
-from agent.worker import WorkerRunner
+from agent.child.entry import Interrupted, TaskContext
+from agent.child.runner import ChildRunner
 
 ROOT = Path(__file__).resolve().parents[2]
-ME = "tests.agent.test_trainer_worker"
+ME = "tests.agent.test_child_runner"
 
 
-def count_job(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+def count_task(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     print("noise on stdout must not corrupt the event stream")
     for step in range(1, payload["steps"] + 1):
         ctx.emit({"event": "progress", "step": step, "loss": 1.0 / step})
     return {"steps": payload["steps"], "pid": os.getpid()}
 
 
-def stoppable_job(payload: dict[str, Any], ctx: JobContext) -> None:
+def stoppable_task(payload: dict[str, Any], ctx: TaskContext) -> None:
     step = 0
     while not ctx.stop_requested:
         step += 1
@@ -38,34 +38,34 @@ def stoppable_job(payload: dict[str, Any], ctx: JobContext) -> None:
     raise Interrupted(f"checkpoint at step {step}")
 
 
-def crash_job(payload: dict[str, Any], ctx: JobContext) -> None:
+def crash_task(payload: dict[str, Any], ctx: TaskContext) -> None:
     raise ValueError("recipe rank=-1 is invalid")
 
 
-def oom_job(payload: dict[str, Any], ctx: JobContext) -> None:
+def oom_task(payload: dict[str, Any], ctx: TaskContext) -> None:
     os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does
 
 
-def stubborn_job(payload: dict[str, Any], ctx: JobContext) -> None:
+def stubborn_task(payload: dict[str, Any], ctx: TaskContext) -> None:
     while True:  # ignores the stop flag: only a kill ends it
         time.sleep(0.02)
 
 
 def test_events_and_result(tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
-    outcome = WorkerRunner(cwd=ROOT).run(f"{ME}:count_job", {"steps": 3}, tmp_path, on_event=events.append)
+    outcome = ChildRunner(cwd=ROOT).run(f"{ME}:count_task", {"steps": 3}, tmp_path, on_event=events.append)
     assert outcome.status == "done" and outcome.result["steps"] == 3
     assert outcome.result["pid"] != os.getpid()  # it really ran in a child
     assert [e["step"] for e in events] == [1, 2, 3] and events[-1]["loss"] == 1 / 3
-    assert "noise on stdout" in (tmp_path / "worker.stderr").read_text()
+    assert "noise on stdout" in (tmp_path / "child.stderr").read_text()
 
 
 def test_stop_request_checkpoints_and_reports_interrupted(tmp_path: Path) -> None:
-    runner = WorkerRunner(cwd=ROOT)
+    runner = ChildRunner(cwd=ROOT)
     progressed = threading.Event()
     outcome: list[Any] = []
     thread = threading.Thread(target=lambda: outcome.append(runner.run(
-        f"{ME}:stoppable_job", {"checkpoint": str(tmp_path / "ckpt")}, tmp_path,
+        f"{ME}:stoppable_task", {"checkpoint": str(tmp_path / "ckpt")}, tmp_path,
         on_event=lambda e: progressed.set() if e.get("step", 0) >= 2 else None)))
     thread.start()
     assert progressed.wait(timeout=60), "worker never reported progress"
@@ -77,26 +77,26 @@ def test_stop_request_checkpoints_and_reports_interrupted(tmp_path: Path) -> Non
 
 
 def test_crash_is_reported_not_raised(tmp_path: Path) -> None:
-    outcome = WorkerRunner(cwd=ROOT).run(f"{ME}:crash_job", {}, tmp_path)
+    outcome = ChildRunner(cwd=ROOT).run(f"{ME}:crash_task", {}, tmp_path)
     assert outcome.status == "failed" and outcome.returncode == 1
     assert "ValueError: recipe rank=-1 is invalid" in (outcome.error or "")
     assert "Traceback" in (outcome.error or "")  # stderr tail for the operator
 
 
 def test_killed_child_is_reported(tmp_path: Path) -> None:
-    outcome = WorkerRunner(cwd=ROOT).run(f"{ME}:oom_job", {}, tmp_path)
+    outcome = ChildRunner(cwd=ROOT).run(f"{ME}:oom_task", {}, tmp_path)
     assert outcome.status == "killed" and outcome.returncode == -signal.SIGKILL
     assert "out-of-memory" in (outcome.error or "")
 
 
 def test_timeout_kills(tmp_path: Path) -> None:
-    outcome = WorkerRunner(cwd=ROOT, kill_grace_s=0.5).run(f"{ME}:stubborn_job", {}, tmp_path, timeout_s=1.0)
+    outcome = ChildRunner(cwd=ROOT, kill_grace_s=0.5).run(f"{ME}:stubborn_task", {}, tmp_path, timeout_s=1.0)
     assert outcome.status == "timeout" and outcome.returncode is not None
 
 
 def test_bad_entry_fails_cleanly(tmp_path: Path) -> None:
-    outcome = WorkerRunner(cwd=ROOT).run(f"{ME}:no_such_job", {}, tmp_path)
-    assert outcome.status == "failed" and "has no callable 'no_such_job'" in (outcome.error or "")
+    outcome = ChildRunner(cwd=ROOT).run(f"{ME}:no_such_task", {}, tmp_path)
+    assert outcome.status == "failed" and "has no callable 'no_such_task'" in (outcome.error or "")
 
 
 def test_event_handler_error_stops_the_child_and_propagates(tmp_path: Path) -> None:
@@ -107,8 +107,8 @@ def test_event_handler_error_stops_the_child_and_propagates(tmp_path: Path) -> N
         if event.get("step", 0) >= 3:
             raise Fenced("cycle adopted by another owner")
 
-    runner = WorkerRunner(cwd=ROOT)
+    runner = ChildRunner(cwd=ROOT)
     with pytest.raises(Fenced):
-        runner.run(f"{ME}:stoppable_job", {"checkpoint": str(tmp_path / "ckpt")}, tmp_path, on_event=handler)
+        runner.run(f"{ME}:stoppable_task", {"checkpoint": str(tmp_path / "ckpt")}, tmp_path, on_event=handler)
     assert int((tmp_path / "ckpt").read_text()) >= 3  # the child checkpointed on the way out
     assert not runner.running

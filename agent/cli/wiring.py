@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.daemon import run_daemon
-from agent.driver import PolicyCycleDriver
-from agent.runtime import Runtime
-from agent.trainer import WorkerTrainer
+from agent.child.trainer import ChildTrainer
+from agent.daemon.driver import PolicyCycleDriver
+from agent.daemon.lifecycle import run_daemon
+from agent.daemon.runtime import Runtime
 
 __all__ = ["model_trainer", "run"]
 
 
-def model_trainer(rt: Runtime) -> WorkerTrainer:
+def model_trainer(rt: Runtime) -> ChildTrainer:
     """The trainer of the daemon: ``model/`` in a child process, progress into the database and metrics."""
-    return WorkerTrainer(lambda: rt.config, rt.runner, rt.store, rt.metrics, status=rt.set_status)
+    return ChildTrainer(lambda: rt.config, rt.runner, rt.store, rt.metrics, status=rt.set_status)
 
 
 def run(config_path: Path | None) -> int:

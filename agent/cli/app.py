@@ -10,8 +10,8 @@ import sys
 
 import typer
 
-from agent.cli_admin import admin_app
-from agent.cli_common import (
+from agent.cli.admin import admin_app
+from agent.cli.common import (
     EXIT_FAILURE,
     EXIT_LOCKED,
     EXIT_OK,
@@ -21,7 +21,7 @@ from agent.cli_common import (
     JsonOption,
     read_config,
 )
-from agent.replay import replay_command
+from agent.cli.replay import replay_command
 
 __all__ = ["EXIT_FAILURE", "EXIT_LOCKED", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "app", "main"]
 

@@ -9,7 +9,7 @@ Layout under the state directory::
 
 A version directory appears only by ``rename`` of a fully written and fsynced temporary directory, so a crash
 leaves either no version or a complete one. This module knows nothing of the database; the registry
-(:mod:`agent.artifacts_registry`) moves the pointer and the champion row together.
+(:mod:`agent.artifacts.registry`) moves the pointer and the champion row together.
 """
 
 from __future__ import annotations

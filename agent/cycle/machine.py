@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.artifacts import ArtifactCorruptError, ArtifactMissingError
-from agent.artifacts_registry import HousekeepingReport, Registry
-from agent.cycle_trainer import (
+from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError
+from agent.artifacts.registry import HousekeepingReport, Registry
+from agent.cycle.trainer import (
     CycleInterrupted,
     DecisionLike,
     EvalOutcome,

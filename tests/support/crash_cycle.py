@@ -1,6 +1,6 @@
 """A light process that runs cycles on the stand-in trainer, for the crash test (and for trying the agent).
 
-``python -m agent.cycle_worker --state-dir DIR [--url URL] [--cycles N] [--pause]``
+``python -m tests.support.crash_cycle --state-dir DIR [--url URL] [--cycles N] [--pause]``
 
 It takes the leader lease (a restart under the same holder name starts a new term), repairs what a previous
 process left (:meth:`CycleRunner.start`), prints ``{"event": "ready", ...}``, optionally waits for a line on stdin
@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.artifacts import Layout
-from agent.artifacts_registry import Registry
-from agent.cycle import CycleRunner
-from agent.cycle_standin import StandinTrainer, mean_gain_gate
+from agent.artifacts.layout import Layout
+from agent.artifacts.registry import Registry
+from agent.cycle.machine import CycleRunner
 from agent.store import VersionStateError, open_store
+from tests.support.standin_trainer import StandinTrainer, mean_gain_gate
 
 
 def _emit(name: str, fields: Mapping[str, Any]) -> None:
@@ -32,7 +32,7 @@ def _emit(name: str, fields: Mapping[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.cycle_worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.support.crash_cycle", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--url", help="database URL (default: SQLite in the state dir)")
     parser.add_argument("--holder", default="cycle-worker", help="leader lease holder name")

@@ -1,4 +1,4 @@
-"""The daemon's scheduled jobs: module-level functions of the :class:`~agent.runtime.Runtime` (APScheduler 3.x
+"""The daemon's scheduled jobs: module-level functions of the :class:`~agent.daemon.runtime.Runtime` (APScheduler 3.x
 keeps jobs as references to module-level functions; no lambdas or closures).
 
 Every job returns at once unless this replica holds the leader lease, so a standby's scheduler can run the same
@@ -13,10 +13,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from agent import commands, promquery
-from agent.metrics import QthaMetrics
-from agent.policyconf import budget_per_day, cycle_records, trigger_config
-from agent.runtime import Runtime
+from agent.daemon import commands, promquery
+from agent.daemon.metrics import QthaMetrics
+from agent.daemon.policy_inputs import budget_per_day, cycle_records, trigger_config
+from agent.daemon.runtime import Runtime
 from agent.store import AuditKind, CycleState
 
 __all__ = [
@@ -115,7 +115,7 @@ def observe_prometheus(rt: Runtime) -> None:
 
 
 def housekeeping(rt: Runtime) -> None:
-    """Retention of artifacts and metric samples, temporary files, the inbox hash index, old worker dirs."""
+    """Retention of artifacts and metric samples, temporary files, the inbox hash index, old child work dirs."""
     if not _leading(rt):
         return
     report = rt.cycles.housekeeping(rt)

@@ -3,7 +3,7 @@
 It does what a real trainer must do for the cycle — warm-start from the champion, write atomic step checkpoints,
 resume from one bit-for-bit (the minibatch of step ``s`` depends only on ``(seed, s)``), write real files, and
 score a fixed held-out set per example — in milliseconds and without importing JAX. Used by tests, the crash
-test worker (:mod:`agent.cycle_worker`) and as a simulator for the daemon until the model trainer is wired in.
+test worker (:mod:`tests.support.crash_cycle`) and as a simulator for the daemon until the model trainer is wired in.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.cycle_trainer import (
+from agent.cycle.trainer import (
     CycleInterrupted,
     EvalOutcome,
     GateDecision,

@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent.artifacts import ArtifactCorruptError, ArtifactMissingError
+from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError
 from agent.config import ConfigError
-from agent.policyconf import OVERRIDE_PREFIX, parse_policy_value
-from agent.runtime import Runtime
+from agent.daemon.policy_inputs import OVERRIDE_PREFIX, parse_policy_value
+from agent.daemon.runtime import Runtime
 from agent.store import (
     ChampionMovedError,
     ChampionPinnedError,
@@ -112,7 +112,7 @@ def _eval(rt: Runtime, args: Mapping[str, Any], actor: str) -> str:
     rt.store.versions.get(version)  # NotFoundError → refused with the store's message
     if rt.scheduler is None:
         raise CommandRefused("no scheduler to run the evaluation on")
-    from agent import jobs  # jobs import commands; import here to keep the module graph acyclic
+    from agent.daemon import jobs  # jobs import commands; import here to keep the module graph acyclic
 
     rt.scheduler.add_job(
         jobs.evaluate_version,

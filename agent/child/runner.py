@@ -1,7 +1,7 @@
-"""Parent side of the worker protocol: runs ``python -m agent.train_worker`` and streams its events.
+"""Parent side of the child-process protocol: runs ``python -m agent.child.entry`` and streams its events.
 
-See :mod:`agent.train_worker` for the protocol. The runner turns every way a child can end into a
-:class:`WorkerOutcome` — done, interrupted (resumable), failed, killed (e.g. by the OOM killer), timed out — so the
+See :mod:`agent.child.entry` for the protocol. The runner turns every way a child can end into a
+:class:`ChildOutcome` — done, interrupted (resumable), failed, killed (e.g. by the OOM killer), timed out — so the
 caller decides what happens to the cycle; the daemon itself never dies with its child.
 """
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.train_worker import EXIT_INTERRUPTED
+from agent.child.entry import EXIT_INTERRUPTED
 
-__all__ = ["WorkerOutcome", "WorkerRunner"]
+__all__ = ["ChildOutcome", "ChildRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,14 @@ _STDERR_TAIL = 4000
 
 
 @dataclass(frozen=True)
-class WorkerOutcome:
-    """How a worker ended.
+class ChildOutcome:
+    """How a child process ended.
 
     Attributes:
         status: ``done`` (result set), ``interrupted`` (stopped on request after a checkpoint), ``failed``
             (raised; ``error`` says what), ``killed`` (by a signal, e.g. SIGKILL from the OOM killer),
             ``timeout`` (ran past its limit and was killed).
-        result: the job's return value when done.
+        result: the task's return value when done.
         error: a one-paragraph explanation otherwise, with the tail of the child's stderr.
         returncode: the raw exit status (negative: killed by that signal).
         wall_s: seconds the child ran.
@@ -51,8 +51,8 @@ class WorkerOutcome:
     wall_s: float = 0.0
 
 
-class WorkerRunner:
-    """Runs one worker at a time and can ask it to stop.
+class ChildRunner:
+    """Runs one child process at a time and can ask it to stop.
 
     Args:
         python: the interpreter for the child (default: this one, so the child sees the same packages).
@@ -99,28 +99,28 @@ class WorkerRunner:
         *,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         timeout_s: float | None = None,
-    ) -> WorkerOutcome:
+    ) -> ChildOutcome:
         """Runs ``entry(payload, ctx)`` in a child and blocks until it ends.
 
         Args:
             entry: ``module:function`` importable by the child.
-            payload: JSON-serialisable job arguments.
-            work_dir: where the job file and the child's stderr log go (created if missing).
+            payload: JSON-serialisable task arguments.
+            work_dir: where the task file and the child's stderr log go (created if missing).
             on_event: called in this thread for every event except the final result. If it raises, the child
                 is asked to stop (SIGTERM, so it checkpoints) and the exception is re-raised once it has exited.
             timeout_s: kill the child (SIGTERM, then SIGKILL after ``kill_grace_s``) when it runs longer.
         """
         work_dir.mkdir(parents=True, exist_ok=True)
-        job_path = work_dir / "job.json"
-        job_path.write_text(json.dumps({"entry": entry, "payload": payload}), encoding="utf-8")
-        stderr_path = work_dir / "worker.stderr"
+        task_path = work_dir / "task.json"
+        task_path.write_text(json.dumps({"entry": entry, "payload": payload}), encoding="utf-8")
+        stderr_path = work_dir / "child.stderr"
         started = time.monotonic()
         with open(stderr_path, "ab") as stderr:
             with self._lock:
                 if self._stop_requested:
-                    return WorkerOutcome("interrupted", error="stop requested before the worker started")
+                    return ChildOutcome("interrupted", error="stop requested before the child started")
                 self._proc = subprocess.Popen(
-                    [self._python, "-m", "agent.train_worker", str(job_path)],
+                    [self._python, "-m", "agent.child.entry", str(task_path)],
                     stdout=subprocess.PIPE,
                     stderr=stderr,
                     stdin=subprocess.DEVNULL,
@@ -139,7 +139,7 @@ class WorkerRunner:
                 try:
                     event = json.loads(line)
                 except json.JSONDecodeError:
-                    log.warning("worker wrote a non-event line: %r", line[:200])
+                    log.warning("the child wrote a non-event line: %r", line[:200])
                     continue
                 if event.get("event") == "result":
                     result_event = event
@@ -160,25 +160,25 @@ class WorkerRunner:
             raise handler_error
         wall = time.monotonic() - started
         if timed_out.is_set():
-            return WorkerOutcome("timeout", error=f"worker ran past {timeout_s} s and was killed", returncode=returncode,
+            return ChildOutcome("timeout", error=f"the child ran past {timeout_s} s and was killed", returncode=returncode,
                                  wall_s=wall)
         if returncode == 0 and result_event is not None:
-            return WorkerOutcome("done", result=result_event.get("result"), returncode=0, wall_s=wall)
+            return ChildOutcome("done", result=result_event.get("result"), returncode=0, wall_s=wall)
         if returncode == EXIT_INTERRUPTED:
-            return WorkerOutcome("interrupted", error="stopped on request after a checkpoint", returncode=returncode,
+            return ChildOutcome("interrupted", error="stopped on request after a checkpoint", returncode=returncode,
                                  wall_s=wall)
         tail = _tail(stderr_path)
         if returncode < 0:
             name = signal.Signals(-returncode).name
             hint = " (SIGKILL usually means the out-of-memory killer)" if name == "SIGKILL" else ""
-            return WorkerOutcome("killed", error=f"worker killed by {name}{hint}; stderr tail:\n{tail}",
+            return ChildOutcome("killed", error=f"the child was killed by {name}{hint}; stderr tail:\n{tail}",
                                  returncode=returncode, wall_s=wall)
         message = (
             f"{error_event.get('type')}: {error_event.get('message')}"
             if error_event
-            else f"worker exited with status {returncode}"
+            else f"the child exited with status {returncode}"
         )
-        return WorkerOutcome("failed", error=f"{message}; stderr tail:\n{tail}", returncode=returncode, wall_s=wall)
+        return ChildOutcome("failed", error=f"{message}; stderr tail:\n{tail}", returncode=returncode, wall_s=wall)
 
     def reset(self) -> None:
         """Clears a stop request so the next ``run`` starts normally."""

@@ -23,8 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent import status as status_mod
-from agent.cli_common import (
+from agent.cli.common import (
     EXIT_FAILURE,
     EXIT_LOCKED,
     EXIT_REFUSED,
@@ -34,10 +33,11 @@ from agent.cli_common import (
     fail,
     read_config,
 )
-from agent.commands import validate_args
 from agent.config import ConfigError, QthaConfig
-from agent.inbox import InboxError, validate_file
-from agent.policyconf import OVERRIDE_PREFIX, effective_policy, parse_policy_value
+from agent.daemon import status as status_mod
+from agent.daemon.commands import validate_args
+from agent.daemon.inbox import InboxError, validate_file
+from agent.daemon.policy_inputs import OVERRIDE_PREFIX, effective_policy, parse_policy_value
 from agent.store import Store, StoreError, open_store
 
 __all__ = ["admin_app"]
@@ -113,8 +113,8 @@ def _submit(config: Path | None, kind: str, args: dict[str, Any], *, key: str | 
 @admin_app.command("daemon")
 def daemon(config: ConfigOption = None) -> None:
     """Run the daemon (foreground; SIGTERM stops it cleanly, SIGHUP reloads the config)."""
-    from agent.daemon import HealthError
-    from agent.main import run
+    from agent.cli.wiring import run
+    from agent.daemon.lifecycle import HealthError
 
     read_config(config)  # exit 2 on a bad config before anything starts
     try:

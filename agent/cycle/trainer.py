@@ -1,6 +1,6 @@
 """What a cycle needs from training and evaluation: the :class:`Trainer` protocol and its records.
 
-The cycle (:mod:`agent.cycle`) does not know how a model is trained. A trainer trains in a per-cycle working
+The cycle (:mod:`agent.cycle.machine`) does not know how a model is trained. A trainer trains in a per-cycle working
 directory, writes step checkpoints there (:func:`save_checkpoint` makes them atomic), resumes from one after a
 crash, and writes the candidate's files into a directory that the registry then publishes.
 """
@@ -87,7 +87,7 @@ Progress = Callable[[int, Path | None], None]
 
 class Trainer(Protocol):
     """Trains candidates and evaluates versions. Implementations: the model-backed trainer of the daemon,
-    :class:`agent.cycle_standin.StandinTrainer` for tests."""
+    :class:`tests.support.standin_trainer.StandinTrainer` for tests."""
 
     def train(
         self,

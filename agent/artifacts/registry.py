@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent import artifacts
-from agent.artifacts import Artifact, ArtifactCorruptError, ArtifactMissingError, Layout
+from agent.artifacts import layout as artifacts
+from agent.artifacts.layout import Artifact, ArtifactCorruptError, ArtifactMissingError, Layout
 from agent.store import AuditKind, ChampionState, ModelVersion, Store, VersionStatus
 
 __all__ = ["HousekeepingReport", "Registry"]

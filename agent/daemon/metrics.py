@@ -89,7 +89,7 @@ class QthaMetrics:
         self.last_success = Gauge(
             "qtha_last_success_timestamp_seconds", "Unix time the last cycle finished successfully.", registry=r
         )
-        self.train_steps = Counter("qtha_train_steps", "Optimizer steps run by training workers.", registry=r)
+        self.train_steps = Counter("qtha_train_steps", "Optimizer steps run by training child processes.", registry=r)
         self.nonfinite_steps = Counter(
             "qtha_nonfinite_steps", "Training steps skipped for a non-finite loss or gradient.", registry=r
         )
@@ -113,7 +113,7 @@ class QthaMetrics:
             self.last_success.set(finished_at)
 
     def train_progress(self, *, steps: int, nonfinite: int = 0) -> None:
-        """Adds steps reported by a training worker since the last report (deltas, never totals)."""
+        """Adds steps reported by a training child since the last report (deltas, never totals)."""
         if steps > 0:
             self.train_steps.inc(steps)
         if nonfinite > 0:

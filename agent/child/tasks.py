@@ -1,7 +1,7 @@
-"""The jobs the training child runs (``agent.training_job:train`` / ``:evaluate``), wrapping ``model/``.
+"""The tasks the training child runs (``agent.child.tasks:train`` / ``:evaluate``), wrapping ``model/``.
 
-They run in the child process started by :class:`agent.trainer.WorkerTrainer`; their ``payload`` is JSON built by
-:func:`agent.trainer.job_config` plus the job's own fields, their ``ctx`` the worker's event sink and stop flag.
+They run in the child process started by :class:`agent.child.trainer.ChildTrainer`; their ``payload`` is JSON built by
+:func:`agent.child.trainer.task_config` plus the task's own fields, their ``ctx`` the child's event sink and stop flag.
 
 train: load the base → inject the adapter the recipe names (warm-started from the champion's adapter when it has
 the same configuration) → train with step checkpoints (mirrored into the cycle's ``checkpoints/step-N``) → save the
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cycle_trainer import save_checkpoint
-from agent.inbox import read_examples
-from agent.train_worker import Interrupted, JobContext
+from agent.child.entry import Interrupted, TaskContext
+from agent.cycle.trainer import save_checkpoint
+from agent.daemon.inbox import read_examples
 
 __all__ = ["adapter_config_for", "evaluate", "train"]
 
@@ -51,8 +51,8 @@ def _qnn_backend(name: str, payload: dict[str, Any]) -> Any:
     if name == "qsim":
         return quantum.QsimBackend()
     if name in ("emulator", "sampler"):
-        job = quantum.job_backend(name, sampler=payload.get("sampler"))
-        return quantum.executor_backend(job, shots=int(payload["shots"]))
+        device = quantum.job_backend(name, sampler=payload.get("sampler"))
+        return quantum.executor_backend(device, shots=int(payload["shots"]))
     raise ValueError(f"unknown quantum backend {name!r}; use jax, qsim, emulator or sampler")
 
 
@@ -126,7 +126,7 @@ def _heldout(payload: dict[str, Any]) -> list[tuple[str, Any, int | None]]:
     return [(f"dialogue/{i:04d}", ChatExample(p.prompt, p.response), None) for i, p in enumerate(pairs)]
 
 
-def _mirror(workdir: Path, state_dir: Path, last: int, ctx: JobContext) -> int:
+def _mirror(workdir: Path, state_dir: Path, last: int, ctx: TaskContext) -> int:
     """Copies model.train's newest checkpoint into ``checkpoints/step-N`` (atomic) and reports it."""
     meta = state_dir / _META
     if not meta.exists():
@@ -147,7 +147,7 @@ def _mirror(workdir: Path, state_dir: Path, last: int, ctx: JobContext) -> int:
     return step
 
 
-def train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
@@ -168,7 +168,7 @@ def train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     seq_len = int(recipe.get("seq_len") or payload["seq_len"])
     seed = int(recipe.get("seed", payload["seed"]))
     started = time.monotonic()
-    cpu_started = time.process_time()  # this worker's CPU time, XLA's threads included: what the budget charges
+    cpu_started = time.process_time()  # this child's CPU time, XLA's threads included: what the budget charges
 
     loaded = load_checkpoint(payload["model_source"])
     model = loaded.model
@@ -298,7 +298,7 @@ def _same_adapter(manifest: dict[str, Any], wanted: Any) -> bool:
     return same
 
 
-def evaluate(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+def evaluate(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
     import numpy as np

@@ -1,8 +1,8 @@
 """Trigger → recipe → cycle: the glue between the pure policies, the cycle state machine and the metrics.
 
-:class:`PolicyCycleDriver` implements :class:`agent.runtime.CycleDriver`. It reads recorded history from the store,
+:class:`PolicyCycleDriver` implements :class:`agent.daemon.runtime.CycleDriver`. It reads recorded history from the store,
 asks :func:`policies.decide_trigger` and :func:`policies.propose_recipe`, records both decisions, runs the cycle
-with :class:`agent.cycle.CycleRunner` (training through the injected :class:`~agent.cycle_trainer.Trainer`),
+with :class:`agent.cycle.machine.CycleRunner` (training through the injected :class:`~agent.cycle.trainer.Trainer`),
 reports the outcome back to the recipe learner, and keeps the Prometheus metrics in step.
 """
 
@@ -15,11 +15,12 @@ from datetime import datetime
 from typing import Any
 
 import policies
-from agent.artifacts_registry import HousekeepingReport
-from agent.commands import RUN_NOW_KEY
-from agent.cycle import CycleRunner
-from agent.cycle_trainer import CycleInterrupted, EvalOutcome, Trainer
-from agent.policyconf import (
+from agent.artifacts.registry import HousekeepingReport
+from agent.child.trainer import TrainingFailedError
+from agent.cycle.machine import CycleRunner
+from agent.cycle.trainer import CycleInterrupted, EvalOutcome, Trainer
+from agent.daemon.commands import RUN_NOW_KEY
+from agent.daemon.policy_inputs import (
     budget_per_day,
     calibrated_cost_model,
     cycle_records,
@@ -29,9 +30,8 @@ from agent.policyconf import (
     rollback_config,
     trigger_config,
 )
-from agent.runtime import Runtime
+from agent.daemon.runtime import Runtime
 from agent.store import AuditKind, Cycle, CycleState, StoreError
-from agent.trainer import TrainingFailedError
 
 __all__ = ["PolicyCycleDriver", "make_gate"]
 
@@ -111,7 +111,7 @@ class PolicyCycleDriver:
         self._runner: CycleRunner | None = None
         self._runner_epoch: int | None = None
         self._last_trigger: tuple[str, tuple[str, ...]] | None = None
-        self._lock = threading.Lock()  # cycles and evaluations share the CPU and the worker: one at a time
+        self._lock = threading.Lock()  # cycles and evaluations share the CPU and the child process: one at a time
 
     # -- collaborators ---------------------------------------------------------------------------------------------
     def trainer(self, rt: Runtime) -> Trainer:

@@ -1,15 +1,15 @@
-"""Child-process entry point for training and evaluation: ``python -m agent.train_worker JOB.json``.
+"""Child-process entry point for training and evaluation: ``python -m agent.child.entry TASK.json``.
 
-The daemon never imports JAX or loads a model itself: every heavy job runs here, in a fresh interpreter, so a crash,
+The daemon never imports JAX or loads a model itself: every heavy task runs here, in a fresh interpreter, so a crash,
 an out-of-memory kill or a leak in training cannot take the daemon down, and the memory goes back to the system when
-the job ends.
+the task ends.
 
-Protocol (the parent is :class:`agent.worker.WorkerRunner`):
-    * ``JOB.json`` holds ``{"entry": "module:function", "payload": {...}}``; ``function(payload, ctx)`` runs the job.
+Protocol (the parent is :class:`agent.child.runner.ChildRunner`):
+    * ``TASK.json`` holds ``{"entry": "module:function", "payload": {...}}``; ``function(payload, ctx)`` runs the task.
     * Events are JSON objects, one per line, on the original stdout (anything else that prints is redirected to
       stderr so it cannot corrupt the stream): ``ctx.emit({"event": "progress", ...})``; the return value is
       sent as the last event, ``{"event": "result", "result": ...}``.
-    * SIGTERM or SIGINT sets ``ctx.stop_requested``; a job checks it between steps, writes a checkpoint and raises
+    * SIGTERM or SIGINT sets ``ctx.stop_requested``; a task checks it between steps, writes a checkpoint and raises
       :class:`Interrupted`. Exit status: 0 done, 75 (EX_TEMPFAIL) interrupted with a resumable checkpoint,
       1 failed (the traceback is on stderr).
     * If the parent dies, the kernel sends this process SIGTERM (``PR_SET_PDEATHSIG``), so it checkpoints and exits
@@ -30,18 +30,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["EXIT_INTERRUPTED", "Interrupted", "JobContext", "main"]
+__all__ = ["EXIT_INTERRUPTED", "Interrupted", "TaskContext", "main"]
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later (resume from the checkpoint)
 _PR_SET_PDEATHSIG = 1
 
 
 class Interrupted(Exception):  # noqa: N818 (it is a control-flow signal, not an error)
-    """Raised by a job that stopped on request after writing a resumable checkpoint."""
+    """Raised by a task that stopped on request after writing a resumable checkpoint."""
 
 
-class JobContext:
-    """What a job gets besides its payload: an event sink and the stop flag."""
+class TaskContext:
+    """What a task gets besides its payload: an event sink and the stop flag."""
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
@@ -63,7 +63,7 @@ class JobContext:
             self._stream.flush()
 
 
-def resolve(entry: str) -> Callable[[dict[str, Any], JobContext], Any]:
+def resolve(entry: str) -> Callable[[dict[str, Any], TaskContext], Any]:
     """Imports ``module:function``.
 
     Raises:
@@ -71,10 +71,10 @@ def resolve(entry: str) -> Callable[[dict[str, Any], JobContext], Any]:
     """
     module_name, _, attr = entry.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"job entry {entry!r} must look like 'package.module:function'")
+        raise ValueError(f"task entry {entry!r} must look like 'package.module:function'")
     function = getattr(importlib.import_module(module_name), attr, None)
     if not callable(function):
-        raise ValueError(f"job entry {entry!r}: {module_name} has no callable {attr!r}")
+        raise ValueError(f"task entry {entry!r}: {module_name} has no callable {attr!r}")
     return function
 
 
@@ -89,21 +89,21 @@ def _die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m agent.train_worker JOB.json", file=sys.stderr)
+        print("usage: python -m agent.child.entry TASK.json", file=sys.stderr)
         return 2
     # Keep the event stream clean: fd 1 becomes stderr for everything else (libraries, print, XLA).
     events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    ctx = JobContext(events)
+    ctx = TaskContext(events)
     signal.signal(signal.SIGTERM, lambda *_: ctx.request_stop())
     signal.signal(signal.SIGINT, lambda *_: ctx.request_stop())
     _die_with_parent()
     if os.getppid() == 1:  # the parent already died before we armed PDEATHSIG
         return EXIT_INTERRUPTED
     try:
-        job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
-        result = resolve(job["entry"])(job.get("payload", {}), ctx)
+        task = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+        result = resolve(task["entry"])(task.get("payload", {}), ctx)
     except Interrupted as exc:
         ctx.emit({"event": "interrupted", "message": str(exc)})
         return EXIT_INTERRUPTED
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: jobs raise agent.train_worker.Interrupted, which
+    # Run the imported module's main, not this __main__ copy: tasks raise agent.child.entry.Interrupted, which
     # is a different class from __main__.Interrupted.
-    from agent.train_worker import main as _main
+    from agent.child.entry import main as _main
 
     sys.exit(_main())

@@ -25,19 +25,19 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from agent import jobs
-from agent.artifacts import Layout
-from agent.artifacts_registry import Registry
+from agent.artifacts.layout import Layout
+from agent.artifacts.registry import Registry
+from agent.child.runner import ChildRunner
 from agent.clock import Clock, SystemClock
 from agent.config import ConfigError, QthaConfig, load_config
-from agent.inbox import Inbox
-from agent.leader import Leadership, default_replica_id
+from agent.daemon import jobs
+from agent.daemon.inbox import Inbox
+from agent.daemon.leader import Leadership, default_replica_id
+from agent.daemon.metrics import MetricsServer, QthaMetrics, new_registry, serve
+from agent.daemon.runtime import CycleDriver, Runtime
+from agent.daemon.sdnotify import Notifier, watchdog_interval_s
 from agent.logs import configure_logging
-from agent.metrics import MetricsServer, QthaMetrics, new_registry, serve
-from agent.runtime import CycleDriver, Runtime
-from agent.sdnotify import Notifier, watchdog_interval_s
 from agent.store import Store, open_store
-from agent.worker import WorkerRunner
 
 __all__ = ["Daemon", "HealthError", "build_runtime", "new_scheduler"]
 
@@ -76,7 +76,7 @@ def build_runtime(
     clock: Clock | None = None,
     metrics: QthaMetrics | None = None,
     notifier: Notifier | None = None,
-    runner: WorkerRunner | None = None,
+    runner: ChildRunner | None = None,
 ) -> Runtime:
     """Builds every collaborator from the config (each can be injected instead)."""
     clock = clock or SystemClock()
@@ -103,7 +103,7 @@ def build_runtime(
             max_bytes=config.data.max_file_bytes,
             max_chars=config.data.max_text_chars,
         ),
-        runner=runner or WorkerRunner(),
+        runner=runner or ChildRunner(),
         cycles=cycles,
     )
 
@@ -241,7 +241,7 @@ class Daemon:
         rt.notifier.extend_timeout(stop_s)
         rt.stopping.set()
         if rt.runner.request_stop():
-            log.info("asked the training worker to checkpoint (up to %.0f s)", stop_s)
+            log.info("asked the training child to checkpoint (up to %.0f s)", stop_s)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         rt.leadership.release()
@@ -295,7 +295,7 @@ class Daemon:
         self.scheduler.pause()
         if rt.runner.request_stop():
             log.warning(
-                "lost the lease while training: asked the worker to checkpoint; the new leader resumes"
+                "lost the lease while training: asked the child to checkpoint; the new leader resumes"
             )
         rt.set_status(f"standby: lost the leader lease, waiting as {rt.replica}")
 

@@ -1,6 +1,6 @@
-"""The production :class:`~agent.cycle_trainer.Trainer`: training and evaluation in a child process.
+"""The production :class:`~agent.cycle.trainer.Trainer`: training and evaluation in a child process.
 
-Each call runs ``python -m agent.train_worker`` with a job of :mod:`agent.training_job` (which wraps ``model/``:
+Each call runs ``python -m agent.child.entry`` with a task of :mod:`agent.child.tasks` (which wraps ``model/``:
 load the base, inject the adapter the recipe names, train with step checkpoints, save the adapter; or score a
 version on the held-out set). A crash or an out-of-memory kill ends the child, not the daemon, and the memory goes
 back to the system. Progress flows back as events: into the database (``train_loss`` samples), the Prometheus
@@ -17,26 +17,26 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.child.runner import ChildOutcome, ChildRunner
 from agent.config import QthaConfig
-from agent.cycle_trainer import CycleInterrupted, EvalOutcome, Progress, TrainOutcome
-from agent.metrics import QthaMetrics
+from agent.cycle.trainer import CycleInterrupted, EvalOutcome, Progress, TrainOutcome
+from agent.daemon.metrics import QthaMetrics
 from agent.store import Store
-from agent.worker import WorkerOutcome, WorkerRunner
 
-__all__ = ["TrainingFailedError", "WorkerTrainer", "job_config"]
+__all__ = ["TrainingFailedError", "ChildTrainer", "task_config"]
 
 log = logging.getLogger("qtha.trainer")
 
-TRAIN_ENTRY = "agent.training_job:train"
-EVALUATE_ENTRY = "agent.training_job:evaluate"
+TRAIN_ENTRY = "agent.child.tasks:train"
+EVALUATE_ENTRY = "agent.child.tasks:evaluate"
 
 
 class TrainingFailedError(RuntimeError):
     """The training or evaluation child failed, was killed or timed out; the message has its stderr tail."""
 
 
-def job_config(config: QthaConfig) -> dict[str, Any]:
-    """The parts of the configuration a job needs, as JSON (the child does not read config files)."""
+def task_config(config: QthaConfig) -> dict[str, Any]:
+    """The parts of the configuration a task needs, as JSON (the child does not read config files)."""
     return {
         "model_source": config.model.source,
         "targets": list(config.model.targets),
@@ -57,23 +57,23 @@ def job_config(config: QthaConfig) -> dict[str, Any]:
     }
 
 
-class WorkerTrainer:
+class ChildTrainer:
     """Trains and evaluates through child processes.
 
     Args:
         config: the daemon's configuration, or a function returning the current one (read at every call, so a
-            SIGHUP reload applies to the next job).
+            SIGHUP reload applies to the next task).
         runner: runs the child (shared with the daemon, which asks it to stop on SIGTERM).
         store: where progress samples go.
         metrics: Prometheus metrics to move.
         status: called with a human line on progress (the daemon's status / sd_notify STATUS=).
-        train_entry, evaluate_entry: ``module:function`` of the jobs (tests may point at their own).
+        train_entry, evaluate_entry: ``module:function`` of the tasks (tests may point at their own).
     """
 
     def __init__(
         self,
         config: QthaConfig | Callable[[], QthaConfig],
-        runner: WorkerRunner,
+        runner: ChildRunner,
         store: Store,
         metrics: QthaMetrics,
         *,
@@ -129,7 +129,7 @@ class WorkerTrainer:
             elif kind == "log":
                 log.info("cycle %s: %s", cycle, event.get("message"))
 
-        payload = job_config(self.config) | {
+        payload = task_config(self.config) | {
             "recipe": dict(recipe),
             "workdir": str(workdir),
             "resume_from": None if resume_from is None else str(resume_from),
@@ -141,7 +141,7 @@ class WorkerTrainer:
         outcome = self.runner.run(
             self.train_entry,
             payload,
-            workdir / "worker",
+            workdir / "child",
             on_event=on_event,
             timeout_s=self.config.daemon.train_timeout_s,
         )
@@ -159,7 +159,7 @@ class WorkerTrainer:
         """Scores a version; the result is cached per version and evaluation setting (a version's artifact is
         immutable and verified, the held-out set fixed and decoding greedy, so a second run gives the same
         numbers — e.g. the champion's scores in the next cycle's validation)."""
-        payload = job_config(self.config) | {"artifact_dir": str(artifact_dir), "version_id": version_id}
+        payload = task_config(self.config) | {"artifact_dir": str(artifact_dir), "version_id": version_id}
         setting = {
             k: v for k, v in payload.items() if k not in ("artifact_dir", "jax_cache_dir", "dataset_dir")
         }
@@ -201,7 +201,7 @@ class WorkerTrainer:
             self.metrics.backend_error(backend, str(kind), int(count))
 
     @staticmethod
-    def _result(outcome: WorkerOutcome, *, what: str) -> dict[str, Any]:
+    def _result(outcome: ChildOutcome, *, what: str) -> dict[str, Any]:
         if outcome.status == "done":
             return dict(outcome.result or {})
         if outcome.status == "interrupted":

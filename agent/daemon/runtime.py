@@ -1,7 +1,7 @@
 """The collaborators of a running daemon, built once at start-up and passed to every job explicitly.
 
-This is a plain bundle, not a god object: it owns nothing and decides nothing. Jobs (:mod:`agent.jobs`), command
-handlers (:mod:`agent.commands`) and the lifecycle (:mod:`agent.daemon`) receive it; tests build one from fresh
+This is a plain bundle, not a god object: it owns nothing and decides nothing. Jobs (:mod:`agent.daemon.jobs`), command
+handlers (:mod:`agent.daemon.commands`) and the lifecycle (:mod:`agent.daemon.lifecycle`) receive it; tests build one from fresh
 parts (a temporary database, a fresh metrics registry, a fake clock).
 """
 
@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from agent.artifacts_registry import Registry
+from agent.artifacts.registry import Registry
+from agent.child.runner import ChildRunner
 from agent.clock import Clock
 from agent.config import PolicyConfig, QthaConfig
-from agent.inbox import Inbox
-from agent.leader import Leadership
-from agent.metrics import QthaMetrics
-from agent.policyconf import effective_policy
-from agent.sdnotify import Notifier
-from agent.status import write_daemon_status
+from agent.daemon.inbox import Inbox
+from agent.daemon.leader import Leadership
+from agent.daemon.metrics import QthaMetrics
+from agent.daemon.policy_inputs import effective_policy
+from agent.daemon.sdnotify import Notifier
+from agent.daemon.status import write_daemon_status
 from agent.store import Store
-from agent.worker import WorkerRunner
 
 __all__ = ["CycleDriver", "Runtime"]
 
@@ -74,7 +74,7 @@ class Runtime:
     leadership: Leadership
     registry: Registry
     inbox: Inbox
-    runner: WorkerRunner
+    runner: ChildRunner
     cycles: CycleDriver
     stopping: threading.Event = field(default_factory=threading.Event)
     # Held while a batch of operator commands is applied and while the trigger reads the state it decides on, so

@@ -17,7 +17,7 @@ from policies import PolicyInputError, ReplayStep, replay_history
 
 __all__ = ["format_steps", "replay_command", "steps_json"]
 
-EXIT_USAGE = 2  # as agent.cli: usage or bad input
+EXIT_USAGE = 2  # as agent.cli.app: usage or bad input
 
 
 def steps_json(steps: tuple[ReplayStep, ...]) -> str:

@@ -1,0 +1,7 @@
+"""``python -m agent.cli``: the ``qtha`` command."""
+
+import sys
+
+from agent.cli.app import main
+
+sys.exit(main())
