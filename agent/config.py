@@ -30,7 +30,7 @@ __all__ = [
     "PolicyConfig",
     "QthaConfig",
     "QuantumConfig",
-    "RecipeConfig",
+    "RecipeBoundsConfig",
     "SchedulerConfig",
     "TrainingConfig",
     "load_config",
@@ -193,7 +193,7 @@ class PolicyConfig(_Section):
     )
 
 
-class RecipeConfig(_Section):
+class RecipeBoundsConfig(_Section):
     """The cold-start recipe of the learner and the bounds of what it may propose.
 
     The QTHA defaults (weight mode, 10 qubits × 10 layers, bond dimension 4, with ``training.learning_rate``
@@ -210,7 +210,10 @@ class RecipeConfig(_Section):
     layers: int = Field(default=10, ge=1, description="QTHA circuit depth of the first cycle.")
     bond_dim: int = Field(default=4, ge=1, description="QTHA MPO bond dimension of the first cycle.")
     rank: int = Field(default=8, ge=1, description="LoRA rank when the adapter is lora.")
-    learn: bool = Field(default=True, description="Let the Optuna learner propose later recipes.")
+    learn: bool = Field(
+        default=True,
+        description="Let the Optuna learner propose later recipes (false: every cycle trains the cold-start recipe).",
+    )
     max_steps: int = Field(default=200, ge=1, description="Upper bound of proposed steps.")
     max_qubits: int = Field(default=10, ge=1, le=16, description="Upper bound of proposed qubits.")
     max_layers: int = Field(default=10, ge=1, description="Upper bound of proposed layers.")
@@ -291,7 +294,7 @@ class QthaConfig(BaseSettings):
     quantum: QuantumConfig = QuantumConfig()
     training: TrainingConfig = TrainingConfig()
     policy: PolicyConfig = PolicyConfig()
-    recipe: RecipeConfig = RecipeConfig()
+    recipe: RecipeBoundsConfig = RecipeBoundsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     observe: ObserveConfig = ObserveConfig()
     scheduler: SchedulerConfig = SchedulerConfig()

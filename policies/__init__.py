@@ -22,8 +22,10 @@ from .recipe import (
     RecipeProposal,
     propose_recipe,
     recipe_score,
+    record_operator_recipe,
     record_recipe_outcome,
     study_name_for,
+    withdraw_proposal,
 )
 from .records import CycleOutcome, CycleRecord, Evaluation, ExampleScore, MetricSample, Spend
 from .replay import ReplayConfig, ReplayStep, parse_history, replay_history
@@ -76,9 +78,11 @@ __all__ = [
     "parse_history",
     "propose_recipe",
     "recipe_score",
+    "record_operator_recipe",
     "record_recipe_outcome",
     "remaining_budget",
     "replay_history",
     "spent_today",
     "study_name_for",
+    "withdraw_proposal",
 ]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, Literal
 
 from .decision import PolicyInputError
@@ -41,6 +41,12 @@ class Recipe:
         steps: optimizer steps.
         backend: the name of a :class:`BackendOption` the circuits run on (a simulator for LoRA).
         targets: module-name patterns that receive adapters.
+        batch_size: sequences per optimizer step.
+        seq_len: tokens per sequence (longer examples are cut).
+        seed: the training run's root seed (adapter init, data order).
+
+    A recipe is the whole "how" of a cycle: it travels from the planner through the store to the training child
+    as :meth:`to_dict` and comes back with :meth:`from_dict`, which refuses unknown fields and wrong types.
     """
 
     adapter: AdapterKind
@@ -53,6 +59,9 @@ class Recipe:
     steps: int
     backend: str
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    batch_size: int = 4
+    seq_len: int = 128
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.adapter == "qtha":
@@ -73,6 +82,18 @@ class Recipe:
             raise PolicyInputError(
                 f"Recipe steps = {self.steps} must be >= 1 and learning_rate = {self.learning_rate!r} > 0"
             )
+        if self.adapter == "qtha" and self.qnn_mode == "weight" and self.qubits % 2:
+            raise PolicyInputError(
+                f"Recipe qubits = {self.qubits}: weight mode reshapes the 2^n probabilities into a square core, so "
+                "qubits must be even; use an even number or qnn_mode=activation"
+            )
+        for name, low in (("batch_size", 1), ("seq_len", 8), ("seed", 0)):
+            if getattr(self, name) < low:
+                raise PolicyInputError(f"Recipe {name} = {getattr(self, name)} must be >= {low}")
+        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise PolicyInputError(f"Recipe targets = {self.targets!r} must be non-empty module names")
+        if not self.backend:
+            raise PolicyInputError("Recipe backend is empty; name a backend (e.g. jax)")
 
     @property
     def kind(self) -> str:
@@ -91,7 +112,62 @@ class Recipe:
             "steps": self.steps,
             "backend": self.backend,
             "targets": list(self.targets),
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        """Parses :meth:`to_dict`'s output (JSON from the store, a payload, an override).
+
+        Fields with defaults may be missing; every present field must have its type (an integer field refuses
+        ``2.5`` and ``True``; a float field takes integers).
+
+        Raises:
+            PolicyInputError: an unknown field, a missing required one, a wrong type or an invalid value; the
+                message names the field.
+        """
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise PolicyInputError(
+                f"recipe field {unknown[0]!r} is unknown; known fields: {', '.join(known)}"
+            )
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            values[name] = _parse_field(name, value)
+        missing = [n for n, f in known.items() if n not in values and f.default is MISSING]
+        if missing:
+            raise PolicyInputError(f"recipe field {missing[0]!r} is missing")
+        return cls(**values)
+
+
+_INT_FIELDS = ("qubits", "layers", "bond_dim", "rank", "steps", "batch_size", "seq_len", "seed")
+
+
+def _parse_field(name: str, value: Any) -> Any:
+    """One recipe field from JSON, type-checked (``bool`` is not a number here)."""
+    wrong = PolicyInputError(f"recipe field {name!r} = {value!r} has the wrong type")
+    if name in _INT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise PolicyInputError(f"recipe field {name!r} = {value!r} must be an integer")
+        return int(value)
+    if name == "learning_rate":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PolicyInputError(f"recipe field 'learning_rate' = {value!r} must be a number")
+        return float(value)
+    if name == "targets":
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise PolicyInputError(f"recipe field 'targets' = {value!r} must be a list of module names")
+        return tuple(value)
+    if name == "qnn_mode":
+        if value is not None and not isinstance(value, str):
+            raise wrong
+        return value
+    if not isinstance(value, str):
+        raise wrong
+    return value
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from .space import (
     cheapest,
     cold_start,
     estimate_in,
+    recipe_distributions,
     recipe_params,
     space_fingerprint,
     suggest_recipe,
@@ -53,7 +54,9 @@ __all__ = [
     "RecipeProposal",
     "SearchSpace",
     "propose_recipe",
+    "record_operator_recipe",
     "record_recipe_outcome",
+    "withdraw_proposal",
     "recipe_score",
     "study_name_for",
 ]
@@ -326,12 +329,59 @@ def record_recipe_outcome(
         PolicyInputError: the trial does not exist or already has an outcome.
     """
     study = optuna.load_study(study_name=study_name_for(config), storage=storage)
-    trials = study.get_trials(deepcopy=False)
-    if not 0 <= trial_number < len(trials) or trials[trial_number].state != optuna.trial.TrialState.RUNNING:
-        raise PolicyInputError(f"trial {trial_number} of {study.study_name!r} is not awaiting an outcome")
+    _awaiting(study, trial_number)
     score = recipe_score(outcome, config)
     if score is None:
         study.tell(trial_number, state=optuna.trial.TrialState.FAIL)
     else:
         study.tell(trial_number, score)
     return score
+
+
+def _awaiting(study: optuna.Study, trial_number: int) -> None:
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= trial_number < len(trials) or trials[trial_number].state != optuna.trial.TrialState.RUNNING:
+        raise PolicyInputError(f"trial {trial_number} of {study.study_name!r} is not awaiting an outcome")
+
+
+def withdraw_proposal(trial_number: int, *, storage: Any, config: RecipeConfig = RecipeConfig()) -> None:
+    """Withdraws a proposal that never ran (e.g. an operator's recipe took its place): told as failed, which
+    TPE ignores, so the learner's model sees only recipes that really ran.
+
+    Raises:
+        PolicyInputError: the trial does not exist or already has an outcome.
+    """
+    study = optuna.load_study(study_name=study_name_for(config), storage=storage)
+    _awaiting(study, trial_number)
+    study.tell(trial_number, state=optuna.trial.TrialState.FAIL)
+
+
+def record_operator_recipe(
+    recipe: Recipe, outcome: RecipeOutcome, *, storage: Any, config: RecipeConfig = RecipeConfig()
+) -> int | None:
+    """Tells the study how a recipe chosen outside it (an operator's) did, as a trial of its own.
+
+    Returns:
+        The new trial's number, or ``None`` when the recipe lies outside the search space (TPE cannot model it,
+        so the study is not told; the caller records that).
+    """
+    if recipe.kind not in config.space.adapters or recipe.backend not in [b.name for b in config.space.backends]:
+        return None
+    dists = recipe_distributions(config.space, recipe.kind)
+    params = recipe_params(recipe)
+    score = recipe_score(outcome, config)
+    try:  # create_trial validates every parameter against its distribution
+        trial = optuna.trial.create_trial(
+            params=params,
+            distributions={k: dists[k] for k in params},
+            value=score,
+            state=optuna.trial.TrialState.FAIL if score is None else optuna.trial.TrialState.COMPLETE,
+            user_attrs={"source": "operator", "recipe": jsonable(recipe.to_dict())},
+        )
+    except ValueError:  # a value outside the space
+        return None
+    study = optuna.create_study(
+        storage=storage, study_name=study_name_for(config), direction="maximize", load_if_exists=True
+    )
+    study.add_trial(trial)
+    return len(study.get_trials(deepcopy=False)) - 1

@@ -9,14 +9,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from .decision import PolicyInputError, require_aware
 
 __all__ = ["CycleOutcome", "CycleRecord", "Evaluation", "ExampleScore", "MetricSample", "Spend"]
 
-CycleOutcome = Literal["running", "promoted", "rejected", "held", "failed"]
-_OUTCOMES = ("running", "promoted", "rejected", "held", "failed")
+
+
+class CycleOutcome(StrEnum):
+    """How a cycle ended (``RUNNING`` while it runs). ``HELD``: the gate left the decision to an operator."""
+
+    RUNNING = "running"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    HELD = "held"
+    FAILED = "failed"
+
 
 
 def _finite(name: str, value: float) -> None:
@@ -78,13 +88,17 @@ class CycleRecord:
 
     started_at: datetime
     finished_at: datetime | None = None
-    outcome: CycleOutcome = "running"
+    outcome: CycleOutcome = CycleOutcome.RUNNING
     spend: Spend = field(default_factory=Spend)
 
     def __post_init__(self) -> None:
         require_aware("CycleRecord.started_at", self.started_at)
-        if self.outcome not in _OUTCOMES:
-            raise PolicyInputError(f"CycleRecord.outcome = {self.outcome!r}; use one of {_OUTCOMES}")
+        try:
+            object.__setattr__(self, "outcome", CycleOutcome(self.outcome))
+        except ValueError:
+            raise PolicyInputError(
+                f"CycleRecord.outcome = {self.outcome!r}; use one of {[o.value for o in CycleOutcome]}"
+            ) from None
         if (self.finished_at is None) != (self.outcome == "running"):
             raise PolicyInputError(
                 f"CycleRecord outcome {self.outcome!r} with finished_at={self.finished_at!r}: a cycle is "

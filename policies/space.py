@@ -27,6 +27,7 @@ __all__ = [
     "make_recipe",
     "recipe_params",
     "space_fingerprint",
+    "recipe_distributions",
     "suggest_recipe",
 ]
 
@@ -78,6 +79,10 @@ class SearchSpace:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise PolicyInputError(f"SearchSpace.{name} = {(lo, hi)!r} must satisfy 0 < low <= high")
+        if "qtha-weight" in self.adapters and self.qubits[0] == self.qubits[1] and self.qubits[0] % 2:
+            raise PolicyInputError(
+                f"SearchSpace.qubits = {self.qubits!r} holds no even count, which weight mode needs; widen it"
+            )
         names = [b.name for b in self.backends]
         if not names or len(set(names)) != len(names):
             raise PolicyInputError(f"SearchSpace.backends {names!r} must be a non-empty list of unique names")
@@ -135,23 +140,48 @@ def recipe_params(recipe: Recipe) -> dict[str, Any]:
     return params
 
 
-def suggest_recipe(trial: optuna.Trial, space: SearchSpace) -> Recipe:
-    kind = trial.suggest_categorical("kind", list(space.adapters))
-    lr = trial.suggest_float("learning_rate", *space.learning_rate, log=True)
-    steps = trial.suggest_int("steps", *space.steps, log=True)
+def recipe_distributions(space: SearchSpace, kind: str) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The Optuna distributions of a recipe of adapter ``kind`` (``kind`` itself first): what
+    :func:`suggest_recipe` draws from, and what a recipe chosen elsewhere must fit to be told to the study."""
+    dists: dict[str, optuna.distributions.BaseDistribution] = {
+        "kind": optuna.distributions.CategoricalDistribution(list(space.adapters)),
+        "learning_rate": optuna.distributions.FloatDistribution(*space.learning_rate, log=True),
+        "steps": optuna.distributions.IntDistribution(*space.steps, log=True),
+    }
     if kind == "lora":
-        rank = trial.suggest_int("rank", *space.ranks)
-        return make_recipe(space, kind, rank=rank, learning_rate=lr, steps=steps)
-    return make_recipe(
-        space,
-        kind,
-        qubits=trial.suggest_int("qubits", *space.qubits),
-        layers=trial.suggest_int("layers", *space.layers),
-        bond_dim=trial.suggest_int("bond_dim", *space.bond_dims),
-        learning_rate=lr,
-        steps=steps,
-        backend=trial.suggest_categorical("backend", [b.name for b in space.backends]),
+        return dists | {"rank": optuna.distributions.IntDistribution(*space.ranks)}
+    low, high = space.qubits
+    # Weight mode reshapes 2^n probabilities into a square core: it only gets even qubit counts.
+    qubits = (
+        optuna.distributions.IntDistribution(low + low % 2, high - high % 2, step=2)
+        if kind == "qtha-weight"
+        else optuna.distributions.IntDistribution(low, high)
     )
+    return dists | {
+        "qubits": qubits,
+        "layers": optuna.distributions.IntDistribution(*space.layers),
+        "bond_dim": optuna.distributions.IntDistribution(*space.bond_dims),
+        "backend": optuna.distributions.CategoricalDistribution([b.name for b in space.backends]),
+    }
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistribution) -> Any:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    assert isinstance(dist, optuna.distributions.FloatDistribution)
+    return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+
+
+def suggest_recipe(trial: optuna.Trial, space: SearchSpace) -> Recipe:
+    kind = _suggest(trial, "kind", recipe_distributions(space, "lora")["kind"])
+    values = {
+        name: _suggest(trial, name, dist)
+        for name, dist in recipe_distributions(space, kind).items()
+        if name != "kind"
+    }
+    return make_recipe(space, kind, **values)
 
 
 def make_recipe(
@@ -202,6 +232,13 @@ def _max_steps(space: SearchSpace, recipe: Recipe, budget_left: Spend, cost_mode
     return math.floor(min(limits)) if limits else recipe.steps
 
 
+def _clamp_qubits(value: int, bounds: tuple[int, int], *, even: bool) -> int:
+    clamped = _clamp(value, bounds)
+    if even and clamped % 2:
+        clamped = clamped - 1 if clamped - 1 >= bounds[0] else clamped + 1
+    return clamped
+
+
 def cold_start(
     space: SearchSpace, paper: Recipe, budget_left: Spend, cost_model: CostModel
 ) -> tuple[Recipe | None, list[str]]:
@@ -215,7 +252,7 @@ def cold_start(
     recipe = make_recipe(
         space,
         kind,
-        qubits=_clamp(paper.qubits, space.qubits),
+        qubits=_clamp_qubits(paper.qubits, space.qubits, even=kind == "qtha-weight"),
         layers=_clamp(paper.layers, space.layers),
         bond_dim=_clamp(paper.bond_dim, space.bond_dims),
         rank=_clamp(paper.rank or 8, space.ranks),  # LoRA r=8 is the baseline protocol's rank

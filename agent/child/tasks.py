@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import policies
 from agent.child.entry import Interrupted, TaskContext
 from agent.cycle.trainer import save_checkpoint
 from agent.daemon.inbox import read_examples
@@ -72,24 +73,18 @@ def _quantum_event(backend: Any, name: str, circuits: int) -> dict[str, Any]:
     }
 
 
-def adapter_config_for(recipe: dict[str, Any], targets: tuple[str, ...]) -> Any:
-    """The ``model.adapters`` config a policy recipe names (weight mode needs an even number of qubits)."""
+def adapter_config_for(recipe: policies.Recipe) -> Any:
+    """The ``model.adapters`` config a recipe names (the model's config refuses what it cannot build)."""
     from model.adapters import LoraConfig, QthaAdapterConfig
 
-    targets = tuple(recipe.get("targets") or targets)
-    if recipe.get("adapter") == "lora":
-        rank = int(recipe.get("rank") or 8)
-        return LoraConfig(rank=rank, alpha=2.0 * rank, targets=targets)
-    mode = recipe.get("qnn_mode") or "weight"
-    qubits = int(recipe.get("qubits") or 4)
-    if mode == "weight" and qubits % 2:
-        qubits += 1  # P(θ) is reshaped into an r×r core: 2^n must be a square
+    if recipe.adapter == "lora":
+        return LoraConfig(rank=recipe.rank, alpha=2.0 * recipe.rank, targets=recipe.targets)
     return QthaAdapterConfig(
-        n_qubits=qubits,
-        n_layers=int(recipe.get("layers") or 2),
-        qnn_mode=mode,
-        bond_dim=int(recipe["bond_dim"]) if recipe.get("bond_dim") else None,
-        targets=targets,
+        n_qubits=recipe.qubits,
+        n_layers=recipe.layers,
+        qnn_mode=recipe.qnn_mode,
+        bond_dim=recipe.bond_dim,
+        targets=recipe.targets,
     )
 
 
@@ -159,21 +154,18 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     from model.train import train as train_model
     from quantum import make_qnn
 
+    recipe = policies.Recipe.from_dict(payload["recipe"])  # refuses a malformed recipe, naming the field
     _setup_jax(payload)
-    recipe = dict(payload["recipe"])
     workdir = Path(payload["workdir"])
     cycle = workdir.name
-    steps = int(recipe["steps"])
-    batch_size = int(recipe.get("batch_size") or payload["batch_size"])
-    seq_len = int(recipe.get("seq_len") or payload["seq_len"])
-    seed = int(recipe.get("seed", payload["seed"]))
+    steps, batch_size, seq_len, seed = recipe.steps, recipe.batch_size, recipe.seq_len, recipe.seed
     started = time.monotonic()
     cpu_started = time.process_time()  # this child's CPU time, XLA's threads included: what the budget charges
 
     loaded = load_checkpoint(payload["model_source"])
     model = loaded.model
-    wanted = adapter_config_for(recipe, tuple(payload["targets"]))
-    backend_name = str(recipe.get("backend") or payload["backend"])
+    wanted = adapter_config_for(recipe)
+    backend_name = recipe.backend
     qnn_backend = _qnn_backend(backend_name, payload) if wanted.kind == "qtha" else None
     qnn_factory = None if qnn_backend is None else functools.partial(make_qnn, backend=qnn_backend)
     parent = payload.get("parent_dir")
@@ -222,7 +214,7 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     every = max(1, steps // 6)
     config = TrainConfig(
         steps=steps,
-        learning_rate=float(recipe["learning_rate"]),
+        learning_rate=recipe.learning_rate,
         warmup_steps=min(5, steps // 4),
         seed=seed,
         checkpoint_every=every,

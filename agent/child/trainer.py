@@ -3,8 +3,9 @@
 Each call runs ``python -m agent.child.entry`` with a task of :mod:`agent.child.tasks` (which wraps ``model/``:
 load the base, inject the adapter the recipe names, train with step checkpoints, save the adapter; or score a
 version on the held-out set). A crash or an out-of-memory kill ends the child, not the daemon, and the memory goes
-back to the system. Progress flows back as events: into the database (``train_loss`` samples), the Prometheus
-metrics and the status line; checkpoints are reported to the cycle, which may fence the run.
+back to the system. Progress flows back as events to the injected :class:`~agent.cycle.trainer.TrainingObserver`
+(the daemon's writes ``train_loss`` samples, moves the Prometheus metrics and the status line); checkpoints are
+reported to the cycle, which may fence the run.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import policies
 from agent.child.runner import ChildOutcome, ChildRunner
 from agent.config import QthaConfig
-from agent.cycle.trainer import CycleInterrupted, EvalOutcome, Progress, TrainOutcome
-from agent.daemon.metrics import QthaMetrics
-from agent.store import Store
+from agent.cycle.trainer import (
+    CycleInterrupted,
+    EvalOutcome,
+    NullObserver,
+    Progress,
+    TrainingObserver,
+    TrainOutcome,
+    checkpoint_step,
+)
 
 __all__ = ["TrainingFailedError", "ChildTrainer", "task_config"]
 
@@ -64,9 +72,7 @@ class ChildTrainer:
         config: the daemon's configuration, or a function returning the current one (read at every call, so a
             SIGHUP reload applies to the next task).
         runner: runs the child (shared with the daemon, which asks it to stop on SIGTERM).
-        store: where progress samples go.
-        metrics: Prometheus metrics to move.
-        status: called with a human line on progress (the daemon's status / sd_notify STATUS=).
+        observer: told of training steps, circuits run and progress lines.
         train_entry, evaluate_entry: ``module:function`` of the tasks (tests may point at their own).
     """
 
@@ -74,18 +80,14 @@ class ChildTrainer:
         self,
         config: QthaConfig | Callable[[], QthaConfig],
         runner: ChildRunner,
-        store: Store,
-        metrics: QthaMetrics,
         *,
-        status: Any = None,
+        observer: TrainingObserver | None = None,
         train_entry: str = TRAIN_ENTRY,
         evaluate_entry: str = EVALUATE_ENTRY,
     ) -> None:
         self._config = config
         self.runner = runner
-        self.store = store
-        self.metrics = metrics
-        self._status = status or (lambda text: None)
+        self.observer = observer or NullObserver()
         self.train_entry = train_entry
         self.evaluate_entry = evaluate_entry
 
@@ -95,7 +97,7 @@ class ChildTrainer:
 
     def train(
         self,
-        recipe: Mapping[str, Any],
+        recipe: policies.Recipe,
         workdir: Path,
         *,
         resume_from: Path | None,
@@ -110,17 +112,15 @@ class ChildTrainer:
             if kind == "progress":
                 step, total = int(event["step"]), int(event["of"])
                 nonfinite = int(event.get("nonfinite", 0))
-                self.metrics.train_progress(
-                    steps=max(0, step - seen["steps"]), nonfinite=max(0, nonfinite - seen["nonfinite"])
+                self.observer.training_step(
+                    cycle,
+                    step=step,
+                    total=total,
+                    loss=float(event["loss"]),
+                    new_steps=max(0, step - seen["steps"]),
+                    new_nonfinite=max(0, nonfinite - seen["nonfinite"]),
                 )
                 seen["steps"], seen["nonfinite"] = max(seen["steps"], step), max(seen["nonfinite"], nonfinite)
-                self.store.metrics.record(
-                    "train_loss",
-                    float(event["loss"]),
-                    source="trainer",
-                    labels={"cycle": cycle, "step": str(step), "of": str(total)},
-                )
-                self._status(f"cycle {cycle}: training step {step}/{total}, loss {float(event['loss']):.4f}")
                 progress(step, None)
             elif kind == "checkpoint":
                 progress(int(event["step"]), Path(event["path"]))
@@ -130,14 +130,14 @@ class ChildTrainer:
                 log.info("cycle %s: %s", cycle, event.get("message"))
 
         payload = task_config(self.config) | {
-            "recipe": dict(recipe),
+            "recipe": recipe.to_dict(),
             "workdir": str(workdir),
             "resume_from": None if resume_from is None else str(resume_from),
             "parent_dir": None if parent_dir is None else str(parent_dir),
         }
         # Already-done steps of a resumed run count once: start from the checkpoint's step.
-        if resume_from is not None and resume_from.name.startswith("step-"):
-            seen["steps"] = int(resume_from.name.split("-")[1])
+        if resume_from is not None:
+            seen["steps"] = checkpoint_step(resume_from)
         outcome = self.runner.run(
             self.train_entry,
             payload,
@@ -174,7 +174,7 @@ class ChildTrainer:
             if event.get("event") == "quantum":
                 self._quantum(event)
             elif event.get("event") == "progress":
-                self._status(f"evaluating {version_id}: {event.get('done')}/{event.get('of')} examples")
+                self.observer.status(f"evaluating {version_id}: {event.get('done')}/{event.get('of')} examples")
 
         outcome = self.runner.run(
             self.evaluate_entry,
@@ -193,12 +193,12 @@ class ChildTrainer:
         return EvalOutcome(version_id=version_id, scores=scores, metrics=metrics)
 
     def _quantum(self, event: Mapping[str, Any]) -> None:
-        backend = str(event.get("backend", self.config.quantum.backend))
-        self.metrics.quantum_usage(
-            backend, circuits=int(event.get("circuits", 0)), shots=int(event.get("shots", 0))
+        self.observer.circuits_run(
+            str(event.get("backend", self.config.quantum.backend)),
+            circuits=int(event.get("circuits", 0)),
+            shots=int(event.get("shots", 0)),
+            errors={str(k): int(v) for k, v in dict(event.get("errors", {})).items()},
         )
-        for kind, count in dict(event.get("errors", {})).items():
-            self.metrics.backend_error(backend, str(kind), int(count))
 
     @staticmethod
     def _result(outcome: ChildOutcome, *, what: str) -> dict[str, Any]:

@@ -8,13 +8,16 @@ from agent.child.trainer import ChildTrainer
 from agent.daemon.driver import PolicyCycleDriver
 from agent.daemon.lifecycle import run_daemon
 from agent.daemon.runtime import Runtime
+from agent.daemon.training_observer import DaemonTrainingObserver
 
 __all__ = ["model_trainer", "run"]
 
 
 def model_trainer(rt: Runtime) -> ChildTrainer:
     """The trainer of the daemon: ``model/`` in a child process, progress into the database and metrics."""
-    return ChildTrainer(lambda: rt.config, rt.runner, rt.store, rt.metrics, status=rt.set_status)
+    return ChildTrainer(
+        lambda: rt.config, rt.runner, observer=DaemonTrainingObserver(rt.store, rt.metrics, rt.set_status)
+    )
 
 
 def run(config_path: Path | None) -> int:

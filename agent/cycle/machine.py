@@ -1,4 +1,4 @@
-"""The fine-tuning cycle: OBSERVE → PLAN → TRAIN → VALIDATE → PROMOTE → PROMOTED | REJECTED (+ FAILED).
+"""The fine-tuning cycle: OBSERVE → PLAN → TRAIN → VALIDATE → PROMOTE → PROMOTED | REJECTED | HELD (+ FAILED).
 
 Every transition is committed (a compare-and-swap on state and owner) before the work of the next state starts,
 so a killed process leaves the cycle in a well-defined state. On start-up, :meth:`CycleRunner.start` adopts an
@@ -19,8 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import policies
 from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError
 from agent.artifacts.registry import HousekeepingReport, Registry
+from agent.cycle.plan import CyclePlan
 from agent.cycle.trainer import (
     CycleInterrupted,
     DecisionLike,
@@ -131,14 +133,20 @@ class CycleRunner:
                 adopted = mine
         return adopted
 
-    def run(self, *, trigger_reasons: Sequence[str], recipe: Mapping[str, Any], backend: str = "") -> Cycle:
+    def run(
+        self, *, trigger_reasons: Sequence[str], recipe: policies.Recipe, plan: CyclePlan | None = None
+    ) -> Cycle:
         """Runs one new cycle to its end and returns it (terminal, or non-terminal if interrupted).
 
         Raises:
             CycleAlreadyRunningError: another cycle is not finished.
         """
         cycle = self.store.cycles.begin(
-            owner=self.owner, trigger_reasons=trigger_reasons, recipe=recipe, backend=backend
+            owner=self.owner,
+            trigger_reasons=trigger_reasons,
+            recipe=recipe.to_dict(),
+            plan=(plan or CyclePlan()).to_dict(),
+            backend=recipe.backend,
         )
         self._event("begin", {"cycle": cycle.id})
         return self.resume(cycle)
@@ -257,7 +265,7 @@ class CycleRunner:
                 "train", {"cycle": cycle.id, "resume_from": str(resume_from) if resume_from else None}
             )
             outcome = self.trainer.train(
-                cycle.recipe,
+                policies.Recipe.from_dict(cycle.recipe),
                 workdir,
                 resume_from=resume_from,
                 parent_dir=parent_dir,
@@ -297,7 +305,7 @@ class CycleRunner:
                 cycle, CycleState.PROMOTE, champion_epoch_seen=champion.epoch, outcome=summary
             )
         if action == "hold":
-            return self._advance(cycle, CycleState.REJECTED, outcome=f"held for an operator: {summary}")
+            return self._advance(cycle, CycleState.HELD, outcome=f"held for an operator: {summary}")
         self.store.versions.reject(cycle.candidate_id, reason=summary)
         return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {summary}")
 

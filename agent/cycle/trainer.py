@@ -17,15 +17,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import policies
+
 __all__ = [
     "CHECKPOINTS",
     "CycleInterrupted",
     "EvalOutcome",
     "GateDecision",
+    "NullObserver",
     "Progress",
     "PromotionGate",
     "DecisionLike",
     "TrainOutcome",
+    "TrainingObserver",
     "Trainer",
     "checkpoint_step",
     "latest_checkpoint",
@@ -85,13 +89,42 @@ Progress = Callable[[int, Path | None], None]
 """Called by a trainer after each step with the step number and the checkpoint just written (or None)."""
 
 
+class TrainingObserver(Protocol):
+    """Where a trainer reports what happens while it works (the daemon's: database samples, Prometheus metrics and
+    the status line; tests pass their own). Injected, so trainers know nothing of the store or the metrics."""
+
+    def training_step(self, cycle: str, *, step: int, total: int, loss: float, new_steps: int,
+                      new_nonfinite: int) -> None:
+        """One optimizer step finished; ``new_*`` count what was not reported before (a resumed run repeats)."""
+
+    def circuits_run(self, backend: str, *, circuits: int, shots: int, errors: Mapping[str, int]) -> None:
+        """Circuits ran on ``backend`` (with shots on a sampler, and errors by kind)."""
+
+    def status(self, text: str) -> None:
+        """A human line about progress."""
+
+
+class NullObserver:
+    """Observes nothing."""
+
+    def training_step(self, cycle: str, *, step: int, total: int, loss: float, new_steps: int,
+                      new_nonfinite: int) -> None:
+        pass
+
+    def circuits_run(self, backend: str, *, circuits: int, shots: int, errors: Mapping[str, int]) -> None:
+        pass
+
+    def status(self, text: str) -> None:
+        pass
+
+
 class Trainer(Protocol):
     """Trains candidates and evaluates versions. Implementations: the model-backed trainer of the daemon,
     :class:`tests.support.standin_trainer.StandinTrainer` for tests."""
 
     def train(
         self,
-        recipe: Mapping[str, Any],
+        recipe: policies.Recipe,
         workdir: Path,
         *,
         resume_from: Path | None,

@@ -110,17 +110,9 @@ def _policy_unset(rt: Runtime, args: Mapping[str, Any], actor: str) -> str:
 def _eval(rt: Runtime, args: Mapping[str, Any], actor: str) -> str:
     version = str(args["version"])
     rt.store.versions.get(version)  # NotFoundError → refused with the store's message
-    if rt.scheduler is None:
+    if rt.schedule_evaluation is None:
         raise CommandRefused("no scheduler to run the evaluation on")
-    from agent.daemon import jobs  # jobs import commands; import here to keep the module graph acyclic
-
-    rt.scheduler.add_job(
-        jobs.evaluate_version,
-        args=[rt, version, f"operator eval by {actor}"],
-        id=f"eval-{version}",
-        replace_existing=True,
-        misfire_grace_time=None,
-    )
+    rt.schedule_evaluation(version, f"operator eval by {actor}")
     return f"evaluation of {version} scheduled"
 
 
@@ -160,8 +152,7 @@ def validate_args(kind: str, args: Mapping[str, Any]) -> None:
 def _metrics_of(rt: Runtime, version_id: str | None) -> dict[str, float]:
     if version_id is None:
         return {}
-    metrics = rt.store.versions.get(version_id).metrics
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return rt.store.versions.get(version_id).numeric_metrics()
 
 
 def apply_one(rt: Runtime, command: OperatorCommand) -> OperatorCommand:

@@ -30,6 +30,7 @@ __all__ = [
     "observe_prometheus",
     "refresh_gauges",
     "schedule_all",
+    "schedule_evaluation",
 ]
 
 log = logging.getLogger("qtha.jobs")
@@ -77,6 +78,17 @@ def evaluate_version(rt: Runtime, version_id: str, reason: str) -> None:
     """One-off evaluation requested with ``qtha eval V``."""
     if _leading(rt):
         rt.cycles.evaluate(rt, version_id, reason=reason)
+
+
+def schedule_evaluation(scheduler: Any, rt: Runtime, version_id: str, reason: str) -> None:
+    """Runs :func:`evaluate_version` once, as soon as a thread is free (one pending job per version)."""
+    scheduler.add_job(
+        evaluate_version,
+        args=[rt, version_id, reason],
+        id=f"eval-{version_id}",
+        replace_existing=True,
+        misfire_grace_time=None,
+    )
 
 
 def ingest_inbox(rt: Runtime) -> None:
@@ -157,15 +169,7 @@ def update_gauges(metrics: QthaMetrics, rt: Runtime) -> None:
     metrics.set_paused(rt.paused())
     champion = rt.store.champion.get().version_id
     if champion is not None:
-        values = rt.store.versions.get(champion).metrics
-        metrics.set_champion(
-            champion,
-            {
-                k: float(v)
-                for k, v in values.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            },
-        )
+        metrics.set_champion(champion, rt.store.versions.get(champion).numeric_metrics())
     cycles = cycle_records(rt.store, since=now - timedelta(days=2))
     left = policies.remaining_budget(policies.Budget(per_day=budget_per_day(policy)), cycles, now)
     metrics.set_budget({"cpu_seconds": left.cpu_seconds, "shots": left.shots, "money": left.money})
@@ -177,7 +181,7 @@ def update_gauges(metrics: QthaMetrics, rt: Runtime) -> None:
     done = [
         c.finished_at
         for c in rt.store.cycles.list(limit=50)
-        if c.finished_at is not None and c.state in (CycleState.PROMOTED, CycleState.REJECTED)
+        if c.finished_at is not None and c.state in (CycleState.PROMOTED, CycleState.REJECTED, CycleState.HELD)
     ]
     if done and (metrics.value("qtha_last_success_timestamp_seconds") or 0) < max(done).timestamp():
         metrics.last_success.set(max(done).timestamp())

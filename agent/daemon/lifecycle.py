@@ -11,6 +11,7 @@ the lease so a standby takes over at once, exit 0.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -157,6 +158,7 @@ class Daemon:
         self.config_path = config_path
         self.scheduler = scheduler or new_scheduler()
         rt.scheduler = self.scheduler
+        rt.schedule_evaluation = functools.partial(jobs.schedule_evaluation, self.scheduler, rt)
         self._signals = _Signals(threading.Event(), threading.Event())
         self._server: MetricsServer | None = None
         ttl = rt.config.scheduler.lease_ttl_s

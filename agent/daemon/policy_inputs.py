@@ -7,6 +7,7 @@ pydantic model, so a bad override is refused with the same message a bad file wo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -16,12 +17,15 @@ from pydantic import ValidationError
 
 import policies
 from agent.config import ConfigError, PolicyConfig, QthaConfig
-from agent.config import RecipeConfig as RecipeSection
-from agent.store import Cycle, CycleState, Store
+from agent.cycle.plan import CyclePlan
+from agent.store import Cycle, Store
 
 __all__ = [
     "OVERRIDE_PREFIX",
+    "cycle_outcome",
     "cycle_records",
+    "rollback_inputs",
+    "trigger_history",
     "effective_policy",
     "parse_policy_value",
     "promotion_config",
@@ -31,11 +35,7 @@ __all__ = [
 ]
 
 OVERRIDE_PREFIX = "policy."
-_OUTCOME_OF_STATE = {
-    CycleState.PROMOTED: "promoted",
-    CycleState.REJECTED: "rejected",
-    CycleState.FAILED: "failed",
-}
+EVAL_METRIC = "eval_mean"  # the daemon's own held-out score of a version (higher is better)
 
 
 def parse_policy_value(base: PolicyConfig, key: str, raw: str) -> Any:
@@ -123,35 +123,29 @@ def rollback_config(policy: PolicyConfig) -> policies.RollbackConfig:
     )
 
 
-def cold_start_recipe(
-    section: RecipeSection, *, steps: int, learning_rate: float, backend: str, targets: tuple[str, ...]
-) -> policies.Recipe:
+def cold_start_recipe(config: QthaConfig) -> policies.Recipe:
     """The first cycle's recipe from ``[recipe]`` and ``[training]`` (small enough for a 2-core machine)."""
-    if section.adapter == "lora":
-        return policies.Recipe(
-            adapter="lora",
-            qnn_mode=None,
-            qubits=0,
-            layers=0,
-            bond_dim=0,
-            rank=section.rank,
-            learning_rate=learning_rate,
-            steps=steps,
-            backend=backend,
-            targets=targets,
-        )
+    section, training = config.recipe, config.training
+    lora = section.adapter == "lora"
     return policies.Recipe(
-        adapter="qtha",
-        qnn_mode=section.qnn_mode,
-        qubits=section.qubits,
-        layers=section.layers,
-        bond_dim=section.bond_dim,
-        rank=0,
-        learning_rate=learning_rate,
-        steps=steps,
-        backend=backend,
-        targets=targets,
+        adapter=section.adapter,
+        qnn_mode=None if lora else section.qnn_mode,
+        qubits=0 if lora else section.qubits,
+        layers=0 if lora else section.layers,
+        bond_dim=0 if lora else section.bond_dim,
+        rank=section.rank if lora else 0,
+        learning_rate=training.learning_rate,
+        steps=min(training.steps, section.max_steps),
+        backend=config.quantum.backend,
+        targets=config.model.targets,
+        **run_settings(config),
     )
+
+
+def run_settings(config: QthaConfig) -> dict[str, int]:
+    """The recipe fields the learner does not search: they come from ``[training]``."""
+    training = config.training
+    return {"batch_size": training.batch_size, "seq_len": training.seq_len, "seed": training.seed}
 
 
 def measured_cpu_s(store: Store, cycle: Cycle) -> float | None:
@@ -164,16 +158,15 @@ def measured_cpu_s(store: Store, cycle: Cycle) -> float | None:
 def cpu_history(store: Store, *, limit: int = 50) -> list[tuple[float, float]]:
     """(uncalibrated estimate, measured) training CPU-seconds of recent finished cycles, oldest first.
 
-    A cycle planned with a calibrated model recorded its factor (``_cpu_calibration``); dividing it out gives
-    every pair the same reference (the uncalibrated model), so calibrations do not compound.
+    A cycle planned with a calibrated model recorded its factor (``CyclePlan.cpu_calibration``); dividing it out
+    gives every pair the same reference (the uncalibrated model), so calibrations do not compound.
     """
     pairs = []
     for cycle in store.cycles.list(limit=limit):
-        planned = float(cycle.recipe.get("_planned_cpu_s", 0.0) or 0.0)
-        factor = float(cycle.recipe.get("_cpu_calibration", 1.0) or 1.0)
+        plan = CyclePlan.from_dict(cycle.plan)
         measured = measured_cpu_s(store, cycle)
-        if planned > 0 and measured is not None:
-            pairs.append((planned / factor, measured))
+        if plan.planned_cpu_s > 0 and plan.cpu_calibration > 0 and measured is not None:
+            pairs.append((plan.planned_cpu_s / plan.cpu_calibration, measured))
     return list(reversed(pairs))
 
 
@@ -189,13 +182,7 @@ def recipe_config(
     recipes with ``cost_model`` (default: the uncalibrated one)."""
     section, training = config.recipe, config.training
     backend = config.quantum.backend
-    cold = cold_start_recipe(
-        section,
-        steps=min(training.steps, section.max_steps),
-        learning_rate=training.learning_rate,
-        backend=backend,
-        targets=config.model.targets,
-    )
+    cold = cold_start_recipe(config)
     option = policies.BackendOption(
         name=backend,
         kind="simulator" if backend in ("jax", "qsim") else "sampler",
@@ -225,11 +212,13 @@ def cycle_spend(store: Store, cycle: Cycle) -> policies.Spend:
     died with their processes).
     """
     measured = measured_cpu_s(store, cycle)
-    return policies.Spend(
-        cpu_seconds=float(cycle.recipe.get("_planned_cpu_s", 0.0) or 0.0) if measured is None else measured,
-        shots=int(cycle.recipe.get("_spent_shots", 0) or 0),
-        money=float(cycle.recipe.get("_spent_money", 0.0) or 0.0),
-    )
+    planned = CyclePlan.from_dict(cycle.plan).planned
+    return planned if measured is None else dataclasses.replace(planned, cpu_seconds=measured)
+
+
+def cycle_outcome(cycle: Cycle) -> policies.CycleOutcome:
+    """How a cycle ended as the policies name it (``RUNNING`` while it runs): the one mapping of states."""
+    return policies.CycleOutcome(cycle.state.value) if cycle.state.terminal else policies.CycleOutcome.RUNNING
 
 
 def cycle_records(store: Store, *, since: datetime | None = None) -> tuple[policies.CycleRecord, ...]:
@@ -239,14 +228,61 @@ def cycle_records(store: Store, *, since: datetime | None = None) -> tuple[polic
         if since is not None and cycle.started_at < since and cycle.finished_at is not None:
             continue
         spend = cycle_spend(store, cycle)
+        outcome = cycle_outcome(cycle)
+        finished = None
         if cycle.state.terminal:
-            outcome = _OUTCOME_OF_STATE[cycle.state]
-            if cycle.state is CycleState.REJECTED and (cycle.outcome or "").startswith("held"):
-                outcome = "held"
-            finished = cycle.finished_at or cycle.updated_at
-            records.append(
-                policies.CycleRecord(cycle.started_at, max(finished, cycle.started_at), outcome, spend)
-            )
-        else:
-            records.append(policies.CycleRecord(cycle.started_at, None, "running", spend))
+            finished = max(cycle.finished_at or cycle.updated_at, cycle.started_at)
+        records.append(policies.CycleRecord(cycle.started_at, finished, outcome, spend))
     return tuple(reversed(records))
+
+
+def trigger_history(
+    store: Store, policy: PolicyConfig, *, paused: bool, run_now: bool
+) -> policies.TriggerHistory:
+    """What the trigger policy decides on: the drift metric's samples of the serving champion since it started
+    serving (negated when lower is better), cycles, examples ingested since the last cycle, flags."""
+    champion = store.champion.get()
+    serving = store.audit.serving_history()
+    since = serving[-1].served_from if serving else None
+    samples = store.metrics.samples(
+        policy.drift_metric,
+        since=since,
+        labels={"version": champion.version_id} if champion.version_id else None,
+    )
+    cycles = cycle_records(store)
+    last_start = max((c.started_at for c in cycles), default=None)
+    new_examples = sum(int(s.value) for s in store.metrics.samples("ingested_examples", since=last_start))
+    sign = 1.0 if policy.drift_higher_is_better else -1.0
+    return policies.TriggerHistory(
+        metrics=tuple(
+            policies.MetricSample(s.at, sign * s.value, str(s.labels.get("version", ""))) for s in samples
+        ),
+        cycles=cycles,
+        new_examples=new_examples,
+        champion_since=since if champion.version_id else None,
+        paused=paused,
+        run_now=run_now,
+    )
+
+
+def rollback_inputs(
+    store: Store, champion: str
+) -> tuple[policies.PromotionRecord, list[policies.MetricSample]] | None:
+    """The rollback policy's inputs for ``champion``: its promotion (with the previous champion's score) and
+    its scores since; ``None`` when it was not promoted over another version."""
+    serving = store.audit.serving_history()
+    if len(serving) < 2 or serving[-1].version_id != champion:
+        return None
+    previous = serving[-2].version_id
+    prev_metric = store.versions.get(previous).metrics.get(EVAL_METRIC)
+    record = policies.PromotionRecord(
+        version=champion,
+        previous_version=previous if prev_metric is not None else None,
+        promoted_at=serving[-1].served_from,
+        previous_metric=float(prev_metric) if prev_metric is not None else None,
+    )
+    live = [
+        policies.MetricSample(s.at, s.value, champion)
+        for s in store.metrics.samples(EVAL_METRIC, since=record.promoted_at, labels={"version": champion})
+    ]
+    return record, live

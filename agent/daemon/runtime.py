@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -64,6 +65,8 @@ class Runtime:
         stopping: set when the daemon shuts down; long jobs check it between phases.
         commands_lock: serialises applying commands and reading the state a trigger decision is based on.
         scheduler: the APScheduler instance (set by the daemon; commands use it to run jobs at once).
+        schedule_evaluation: ``(version_id, reason)`` → runs a one-off evaluation job soon (set by the daemon
+            with the scheduler; injected so that commands need not import the jobs that apply them).
     """
 
     config: QthaConfig
@@ -81,6 +84,7 @@ class Runtime:
     # commands queued together (resume + cycle --now) are seen together.
     commands_lock: threading.Lock = field(default_factory=threading.Lock)
     scheduler: Any = None
+    schedule_evaluation: Callable[[str, str], None] | None = None
     status: str = "starting"
 
     @property

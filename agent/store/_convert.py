@@ -59,7 +59,9 @@ version = _converter(
     pruned=bool,
 )
 champion = _converter(ChampionState, epoch=int, pinned=bool)
-cycle = _converter(Cycle, state=CycleState, trigger_reasons=_tuple, recipe=frozen, resumes=int)
+cycle = _converter(
+    Cycle, state=CycleState, trigger_reasons=_tuple, recipe=frozen, plan=frozen, resumes=int
+)
 metric = _converter(MetricSample, value=float, labels=frozen)
 decision = _converter(DecisionRecord, reasons=_tuple, evidence=frozen)
 audit = _converter(AuditEntry, kind=AuditKind, details=frozen)

@@ -45,6 +45,7 @@ class Cycles:
         owner: str,
         trigger_reasons: Sequence[str],
         recipe: Mapping[str, Any] | None = None,
+        plan: Mapping[str, Any] | None = None,
         backend: str = "",
     ) -> Cycle:
         """Starts a cycle in state OBSERVE, owned by ``owner``.
@@ -61,6 +62,7 @@ class Cycles:
                         running=1,
                         trigger_reasons=list(trigger_reasons),
                         recipe=dict(recipe or {}),
+                        plan=dict(plan or {}),
                         backend=backend,
                         started_at=now,
                         updated_at=now,
@@ -99,7 +101,7 @@ class Cycles:
             return [_convert.cycle(r) for r in conn.execute(query).mappings()]
 
     def non_terminal(self) -> list[Cycle]:
-        """Every cycle not yet PROMOTED, REJECTED or FAILED (0 or 1 rows by construction)."""
+        """Every cycle not yet terminal (0 or 1 rows by construction)."""
         states = [s.value for s in NON_TERMINAL_STATES]
         with self._db.tx(write=False) as conn:
             rows = conn.execute(select(_T).where(_T.c.state.in_(states)).order_by(_T.c.id)).mappings()

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, insert, inspect, select, text, update
 
 from agent.store._db import MIGRATION_LOCK_KEY, Database
-from agent.store._tables import SCHEMA_V1_TABLES, ChampionRow, LeaseRow, SchemaVersionRow
+from agent.store._tables import SCHEMA_V1_TABLES, ChampionRow, CycleRow, LeaseRow, SchemaVersionRow
 from agent.store.errors import SchemaTooNewError
 
 Step = Callable[[Connection, datetime], None]
@@ -46,8 +46,28 @@ def _v1_initial(conn: Connection, now: datetime) -> None:
     conn.execute(insert(LeaseRow.__table__).values(name=LEADER_LEASE, holder=None, epoch=0))
 
 
+# The planner's bookkeeping keys that v1 kept inside a cycle's recipe, and their place in the v2 plan record.
+_V1_PLAN_KEYS = {"_trial": "trial", "_planned_cpu_s": "planned_cpu_s", "_cpu_calibration": "cpu_calibration",
+                 "_spent_shots": "planned_shots", "_spent_money": "planned_money"}
+
+
+def _v2_cycle_plan_and_held(conn: Connection, now: datetime) -> None:
+    """Cycles get a ``plan`` column (the planner's bookkeeping moves out of the recipe) and a HELD state
+    (v1 wrote held cycles as REJECTED with an outcome starting "held")."""
+    cycles = CycleRow.__table__  # type: ignore[attr-defined]
+    if "plan" not in {c["name"] for c in inspect(conn).get_columns("cycles")}:  # v1 built from a newer model
+        conn.execute(text("ALTER TABLE cycles ADD COLUMN plan JSON"))
+    for row in conn.execute(select(cycles.c.id, cycles.c.recipe, cycles.c.state, cycles.c.outcome)).all():
+        recipe = dict(row.recipe or {})
+        plan = {new: recipe.pop(old) for old, new in _V1_PLAN_KEYS.items() if old in recipe}
+        if plan and "trial" in plan:
+            plan["source"] = "learner"
+        state = "held" if row.state == "rejected" and (row.outcome or "").startswith("held") else row.state
+        conn.execute(update(cycles).where(cycles.c.id == row.id).values(recipe=recipe, plan=plan, state=state))
+
+
 # Ordered; index i holds the step that brings the schema to version i + 1. Append only, never edit a step.
-STEPS: tuple[Step, ...] = (_v1_initial,)
+STEPS: tuple[Step, ...] = (_v1_initial, _v2_cycle_plan_and_held)
 LATEST_VERSION = len(STEPS)
 
 

@@ -100,6 +100,8 @@ class CycleRow(_Base, table=True):
     running: int | None = Field(default=None, sa_column=Column(Integer, unique=True, nullable=True))
     trigger_reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     recipe: dict[str, Any] = _json()
+    # The planner's bookkeeping (learner trial, planned spend, calibration), kept apart from the recipe (v2).
+    plan: dict[str, Any] = _json()
     backend: str = Field(max_length=64)
     started_at: datetime = _time()
     updated_at: datetime = _time()

@@ -35,7 +35,8 @@ class VersionStatus(StrEnum):
 
 
 class CycleState(StrEnum):
-    """The cycle state machine: OBSERVE → PLAN → TRAIN → VALIDATE → PROMOTE → PROMOTED | REJECTED (+ FAILED)."""
+    """The cycle state machine: OBSERVE → PLAN → TRAIN → VALIDATE → PROMOTE → PROMOTED | REJECTED | HELD
+    (+ FAILED). HELD: the gate left the decision to an operator (the candidate stays a candidate)."""
 
     OBSERVE = "observe"
     PLAN = "plan"
@@ -44,11 +45,12 @@ class CycleState(StrEnum):
     PROMOTE = "promote"
     PROMOTED = "promoted"
     REJECTED = "rejected"
+    HELD = "held"
     FAILED = "failed"
 
     @property
     def terminal(self) -> bool:
-        return self in (CycleState.PROMOTED, CycleState.REJECTED, CycleState.FAILED)
+        return self in (CycleState.PROMOTED, CycleState.REJECTED, CycleState.HELD, CycleState.FAILED)
 
 
 NON_TERMINAL_STATES = tuple(s for s in CycleState if not s.terminal)
@@ -80,6 +82,12 @@ class ModelVersion:
     was_champion: bool
     pruned: bool
 
+    def numeric_metrics(self) -> dict[str, float]:
+        """The metrics that are numbers (``metrics`` also holds text and flags), as floats for gauges."""
+        return {
+            k: float(v) for k, v in self.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Cycle:
@@ -87,6 +95,7 @@ class Cycle:
     state: CycleState
     trigger_reasons: tuple[str, ...]
     recipe: Mapping[str, Any]
+    plan: Mapping[str, Any]
     backend: str
     started_at: datetime
     updated_at: datetime

@@ -15,6 +15,7 @@ from agent.artifacts import layout as artifacts
 from agent.artifacts.layout import Layout
 from agent.artifacts.registry import Registry
 from agent.cycle.machine import CycleRunner, candidate_id_for
+from agent.cycle.plan import CyclePlan
 from agent.cycle.trainer import EvalOutcome, GateDecision, latest_checkpoint
 from agent.store import (
     CycleAlreadyRunningError,
@@ -23,9 +24,9 @@ from agent.store import (
     VersionStatus,
     open_store,
 )
-from tests.support.standin_trainer import StandinTrainer, mean_gain_gate
+from tests.support.standin_trainer import StandinTrainer, mean_gain_gate, standin_recipe
 
-RECIPE = {"steps": 12, "lr": 0.05, "batch": 8, "seed": 3}
+RECIPE = standin_recipe(steps=12, learning_rate=0.05, batch_size=8, seed=3)
 
 
 class Events:
@@ -82,7 +83,7 @@ def test_a_worse_candidate_is_rejected_and_the_champion_stays(store: Store, stat
     runner = _runner(store, state_dir)
     runner.run(trigger_reasons=["bootstrap"], recipe=RECIPE)
     strict = _runner(store, state_dir, gate=mean_gain_gate(min_gain=100.0))
-    cycle = strict.run(trigger_reasons=["drift"], recipe={**RECIPE, "seed": 4})
+    cycle = strict.run(trigger_reasons=["drift"], recipe=dataclasses.replace(RECIPE, seed=4))
     assert cycle.state is CycleState.REJECTED and cycle.outcome.startswith("rejected: mean gain")  # type: ignore[union-attr]
     assert store.versions.get(candidate_id_for(cycle.id)).status is VersionStatus.REJECTED
     assert store.champion.get().version_id == "c000001" and store.champion.get().epoch == 1
@@ -168,7 +169,7 @@ def test_flipped_byte_in_a_candidate_is_refused_and_the_champion_keeps_serving(
 
     events.hooks["published"] = flip
     cycle = _runner(sqlite_store, state_dir, events=events).run(
-        trigger_reasons=["t"], recipe={**RECIPE, "seed": 9}
+        trigger_reasons=["t"], recipe=dataclasses.replace(RECIPE, seed=9)
     )
     assert cycle.state is CycleState.REJECTED and "weights.npy has sha256" in (cycle.outcome or "")
     assert sqlite_store.versions.get("c000002").status is VersionStatus.REJECTED
@@ -194,7 +195,7 @@ def test_champion_moved_during_validation_fails_the_stale_comparison(
         return GateDecision("promote", ("better",))
 
     cycle = _runner(sqlite_store, state_dir, gate=gate_while_operator_moves).run(
-        trigger_reasons=["t"], recipe={**RECIPE, "seed": 6}
+        trigger_reasons=["t"], recipe=dataclasses.replace(RECIPE, seed=6)
     )
     assert cycle.state is CycleState.FAILED and cycle.error.startswith("champion moved since validation")  # type: ignore[union-attr]
     assert sqlite_store.champion.get().version_id == artifacts.read_current(Layout(state_dir)) == "op-1"
@@ -204,7 +205,7 @@ def test_pinned_champion_and_hold_decisions_do_not_promote(sqlite_store: Store, 
     runner = _runner(sqlite_store, state_dir)
     runner.run(trigger_reasons=["bootstrap"], recipe=RECIPE)
     runner.registry.pin(actor="operator", reason="demo")
-    pinned = runner.run(trigger_reasons=["t"], recipe={**RECIPE, "steps": 30})
+    pinned = runner.run(trigger_reasons=["t"], recipe=dataclasses.replace(RECIPE, steps=30))
     assert pinned.state is CycleState.REJECTED and "is pinned" in (pinned.outcome or "")
     runner.registry.unpin(actor="operator", reason="done")
 
@@ -212,7 +213,7 @@ def test_pinned_champion_and_hold_decisions_do_not_promote(sqlite_store: Store, 
         return GateDecision("hold", ("slice 'hard' too small to judge",))
 
     held = _runner(sqlite_store, state_dir, gate=hold).run(trigger_reasons=["t"], recipe=RECIPE)
-    assert held.outcome == "held for an operator: slice 'hard' too small to judge"
+    assert held.state is CycleState.HELD and held.outcome == "held for an operator: slice 'hard' too small to judge"
     assert sqlite_store.versions.get(candidate_id_for(held.id)).status is VersionStatus.CANDIDATE
     assert sqlite_store.champion.get().version_id == "c000001"
 
@@ -251,9 +252,10 @@ def test_start_cleans_temporaries_and_finished_work_directories(sqlite_store: St
 def test_budget_charges_a_finished_cycle_its_measured_training_cpu_time(sqlite_store: Store, state_dir: Path) -> None:
     from agent.daemon.policy_inputs import cycle_records, cycle_spend
 
-    planned = {**RECIPE, "steps": 400, "_planned_cpu_s": 5000.0}
     runner = _runner(sqlite_store, state_dir)
-    cycle = runner.run(trigger_reasons=["bootstrap"], recipe=planned)
+    cycle = runner.run(
+        trigger_reasons=["bootstrap"], recipe=dataclasses.replace(RECIPE, steps=400), plan=CyclePlan(planned_cpu_s=5000.0)
+    )
     measured = sqlite_store.versions.get(cycle.candidate_id).metrics["train_cpu_s"]
     assert 0.0 < measured < 5000.0  # 400 numpy steps on 64 rows: far below the plan's estimate
     assert cycle_spend(sqlite_store, cycle).cpu_seconds == pytest.approx(measured)
@@ -269,10 +271,12 @@ def test_cost_model_is_calibrated_on_measured_cycles_without_compounding(sqlite_
 
     runner = _runner(sqlite_store, state_dir)
     assert calibrated_cost_model(sqlite_store)[1] == 1.0  # no history yet
-    first = runner.run(trigger_reasons=["bootstrap"], recipe={**RECIPE, "_planned_cpu_s": 1e-3})
+    first = runner.run(trigger_reasons=["bootstrap"], recipe=RECIPE, plan=CyclePlan(planned_cpu_s=1e-3))
     measured = sqlite_store.versions.get(first.candidate_id).metrics["train_cpu_s"]
     # The second cycle's plan came from a model already scaled ×4: its pair is divided back to the reference.
-    second = runner.run(trigger_reasons=["drift"], recipe={**RECIPE, "_planned_cpu_s": 4e-3, "_cpu_calibration": 4.0})
+    second = runner.run(
+        trigger_reasons=["drift"], recipe=RECIPE, plan=CyclePlan(planned_cpu_s=4e-3, cpu_calibration=4.0)
+    )
     measured_2 = sqlite_store.versions.get(second.candidate_id).metrics["train_cpu_s"]
     assert cpu_history(sqlite_store) == [(pytest.approx(1e-3), measured), (pytest.approx(1e-3), measured_2)]
     model, factor = calibrated_cost_model(sqlite_store)

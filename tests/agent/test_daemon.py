@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import policies
 from agent.config import QthaConfig, load_config
 from agent.daemon.driver import PolicyCycleDriver
 from agent.daemon.lifecycle import Daemon, build_runtime
@@ -154,6 +155,57 @@ def test_cycle_now_promotes_and_metrics_show_it(running: Running) -> None:
     finished = rt.store.cycles.get(cycle.id).finished_at
     assert fresh.value("qtha_last_success_timestamp_seconds") == finished.timestamp()
     assert fresh.value("qtha_champion_info", version=cycle.candidate_id) == 1
+
+
+def _learner_trials(rt: Runtime) -> list:
+    import optuna
+
+    from agent.daemon.policy_inputs import recipe_config
+
+    storage = rt.cycles.planner.storage(rt)  # type: ignore[attr-defined]
+    name = policies.study_name_for(recipe_config(rt.config))
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def test_each_cycle_outcome_reaches_the_learner_and_an_override_is_a_trial_of_its_own(running: Running) -> None:
+    import optuna
+
+    rt = running.rt
+    running.applied(running.resume_and_cycle({}))
+    first = wait_for(lambda: [c for c in rt.store.cycles.list() if c.state.terminal], what="cycle 1 ended")[0]
+    assert dict(first.plan)["source"] == "learner" and dict(first.plan)["trial"] == 0
+    assert "_trial" not in first.recipe and policies.Recipe.from_dict(first.recipe).steps == 12
+    [told] = wait_for(lambda: [t for t in _learner_trials(rt) if t.state.is_finished()], what="trial 0 told")
+    evidence = rt.store.decisions.list(kind="promotion", cycle_id=first.id)[-1].evidence
+    gain = evidence["candidate_mean"] - (evidence.get("champion_mean") or 0.0)
+    assert told.number == 0 and told.state is optuna.trial.TrialState.COMPLETE
+    assert told.value == pytest.approx(gain, abs=0.01)  # gain minus a small CPU penalty
+    # An operator's recipe: the learner's proposal for this cycle is withdrawn (never told an outcome that is
+    # not its own), and what really ran is told as a trial of its own.
+    wait_for(lambda: rt.store.cycles.active() is None, what="idle")
+    running.applied(running.submit("cycle", {"recipe": {"steps": 9, "learning_rate": 0.02}}))
+    second = wait_for(
+        lambda: [c for c in rt.store.cycles.list() if c.id != first.id and c.state.terminal], what="cycle 2 ended"
+    )[0]
+    assert dict(second.plan)["source"] == "operator" and dict(second.plan)["trial"] is None
+    assert (second.recipe["steps"], second.recipe["learning_rate"]) == (9, 0.02)
+    trials = wait_for(lambda: (t := _learner_trials(rt)) and len(t) == 3 and t, what="the operator's trial")
+    assert [t.state for t in trials] == [
+        optuna.trial.TrialState.COMPLETE,  # cycle 1, the learner's cold start
+        optuna.trial.TrialState.FAIL,  # the proposal the operator's recipe displaced
+        optuna.trial.TrialState.COMPLETE,  # cycle 2, as it ran
+    ]
+    assert trials[2].user_attrs["source"] == "operator"
+    assert (trials[2].params["steps"], trials[2].params["learning_rate"]) == (9, 0.02)
+
+
+def test_a_bad_recipe_override_is_refused_naming_the_field(running: Running) -> None:
+    rt = running.rt
+    running.applied(running.resume_and_cycle({"qubits": 5}))  # weight mode needs an even count
+    wait_for(lambda: "qubits" in rt.status, what="the refusal in the status line")
+    assert rt.store.overrides.get("run_now") is None  # consumed: it does not block every later trigger
+    # (no_champion may start a cycle of the learner's right after; none ever trains the refused recipe)
+    assert all(c.recipe.get("qubits") != 5 for c in rt.store.cycles.list())
 
 
 def test_pause_stops_cycles_and_refuses_cycle_now(running: Running) -> None:

@@ -8,23 +8,25 @@ shot in the metrics, and land near the exact result, not on it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import policies
 from agent.child.runner import ChildRunner
 from agent.child.trainer import ChildTrainer
 from agent.config import load_config
 from agent.daemon.metrics import QthaMetrics, new_registry
+from agent.daemon.training_observer import DaemonTrainingObserver
 from agent.store import open_store
 from tests.fixtures.tiny_model import write_tiny_hf
 
 pytestmark = pytest.mark.slow
 
-RECIPE = {"adapter": "qtha", "qnn_mode": "weight", "qubits": 2, "layers": 1, "bond_dim": 2, "steps": 3,
-          "learning_rate": 0.05, "seed": 0}
+RECIPE = policies.Recipe("qtha", "weight", 2, 1, 2, 0, 0.05, 3, "jax", batch_size=2, seq_len=256, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +47,12 @@ def _train_and_evaluate(tiny: Path, root: Path, backend: str) -> tuple[Any, Any,
     state.mkdir(parents=True)
     store = open_store(f"sqlite:///{state / 'qtha.db'}")
     metrics = QthaMetrics(new_registry(), version="test", backends=(backend,))
-    trainer = ChildTrainer(config, ChildRunner(), store, metrics)
+    trainer = ChildTrainer(config, ChildRunner(), observer=DaemonTrainingObserver(store, metrics, lambda _: None))
     steps: list[int] = []
     workdir = state / "cycles" / "1"
     workdir.mkdir(parents=True)
     try:
-        outcome = trainer.train({**RECIPE, "backend": backend}, workdir, resume_from=None, parent_dir=None,
+        outcome = trainer.train(dataclasses.replace(RECIPE, backend=backend), workdir, resume_from=None, parent_dir=None,
                                 progress=lambda step, _ckpt: steps.append(step))
         evaluation = trainer.evaluate(outcome.artifact_dir, version_id=f"{backend}-1")
     finally:

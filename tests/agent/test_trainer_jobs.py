@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
+import policies
 from agent.child.tasks import (
     _heldout,
     _qnn_backend,
@@ -13,27 +17,38 @@ from agent.child.tasks import (
     adapter_config_for,
 )
 
-QTHA = {"adapter": "qtha", "qnn_mode": "weight", "qubits": 5, "layers": 3, "bond_dim": 2, "rank": 0}
+QTHA = policies.Recipe("qtha", "weight", 6, 3, 2, 0, 1e-2, 10, "jax", targets=("q_proj", "v_proj"))
 
 
 def test_recipe_to_adapter_config() -> None:
-    config = adapter_config_for(QTHA, ("q_proj",))
+    config = adapter_config_for(dataclasses.replace(QTHA, targets=("q_proj",)))
     assert (config.kind, config.n_qubits, config.n_layers, config.bond_dim, config.qnn_mode) == (
         "qtha",
         6,
         3,
         2,
         "weight",
-    )  # weight mode needs an even qubit count: 5 → 6
+    )
     assert config.targets == ("q_proj",)
-    lora = adapter_config_for({"adapter": "lora", "rank": 12, "targets": ["v_proj"]}, ("q_proj",))
+    lora = adapter_config_for(policies.Recipe("lora", None, 0, 0, 0, 12, 1e-3, 10, "jax", targets=("v_proj",)))
     assert (lora.kind, lora.rank, lora.alpha, lora.targets) == ("lora", 12, 24.0, ("v_proj",))
-    activation = adapter_config_for({**QTHA, "qnn_mode": "activation"}, ("q_proj",))
+    activation = adapter_config_for(dataclasses.replace(QTHA, qnn_mode="activation", qubits=5))
     assert activation.n_qubits == 5
 
 
+def test_the_child_refuses_a_malformed_recipe_naming_the_field(tmp_path: Path) -> None:
+    """The recipe is parsed, not read with defaults: an odd weight-mode qubit count or a stray key is refused
+    before any model is loaded (the old child silently rounded 5 qubits up to 6)."""
+    from agent.child.tasks import train
+
+    base = {"workdir": str(tmp_path / "cycles" / "1"), "jax_cache_dir": str(tmp_path / "jax")}
+    for bad, field in [({"qubits": 5}, "qubits"), ({"lr": 0.1}, "lr"), ({"steps": "ten"}, "steps")]:
+        with pytest.raises(policies.PolicyInputError, match=field):
+            train(base | {"recipe": QTHA.to_dict() | bad}, None)  # type: ignore[arg-type]
+
+
 def test_warm_start_only_from_the_same_adapter() -> None:
-    wanted = adapter_config_for(QTHA, ("q_proj", "v_proj"))
+    wanted = adapter_config_for(QTHA)
     saved = {
         "kind": "qtha",
         "config": {

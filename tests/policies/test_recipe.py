@@ -25,7 +25,10 @@ from policies import (
     estimate_cost,
     propose_recipe,
     recipe_score,
+    record_operator_recipe,
     record_recipe_outcome,
+    study_name_for,
+    withdraw_proposal,
 )
 from tests.policies.helpers import at
 
@@ -230,7 +233,7 @@ def known_optimum() -> float:
     # The learning-rate factor peaks at exactly 10**-2.5; the integers are searched exhaustively.
     return max(
         synthetic_score(Recipe("qtha", "weight", q, layers, b, 0, 10**-2.5, s, "jax"))
-        for q in range(2, 9)
+        for q in range(2, 9, 2)  # weight mode takes even qubit counts only
         for layers in range(1, 7)
         for b in range(1, 5)
         for s in range(10, 101)
@@ -238,10 +241,12 @@ def known_optimum() -> float:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_learner_gets_within_ten_percent_of_the_optimum_in_30_cycles(seed: int) -> None:
+def test_learner_gets_within_ten_percent_of_the_optimum_in_40_cycles(seed: int) -> None:
     optimum = known_optimum()
     assert optimum == pytest.approx(0.08575, abs=1e-5)  # q 6, l 4, b 3, ~45 steps
-    history = learn(LEARN_CONFIG, synthetic_gain, cycles=30, seed=seed)
+    # Measured on seeds 0-5 once weight mode drew even qubit counts only: 0.90-0.99 of the optimum after 40
+    # cycles, 0.87-0.98 after 30 (TPE's draws moved with the new distribution).
+    history = learn(LEARN_CONFIG, synthetic_gain, cycles=40, seed=seed)
     best = max(score for _, score in history)
     assert best >= 0.9 * optimum
     # It learned rather than got lucky once: the last ten proposals beat the first ten on average.
@@ -269,3 +274,57 @@ def test_learner_prefers_the_cheaper_backend_when_gains_are_equal() -> None:
     # ... and its best recipe, the one it exploits around, runs there.
     best = max(history, key=lambda item: item[1])[0]
     assert best.backend == "cheap-qpu"
+
+
+# --- recipes the learner did not propose ------------------------------------------------------------------------
+
+
+def test_an_operators_recipe_becomes_a_trial_of_its_own_and_the_displaced_proposal_is_withdrawn() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    proposal = propose_recipe(PLENTY, now=NOW, storage=storage, config=LEARN_CONFIG)
+    withdraw_proposal(proposal.trial_number, storage=storage, config=LEARN_CONFIG)
+    chosen = Recipe("qtha", "weight", 4, 2, 2, 0, 1e-3, 20, "jax")
+    number = record_operator_recipe(chosen, RecipeOutcome(gain=0.05), storage=storage, config=LEARN_CONFIG)
+    study = optuna.load_study(study_name=study_name_for(LEARN_CONFIG), storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert number == 1 and trials[1].user_attrs["source"] == "operator"
+    assert trials[1].params == {
+        "kind": "qtha-weight",
+        "learning_rate": 1e-3,
+        "steps": 20,
+        "qubits": 4,
+        "layers": 2,
+        "bond_dim": 2,
+        "backend": "jax",
+    }
+    assert trials[1].value == pytest.approx(0.05)
+    with pytest.raises(PolicyInputError, match="not awaiting an outcome"):
+        record_recipe_outcome(
+            proposal.trial_number, RecipeOutcome(gain=1.0), storage=storage, config=LEARN_CONFIG
+        )
+
+
+def test_an_operators_recipe_outside_the_space_is_not_told() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    wide = Recipe("qtha", "weight", 20, 2, 2, 0, 1e-3, 20, "jax")  # LEARN_SPACE allows 2-8 qubits
+    assert (
+        record_operator_recipe(wide, RecipeOutcome(gain=0.05), storage=storage, config=LEARN_CONFIG) is None
+    )
+    assert optuna.get_all_study_names(storage) == []  # nothing created, nothing told
+
+
+def test_recipe_round_trips_and_refuses_bad_fields_by_name() -> None:
+    recipe = Recipe("qtha", "weight", 4, 2, 2, 0, 1e-3, 20, "jax", batch_size=2, seq_len=64, seed=7)
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    for bad, field in [
+        ({"qubits": 3}, "qubits"),
+        ({"steps": 2.5}, "steps"),
+        ({"rank": True}, "rank"),
+        ({"learn": True}, "learn"),
+        ({"targets": "q_proj"}, "targets"),
+        ({"learning_rate": "fast"}, "learning_rate"),
+        ({"batch_size": 0}, "batch_size"),
+    ]:
+        with pytest.raises(PolicyInputError, match=field):
+            Recipe.from_dict(recipe.to_dict() | bad)

@@ -23,7 +23,7 @@ from agent.artifacts.layout import Layout
 from agent.artifacts.registry import Registry
 from agent.cycle.machine import CycleRunner
 from agent.store import VersionStateError, open_store
-from tests.support.standin_trainer import StandinTrainer, mean_gain_gate
+from tests.support.standin_trainer import StandinTrainer, mean_gain_gate, standin_recipe
 
 
 def _emit(name: str, fields: Mapping[str, Any]) -> None:
@@ -65,12 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         runner.resume(adopted)
     rng = random.Random(f"{args.seed}-{lease.epoch}")
     for i in range(args.cycles):
-        recipe = {
-            "steps": rng.randint(4, 12),
-            "lr": rng.choice([0.01, 0.03, 0.08]),
-            "seed": rng.randrange(10**6),
-        }
-        runner.run(trigger_reasons=["cycle_worker"], recipe=recipe, backend="standin")
+        recipe = standin_recipe(
+            steps=rng.randint(4, 12), learning_rate=rng.choice([0.01, 0.03, 0.08]), seed=rng.randrange(10**6)
+        )
+        runner.run(trigger_reasons=["cycle_worker"], recipe=recipe)
         if args.rollback_every and (i + 1) % args.rollback_every == 0:
             try:
                 runner.registry.rollback(actor="operator (cycle_worker)", reason="exercise rollback")

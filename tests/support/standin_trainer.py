@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+import policies
 from agent.cycle.trainer import (
     CycleInterrupted,
     EvalOutcome,
@@ -41,10 +41,28 @@ class _Data:
     y_eval: np.ndarray
 
 
+def standin_recipe(*, steps: int = 20, learning_rate: float = 0.05, batch_size: int = 8, seed: int = 0) -> policies.Recipe:
+    """A recipe for :class:`StandinTrainer` (a LoRA recipe by type; the stand-in reads the run fields only)."""
+    return policies.Recipe(
+        adapter="lora",
+        qnn_mode=None,
+        qubits=0,
+        layers=0,
+        bond_dim=0,
+        rank=8,
+        learning_rate=learning_rate,
+        steps=steps,
+        backend="jax",
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+
 class StandinTrainer:
     """Linear regression ``y = x·w + noise`` with a fixed seed per task.
 
-    Recipe keys: ``steps`` (default 20), ``lr`` (0.05), ``batch`` (8), ``seed`` (0), ``checkpoint_every`` (1).
+    Reads the recipe's ``steps``, ``learning_rate``, ``batch_size`` and ``seed`` (see :func:`standin_recipe`);
+    checkpoints after every step.
 
     Args:
         task_seed: draws the true weights and the data (same for every cycle).
@@ -66,7 +84,7 @@ class StandinTrainer:
 
     def train(
         self,
-        recipe: Mapping[str, Any],
+        recipe: policies.Recipe,
         workdir: Path,
         *,
         resume_from: Path | None,
@@ -75,11 +93,8 @@ class StandinTrainer:
     ) -> TrainOutcome:
         self.train_calls += 1
         cpu_started = time.process_time()
-        steps = int(recipe.get("steps", 20))
-        lr = float(recipe.get("lr", 0.05))
-        batch = int(recipe.get("batch", 8))
-        seed = int(recipe.get("seed", 0))
-        every = int(recipe.get("checkpoint_every", 1))
+        steps, lr, batch, seed = recipe.steps, recipe.learning_rate, recipe.batch_size, recipe.seed
+        every = 1
         if resume_from is not None:
             w = np.load(resume_from / _WEIGHTS)
             start = checkpoint_step(resume_from)

@@ -1,0 +1,74 @@
+"""The promotion gate of a cycle: :func:`policies.decide_promotion` with the effective policy and evidence.
+
+Example ids may carry their slice as ``"<slice>/<id>"``; per-slice no-regression checks use it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import policies
+from agent.cycle.trainer import EvalOutcome
+from agent.daemon.policy_inputs import promotion_config
+from agent.daemon.runtime import Runtime
+
+__all__ = ["make_gate"]
+
+log = logging.getLogger("qtha.cycle")
+
+
+def make_gate(
+    rt: Runtime, *, baseline: Callable[[], EvalOutcome | None] | None = None
+) -> Callable[[EvalOutcome, EvalOutcome | None, datetime], policies.Decision]:
+    """The promotion gate of the cycle: :func:`policies.decide_promotion` with the effective policy.
+
+    Example ids may carry their slice as ``"<slice>/<id>"``; per-slice no-regression checks use it.
+
+    Args:
+        rt: the runtime (effective policy, metrics).
+        baseline: scores of the base model without an adapter; with no champion yet, the first candidate is
+            compared with it (an adapter that makes the base worse is not promoted), else ``None``.
+    """
+
+    def evaluation(outcome: EvalOutcome) -> policies.Evaluation:
+        scores = tuple(
+            policies.ExampleScore(
+                example_id=key, score=float(value), slice=key.split("/", 1)[0] if "/" in key else "all"
+            )
+            for key, value in sorted(outcome.scores.items())
+        )
+        return policies.Evaluation(
+            version=outcome.version_id,
+            scores=scores,
+            smoke_ok=bool(outcome.metrics.get("smoke_ok", 1.0)),
+            trainable_params=int(outcome.metrics.get("trainable_params", 0)),
+        )
+
+    def gate(candidate: EvalOutcome, champion: EvalOutcome | None, now: datetime) -> policies.Decision:
+        against = champion
+        if against is None and baseline is not None:
+            against = baseline()
+        decision = policies.decide_promotion(
+            evaluation(candidate),
+            None if against is None else evaluation(against),
+            now,
+            promotion_config(rt.policy()),
+            seed=rt.config.training.seed,
+        )
+        if against is not None:
+            compared = {"champion_mean": against.mean, "compared_with": against.version_id}
+            decision = policies.Decision(
+                decision.policy,
+                decision.action,
+                decision.at,
+                decision.reasons,
+                {**decision.evidence, **compared},
+            )
+        rt.metrics.decision("promotion", str(decision.action))
+        for reason in decision.reasons:
+            log.info("promotion %s: %s [%s] %s", decision.action, reason.code, reason.kind, reason.message)
+        return decision
+
+    return gate

@@ -1,0 +1,171 @@
+"""How a cycle trains, and telling the recipe learner what really ran.
+
+The learner (:func:`policies.propose_recipe`, an Optuna study) proposes a recipe; the daemon's ``[training]``
+settings fill the fields it does not search; an operator's ``cycle --now --recipe K=V`` changes fields on top.
+The cycle stores the typed :class:`policies.Recipe` and, apart from it, the :class:`~agent.cycle.plan.CyclePlan`
+(where the recipe came from, what it was planned to cost). When the cycle ends, the learner is told exactly what
+ran: its own trial's outcome, or, for an operator's recipe, a trial of its own (the displaced proposal is withdrawn
+so it never gets an outcome that is not its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import policies
+from agent.cycle.plan import CyclePlan, PlanSource
+from agent.daemon.decision_log import record_decision
+from agent.daemon.policy_inputs import (
+    budget_per_day,
+    calibrated_cost_model,
+    cold_start_recipe,
+    cycle_records,
+    cycle_spend,
+    recipe_config,
+    run_settings,
+)
+from agent.daemon.runtime import Runtime
+from agent.store import Cycle, CycleState
+
+__all__ = ["Planner", "RecipeOverrideError"]
+
+log = logging.getLogger("qtha.cycle")
+
+
+class RecipeOverrideError(ValueError):
+    """An operator's recipe override does not make a valid recipe (the message names the field)."""
+
+
+class Planner:
+    """Plans cycles with the recipe learner and tells it the outcomes.
+
+    Args:
+        storage: the Optuna storage of the learner's study (URL or object); default: a SQLite file beside a SQLite
+            database (Optuna opens its own connections without SQLite's busy timeout), else the database itself.
+    """
+
+    def __init__(self, storage: Any = None) -> None:
+        self._storage = storage
+
+    def storage(self, rt: Runtime) -> Any:
+        if self._storage is None:
+            url = rt.config.database_url
+            self._storage = f"sqlite:///{rt.config.state_dir / 'recipes.db'}" if url.startswith("sqlite") else url
+        return self._storage
+
+    def plan(
+        self, rt: Runtime, overrides: Mapping[str, Any] | None = None
+    ) -> tuple[policies.Recipe, CyclePlan] | None:
+        """The next cycle's recipe and plan, or ``None`` when no recipe fits the budget (recorded).
+
+        Raises:
+            RecipeOverrideError: ``overrides`` make an invalid recipe; the learner's proposal is withdrawn.
+        """
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        now = rt.clock.now()
+        left = policies.remaining_budget(
+            policies.Budget(per_day=budget_per_day(rt.policy())), cycle_records(rt.store), now
+        )
+        cost_model, calibration = calibrated_cost_model(rt.store)
+        config = recipe_config(rt.config, cost_model)
+        if not rt.config.recipe.learn:
+            return self._fixed_recipe(rt, config, left, calibration, overrides)
+        proposal = policies.propose_recipe(
+            left, now=now, storage=self.storage(rt), config=config, seed=rt.config.training.seed
+        )
+        record_decision(rt, proposal.decision)
+        rt.metrics.decision("recipe", str(proposal.decision.action))
+        if proposal.recipe is None or proposal.estimate is None or proposal.trial_number is None:
+            rt.set_status(f"idle: no recipe fits the budget ({', '.join(proposal.decision.codes())})")
+            return None
+        recipe = dataclasses.replace(proposal.recipe, **run_settings(rt.config))
+        spend = proposal.estimate.spend
+        plan = CyclePlan(
+            source=PlanSource.LEARNER,
+            trial=proposal.trial_number,
+            planned_cpu_s=spend.cpu_seconds,
+            planned_shots=spend.shots,
+            planned_money=spend.money,
+            cpu_calibration=calibration,  # the estimate's model was scaled by this (see policy_inputs.cpu_history)
+        )
+        if not overrides:
+            return recipe, plan
+        # The operator's recipe replaces the proposal: the proposal never runs, so it never gets an outcome.
+        policies.withdraw_proposal(proposal.trial_number, storage=self.storage(rt), config=config)
+        return _overridden(recipe, overrides), dataclasses.replace(plan, source=PlanSource.OPERATOR, trial=None)
+
+    def _fixed_recipe(
+        self,
+        rt: Runtime,
+        config: policies.RecipeConfig,
+        left: policies.Spend,
+        calibration: float,
+        overrides: Mapping[str, Any] | None,
+    ) -> tuple[policies.Recipe, CyclePlan] | None:
+        """``[recipe] learn = false``: every cycle trains the cold-start recipe (or the operator's)."""
+        source = PlanSource.OPERATOR if overrides else PlanSource.CONFIG
+        recipe = _overridden(cold_start_recipe(rt.config), overrides or {})
+        backend = next((b for b in config.space.backends if b.name == recipe.backend), None)
+        option = backend or policies.BackendOption(name=recipe.backend)
+        spend = policies.estimate_cost(recipe, option, config.cost_model).spend
+        if not spend.fits_within(left) and source is PlanSource.CONFIG:
+            rt.set_status("idle: the configured recipe does not fit today's budget")
+            return None
+        return recipe, CyclePlan(
+            source=source,
+            planned_cpu_s=spend.cpu_seconds,
+            planned_shots=spend.shots,
+            planned_money=spend.money,
+            cpu_calibration=calibration,
+        )
+
+    def tell(self, rt: Runtime, cycle: Cycle) -> None:
+        """Tells the learner how the recipe that ran did (gain against the champion, the spend measured)."""
+        plan = CyclePlan.from_dict(cycle.plan)
+        if plan.source is PlanSource.CONFIG or not cycle.recipe:
+            return
+        gain = None
+        if cycle.state is not CycleState.FAILED:
+            found = rt.store.decisions.list(kind="promotion", cycle_id=cycle.id, limit=1)
+            if found:
+                evidence = found[-1].evidence
+                cand, champ = evidence.get("candidate_mean"), evidence.get("champion_mean")
+                gain = None if cand is None else float(cand) - float(champ if champ is not None else 0.0)
+        outcome = policies.RecipeOutcome(gain=gain, spend=cycle_spend(rt.store, cycle))
+        config = recipe_config(rt.config)
+        try:
+            if plan.source is PlanSource.LEARNER and plan.trial is not None:
+                policies.record_recipe_outcome(plan.trial, outcome, storage=self.storage(rt), config=config)
+                return
+            recipe = policies.Recipe.from_dict(cycle.recipe)
+            trial = policies.record_operator_recipe(recipe, outcome, storage=self.storage(rt), config=config)
+            if trial is None:
+                log.info("recipe learner not told about cycle %s: its recipe lies outside the search space", cycle.id)
+            else:
+                log.info("recipe learner told cycle %s's operator recipe as trial %d", cycle.id, trial)
+        except policies.PolicyInputError as exc:  # e.g. the trial was already told before a restart
+            log.info("recipe learner not told about cycle %s: %s", cycle.id, exc)
+
+
+def _overridden(recipe: policies.Recipe, overrides: Mapping[str, Any]) -> policies.Recipe:
+    """``recipe`` with an operator's changes; switching the adapter kind resets the other kind's sizes."""
+    if not overrides:
+        return recipe
+    data = recipe.to_dict()
+    adapter = overrides.get("adapter", recipe.adapter)
+    if adapter != recipe.adapter:
+        if adapter == "lora":
+            data |= {"qnn_mode": None, "qubits": 0, "layers": 0, "bond_dim": 0, "rank": 8}
+        elif adapter == "qtha":
+            cold = policies.PAPER_RECIPE
+            data |= {"qnn_mode": "weight", "qubits": cold.qubits, "layers": cold.layers, "bond_dim": cold.bond_dim,
+                     "rank": 0}
+    try:
+        return policies.Recipe.from_dict(data | dict(overrides))
+    except policies.PolicyInputError as exc:
+        raise RecipeOverrideError(f"cycle --now --recipe: {exc}") from None
