@@ -37,6 +37,7 @@ from agent.config import ConfigError, QthaConfig
 from agent.daemon import status as status_mod
 from agent.daemon.commands import validate_args
 from agent.daemon.inbox import InboxError, validate_file
+from agent.daemon.planner import RecipeOverrideError, check_override
 from agent.daemon.policy_inputs import OVERRIDE_PREFIX, effective_policy, parse_policy_value
 from agent.store import Store, StoreError, open_store
 
@@ -305,6 +306,10 @@ def cycle(
         fail("say --now to ask for a cycle (the trigger policy decides otherwise)", EXIT_USAGE)
     overrides = _parse_pairs(recipe or [], "--recipe")
     cfg = read_config(config)
+    try:
+        check_override(cfg, overrides)
+    except RecipeOverrideError as exc:
+        fail(str(exc), EXIT_USAGE)
     with _store(cfg) as store:
         active = store.cycles.active()
     if active is not None:

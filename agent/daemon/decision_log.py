@@ -1,13 +1,16 @@
-"""Every policy decision goes to the store (``qtha decisions``), the log and the decision counter, the same way."""
+"""What the daemon records as it goes: every policy decision (to the store for ``qtha decisions`` and to the log)
+and every cycle event (to the log, the status line and the cycle gauges)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import policies
 from agent.daemon.runtime import Runtime
 
-__all__ = ["record_decision"]
+__all__ = ["cycle_event_logger", "record_decision"]
 
 log = logging.getLogger("qtha.cycle")
 
@@ -23,3 +26,18 @@ def record_decision(rt: Runtime, decision: policies.Decision, *, cycle_id: int |
     )
     for reason in decision.reasons:
         log.info("%s %s: %s [%s] %s", decision.policy, decision.action, reason.code, reason.kind, reason.message)
+
+
+def cycle_event_logger(rt: Runtime) -> Callable[[str, Mapping[str, Any]], None]:
+    """The ``on_event`` of a :class:`~agent.cycle.machine.CycleRunner`: log, gauges and status line."""
+
+    def on_event(name: str, fields: Mapping[str, Any]) -> None:
+        log.info("cycle event %s %s", name, dict(fields))
+        if name == "begin":
+            rt.metrics.cycle_started()
+        elif name == "state":
+            rt.set_status(f"cycle {fields['cycle']}: {fields['from']} → {fields['to']}")
+        elif name == "checkpoint":
+            rt.set_status(f"cycle {fields['cycle']}: training, checkpoint at step {fields['step']}")
+
+    return on_event

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import policies
 from agent.artifacts.registry import HousekeepingReport
-from agent.child.trainer import TrainingFailedError
 from agent.cycle.machine import CycleRunner
-from agent.cycle.trainer import CycleInterrupted, EvalOutcome, Trainer
+from agent.cycle.trainer import CycleInterrupted, Trainer
 from agent.daemon.commands import RUN_NOW_KEY
-from agent.daemon.decision_log import record_decision
-from agent.daemon.gate import make_gate
+from agent.daemon.decision_log import cycle_event_logger, record_decision
+from agent.daemon.gate import base_model_scores, make_gate
 from agent.daemon.planner import Planner, RecipeOverrideError
 from agent.daemon.policy_inputs import (
     EVAL_METRIC,
@@ -68,23 +67,13 @@ class PolicyCycleDriver:
             self._runner = CycleRunner(
                 rt.registry,
                 self.trainer(rt),
-                make_gate(rt, baseline=lambda: self._base_model_scores(rt)),
+                make_gate(rt, baseline=lambda: base_model_scores(rt, self.trainer(rt))),
                 owner=f"{rt.replica}#{epoch}",
                 workdirs=rt.config.state_dir / "cycles",
-                on_event=self._event_logger(rt),
+                on_event=cycle_event_logger(rt),
             )
             self._runner_epoch = epoch
         return self._runner
-
-    def _base_model_scores(self, rt: Runtime) -> EvalOutcome | None:
-        """The base model's held-out scores (an empty artifact: no adapter), cached like any evaluation."""
-        empty = rt.config.state_dir / "work" / "base-model"
-        empty.mkdir(parents=True, exist_ok=True)
-        try:
-            return self.trainer(rt).evaluate(empty, version_id="base")
-        except (TrainingFailedError, FileNotFoundError) as exc:  # no baseline: the gate judges the candidate alone
-            log.warning("could not score the base model for comparison: %s", exc)
-            return None
 
     # -- CycleDriver -------------------------------------------------------------------------------------------------
     def consider(self, rt: Runtime) -> None:
@@ -211,19 +200,6 @@ class PolicyCycleDriver:
         rt.metrics.rolled_back()
         rt.metrics.set_champion(state.version_id, {})
         log.warning("rolled back %s → %s", champion, state.version_id)
-
-    @staticmethod
-    def _event_logger(rt: Runtime) -> Callable[[str, Mapping[str, Any]], None]:
-        def on_event(name: str, fields: Mapping[str, Any]) -> None:
-            log.info("cycle event %s %s", name, dict(fields))
-            if name == "begin":
-                rt.metrics.cycle_started()
-            elif name == "state":
-                rt.set_status(f"cycle {fields['cycle']}: {fields['from']} → {fields['to']}")
-            elif name == "checkpoint":
-                rt.set_status(f"cycle {fields['cycle']}: training, checkpoint at step {fields['step']}")
-
-        return on_event
 
 
 def _short(recipe: policies.Recipe) -> str:

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 import policies
-from agent.cycle.trainer import EvalOutcome
+from agent.child.trainer import TrainingFailedError
+from agent.cycle.trainer import EvalOutcome, Trainer
 from agent.daemon.policy_inputs import promotion_config
 from agent.daemon.runtime import Runtime
 
-__all__ = ["make_gate"]
+__all__ = ["base_model_scores", "make_gate"]
 
 log = logging.getLogger("qtha.cycle")
 
@@ -72,3 +73,15 @@ def make_gate(
         return decision
 
     return gate
+
+
+def base_model_scores(rt: Runtime, trainer: Trainer) -> EvalOutcome | None:
+    """The base model's held-out scores (an empty artifact: no adapter), cached like any evaluation; the first
+    candidate is compared with them. ``None`` when they cannot be had: the gate then judges the candidate alone."""
+    empty = rt.config.state_dir / "work" / "base-model"
+    empty.mkdir(parents=True, exist_ok=True)
+    try:
+        return trainer.evaluate(empty, version_id="base")
+    except (TrainingFailedError, FileNotFoundError) as exc:
+        log.warning("could not score the base model for comparison: %s", exc)
+        return None

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import policies
+from agent.config import QthaConfig
 from agent.cycle.plan import CyclePlan, PlanSource
 from agent.daemon.decision_log import record_decision
 from agent.daemon.policy_inputs import (
@@ -30,7 +31,7 @@ from agent.daemon.policy_inputs import (
 from agent.daemon.runtime import Runtime
 from agent.store import Cycle, CycleState
 
-__all__ = ["Planner", "RecipeOverrideError"]
+__all__ = ["Planner", "RecipeOverrideError", "check_override"]
 
 log = logging.getLogger("qtha.cycle")
 
@@ -150,6 +151,15 @@ class Planner:
                 log.info("recipe learner told cycle %s's operator recipe as trial %d", cycle.id, trial)
         except policies.PolicyInputError as exc:  # e.g. the trial was already told before a restart
             log.info("recipe learner not told about cycle %s: %s", cycle.id, exc)
+
+
+def check_override(config: QthaConfig, overrides: Mapping[str, Any]) -> policies.Recipe:
+    """The cold-start recipe with ``overrides`` applied: how the CLI checks ``--recipe K=V`` before queueing it.
+
+    Raises:
+        RecipeOverrideError: an unknown field, a wrong type or an invalid value (the message names the field).
+    """
+    return _overridden(cold_start_recipe(config), overrides)
 
 
 def _overridden(recipe: policies.Recipe, overrides: Mapping[str, Any]) -> policies.Recipe:

@@ -127,3 +127,15 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
     path.write_text("[metrics]\nport = 0\n")
     code, out = run(path, "status")
     assert code == 2 and "metrics.port" in out
+
+
+@pytest.mark.parametrize(
+    ("pair", "field"),
+    [("qubits=5", "qubits"), ("steps=2.5", "steps"), ("learn=true", "learn"), ("learning_rate=fast", "learning_rate")],
+)
+def test_cycle_recipe_overrides_are_validated_before_queueing(config: Path, pair: str, field: str) -> None:
+    code, out = run(config, "cycle", "--now", "--recipe", pair)
+    assert code == 2 and field in out and len(out.strip().splitlines()) == 1
+    assert json.loads(run(config, "status", "--json")[1])["pending_commands"] == []
+    code, out = run(config, "cycle", "--now", "--recipe", "steps=7", "--recipe", "adapter=lora")
+    assert code == 0 and "queued cycle" in out
