@@ -19,8 +19,8 @@ from typing import Any
 import cirq
 import numpy as np
 
-from quantum.hardware.errors import JobNotDoneError, JobTooLargeError, TransientBackendError
-from quantum.hardware.protocol import JobState, JobStatus, Program, ProgramResult
+from quantum.qpu.errors import JobNotDoneError, JobTooLargeError, TransientBackendError
+from quantum.qpu.protocol import JobState, JobStatus, Program, ProgramResult
 
 _CREG = re.compile(r"^creg\s+\w+\[(\d+)\];", re.MULTILINE)
 
@@ -123,7 +123,7 @@ _STATES = {"FINISHED": JobState.DONE, "FAILED": JobState.FAILED, "COMPUTING": Jo
 
 
 class OriginQCloudBackend:
-    """Origin QCloud as a :class:`~quantum.hardware.protocol.JobBackend`.
+    """Origin QCloud as a :class:`~quantum.qpu.protocol.JobBackend`.
 
     One job is one batch of programs sharing a shot count (Origin's batch API takes one ``shots``). Counts come
     back per program; Origin maps qubits on its side, so ``physical_qubits`` are the circuit's own qubits.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantum.hardware.protocol import JobState, JobStatus
+from quantum.qpu.protocol import JobState, JobStatus
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import cirq
 
 from quantum.executor.core import Executor
-from quantum.hardware.errors import JobNotDoneError, TransientBackendError
-from quantum.hardware.protocol import JobState, JobStatus, Program, ProgramResult
+from quantum.qpu.errors import JobNotDoneError, TransientBackendError
+from quantum.qpu.protocol import JobState, JobStatus, Program, ProgramResult
 
 
 def _measured_qubits(circuit: cirq.AbstractCircuit) -> dict[str, tuple[cirq.Qid, ...]]:

@@ -9,9 +9,9 @@ from quantum.backends.origin import OriginQCloudBackend
 from quantum.backends.vendor import sampler_from_import_path
 from quantum.emulator import Calibration, DeviceEmulator, EmulatorConfig
 from quantum.executor import Executor, ExecutorConfig, SamplerJobBackend
-from quantum.hardware.clock import Clock
-from quantum.hardware.protocol import JobBackend
 from quantum.hardware.shots import ConfusionSource, ExecutorBackend
+from quantum.qpu.clock import DeviceClock
+from quantum.qpu.protocol import JobBackend
 
 HardwareKind = Literal["emulator", "sampler", "origin"]
 
@@ -25,7 +25,7 @@ def job_backend(
     calibration: Calibration | None = None,
     origin_api_key: str | None = None,
     origin_backend: str | None = None,
-    clock: Clock | None = None,
+    clock: DeviceClock | None = None,
 ) -> JobBackend:
     """The job backend of one kind.
 
@@ -60,7 +60,7 @@ def executor_backend(
     *,
     shots: int = 1000,
     executor: ExecutorConfig | None = None,
-    clock: Clock | None = None,
+    clock: DeviceClock | None = None,
     mitigate_readout: bool = True,
 ) -> ExecutorBackend:
     """A QNN ``Backend`` over ``backend``: an executor, shots per circuit and readout mitigation when possible.

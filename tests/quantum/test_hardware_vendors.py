@@ -13,7 +13,7 @@ import sympy
 
 from quantum.backends.vendor import sampler_from_import_path
 from quantum.executor import Executor, ExecutorConfig, SamplerJobBackend
-from quantum.hardware import JobState, Program
+from quantum.qpu import JobState, Program
 
 HAVE_PYQPANDA3 = importlib.util.find_spec("pyqpanda3") is not None
 needs_pyqpanda3 = pytest.mark.skipif(
