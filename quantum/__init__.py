@@ -24,7 +24,7 @@ from quantum.backends import (
     estimate,
     standard_error,
 )
-from quantum.backends.origin import OriginLocalSampler, OriginQCloudBackend
+from quantum.backends.origin import OriginLocalSampler, OriginQCloudBackend, OriginRunOptions
 from quantum.backends.vendor import sampler_from_import_path
 from quantum.circuits import CircuitSpec, QnnCircuit, build_circuit, init_weights
 from quantum.emulator import (
@@ -55,10 +55,18 @@ from quantum.executor import (
 )
 from quantum.gradients import GradientRule, ParameterShift, Spsa, callback_qnn
 from quantum.hardware import (
+    OFFLINE_POLICIES,
     DeviceQnn,
+    DeviceSetup,
     ExecutorBackend,
+    HardwareOptions,
+    OfflineGuard,
+    OfflineOutcome,
+    OfflinePolicy,
+    OriginOptions,
     RefineConfig,
     RefineResult,
+    device_backend,
     executor_backend,
     job_backend,
     parameter_shift_estimate,
@@ -164,6 +172,7 @@ __all__ = [
     "LatencyModel",
     "OriginLocalSampler",
     "OriginQCloudBackend",
+    "OriginRunOptions",
     "QubitCalibration",
     "SamplerJobBackend",
     "SpendLimit",
@@ -173,11 +182,19 @@ __all__ = [
     "mitigated_z",
     "sampler_from_import_path",
     "zne",
-    # training on a device
+    # training on a device, built from configuration
+    "OFFLINE_POLICIES",
     "DeviceQnn",
+    "DeviceSetup",
     "ExecutorBackend",
+    "HardwareOptions",
+    "OfflineGuard",
+    "OfflineOutcome",
+    "OfflinePolicy",
+    "OriginOptions",
     "RefineConfig",
     "RefineResult",
+    "device_backend",
     "executor_backend",
     "job_backend",
     "parameter_shift_estimate",

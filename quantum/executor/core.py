@@ -176,7 +176,7 @@ class Executor:
         jitter = np.random.default_rng([self.config.seed, zlib.crc32(token.encode())]).uniform(0.5, 1.0)
         return max(retry_after or 0.0, base * jitter)
 
-    def _note_offline(self, offline: bool) -> None:
+    def _note_offline(self, offline: bool, said: str = "") -> None:
         now = self._clock.now()
         with self._offline_lock:
             if not offline:
@@ -187,7 +187,8 @@ class Executor:
             elif now - self._offline_since > self.config.offline_timeout_s:
                 raise DeviceOfflineError(
                     f"the device has refused work as offline for {now - self._offline_since:.0f} s "
-                    f"(offline_timeout_s={self.config.offline_timeout_s:.0f}); fall back to a simulator backend"
+                    f"(offline_timeout_s={self.config.offline_timeout_s:.0f}; it last said: {said}); fall back to "
+                    "a simulator backend"
                 )
 
     def _run_batch(
@@ -212,7 +213,7 @@ class Executor:
                     job_id = self.backend.submit(programs, client_token=token)
                 except TransientBackendError as err:
                     self._recorder.error(err.kind)
-                    self._note_offline(err.kind == "device_offline")
+                    self._note_offline(err.kind == "device_offline", str(err))
                     self._clock.sleep(self._backoff(token, attempt, err.retry_after_s))
                     continue
                 self._note_offline(False)

@@ -5,17 +5,37 @@ The top layer of ``quantum``: it uses the emulator, the executor and the vendor 
 The vocabulary they share (programs, the job protocol, errors, the device clock) is :mod:`quantum.qpu`.
 """
 
-from quantum.hardware.factory import executor_backend, job_backend
+from quantum.hardware.factory import (
+    DeviceSetup,
+    GradientKind,
+    HardwareKind,
+    HardwareOptions,
+    OriginOptions,
+    device_backend,
+    executor_backend,
+    job_backend,
+)
 from quantum.hardware.gradients import parameter_shift_estimate
 from quantum.hardware.loop import DeviceQnn, RefineConfig, RefineResult, refine_on_device
+from quantum.hardware.offline import OFFLINE_POLICIES, OfflineGuard, OfflineOutcome, OfflinePolicy
 from quantum.hardware.shots import Estimate, ExecutorBackend
 
 __all__ = [
+    "OFFLINE_POLICIES",
     "DeviceQnn",
+    "DeviceSetup",
     "Estimate",
     "ExecutorBackend",
+    "GradientKind",
+    "HardwareKind",
+    "HardwareOptions",
+    "OfflineGuard",
+    "OfflineOutcome",
+    "OfflinePolicy",
+    "OriginOptions",
     "RefineConfig",
     "RefineResult",
+    "device_backend",
     "executor_backend",
     "job_backend",
     "parameter_shift_estimate",

@@ -26,6 +26,11 @@ class DevicePricing:
         if not (self.per_job >= 0 and self.per_shot >= 0):  # also refuses NaN
             raise ValueError(f"prices must be >= 0, got per_job={self.per_job}, per_shot={self.per_shot}")
 
+    @classmethod
+    def free(cls) -> DevicePricing:
+        """No charge: simulators, and vendors whose prices were not configured (a money limit then never binds)."""
+        return cls(per_job=0.0, per_shot=0.0)
+
     def job_cost(self, programs: Sequence[Program]) -> float:
         """The price of one job holding ``programs``."""
         return self.per_job + self.per_shot * sum(p.repetitions for p in programs)
