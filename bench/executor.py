@@ -30,7 +30,7 @@ from quantum.emulator import (  # noqa: E402
     LatencyModel,
 )
 from quantum.executor import Executor, ExecutorConfig  # noqa: E402
-from quantum.hardware import Program, RealClock  # noqa: E402
+from quantum.qpu import Program, RealDeviceClock  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def run(in_flight: int, args: argparse.Namespace) -> Row:
     failures = (
         FailureModel.transient(args.failure_rate, offline_s=0.5) if args.failure_rate else FailureModel()
     )
-    clock = RealClock()
+    clock = RealDeviceClock()
     emulator = DeviceEmulator(
         EmulatorConfig(device=device, latency=latency, failures=failures, seed=args.seed),
         calibration=Calibration.synthetic(device, seed=args.seed),

@@ -1,4 +1,11 @@
-"""Quantum circuits of QTHA, a differentiable JAX simulator and execution backends. Imports nothing of ours.
+"""Quantum circuits of QTHA, a differentiable JAX simulator, execution backends and the device path. Imports
+nothing of ours.
+
+Layers, lowest first (each imports only those before it; ``tests/quantum/test_layers.py`` checks it):
+``errors``, ``qpu`` (the device vocabulary) → ``circuits``, ``lowering``, ``fusion``, ``kernels``,
+``statevector``, ``shift``, ``mitigation`` (circuits and their simulation) → ``backends`` → ``gradients``, ``qnn``
+→ ``emulator``, ``executor`` (device stand-in and job runner) → ``hardware`` (training on a device, the factory).
+This module re-exports each layer's public names; nothing under ``quantum/`` imports it.
 
 Example:
     >>> from quantum import CircuitSpec, make_qnn, init_weights
@@ -17,7 +24,20 @@ from quantum.backends import (
     estimate,
     standard_error,
 )
+from quantum.backends.origin import OriginLocalSampler, OriginQCloudBackend, OriginRunOptions
+from quantum.backends.vendor import sampler_from_import_path
 from quantum.circuits import CircuitSpec, QnnCircuit, build_circuit, init_weights
+from quantum.emulator import (
+    Calibration,
+    DensityMatrixEngine,
+    DeviceEmulator,
+    DeviceSpec,
+    EmulatorConfig,
+    FailureModel,
+    LatencyModel,
+    QubitCalibration,
+    compile_for_device,
+)
 from quantum.errors import (
     CircuitTooLargeError,
     NonlinearParameterError,
@@ -25,9 +45,54 @@ from quantum.errors import (
     UnresolvedSymbolError,
     UnsupportedGateError,
 )
+from quantum.executor import (
+    ExecutionStats,
+    Executor,
+    ExecutorConfig,
+    ExecutorSampler,
+    SamplerJobBackend,
+    SpendLimit,
+)
 from quantum.gradients import GradientRule, ParameterShift, Spsa, callback_qnn
+from quantum.hardware import (
+    OFFLINE_POLICIES,
+    DeviceQnn,
+    DeviceSetup,
+    ExecutorBackend,
+    HardwareOptions,
+    OfflineGuard,
+    OfflineOutcome,
+    OfflinePolicy,
+    OriginOptions,
+    RefineConfig,
+    RefineResult,
+    device_backend,
+    executor_backend,
+    job_backend,
+    parameter_shift_estimate,
+    refine_on_device,
+)
 from quantum.lowering import SUPPORTED_GATES
+from quantum.mitigation import fold_global, mitigate_probabilities, mitigated_z, zne
 from quantum.qnn import feature_map, make_qnn
+from quantum.qpu import (
+    DeviceClock,
+    DeviceOfflineError,
+    DevicePricing,
+    DeviceValidationError,
+    JobBackend,
+    JobFailedError,
+    JobState,
+    JobStatus,
+    JobTooLargeError,
+    Program,
+    ProgramResult,
+    RealDeviceClock,
+    RetriesExhaustedError,
+    SimulatedDeviceClock,
+    SpendLimitError,
+    TransientBackendError,
+)
 from quantum.shift import (
     OccurrenceCircuit,
     ShiftRule,
@@ -40,132 +105,98 @@ from quantum.shift import (
 from quantum.statevector import QnnFunction, SimulatorOptions, compile_circuit
 
 __all__ = [
-    "MEASUREMENT_KEY",
+    # circuits and simulation
     "SUPPORTED_GATES",
-    "Backend",
     "CircuitSpec",
     "CircuitTooLargeError",
-    "DifferentiableBackend",
-    "GradientRule",
-    "JaxBackend",
     "NonlinearParameterError",
     "OccurrenceCircuit",
-    "ParameterShift",
     "QnnCircuit",
-    "QsimBackend",
     "QnnFunction",
     "QuantumSpecError",
-    "SamplerBackend",
     "ShiftRule",
     "SimulatorOptions",
-    "Spsa",
     "UnresolvedSymbolError",
     "UnsupportedGateError",
     "build_circuit",
     "compile_circuit",
-    "callback_qnn",
-    "estimate",
-    "feature_map",
     "init_weights",
-    "make_qnn",
     "parameter_shift_jacobian",
     "parameter_shift_terms",
     "shift_rule",
     "shifted_rows",
     "split_occurrences",
+    # backends and gradients
+    "MEASUREMENT_KEY",
+    "Backend",
+    "DifferentiableBackend",
+    "GradientRule",
+    "JaxBackend",
+    "ParameterShift",
+    "QsimBackend",
+    "SamplerBackend",
+    "Spsa",
+    "callback_qnn",
+    "estimate",
+    "feature_map",
+    "make_qnn",
     "standard_error",
-]
-
-# --- The hardware path (issue #7): device emulator, executor, mitigation, vendor adapters, training on shots ----
-# A separate block so the owners of the two halves can edit without conflicts.
-from quantum.backends.origin import OriginLocalSampler, OriginQCloudBackend  # noqa: E402
-from quantum.backends.vendor import sampler_from_import_path  # noqa: E402
-from quantum.emulator import (  # noqa: E402
-    Calibration,
-    CostModel,
-    DensityMatrixEngine,
-    DeviceEmulator,
-    DeviceSpec,
-    EmulatorConfig,
-    FailureModel,
-    LatencyModel,
-    QubitCalibration,
-    compile_for_device,
-)
-from quantum.executor import (  # noqa: E402
-    Budget,
-    ExecutionStats,
-    Executor,
-    ExecutorConfig,
-    ExecutorSampler,
-    SamplerJobBackend,
-)
-from quantum.hardware import (  # noqa: E402
-    BudgetExhaustedError,
-    DeviceOfflineError,
-    DeviceValidationError,
-    FakeClock,
-    JobBackend,
-    JobFailedError,
-    JobState,
-    JobStatus,
-    JobTooLargeError,
-    Program,
-    ProgramResult,
-    RealClock,
-    RetriesExhaustedError,
-    TransientBackendError,
-)
-from quantum.hardware.factory import executor_backend, job_backend  # noqa: E402
-from quantum.hardware.gradients import parameter_shift_estimate  # noqa: E402
-from quantum.hardware.loop import DeviceQnn, RefineConfig, RefineResult, refine_on_device  # noqa: E402
-from quantum.hardware.shots import ExecutorBackend  # noqa: E402
-from quantum.mitigation import fold_global, mitigate_probabilities, mitigated_z, zne  # noqa: E402
-
-__all__ += [
-    "Budget",
-    "BudgetExhaustedError",
-    "Calibration",
-    "CostModel",
-    "DensityMatrixEngine",
-    "DeviceEmulator",
+    # the device vocabulary
+    "DeviceClock",
     "DeviceOfflineError",
-    "DeviceQnn",
-    "DeviceSpec",
+    "DevicePricing",
     "DeviceValidationError",
-    "EmulatorConfig",
-    "ExecutionStats",
-    "Executor",
-    "ExecutorBackend",
-    "ExecutorConfig",
-    "ExecutorSampler",
-    "FailureModel",
-    "FakeClock",
     "JobBackend",
     "JobFailedError",
     "JobState",
     "JobStatus",
     "JobTooLargeError",
+    "Program",
+    "ProgramResult",
+    "RealDeviceClock",
+    "RetriesExhaustedError",
+    "SimulatedDeviceClock",
+    "SpendLimitError",
+    "TransientBackendError",
+    # emulator, executor, vendors, mitigation
+    "Calibration",
+    "DensityMatrixEngine",
+    "DeviceEmulator",
+    "DeviceSpec",
+    "EmulatorConfig",
+    "ExecutionStats",
+    "Executor",
+    "ExecutorConfig",
+    "ExecutorSampler",
+    "FailureModel",
     "LatencyModel",
     "OriginLocalSampler",
     "OriginQCloudBackend",
-    "Program",
-    "ProgramResult",
+    "OriginRunOptions",
     "QubitCalibration",
-    "RealClock",
-    "RefineConfig",
-    "RefineResult",
-    "RetriesExhaustedError",
     "SamplerJobBackend",
-    "TransientBackendError",
+    "SpendLimit",
     "compile_for_device",
-    "executor_backend",
     "fold_global",
-    "job_backend",
     "mitigate_probabilities",
     "mitigated_z",
-    "parameter_shift_estimate",
-    "refine_on_device",
     "sampler_from_import_path",
     "zne",
+    # training on a device, built from configuration
+    "OFFLINE_POLICIES",
+    "DeviceQnn",
+    "DeviceSetup",
+    "ExecutorBackend",
+    "HardwareOptions",
+    "OfflineGuard",
+    "OfflineOutcome",
+    "OfflinePolicy",
+    "OriginOptions",
+    "RefineConfig",
+    "RefineResult",
+    "device_backend",
+    "executor_backend",
+    "job_backend",
+    "parameter_shift_estimate",
+    "refine_on_device",
 ]

@@ -5,6 +5,11 @@ checked against qsim in the tests by running the translated program on pyqpanda3
 
 Bit orders: cirq is big-endian (qubit 0 is the most significant bit of a basis index); pyqpanda3's state vectors
 are little-endian, and its count keys print the highest classical bit first.
+
+Reaching the chip: ``QCloudBackend.run(progs, shots)`` without options is documented (pyqpanda3 0.5) to route
+through the *noise-model* entry point, which is the one that also serves the cloud's full-amplitude simulators;
+only an explicit ``QCloudOptions`` selects the QPU path (amendment, mapping, optimisation). The adapter therefore
+always passes one, built from :class:`OriginRunOptions`.
 """
 
 from __future__ import annotations
@@ -12,15 +17,16 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import cirq
 import numpy as np
 
-from quantum.hardware.errors import JobNotDoneError, JobTooLargeError, TransientBackendError
-from quantum.hardware.protocol import JobState, JobStatus, Program, ProgramResult
+from quantum.qpu.errors import JobNotDoneError, JobTooLargeError, TransientBackendError, TransientKind
+from quantum.qpu.pricing import DevicePricing
+from quantum.qpu.protocol import JobState, JobStatus, Program, ProgramResult
 
 _CREG = re.compile(r"^creg\s+\w+\[(\d+)\];", re.MULTILINE)
 
@@ -74,12 +80,33 @@ def to_qprog(translated: Translated) -> Any:
     return convert_qasm_string_to_qprog(translated.qasm)
 
 
+def _as_counts(counts: Mapping[str, float], shots: int | None) -> dict[str, int]:
+    """Integer counts; probabilities (QCloud returns them with ``is_prob_counts`` or amendment) are scaled to
+    ``shots`` by largest remainder, so the rows still number exactly ``shots``."""
+    values = {k: float(v) for k, v in counts.items()}
+    if shots is None or all(v == int(v) for v in values.values()) and sum(values.values()) == shots:
+        return {k: int(v) for k, v in values.items()}
+    total = sum(values.values()) or 1.0
+    exact = {k: v / total * shots for k, v in values.items()}
+    out = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - out[k], reverse=True)[: shots - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
 def counts_to_result(
-    counts: Mapping[str, int], translated: Translated, params: cirq.ParamResolver
+    counts: Mapping[str, float], translated: Translated, params: cirq.ParamResolver, *, shots: int | None = None
 ) -> cirq.Result:
-    """pyqpanda3 counts (highest classical bit first) → a cirq result with one row per shot."""
+    """pyqpanda3 counts (highest classical bit first) → a cirq result with one row per shot.
+
+    Args:
+        counts: bit string → count, or → probability when ``shots`` is given and the values are not counts.
+        translated: the program's classical-bit layout.
+        params: the resolver recorded in the result.
+        shots: the shots the program ran; needed to turn probabilities into rows.
+    """
     rows = []
-    for bitstring, count in sorted(counts.items()):
+    for bitstring, count in sorted(_as_counts(counts, shots).items()):
         cbits = [int(b) for b in reversed(bitstring)]  # index = classical bit
         rows.extend([cbits] * int(count))
     table = np.array(rows, dtype=np.int8).reshape(len(rows), -1)
@@ -120,10 +147,57 @@ def local_state_vector(circuit: cirq.AbstractCircuit) -> np.ndarray:
 
 
 _STATES = {"FINISHED": JobState.DONE, "FAILED": JobState.FAILED, "COMPUTING": JobState.RUNNING}
+# Words in the SDK's error text that mean the chip is down rather than the request or the server being wrong.
+_OFFLINE_WORDS = ("offline", "maintenance", "maintain", "unavailable", "not available", "calibrating")
+
+
+@dataclass(frozen=True)
+class OriginRunOptions:
+    """What QCloud is asked to do with each batch (pyqpanda3's ``QCloudOptions``; always passed, see the module).
+
+    Attributes:
+        amend: readout-error amendment on Origin's side (``amend_flag`` 1; 0 when off). Counts may then come back
+            as probabilities, which the adapter scales to shots.
+        mapping: let QCloud map logical to physical qubits.
+        optimization: let QCloud optimise the circuit for the chip.
+    """
+
+    amend: bool = True
+    mapping: bool = True
+    optimization: bool = True
+
+    def to_qcloud(self) -> Any:
+        """The pyqpanda3 ``QCloudOptions`` object."""
+        from pyqpanda3.qcloud import QCloudOptions  # type: ignore[attr-defined]
+
+        return QCloudOptions(
+            amend_flag=1 if self.amend else 0, mapping=self.mapping, optimization=self.optimization
+        )
+
+
+def _connect(api_key: str, backend_name: str) -> Any:
+    from pyqpanda3.qcloud import QCloudService  # type: ignore[attr-defined]
+
+    return QCloudService(api_key).backend(backend_name)
+
+
+@dataclass(frozen=True)
+class _Redactor:
+    """Removes the API key from any text the SDK produces before it reaches a message or a log."""
+
+    secret: str | None = field(default=None, repr=False)
+
+    def __call__(self, text: str) -> str:
+        return text.replace(self.secret, "<api key>") if self.secret else text
+
+
+def _transient_kind(message: str) -> TransientKind:
+    lowered = message.lower()
+    return "device_offline" if any(word in lowered for word in _OFFLINE_WORDS) else "server_error"
 
 
 class OriginQCloudBackend:
-    """Origin QCloud as a :class:`~quantum.hardware.protocol.JobBackend`.
+    """Origin QCloud as a :class:`~quantum.qpu.protocol.JobBackend`.
 
     One job is one batch of programs sharing a shot count (Origin's batch API takes one ``shots``). Counts come
     back per program; Origin maps qubits on its side, so ``physical_qubits`` are the circuit's own qubits.
@@ -136,31 +210,46 @@ class OriginQCloudBackend:
         backend_name: str | None = None,
         qcloud_backend: Any = None,
         max_programs_per_job: int = 200,
-        cost_per_job: float = 0.0,
-        cost_per_shot: float = 0.0,
+        pricing: DevicePricing | None = None,
+        run_options: OriginRunOptions | None = None,
+        connect: Callable[[str, str], Any] | None = None,
     ) -> None:
         """Connect to QCloud (or use an injected backend object with the same API).
 
+        The API key is used to connect and then only to scrub SDK error text: it appears in no message, log or
+        ``repr``.
+
         Args:
-            api_key: the QCloud API key (read it from the environment or a secret file in agent/, never code).
+            api_key: the QCloud API key (the agent reads it from a file or the environment, never the config).
             backend_name: the chip (e.g. the 72-qubit Wukong), as ``QCloudService(api_key).backends()`` lists it.
-            qcloud_backend: an object with QCloudBackend's ``run(progs, shots)`` (for tests or custom sessions).
+            qcloud_backend: an object with QCloudBackend's ``run(progs, shots, options)`` (tests, custom sessions).
             max_programs_per_job: Origin's batch cap (~200).
-            cost_per_job: price per job, for budgets.
-            cost_per_shot: price per shot, for budgets.
+            pricing: Origin's prices, for spend limits; free by default (then a money limit never binds).
+            run_options: amendment, mapping and optimisation asked of QCloud for every batch.
+            connect: ``(api_key, backend_name) -> backend`` (default: ``QCloudService(api_key).backend(name)``).
+
+        Raises:
+            ValueError: neither credentials nor an injected backend.
+            ConnectionError: QCloud refused the key or has no such chip (the message names the chip, not the key).
         """
+        self._redact = _Redactor(api_key)
         if qcloud_backend is None:
             if not api_key or not backend_name:
                 raise ValueError(
                     "OriginQCloudBackend needs api_key and backend_name (list the chips with "
                     "pyqpanda3.qcloud.QCloudService(api_key).backends()), or an injected qcloud_backend"
                 )
-            from pyqpanda3.qcloud import QCloudService  # type: ignore[attr-defined]
-
-            qcloud_backend = QCloudService(api_key).backend(backend_name)
+            try:
+                qcloud_backend = (connect or _connect)(api_key, backend_name)
+            except Exception as err:  # noqa: BLE001 - any SDK failure; re-raised without the key, chain dropped
+                raise ConnectionError(
+                    f"cannot open QCloud backend {backend_name!r}: {self._redact(str(err))}; check the API key "
+                    "file or variable and the chip name (QCloudService(api_key).backends() lists them)"
+                ) from None
         self._backend = qcloud_backend
         self._cap = max_programs_per_job
-        self._cost = (cost_per_job, cost_per_shot)
+        self.pricing = pricing or DevicePricing.free()
+        self.run_options = run_options or OriginRunOptions()
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[Any, tuple[Program, ...], tuple[Translated, ...]]] = {}
         self._tokens: dict[str, str] = {}
@@ -171,8 +260,8 @@ class OriginQCloudBackend:
         return self._cap
 
     def estimate_cost(self, programs: Sequence[Program]) -> float:
-        """``cost_per_job + cost_per_shot · shots``."""
-        return self._cost[0] + self._cost[1] * sum(p.repetitions for p in programs)
+        """The job's price under ``pricing``."""
+        return self.pricing.job_cost(programs)
 
     def submit(self, programs: Sequence[Program], *, client_token: str) -> str:
         """Translate and submit a batch; idempotent per ``client_token``."""
@@ -189,9 +278,12 @@ class OriginQCloudBackend:
                 return self._tokens[client_token]
         translated = tuple(translate(cirq.resolve_parameters(p.circuit, p.params)) for p in programs)
         try:
-            job = self._backend.run([to_qprog(t) for t in translated], shots.pop())
-        except RuntimeError as err:  # the SDK reports network and server trouble as RuntimeError
-            raise TransientBackendError("server_error", f"QCloud refused the batch: {err}") from err
+            job = self._backend.run(
+                [to_qprog(t) for t in translated], shots.pop(), self.run_options.to_qcloud()
+            )
+        except RuntimeError as err:  # the SDK reports network, server and chip trouble as RuntimeError
+            message = self._redact(str(err))
+            raise TransientBackendError(_transient_kind(message), f"QCloud refused the batch: {message}") from None
         job_id = str(job.job_id())
         with self._lock:
             self._jobs[job_id] = (job, programs, translated)
@@ -204,7 +296,8 @@ class OriginQCloudBackend:
         try:
             name = job.status().name
         except RuntimeError as err:
-            raise TransientBackendError("server_error", f"status query failed: {err}") from err
+            message = self._redact(str(err))
+            raise TransientBackendError(_transient_kind(message), f"status query failed: {message}") from None
         state = _STATES.get(name, JobState.QUEUED)  # QUEUING, WAITING
         if state is JobState.FAILED:
             return JobStatus(state, error_kind="server_error", message=f"QCloud job {job_id} failed")
@@ -217,7 +310,7 @@ class OriginQCloudBackend:
         job, programs, translated = self._jobs[job_id]
         counts = job.result().get_counts_list()
         return [
-            ProgramResult(counts_to_result(c, t, p.params), dict(t.qubits))
+            ProgramResult(counts_to_result(c, t, p.params, shots=p.repetitions), dict(t.qubits))
             for c, t, p in zip(counts, translated, programs, strict=True)
         ]
 

@@ -2,7 +2,6 @@
 
 from quantum.emulator.calibration import Calibration, QubitCalibration
 from quantum.emulator.compile import CompiledCircuit, compile_for_device, validate
-from quantum.emulator.cost import CostModel
 from quantum.emulator.device import DeviceSpec
 from quantum.emulator.emulator import Billing, DeviceEmulator, EmulatorConfig, density_matrix_engine
 from quantum.emulator.engine import DensityMatrixEngine, final_density_matrix
@@ -13,7 +12,6 @@ __all__ = [
     "Billing",
     "Calibration",
     "CompiledCircuit",
-    "CostModel",
     "DensityMatrixEngine",
     "DeviceEmulator",
     "DeviceSpec",

@@ -13,7 +13,7 @@ import cirq
 
 from quantum.emulator.calibration import Calibration
 from quantum.emulator.device import DeviceSpec
-from quantum.hardware.errors import DeviceValidationError
+from quantum.qpu.errors import DeviceValidationError
 
 
 @dataclass(frozen=True)

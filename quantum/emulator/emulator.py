@@ -13,18 +13,18 @@ import numpy as np
 
 from quantum.emulator.calibration import Calibration
 from quantum.emulator.compile import CompiledCircuit, compile_for_device
-from quantum.emulator.cost import CostModel
 from quantum.emulator.device import DeviceSpec
 from quantum.emulator.engine import DensityMatrixEngine
 from quantum.emulator.jobs import EmulatedJob, FailureModel, LatencyModel, draw_submission
 from quantum.emulator.noise import add_noise, apply_readout_error
-from quantum.hardware.clock import Clock, RealClock
-from quantum.hardware.errors import (
+from quantum.qpu.clock import DeviceClock, RealDeviceClock
+from quantum.qpu.errors import (
     JobNotDoneError,
     JobTooLargeError,
     TransientBackendError,
 )
-from quantum.hardware.protocol import JobState, JobStatus, Program, ProgramResult
+from quantum.qpu.pricing import DevicePricing
+from quantum.qpu.protocol import JobState, JobStatus, Program, ProgramResult
 
 EngineFactory = Callable[[int], cirq.Sampler]
 """Builds the simulator that runs noisy circuits, from a per-program seed."""
@@ -43,7 +43,7 @@ class EmulatorConfig:
         device: grid and native gates (72 qubits by default; use e.g. 3×3 in tests).
         latency: queue and run times.
         failures: seeded transient failures.
-        cost: prices.
+        pricing: prices.
         max_programs_per_job: the vendor's batch cap (Origin's cloud takes ~200 programs per batch).
         max_shots_per_program: the vendor's shot cap.
         seed: seeds latencies, failures, shot noise and readout flips.
@@ -52,7 +52,7 @@ class EmulatorConfig:
     device: DeviceSpec = field(default_factory=DeviceSpec)
     latency: LatencyModel = field(default_factory=LatencyModel)
     failures: FailureModel = field(default_factory=FailureModel)
-    cost: CostModel = field(default_factory=CostModel)
+    pricing: DevicePricing = field(default_factory=DevicePricing)
     max_programs_per_job: int = 200
     max_shots_per_program: int = 100_000
     seed: int = 0
@@ -85,7 +85,8 @@ class DeviceEmulator(cirq.Sampler):
     errors. Jobs wait and fail as ``config.latency`` / ``config.failures`` say, timed by the injected clock.
 
     Example:
-        >>> emulator = DeviceEmulator(EmulatorConfig(device=DeviceSpec(rows=3, cols=3)), clock=FakeClock())
+        >>> config = EmulatorConfig(device=DeviceSpec(rows=3, cols=3))
+        >>> emulator = DeviceEmulator(config, clock=SimulatedDeviceClock())
         >>> q = cirq.LineQubit(0)
         >>> emulator.run(cirq.Circuit(cirq.X(q), cirq.measure(q, key="m")), repetitions=10)  # doctest: +SKIP
     """
@@ -95,16 +96,16 @@ class DeviceEmulator(cirq.Sampler):
         config: EmulatorConfig | None = None,
         *,
         calibration: Calibration | None = None,
-        clock: Clock | None = None,
+        clock: DeviceClock | None = None,
         engine: EngineFactory | None = None,
         poll_s: float = 0.5,
     ) -> None:
         """Create an emulator.
 
         Args:
-            config: device, latency, failures, cost and caps.
+            config: device, latency, failures, pricing and caps.
             calibration: the snapshot that drives noise and dead couplers; a seeded synthetic one by default.
-            clock: time source for queue latency (a FakeClock in tests).
+            clock: time source for queue latency (a SimulatedDeviceClock in tests).
             engine: simulator factory for noisy circuits; by default an exact density-matrix engine sharing one
                 superoperator cache (fine up to ~10 active qubits); qsim trajectories for wider circuits via
                 ``quantum.backends.noisy_qsim.qsim_trajectory_engine``.
@@ -116,7 +117,7 @@ class DeviceEmulator(cirq.Sampler):
             raise ValueError(
                 f"calibration is for {self.calibration.device_name!r} but the device is {self.config.device.name!r}"
             )
-        self._clock = clock or RealClock()
+        self._clock = clock or RealDeviceClock()
         self._superoperators: dict = {}
         self._engine = engine or (lambda seed: DensityMatrixEngine(seed, cache=self._superoperators))
         self._poll_s = poll_s
@@ -138,7 +139,7 @@ class DeviceEmulator(cirq.Sampler):
 
     def estimate_cost(self, programs: Sequence[Program]) -> float:
         """The price of a job of ``programs`` if it completes."""
-        return self.config.cost.job_cost(programs)
+        return self.config.pricing.job_cost(programs)
 
     def billing(self) -> Billing:
         """Jobs, shots and money charged so far."""
@@ -165,7 +166,7 @@ class DeviceEmulator(cirq.Sampler):
         return add_noise(compiled, self.config.device, self.calibration)
 
     def submit(self, programs: Sequence[Program], *, client_token: str) -> str:
-        """Queue a job; see :class:`quantum.hardware.protocol.JobBackend`.
+        """Queue a job; see :class:`quantum.qpu.protocol.JobBackend`.
 
         Programs are compiled and validated here, as vendors reject invalid programs at submission.
         """
@@ -235,7 +236,7 @@ class DeviceEmulator(cirq.Sampler):
                 self._billing = Billing(
                     b.jobs + 1,
                     b.shots + record.job.shots,
-                    b.cost + self.config.cost.job_cost(record.programs),
+                    b.cost + self.config.pricing.job_cost(record.programs),
                 )
             return status
 

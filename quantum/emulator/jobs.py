@@ -6,12 +6,14 @@ clock see the same lifecycle as real-time runs without waiting.
 
 from __future__ import annotations
 
+import json
+import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from quantum.hardware.protocol import JobState, JobStatus
+from quantum.qpu.protocol import JobState, JobStatus
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,29 @@ class LatencyModel:
     per_shot_s: float = 2e-5
 
     def __post_init__(self) -> None:
-        if min(self.queue_s, self.queue_jitter_s, self.per_program_s, self.per_shot_s) < 0:
-            raise ValueError("latencies must be >= 0")
+        values = (self.queue_s, self.queue_jitter_s, self.per_program_s, self.per_shot_s)
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError(f"latencies must be finite and >= 0, got {self}")
         if self.queue_jitter_s > self.queue_s:
             raise ValueError(
                 f"queue_jitter_s ({self.queue_jitter_s}) must not exceed queue_s ({self.queue_s})"
             )
+
+    @classmethod
+    def from_json(cls, text: str) -> LatencyModel:
+        """Parse ``{"queue_s": 2.0, "per_shot_s": 2e-5, ...}`` (omitted fields keep their defaults).
+
+        Raises:
+            ValueError: not a JSON object, an unknown field, or a value that is not a number >= 0.
+        """
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) - known:
+            unknown = sorted(set(data) - known) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"latency file: unknown fields {unknown}; allowed: {sorted(known)}")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in data.values()):
+            raise ValueError(f"latency file: every value must be a number of seconds, got {data}")
+        return cls(**{k: float(v) for k, v in data.items()})
 
 
 @dataclass(frozen=True)

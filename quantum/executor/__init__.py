@@ -1,7 +1,14 @@
-"""Runs many programs on a hardware backend: batching, bounded concurrency, polling, retries, budget, stats."""
+"""Runs many programs on a hardware backend: batching, bounded concurrency, polling, retries, spend limit, stats."""
 
 from quantum.executor.core import Executor, ExecutorConfig
 from quantum.executor.sampler_backend import ExecutorSampler, SamplerJobBackend
-from quantum.executor.stats import Budget, ExecutionStats
+from quantum.executor.stats import ExecutionStats, SpendLimit
 
-__all__ = ["Budget", "ExecutionStats", "Executor", "ExecutorConfig", "ExecutorSampler", "SamplerJobBackend"]
+__all__ = [
+    "ExecutionStats",
+    "Executor",
+    "ExecutorConfig",
+    "ExecutorSampler",
+    "SamplerJobBackend",
+    "SpendLimit",
+]

@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quantum.executor.stats import Budget, ExecutionStats, StatsRecorder
-from quantum.hardware.clock import Clock, RealClock
-from quantum.hardware.errors import (
-    BudgetExhaustedError,
+from quantum.executor.stats import ExecutionStats, SpendLimit, StatsRecorder
+from quantum.qpu.clock import DeviceClock, RealDeviceClock
+from quantum.qpu.errors import (
     DeviceOfflineError,
     JobFailedError,
     RetriesExhaustedError,
+    SpendLimitError,
     TransientBackendError,
 )
-from quantum.hardware.protocol import JobBackend, JobState, Program, ProgramResult
+from quantum.qpu.protocol import JobBackend, JobState, Program, ProgramResult
 
 RETRYABLE_JOB_FAILURES = frozenset({"server_error", "timeout", "rate_limit", "device_offline"})
 
@@ -44,7 +44,7 @@ class ExecutorConfig:
         offline_timeout_s: if the device refuses work as offline this long without a success in between,
             :class:`DeviceOfflineError` is raised so the caller can fall back to a simulator.
         max_attempts: submissions per batch before :class:`RetriesExhaustedError`.
-        budget: shot and cost limits over the executor's lifetime.
+        spend_limit: shot and cost limits over the executor's lifetime.
         seed: seeds the back-off jitter.
     """
 
@@ -58,7 +58,7 @@ class ExecutorConfig:
     job_timeout_s: float = 900.0
     offline_timeout_s: float = 300.0
     max_attempts: int = 12
-    budget: Budget = field(default_factory=Budget)
+    spend_limit: SpendLimit = field(default_factory=SpendLimit)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -89,23 +89,23 @@ class Executor:
         backend: JobBackend,
         config: ExecutorConfig | None = None,
         *,
-        clock: Clock | None = None,
+        clock: DeviceClock | None = None,
         client_id: str | None = None,
     ) -> None:
         """Create an executor.
 
         Args:
             backend: where jobs go (the emulator, a vendor adapter, a wrapped cirq.Sampler).
-            config: batching, concurrency, polling, retries, budget.
-            clock: time source and sleeper (a FakeClock in tests).
+            config: batching, concurrency, polling, retries, spend limit.
+            clock: time source and sleeper (a SimulatedDeviceClock in tests).
             client_id: prefix of the idempotency tokens; must differ between executors sharing a backend
                 (a random one by default; tests pass a fixed one to make seeded failures reproducible).
         """
         self.client_id = client_id or uuid.uuid4().hex
         self.backend = backend
         self.config = config or ExecutorConfig()
-        self._clock = clock or RealClock()
-        self._recorder = StatsRecorder(self.config.budget)
+        self._clock = clock or RealDeviceClock()
+        self._recorder = StatsRecorder(self.config.spend_limit)
         self._runs = itertools.count()
         self._offline_lock = threading.Lock()
         self._offline_since: float | None = None
@@ -118,7 +118,7 @@ class Executor:
         """Run ``programs`` and return their results in the same order, each exactly once.
 
         Raises:
-            BudgetExhaustedError: the next job would exceed the budget (nothing over budget was submitted).
+            SpendLimitError: the next job would exceed the spend limit (nothing over it was submitted).
             DeviceOfflineError: the device stayed offline longer than ``offline_timeout_s``.
             RetriesExhaustedError: a batch kept failing transiently.
             DeviceValidationError / JobTooLargeError / JobFailedError: a permanent problem with a program.
@@ -176,7 +176,7 @@ class Executor:
         jitter = np.random.default_rng([self.config.seed, zlib.crc32(token.encode())]).uniform(0.5, 1.0)
         return max(retry_after or 0.0, base * jitter)
 
-    def _note_offline(self, offline: bool) -> None:
+    def _note_offline(self, offline: bool, said: str = "") -> None:
         now = self._clock.now()
         with self._offline_lock:
             if not offline:
@@ -187,7 +187,8 @@ class Executor:
             elif now - self._offline_since > self.config.offline_timeout_s:
                 raise DeviceOfflineError(
                     f"the device has refused work as offline for {now - self._offline_since:.0f} s "
-                    f"(offline_timeout_s={self.config.offline_timeout_s:.0f}); fall back to a simulator backend"
+                    f"(offline_timeout_s={self.config.offline_timeout_s:.0f}; it last said: {said}); fall back to "
+                    "a simulator backend"
                 )
 
     def _run_batch(
@@ -202,9 +203,9 @@ class Executor:
             if attempt > 1:
                 self._recorder.add(retries=1)
             if not self._recorder.reserve(shots, cost):
-                raise BudgetExhaustedError(
+                raise SpendLimitError(
                     f"a job of {len(programs)} programs ({shots} shots, cost {cost:.4f}) exceeds the remaining "
-                    f"budget ({self._recorder.remaining()}); raise the budget or fall back to a simulator"
+                    f"spend limit ({self._recorder.remaining()}); raise the limit or fall back to a simulator"
                 )
             completed = False
             try:
@@ -212,7 +213,7 @@ class Executor:
                     job_id = self.backend.submit(programs, client_token=token)
                 except TransientBackendError as err:
                     self._recorder.error(err.kind)
-                    self._note_offline(err.kind == "device_offline")
+                    self._note_offline(err.kind == "device_offline", str(err))
                     self._clock.sleep(self._backoff(token, attempt, err.retry_after_s))
                     continue
                 self._note_offline(False)

@@ -10,8 +10,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import cirq
 
 from quantum.executor.core import Executor
-from quantum.hardware.errors import JobNotDoneError, TransientBackendError
-from quantum.hardware.protocol import JobState, JobStatus, Program, ProgramResult
+from quantum.qpu.errors import JobNotDoneError, TransientBackendError
+from quantum.qpu.pricing import DevicePricing
+from quantum.qpu.protocol import JobState, JobStatus, Program, ProgramResult
 
 
 def _measured_qubits(circuit: cirq.AbstractCircuit) -> dict[str, tuple[cirq.Qid, ...]]:
@@ -36,8 +37,7 @@ class SamplerJobBackend:
         *,
         max_programs_per_job: int = 200,
         max_workers: int = 8,
-        cost_per_job: float = 0.0,
-        cost_per_shot: float = 0.0,
+        pricing: DevicePricing | None = None,
     ) -> None:
         """Wrap ``sampler``.
 
@@ -45,13 +45,13 @@ class SamplerJobBackend:
             sampler: what runs the circuits.
             max_programs_per_job: the vendor's batch cap.
             max_workers: sampler calls that may run at once.
-            cost_per_job: price per job, for budgets (vendors do not report it through cirq).
-            cost_per_shot: price per shot.
+            pricing: the vendor's prices, for spend limits (vendors do not report them through cirq); free by
+                default.
         """
         self.sampler = sampler
         self._cap = max_programs_per_job
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="qtha-sampler")
-        self._cost = (cost_per_job, cost_per_shot)
+        self.pricing = pricing or DevicePricing.free()
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[Future[list[ProgramResult]], tuple[Program, ...]]] = {}
         self._tokens: dict[str, str] = {}
@@ -63,8 +63,8 @@ class SamplerJobBackend:
         return self._cap
 
     def estimate_cost(self, programs: Sequence[Program]) -> float:
-        """``cost_per_job + cost_per_shot · shots``."""
-        return self._cost[0] + self._cost[1] * sum(p.repetitions for p in programs)
+        """The job's price under ``pricing``."""
+        return self.pricing.job_cost(programs)
 
     def _execute(self, programs: tuple[Program, ...]) -> list[ProgramResult]:
         results = []

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class Budget:
+class SpendLimit:
     """Limits on what an executor may spend over its lifetime; ``None`` means unlimited.
 
     Attributes:
@@ -50,10 +50,10 @@ class ExecutionStats:
 
 
 class StatsRecorder:
-    """Thread-safe accumulator behind :class:`ExecutionStats` and the budget reservation."""
+    """Thread-safe accumulator behind :class:`ExecutionStats` and the reservations against the spend limit."""
 
-    def __init__(self, budget: Budget) -> None:
-        self._budget = budget
+    def __init__(self, limit: SpendLimit) -> None:
+        self._limit = limit
         self._lock = threading.Lock()
         self._stats = ExecutionStats()
         self._reserved_shots = 0
@@ -78,13 +78,13 @@ class StatsRecorder:
             self._stats = ExecutionStats(**{**self._stats.__dict__, "errors": errors})
 
     def reserve(self, shots: int, cost: float) -> bool:
-        """Reserve budget for a job about to be submitted; False (nothing reserved) if it would not fit."""
+        """Reserve room under the limit for a job about to be submitted; False (nothing reserved) if it would not fit."""
         with self._lock:
             spent_shots = self._stats.shots + self._reserved_shots + shots
             spent_cost = self._stats.cost + self._reserved_cost + cost
-            if self._budget.max_shots is not None and spent_shots > self._budget.max_shots:
+            if self._limit.max_shots is not None and spent_shots > self._limit.max_shots:
                 return False
-            if self._budget.max_cost is not None and spent_cost > self._budget.max_cost + 1e-12:
+            if self._limit.max_cost is not None and spent_cost > self._limit.max_cost + 1e-12:
                 return False
             self._reserved_shots += shots
             self._reserved_cost += cost
@@ -105,11 +105,11 @@ class StatsRecorder:
                 )
 
     def remaining(self) -> str:
-        """The budget left, in words, for error messages."""
+        """What is left under the limit, in words, for error messages."""
         with self._lock:
             parts = []
-            if self._budget.max_shots is not None:
-                parts.append(f"{self._budget.max_shots - self._stats.shots - self._reserved_shots} shots")
-            if self._budget.max_cost is not None:
-                parts.append(f"{self._budget.max_cost - self._stats.cost - self._reserved_cost:.4f} in cost")
+            if self._limit.max_shots is not None:
+                parts.append(f"{self._limit.max_shots - self._stats.shots - self._reserved_shots} shots")
+            if self._limit.max_cost is not None:
+                parts.append(f"{self._limit.max_cost - self._stats.cost - self._reserved_cost:.4f} in cost")
             return " and ".join(parts) or "unlimited"

@@ -4,29 +4,27 @@ A :class:`DeviceQnn` is a drop-in QNN function (same signature as ``quantum.make
 shot estimates from the executor and whose backward pass is the quantum package's parameter-shift (or SPSA) rule,
 so a model built around ``make_qnn`` trains on hardware by swapping the function. :func:`refine_on_device` runs
 a few optimiser steps on the QNN weights and stops cleanly, with a status the policy can act on, when the
-budget runs out or the device goes offline (keeping the last completed step's weights).
+spend limit is reached or the device goes offline (keeping the last completed step's weights).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from quantum.circuits import QnnCircuit
+from quantum.executor import ExecutionStats, Executor
 from quantum.gradients import GradientRule, ParameterShift, callback_qnn
-from quantum.hardware.errors import BudgetExhaustedError, DeviceOfflineError
 from quantum.hardware.shots import ExecutorBackend
 from quantum.qnn import feature_map
+from quantum.qpu.errors import DeviceOfflineError, SpendLimitError
 
-if TYPE_CHECKING:  # the executor imports this package's vocabulary; avoid the cycle at import time
-    from quantum.executor import ExecutionStats, Executor
-
-Stopped = Literal["completed", "budget_exhausted", "device_offline"]
+Stopped = Literal["completed", "spend_limit", "device_offline"]
 
 
 class _Guarded:
@@ -112,7 +110,7 @@ class RefineResult:
         params: the refined parameters (those of the last completed step).
         history: per completed step.
         validation_loss: the device loss of ``params`` on the validation function, if one was given and ran.
-        stopped: ``completed``, or why it stopped early (``budget_exhausted``, ``device_offline``): the policy
+        stopped: ``completed``, or why it stopped early (``spend_limit``, ``device_offline``): the policy
             falls back to the simulator's weights or retries later.
         reason: the error message when stopped early.
         stats: the executor's counters (shots, cost, jobs, errors) at the end.
@@ -128,7 +126,7 @@ class RefineResult:
 
 def _hardware_error(qnns: Sequence[DeviceQnn]) -> BaseException | None:
     for qnn in qnns:
-        if isinstance(qnn.error, BudgetExhaustedError | DeviceOfflineError):
+        if isinstance(qnn.error, SpendLimitError | DeviceOfflineError):
             return qnn.error
     return None
 
@@ -151,13 +149,13 @@ def refine_on_device(
     Args:
         loss_fn: ``params -> scalar``; its QNN evaluations go through ``qnns`` (and so through ``executor``).
         params: a pytree of the QNN weights to refine (classical parts stay closed over, fixed).
-        qnns: the device QNNs used by ``loss_fn``, watched for budget and offline errors.
+        qnns: the device QNNs used by ``loss_fn``, watched for spend-limit and offline errors.
         executor: the executor behind them (for shots and cost).
         config: steps and learning rate.
         validate_fn: ``params -> scalar`` evaluated once on the device after the last step.
 
     Returns:
-        The refined parameters, per-step history and a stop status (never raises for budget or offline).
+        The refined parameters, per-step history and a stop status (never raises for the spend limit or offline).
     """
     config = config or RefineConfig()
     # Jitted once: the device calls are callbacks inside the compiled step, the rest runs at XLA speed.
@@ -178,7 +176,7 @@ def refine_on_device(
             return None, hardware
 
     def stop(err: BaseException, validation: float | None = None) -> RefineResult:
-        status: Stopped = "budget_exhausted" if isinstance(err, BudgetExhaustedError) else "device_offline"
+        status: Stopped = "spend_limit" if isinstance(err, SpendLimitError) else "device_offline"
         return RefineResult(params, tuple(history), validation, status, str(err), executor.stats())
 
     for step in range(1, config.steps + 1):

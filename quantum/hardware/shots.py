@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cirq
 import numpy as np
@@ -18,11 +17,9 @@ import numpy as np
 from quantum.backends import MEASUREMENT_KEY, SamplerBackend, estimate, standard_error
 from quantum.backends.base import as_rows
 from quantum.circuits import QnnCircuit
-from quantum.hardware.protocol import Program, ProgramResult
+from quantum.executor import Executor
 from quantum.mitigation.readout import bits_to_probabilities, mitigate_probabilities, z_expectations
-
-if TYPE_CHECKING:  # the executor imports this package's vocabulary; avoid the cycle at import time
-    from quantum.executor import Executor
+from quantum.qpu.protocol import Program, ProgramResult
 
 ConfusionSource = Callable[[Sequence[cirq.Qid]], list[np.ndarray]]
 """Physical qubits → their 2×2 confusion matrices, e.g. ``Calibration.confusion_matrices``."""
@@ -84,7 +81,7 @@ class ExecutorBackend:
 
     Attributes:
         name: ``"executor"``.
-        executor: runs the programs (batching, retries, budget, stats).
+        executor: runs the programs (batching, retries, spend limit, stats).
         repetitions: shots per program (Origin's cloud defaults to 1000).
         confusions_for: optional readout-mitigation source, e.g. ``emulator.calibration.confusion_matrices``.
     """

@@ -11,7 +11,6 @@ from scipy import stats
 from quantum.backends.noisy_qsim import qsim_trajectory_engine
 from quantum.emulator import (
     Calibration,
-    CostModel,
     DensityMatrixEngine,
     DeviceEmulator,
     DeviceSpec,
@@ -25,13 +24,14 @@ from quantum.emulator import (
     validate,
 )
 from quantum.emulator.noise import ThermalRelaxation
-from quantum.hardware import (
+from quantum.qpu import (
+    DevicePricing,
     DeviceValidationError,
-    FakeClock,
     JobNotDoneError,
     JobState,
     JobTooLargeError,
     Program,
+    SimulatedDeviceClock,
     TransientBackendError,
 )
 
@@ -150,7 +150,7 @@ def test_a_precompiled_circuit_runs_unchanged() -> None:
 def test_emulator_counts_match_the_density_matrix_of_the_same_noise_model() -> None:
     """Acceptance: qsim noisy trajectories + sampled readout flips vs exact density matrix + confusion (χ²)."""
     cal = Calibration.synthetic(GRID, seed=3, scale=5.0)  # errors ×5 so the noise is plainly visible
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     emulator = DeviceEmulator(
         EmulatorConfig(device=GRID, seed=11), calibration=cal, clock=clock, engine=qsim_trajectory_engine
     )
@@ -188,7 +188,7 @@ def test_emulator_counts_match_the_density_matrix_of_the_same_noise_model() -> N
 
 
 def test_job_lifecycle_follows_the_injected_clock() -> None:
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     latency = LatencyModel(queue_s=10.0, queue_jitter_s=0.0, per_program_s=1.0, per_shot_s=0.0)
     emulator = DeviceEmulator(
         EmulatorConfig(device=GRID, latency=latency), calibration=Calibration.ideal(GRID), clock=clock
@@ -214,10 +214,10 @@ def test_job_lifecycle_follows_the_injected_clock() -> None:
 
 
 def test_cost_model_charges_per_job_and_per_shot() -> None:
-    clock = FakeClock()
-    cost = CostModel(per_job=1.0, per_shot=0.01)
+    clock = SimulatedDeviceClock()
+    cost = DevicePricing(per_job=1.0, per_shot=0.01)
     emulator = DeviceEmulator(
-        EmulatorConfig(device=GRID, cost=cost), calibration=Calibration.ideal(GRID), clock=clock
+        EmulatorConfig(device=GRID, pricing=cost), calibration=Calibration.ideal(GRID), clock=clock
     )
     q = cirq.LineQubit(0)
     circuit = cirq.Circuit(cirq.X(q), cirq.measure(q, key="m"))
@@ -228,7 +228,7 @@ def test_cost_model_charges_per_job_and_per_shot() -> None:
 
 def _submit_many(config: EmulatorConfig, program: Program, n: int) -> tuple[list[str], list[str]]:
     """Submit ``n`` one-program jobs a second apart; the fate of each (error kind or final state)."""
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     emulator = DeviceEmulator(config, calibration=Calibration.ideal(GRID), clock=clock)
     fates, jobs = [], []
     for i in range(n):
@@ -248,7 +248,7 @@ def test_caps_and_seeded_transient_failures() -> None:
     config = EmulatorConfig(device=GRID, failures=failures, seed=5, max_programs_per_job=200)
     q = cirq.LineQubit(0)
     program = Program(cirq.Circuit(cirq.X(q), cirq.measure(q, key="m")), {}, 1)
-    emulator = DeviceEmulator(config, calibration=Calibration.ideal(GRID), clock=FakeClock())
+    emulator = DeviceEmulator(config, calibration=Calibration.ideal(GRID), clock=SimulatedDeviceClock())
     with pytest.raises(JobTooLargeError, match="201 programs exceed the cap of 200"):
         emulator.submit([program] * 201, client_token="big")
     fates, states = _submit_many(config, program, 300)
@@ -264,7 +264,7 @@ def test_caps_and_seeded_transient_failures() -> None:
 
 def test_the_fast_density_matrix_engine_matches_cirq() -> None:
     cal = Calibration.synthetic(GRID, seed=4, scale=3.0)
-    emulator = DeviceEmulator(EmulatorConfig(device=GRID), calibration=cal, clock=FakeClock())
+    emulator = DeviceEmulator(EmulatorConfig(device=GRID), calibration=cal, clock=SimulatedDeviceClock())
     noisy = emulator.noisy_circuit(Program(ring_circuit(), {"t": 0.8}, 1))
     qubits = sorted(noisy.all_qubits())
     body = cirq.Circuit(op for op in noisy.all_operations() if not cirq.is_measurement(op))

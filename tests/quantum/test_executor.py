@@ -1,4 +1,4 @@
-"""The executor: batching under the cap, bounded concurrency, idempotent retries, budget, offline device."""
+"""The executor: batching under the cap, bounded concurrency, idempotent retries, spend limit, offline device."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from quantum.emulator import (
     FailureModel,
     LatencyModel,
 )
-from quantum.executor import Budget, Executor, ExecutorConfig, ExecutorSampler, SamplerJobBackend
-from quantum.hardware import (
-    BudgetExhaustedError,
+from quantum.executor import Executor, ExecutorConfig, ExecutorSampler, SamplerJobBackend, SpendLimit
+from quantum.qpu import (
     DeviceOfflineError,
     DeviceValidationError,
-    FakeClock,
     Program,
     RetriesExhaustedError,
+    SimulatedDeviceClock,
+    SpendLimitError,
     TransientBackendError,
 )
 
@@ -91,7 +91,7 @@ class Recording:
         self.backend.cancel(job_id)
 
 
-def emulator(clock: FakeClock, **config) -> DeviceEmulator:
+def emulator(clock: SimulatedDeviceClock, **config) -> DeviceEmulator:
     return DeviceEmulator(
         EmulatorConfig(device=GRID, **config),
         calibration=Calibration.ideal(GRID),
@@ -102,7 +102,7 @@ def emulator(clock: FakeClock, **config) -> DeviceEmulator:
 
 def test_thousand_programs_with_30_percent_transient_failures_complete_exactly_once() -> None:
     """Acceptance: every result once, in order, each program's own, despite 30 % injected failures."""
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     backend = Recording(emulator(clock, failures=FailureModel.transient(0.3), seed=3))
     executor = Executor(backend, ExecutorConfig(max_in_flight=8, batch_size=10), clock=clock, client_id="acc")
     results = executor.run(index_programs(1000))
@@ -121,7 +121,7 @@ def test_thousand_programs_with_30_percent_transient_failures_complete_exactly_o
 
 
 def test_batches_respect_the_vendor_cap_and_the_in_flight_bound() -> None:
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     backend = Recording(emulator(clock, max_programs_per_job=200))
     executor = Executor(backend, ExecutorConfig(max_in_flight=2), clock=clock)
     results = executor.run(index_programs(450, repetitions=2))
@@ -130,24 +130,24 @@ def test_batches_respect_the_vendor_cap_and_the_in_flight_bound() -> None:
     assert [decoded(r) for r in results] == [{i} for i in range(450)]
 
 
-def test_budget_exhaustion_is_reported_before_overspending() -> None:
-    clock = FakeClock()
+def test_spend_limit_is_reported_before_overspending() -> None:
+    clock = SimulatedDeviceClock()
     backend = emulator(clock)
     cost = backend.estimate_cost(index_programs(10, repetitions=100))
     executor = Executor(
         backend,
-        ExecutorConfig(batch_size=10, max_in_flight=1, budget=Budget(max_cost=2.5 * cost)),
+        ExecutorConfig(batch_size=10, max_in_flight=1, spend_limit=SpendLimit(max_cost=2.5 * cost)),
         clock=clock,
     )
     executor.run(index_programs(20, repetitions=100))  # two jobs fit
-    with pytest.raises(BudgetExhaustedError, match="exceeds the remaining budget.*fall back to a simulator"):
+    with pytest.raises(SpendLimitError, match="exceeds the remaining spend limit.*fall back to a simulator"):
         executor.run(index_programs(10, repetitions=100))
     assert executor.stats().cost == pytest.approx(2 * cost)
     assert backend.billing().cost == pytest.approx(2 * cost)
 
 
 def test_a_dead_device_raises_device_offline() -> None:
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     backend = emulator(clock, failures=FailureModel(device_offline=1.0, offline_s=float("inf")))
     executor = Executor(backend, ExecutorConfig(offline_timeout_s=120.0, max_attempts=50), clock=clock)
     with pytest.raises(DeviceOfflineError, match="fall back to a simulator"):
@@ -157,7 +157,7 @@ def test_a_dead_device_raises_device_offline() -> None:
 
 
 def test_permanent_errors_are_not_retried() -> None:
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     backend = Recording(emulator(clock))
     executor = Executor(backend, clock=clock)
     too_wide = cirq.Circuit(
@@ -169,7 +169,7 @@ def test_permanent_errors_are_not_retried() -> None:
 
 
 def test_persistent_server_errors_exhaust_the_retries() -> None:
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     executor = Executor(
         emulator(clock, failures=FailureModel(server_error=1.0)), ExecutorConfig(max_attempts=4), clock=clock
     )
@@ -180,7 +180,7 @@ def test_persistent_server_errors_exhaust_the_retries() -> None:
 
 
 def test_stuck_jobs_time_out_are_cancelled_and_resubmitted() -> None:
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     slow = LatencyModel(queue_s=1000.0, queue_jitter_s=0.0)
     backend = emulator(clock, latency=slow)
     executor = Executor(backend, ExecutorConfig(job_timeout_s=100.0, max_attempts=3), clock=clock)
@@ -207,7 +207,7 @@ def test_any_cirq_sampler_runs_through_the_executor() -> None:
 
 
 def test_backoff_sleeps_on_the_injected_clock() -> None:
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     backend = emulator(clock, failures=FailureModel(rate_limit=0.5), seed=1)
     executor = Executor(
         backend,
@@ -237,7 +237,7 @@ class FlakyDownloads(Recording):
 
 
 def test_a_failed_download_is_retried_without_resubmitting() -> None:
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     backend = FlakyDownloads(emulator(clock))
     executor = Executor(backend, ExecutorConfig(batch_size=5), clock=clock)
     results = executor.run(index_programs(12))

@@ -10,9 +10,9 @@ import pytest
 from quantum import CircuitSpec, JaxBackend, build_circuit, make_qnn
 from quantum.emulator import Calibration, DeviceEmulator, DeviceSpec, EmulatorConfig
 from quantum.executor import Executor
-from quantum.hardware import FakeClock
 from quantum.hardware.gradients import parameter_shift_estimate
 from quantum.hardware.shots import ExecutorBackend
+from quantum.qpu import SimulatedDeviceClock
 
 GRID = DeviceSpec(name="grid-3x3", rows=3, cols=3)
 
@@ -35,7 +35,7 @@ def test_parameter_shift_from_10000_shots_agrees_with_exact_gradients(readout: s
     """Acceptance: every Jacobian entry within 4 standard errors (RY two-term and CRZ four-term rules)."""
     spec = CircuitSpec(n_qubits=3, n_layers=1, encoding="none", readout=readout)
     qc = build_circuit(spec)
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     emulator = DeviceEmulator(
         EmulatorConfig(device=GRID, seed=2), calibration=Calibration.ideal(GRID), clock=clock
     )
@@ -60,7 +60,7 @@ def test_make_qnn_runs_on_the_emulator_through_the_executor() -> None:
     from quantum.executor import ExecutorSampler
 
     spec = CircuitSpec(n_qubits=2, n_layers=1, encoding="angle", readout="z")
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     emulator = DeviceEmulator(
         EmulatorConfig(device=GRID, seed=6), calibration=Calibration.ideal(GRID), clock=clock
     )

@@ -24,9 +24,9 @@ from model.train import TrainConfig, train
 from quantum import build_circuit
 from quantum.emulator import Calibration, DeviceEmulator, DeviceSpec, EmulatorConfig
 from quantum.executor import Executor
-from quantum.hardware import FakeClock
 from quantum.hardware.loop import DeviceQnn, RefineConfig, refine_on_device
 from quantum.hardware.shots import ExecutorBackend
+from quantum.qpu import SimulatedDeviceClock
 from tests.fixtures.tiny_model import write_tiny_hf
 from tests.model.adapter_helpers import counting_batches
 
@@ -68,7 +68,7 @@ def test_hardware_in_the_loop_cycle_with_the_tiny_model() -> None:
     # 2. Device: the same circuit on the emulated QPU, every adapter's QNN through one executor.
     device = DeviceSpec(name="grid-2x3", rows=2, cols=3)
     calibration = Calibration.synthetic(device, seed=2)
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     emulator = DeviceEmulator(EmulatorConfig(device=device, seed=5), calibration=calibration, clock=clock)
     executor = Executor(emulator, clock=clock, client_id="cycle")
     backend = ExecutorBackend(executor, repetitions=SHOTS, confusions_for=calibration.confusion_matrices)

@@ -9,10 +9,10 @@ import pytest
 
 from quantum import CircuitSpec, Spsa, build_circuit, make_qnn
 from quantum.emulator import Calibration, DeviceEmulator, DeviceSpec, EmulatorConfig, FailureModel
-from quantum.executor import Budget, Executor, ExecutorConfig
-from quantum.hardware import FakeClock
+from quantum.executor import Executor, ExecutorConfig, SpendLimit
 from quantum.hardware.loop import DeviceQnn, RefineConfig, refine_on_device
 from quantum.hardware.shots import ExecutorBackend
+from quantum.qpu import SimulatedDeviceClock
 
 GRID = DeviceSpec(name="grid-2x3", rows=2, cols=3)
 SPEC = CircuitSpec(n_qubits=2, n_layers=1, encoding="none", readout="probs")
@@ -22,8 +22,8 @@ SHOTS = 2000
 PER_STEP = 1 + 4 * 2 + 4 * 4
 
 
-def setup(*, budget: Budget | None = None, failures: FailureModel | None = None, rule=None):
-    clock = FakeClock()
+def setup(*, limit: SpendLimit | None = None, failures: FailureModel | None = None, rule=None):
+    clock = SimulatedDeviceClock()
     calibration = Calibration.synthetic(GRID, seed=1)
     emulator = DeviceEmulator(
         EmulatorConfig(device=GRID, seed=3, failures=failures or FailureModel()),
@@ -32,7 +32,7 @@ def setup(*, budget: Budget | None = None, failures: FailureModel | None = None,
     )
     executor = Executor(
         emulator,
-        ExecutorConfig(budget=budget or Budget(), offline_timeout_s=60),
+        ExecutorConfig(spend_limit=limit or SpendLimit(), offline_timeout_s=60),
         clock=clock,
         client_id="hil",
     )
@@ -99,14 +99,14 @@ def test_spsa_rule_refines_with_two_circuits_per_gradient() -> None:
     assert result.validation_loss < result.history[0].loss
 
 
-def test_budget_exhaustion_stops_with_the_last_completed_weights() -> None:
-    budget = Budget(max_shots=2 * PER_STEP * SHOTS + SHOTS)  # two steps and a bit
-    executor, qnn = setup(budget=budget)
+def test_spend_limit_stops_with_the_last_completed_weights() -> None:
+    budget = SpendLimit(max_shots=2 * PER_STEP * SHOTS + SHOTS)  # two steps and a bit
+    executor, qnn = setup(limit=budget)
     theta = pretrained_on_simulator()
     result = refine_on_device(
         loss_of(qnn), theta, qnns=[qnn], executor=executor, config=RefineConfig(steps=5)
     )
-    assert result.stopped == "budget_exhausted" and "budget" in result.reason
+    assert result.stopped == "spend_limit" and "spend limit" in result.reason
     assert len(result.history) == 2
     assert result.stats.shots <= budget.max_shots
     # The returned weights are exactly those after step 2: a budget-free two-step run (same seeds and idempotency

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import itertools
 
 import cirq
 import numpy as np
@@ -13,7 +12,8 @@ import sympy
 
 from quantum.backends.vendor import sampler_from_import_path
 from quantum.executor import Executor, ExecutorConfig, SamplerJobBackend
-from quantum.hardware import JobState, Program
+from quantum.qpu import JobState, Program
+from tests.quantum.local_qcloud import LocalQCloudBackend
 
 HAVE_PYQPANDA3 = importlib.util.find_spec("pyqpanda3") is not None
 needs_pyqpanda3 = pytest.mark.skipif(
@@ -135,58 +135,12 @@ def test_origin_local_sampler_distribution_matches_qsim() -> None:
     assert stats.chisquare(counts, probs / probs.sum() * shots).pvalue > 1e-6
 
 
-class _LocalQCloudJob:
-    """Plays QCloudJob: queued, then computing, then finished, one step per status query."""
-
-    _ids = itertools.count()
-
-    def __init__(self, progs, shots):
-        from pyqpanda3.core import CPUQVM
-
-        self._id = f"local-{next(self._ids)}"
-        self._queries = 0
-        self._counts = []
-        for prog in progs:
-            qvm = CPUQVM()
-            qvm.run(prog, shots)
-            self._counts.append(qvm.result().get_counts())
-
-    def job_id(self):
-        return self._id
-
-    def status(self):
-        from pyqpanda3.qcloud import JobStatus
-
-        self._queries += 1
-        return (
-            [JobStatus.QUEUING, JobStatus.COMPUTING][self._queries - 1]
-            if self._queries <= 2
-            else JobStatus.FINISHED
-        )
-
-    def result(self):
-        counts = self._counts
-
-        class Result:
-            def get_counts_list(self):
-                return counts
-
-        return Result()
-
-    def cancel(self):
-        return True
-
-
-class _LocalQCloudBackend:
-    def run(self, progs, shots):
-        return _LocalQCloudJob(progs, shots)
-
-
 @needs_pyqpanda3
 def test_origin_qcloud_backend_drives_the_executor() -> None:
     from quantum.backends.origin import OriginQCloudBackend
 
-    backend = OriginQCloudBackend(qcloud_backend=_LocalQCloudBackend(), max_programs_per_job=3)
+    local = LocalQCloudBackend()
+    backend = OriginQCloudBackend(qcloud_backend=local, max_programs_per_job=3)
     q = cirq.LineQubit.range(3)
     b = sympy.symbols("b0:3")
     circuit = cirq.Circuit([cirq.X(x) ** s for x, s in zip(q, b, strict=True)], cirq.measure(*q, key="m"))
@@ -198,6 +152,9 @@ def test_origin_qcloud_backend_drives_the_executor() -> None:
     results = executor.run(programs)
     assert [int("".join(map(str, r.bits("m")[0])), 2) for r in results] == list(range(8))
     assert executor.stats().jobs_completed == 3
+    # Every batch asked QCloud for the QPU path explicitly (without options it takes the noise-model entry point).
+    assert len(local.options) == 4 and all(type(o).__name__ == "QCloudOptions" for o in local.options)
+    assert local.options[0].is_mapping() and local.options[0].is_optimization()
     with pytest.raises(Exception, match="one shot count"):
         backend.submit([programs[0], Program(circuit, programs[1].params, 6)], client_token="mixed")
 
@@ -231,7 +188,7 @@ def test_backends_from_plain_configuration() -> None:
     sampled.close()
     with pytest.raises(ValueError, match="needs sampler='module:factory'"):
         job_backend("sampler")
-    with pytest.raises(ValueError, match="needs api_key and backend_name"):
+    with pytest.raises(ValueError, match="needs origin=OriginOptions"):
         job_backend("origin")
     with pytest.raises(ValueError, match="unknown hardware kind"):
         job_backend("ibm")  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from quantum.emulator import Calibration, DeviceEmulator, DeviceSpec, EmulatorConfig, apply_confusion
 from quantum.executor import Executor
-from quantum.hardware import FakeClock, Program
 from quantum.mitigation import (
     bits_to_probabilities,
     fold_global,
@@ -22,6 +21,7 @@ from quantum.mitigation import (
     z_expectations,
     zne,
 )
+from quantum.qpu import Program, SimulatedDeviceClock
 
 GRID = DeviceSpec(name="grid-2x3", rows=2, cols=3)
 
@@ -29,7 +29,7 @@ GRID = DeviceSpec(name="grid-2x3", rows=2, cols=3)
 def test_readout_mitigation_reduces_the_z_error_on_a_fixed_circuit() -> None:
     """Acceptance: ⟨Z_i⟩ of RY(θ_i)|0⟩ = cos θ_i, before and after inverting the calibration's confusion."""
     calibration = Calibration.synthetic(GRID, seed=2)
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     emulator = DeviceEmulator(EmulatorConfig(device=GRID, seed=4), calibration=calibration, clock=clock)
     thetas = np.array([0.3, 1.2, 2.5])
     q = cirq.LineQubit.range(3)
@@ -100,7 +100,7 @@ def test_extrapolation_is_exact_on_polynomials() -> None:
 
 def test_zero_noise_extrapolation_reduces_the_gate_noise_bias() -> None:
     calibration = Calibration.synthetic(GRID, seed=5, scale=3.0)
-    clock = FakeClock()
+    clock = SimulatedDeviceClock()
     emulator = DeviceEmulator(EmulatorConfig(device=GRID, seed=8), calibration=calibration, clock=clock)
     executor = Executor(emulator, clock=clock, client_id="zne")
     q = cirq.LineQubit.range(2)

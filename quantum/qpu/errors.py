@@ -1,4 +1,4 @@
-"""Exceptions of the hardware path: each names the offending thing and says what to do about it."""
+"""Exceptions of the device path: each names the offending thing and says what to do about it."""
 
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ class TransientBackendError(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
-class BudgetExhaustedError(RuntimeError):
-    """The next job would exceed the shot or money budget; nothing over budget was submitted.
+class SpendLimitError(RuntimeError):
+    """The next job would exceed the executor's spend limit (shots or money); nothing over it was submitted.
 
-    The caller should fall back to a simulator backend or raise the budget.
+    The caller should fall back to a simulator backend or raise the limit.
     """
 
 

@@ -1,16 +1,16 @@
-"""What a job costs: a fixed fee per job plus a price per shot (how QPU clouds bill)."""
+"""What a device job costs: a fixed fee per job plus a price per shot (how QPU clouds bill)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from quantum.hardware.protocol import Program
+from quantum.qpu.protocol import Program
 
 
 @dataclass(frozen=True)
-class CostModel:
-    """Prices of a job.
+class DevicePricing:
+    """A device's prices (the emulator's bill, a vendor's list price for spend limits).
 
     Attributes:
         per_job: fixed fee per completed job.
@@ -23,8 +23,13 @@ class CostModel:
     currency: str = "USD"
 
     def __post_init__(self) -> None:
-        if self.per_job < 0 or self.per_shot < 0:
+        if not (self.per_job >= 0 and self.per_shot >= 0):  # also refuses NaN
             raise ValueError(f"prices must be >= 0, got per_job={self.per_job}, per_shot={self.per_shot}")
+
+    @classmethod
+    def free(cls) -> DevicePricing:
+        """No charge: simulators, and vendors whose prices were not configured (a money limit then never binds)."""
+        return cls(per_job=0.0, per_shot=0.0)
 
     def job_cost(self, programs: Sequence[Program]) -> float:
         """The price of one job holding ``programs``."""

@@ -1,4 +1,8 @@
-"""Injected time: the real clock, and a fake one for tests and emulated-latency runs."""
+"""The device path's injected time: the wall clock, and a simulated one for tests and emulated-latency runs.
+
+Named ``Device*`` because this clock is monotonic seconds for queue latency, polling and back-off on a quantum
+device; the agent's own clock (timezone-aware datetimes for scheduling) is a different thing.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
-class RealClock:
+class RealDeviceClock:
     """Wall time: ``time.monotonic`` and ``time.sleep``."""
 
     def now(self) -> float:
@@ -22,7 +26,7 @@ class RealClock:
             time.sleep(seconds)
 
 
-class FakeClock:
+class SimulatedDeviceClock:
     """A clock that only moves when someone sleeps on it; safe to share between threads.
 
     ``sleep(s)`` returns at once after advancing the time by ``s``, so code that waits on an emulated queue
@@ -30,7 +34,7 @@ class FakeClock:
     by the sum of their sleeps (a pessimistic clock): orderings stay causal, durations are upper bounds.
 
     Example:
-        >>> clock = FakeClock(start=100.0)
+        >>> clock = SimulatedDeviceClock(start=100.0)
         >>> clock.sleep(2.5)
         >>> clock.now()
         102.5
@@ -42,12 +46,12 @@ class FakeClock:
         self.slept = 0.0  # total seconds slept, for tests that check back-off happened
 
     def now(self) -> float:
-        """The fake time in seconds."""
+        """The simulated time in seconds."""
         with self._lock:
             return self._now
 
     def sleep(self, seconds: float) -> None:
-        """Advance the fake time by ``seconds`` (negative values are ignored)."""
+        """Advance the simulated time by ``seconds`` (negative values are ignored)."""
         if seconds <= 0:
             return
         with self._lock:
@@ -55,8 +59,8 @@ class FakeClock:
             self.slept += seconds
 
 
-class Clock(Protocol):
-    """What the hardware path needs from time: read it and wait on it."""
+class DeviceClock(Protocol):
+    """What the device path needs from time: read it and wait on it."""
 
     def now(self) -> float:
         """Seconds on a monotonic clock."""
