@@ -9,6 +9,7 @@ from typing import Any
 
 import policies
 from agent.daemon.runtime import Runtime
+from agent.store import CycleState
 
 __all__ = ["cycle_event_logger", "record_decision"]
 
@@ -37,7 +38,21 @@ def cycle_event_logger(rt: Runtime) -> Callable[[str, Mapping[str, Any]], None]:
             rt.metrics.cycle_started()
         elif name == "state":
             rt.set_status(f"cycle {fields['cycle']}: {fields['from']} → {fields['to']}")
+            _track_step(rt, fields["cycle"], str(fields["to"]))
+        elif name in ("end", "interrupted"):
+            rt.liveness.step_finished("cycle")
         elif name == "checkpoint":
             rt.set_status(f"cycle {fields['cycle']}: training, checkpoint at step {fields['step']}")
 
     return on_event
+
+
+def _track_step(rt: Runtime, cycle_id: object, state: str) -> None:
+    """Gives the watchdog the deadline of the step a cycle just entered (training may take train_timeout_s, then
+    stop_timeout_s to checkpoint; any other step daemon.step_limit_s)."""
+    daemon = rt.config.daemon
+    if CycleState(state).terminal:
+        rt.liveness.step_finished("cycle")
+        return
+    limit = daemon.train_timeout_s + daemon.stop_timeout_s if state == CycleState.TRAIN else daemon.step_limit_s
+    rt.liveness.step_started("cycle", limit_s=limit, what=f"cycle {cycle_id} step {state}")

@@ -117,10 +117,15 @@ class PolicyCycleDriver:
         with self._lock:
             art = rt.registry.load(version_id)
             rt.set_status(f"evaluating {version_id} ({reason})")
+            rt.liveness.step_started(
+                "evaluate", limit_s=rt.config.daemon.step_limit_s, what=f"evaluation of {version_id}"
+            )
             try:
                 outcome = self.trainer(rt).evaluate(art.path, version_id=version_id)
             except CycleInterrupted:  # stopping: the next scheduled evaluation does it
                 return None
+            finally:
+                rt.liveness.step_finished("evaluate")
             metrics = {f"eval_{k}": float(v) for k, v in outcome.metrics.items()} | {EVAL_METRIC: outcome.mean}
             rt.store.versions.update_metrics(version_id, metrics)
             rt.store.metrics.record_many(

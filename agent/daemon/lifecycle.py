@@ -2,7 +2,9 @@
 
 Start-up: migrate the database, run a health probe, serve ``/metrics``, send ``READY=1``. Then the main thread
 loops: renew or acquire the leader lease, resume the scheduler when leading and pause it when not, send
-``WATCHDOG=1`` at half of ``WatchdogSec``, handle SIGHUP (reload the config) and SIGTERM/SIGINT (stop).
+``WATCHDOG=1`` at half of ``WatchdogSec`` — only while the scheduler's heartbeat job keeps running and no cycle step
+overran its limit (:mod:`agent.daemon.liveness`; otherwise the pings stop, the log says why and systemd restarts
+the unit) — handle SIGHUP (reload the config) and SIGTERM/SIGINT (stop).
 
 Shutdown on SIGTERM: ``STOPPING=1``, ask systemd for ``daemon.stop_timeout_s`` more (``EXTEND_TIMEOUT_USEC``),
 ask the training child to checkpoint, wait for the running job to return (its cycle stays resumable), release
@@ -34,6 +36,7 @@ from agent.config import ConfigError, QthaConfig, load_config
 from agent.daemon import jobs
 from agent.daemon.inbox import Inbox
 from agent.daemon.leader import Leadership, default_replica_id
+from agent.daemon.liveness import Liveness
 from agent.daemon.metrics import MetricsServer, QthaMetrics, new_registry, serve
 from agent.daemon.runtime import CycleDriver, Runtime
 from agent.daemon.sdnotify import Notifier, watchdog_interval_s
@@ -106,7 +109,13 @@ def build_runtime(
         ),
         runner=runner or ChildRunner(),
         cycles=cycles,
+        liveness=Liveness(stale_after_s=heartbeat_stale_s(config)),
     )
+
+
+def heartbeat_stale_s(config: QthaConfig) -> float:
+    """How old the scheduler's heartbeat may be before the daemon counts itself hung: three periods."""
+    return 3 * config.scheduler.heartbeat_interval_s
 
 
 def health_probe(rt: Runtime) -> None:
@@ -165,6 +174,7 @@ class Daemon:
         watchdog = watchdog_interval_s(os.environ)
         self._loop_s = loop_interval_s or min(ttl / 3, watchdog or ttl, 5.0)
         self._was_leader = False
+        self._not_alive: str | None = None  # the reason the watchdog is not pinged (logged once per change)
 
     # -- signals -------------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -219,8 +229,21 @@ class Daemon:
         elif not leading and self._was_leader:
             self._on_deposed()
         self._was_leader = leading
-        rt.notifier.watchdog()
+        self._ping_watchdog()
         return leading
+
+    def _ping_watchdog(self) -> None:
+        """``WATCHDOG=1`` only while the scheduler beats and no step is stuck; otherwise log why, once."""
+        verdict = self.rt.liveness.check()
+        if verdict.alive:
+            if self._not_alive is not None:
+                log.warning("liveness restored (%s no longer holds): pinging the systemd watchdog again", self._not_alive)
+                self._not_alive = None
+            self.rt.notifier.watchdog()
+            return
+        if verdict.reason != self._not_alive:
+            log.error("not pinging the systemd watchdog: %s", verdict.reason)
+            self._not_alive = verdict.reason
 
     def run(self, *, until: Callable[[], bool] | None = None) -> int:
         """Starts and loops until SIGTERM/SIGINT (or ``until()``); returns the exit status."""
@@ -270,6 +293,7 @@ class Daemon:
             log.warning("reload: %s changed but take effect only after a restart", ", ".join(ignored))
             fresh = fresh.model_copy(update={k: getattr(rt.config, k) for k in ignored})
         rt.config = fresh
+        rt.liveness.stale_after_s = heartbeat_stale_s(fresh)
         _configure_logging(fresh)
         jobs.schedule_all(self.scheduler, rt)
         log.info("configuration reloaded")
@@ -286,6 +310,7 @@ class Daemon:
             jobs.resume_cycle, args=[rt], id="resume", replace_existing=True, misfire_grace_time=None
         )
         self.scheduler.resume()
+        rt.liveness.expect_heartbeat(True)
         # Apply queued commands and ask the trigger at once rather than one interval after taking over (a fresh
         # install starts its first cycle right away; a `cycle --now` applied meanwhile triggers its own run).
         rt.run_soon("commands")
@@ -295,6 +320,7 @@ class Daemon:
     def _on_deposed(self) -> None:
         rt = self.rt
         self.scheduler.pause()
+        rt.liveness.expect_heartbeat(False)
         if rt.runner.request_stop():
             log.warning(
                 "lost the lease while training: asked the child to checkpoint; the new leader resumes"

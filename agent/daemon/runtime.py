@@ -20,6 +20,7 @@ from agent.clock import Clock
 from agent.config import PolicyConfig, QthaConfig
 from agent.daemon.inbox import Inbox
 from agent.daemon.leader import Leadership
+from agent.daemon.liveness import Liveness
 from agent.daemon.metrics import QthaMetrics
 from agent.daemon.policy_inputs import effective_policy
 from agent.daemon.sdnotify import Notifier
@@ -67,6 +68,7 @@ class Runtime:
         scheduler: the APScheduler instance (set by the daemon; commands use it to run jobs at once).
         schedule_evaluation: ``(version_id, reason)`` → runs a one-off evaluation job soon (set by the daemon
             with the scheduler; injected so that commands need not import the jobs that apply them).
+        liveness: the heartbeat and step deadlines the watchdog ping depends on.
     """
 
     config: QthaConfig
@@ -86,6 +88,7 @@ class Runtime:
     scheduler: Any = None
     schedule_evaluation: Callable[[str, str], None] | None = None
     status: str = "starting"
+    liveness: Liveness = field(default_factory=lambda: Liveness(stale_after_s=30.0))
 
     @property
     def replica(self) -> str:
