@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.series import SERIES
+
 __all__ = [
     "ConfigError",
     "DaemonConfig",
@@ -132,6 +134,12 @@ class SchedulerConfig(_Section):
     misfire_grace_s: float = Field(
         default=30.0, gt=0, description="A job run later than this after its time is skipped (jobs coalesce)."
     )
+    heartbeat_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Period of the scheduler's heartbeat job; the systemd watchdog is pinged only while the last "
+        "beat is younger than three periods (a hung scheduler stops the pings).",
+    )
 
 
 class PolicyConfig(_Section):
@@ -147,10 +155,20 @@ class PolicyConfig(_Section):
     )
     drift_metric: str = Field(
         default="eval_mean",
-        description="Metric sample name the drift detector watches: the daemon's own held-out score (eval_mean) "
-        "or a name pushed with `qtha observe` / read from Prometheus.",
+        description="Documented per-version series the drift detector watches (agent/series.py): the daemon's own "
+        "held-out score (eval_mean) or a live signal (live_verified_rate, live_feedback_score, live_error_rate, ...) "
+        "computed from the server's usage log, pushed with `qtha observe` or read from Prometheus.",
     )
     drift_higher_is_better: bool = Field(default=True, description="False for losses and error rates.")
+
+    @field_validator("drift_metric")
+    @classmethod
+    def _documented_series(cls, value: str) -> str:
+        found = next((s for s in SERIES if s.matches(value)), None)
+        if found is None or "version" not in found.required:
+            per_version = ", ".join(s.name for s in SERIES if "version" in s.required and "*" not in s.name)
+            raise ValueError(f"not a documented per-version series; one of: {per_version}")
+        return value
     drift_method: Literal["page_hinkley", "cusum"] = Field(
         default="page_hinkley", description="Detector of a degrading champion metric."
     )
@@ -256,6 +274,12 @@ class DaemonConfig(_Section):
         default=6 * 3600.0,
         gt=0,
         description="A training child process running longer is killed and the cycle fails.",
+    )
+    step_limit_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest a cycle step other than training (or an evaluation) may run before the daemon counts "
+        "itself stuck and stops pinging the systemd watchdog (training: train_timeout_s + stop_timeout_s).",
     )
 
 

@@ -39,6 +39,7 @@ from agent.daemon.commands import validate_args
 from agent.daemon.inbox import InboxError, validate_file
 from agent.daemon.planner import RecipeOverrideError, check_override
 from agent.daemon.policy_inputs import OVERRIDE_PREFIX, effective_policy, parse_policy_value
+from agent.series import UnknownSeriesError, check_sample
 from agent.store import Store, StoreError, open_store
 
 __all__ = ["admin_app"]
@@ -403,9 +404,17 @@ def observe(
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Record a metric sample about the deployed model (drift detection reads policy.drift_metric)."""
+    """Record a metric sample about the deployed model (drift detection reads policy.drift_metric).
+
+    Only documented series are accepted (e.g. live_feedback_score --label version=c000002); see the README,
+    'What the daemon watches'. Anything else is refused with exit status 2.
+    """
     labels = {k: str(v) for k, v in _parse_pairs(label or [], "--label").items()}
     cfg = read_config(config)
+    try:
+        check_sample(name, labels)
+    except UnknownSeriesError as exc:
+        fail(str(exc), EXIT_USAGE)
     with _store(cfg) as store:
         sample = store.metrics.record(name, value, source="operator", labels=labels)
     typer.echo(f"recorded {sample.name}={sample.value:g} {labels or ''} at {sample.at.isoformat()}")

@@ -17,6 +17,7 @@ from agent.daemon import commands, promquery
 from agent.daemon.metrics import QthaMetrics
 from agent.daemon.policy_inputs import budget_per_day, cycle_records, trigger_config
 from agent.daemon.runtime import Runtime
+from agent.series import UnknownSeriesError, check_sample
 from agent.store import AuditKind, CycleState
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "consider_cycle",
     "evaluate_champion",
     "evaluate_version",
+    "heartbeat",
     "housekeeping",
     "ingest_inbox",
     "observe_prometheus",
@@ -46,6 +48,11 @@ def apply_commands(rt: Runtime) -> None:
     """Applies queued operator commands (every few seconds)."""
     if _leading(rt):
         commands.apply_pending(rt)
+
+
+def heartbeat(rt: Runtime) -> None:
+    """Proves the scheduler runs jobs: the systemd watchdog is pinged only while this keeps beating."""
+    rt.liveness.beat()
 
 
 def consider_cycle(rt: Runtime) -> None:
@@ -123,7 +130,16 @@ def observe_prometheus(rt: Runtime) -> None:
             log.warning("%s", exc)
             rt.metrics.backend_error("prometheus", "query")
             continue
-        rt.store.metrics.record_many(((name, s.value, s.labels) for s in samples), source="prometheus")
+        fitting = []
+        for s in samples:
+            try:
+                check_sample(name, s.labels)
+            except UnknownSeriesError as exc:  # refused, said once per query run, never silently dropped
+                log.warning("observe query %s: sample %s refused: %s", name, dict(s.labels), exc)
+                rt.metrics.backend_error("prometheus", "refused_sample")
+                continue
+            fitting.append((name, s.value, s.labels))
+        rt.store.metrics.record_many(fitting, source="prometheus")
 
 
 def housekeeping(rt: Runtime) -> None:
@@ -191,6 +207,7 @@ def update_gauges(metrics: QthaMetrics, rt: Runtime) -> None:
 _TABLE: dict[str, tuple[Callable[[Runtime], None], str, bool]] = {
     "commands": (apply_commands, "commands_interval_s", True),
     "gauges": (refresh_gauges, "commands_interval_s", True),
+    "heartbeat": (heartbeat, "heartbeat_interval_s", True),
     "consider": (consider_cycle, "consider_interval_s", True),
     "evaluate": (evaluate_champion, "evaluate_interval_s", True),
     "ingest": (ingest_inbox, "ingest_interval_s", True),

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 
 from agent.clock import Clock
+from agent.series import check_sample
 from agent.store import _convert
 from agent.store._db import Database
 from agent.store._tables import DecisionRow, MetricRow
@@ -34,7 +35,12 @@ class Metrics:
         labels: Mapping[str, str] | None = None,
         at: datetime | None = None,
     ) -> MetricSample:
-        """Stores one sample (``at`` defaults to now)."""
+        """Stores one sample (``at`` defaults to now).
+
+        Raises:
+            UnknownSeriesError: the name or a label fits no documented series (:mod:`agent.series`).
+        """
+        check_sample(name, labels or {})
         with self._db.tx() as conn:
             result = conn.execute(
                 insert(_M).values(
@@ -55,8 +61,15 @@ class Metrics:
         source: str,
         at: datetime | None = None,
     ) -> int:
-        """Stores ``(name, value, labels)`` samples in one transaction; returns how many."""
+        """Stores ``(name, value, labels)`` samples in one transaction; returns how many.
+
+        Raises:
+            UnknownSeriesError: a sample fits no documented series; none is stored.
+        """
         when = at or self._clock.now()
+        samples = list(samples)
+        for name, _value, labels in samples:
+            check_sample(name, labels)
         rows = [
             {"name": n, "value": float(v), "labels": dict(lab), "at": when, "source": source}
             for n, v, lab in samples

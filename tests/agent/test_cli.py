@@ -103,16 +103,24 @@ def test_ingest_validates_and_drops_into_the_inbox(config: Path, tmp_path: Path)
 
 
 def test_observe_records_a_labelled_sample(config: Path) -> None:
-    code, out = run(config, "observe", "live_accuracy", "0.75", "--label", "region=eu", "--label", "model=v3")
-    assert code == 0 and "recorded live_accuracy=0.75" in out
+    code, out = run(config, "observe", "live_feedback_score", "0.75", "--label", "version=v3")
+    assert code == 0 and "recorded live_feedback_score=0.75" in out
     store = open_store(f"sqlite:///{config.parent / 'state' / 'qtha.db'}")
-    [sample] = store.metrics.samples("live_accuracy")
+    [sample] = store.metrics.samples("live_feedback_score")
     store.close()
-    assert (sample.value, dict(sample.labels), sample.source) == (
-        0.75,
-        {"region": "eu", "model": "v3"},
-        "operator",
-    )
+    assert (sample.value, dict(sample.labels), sample.source) == (0.75, {"version": "v3"}, "operator")
+
+
+def test_observe_refuses_a_sample_that_fits_no_series(config: Path) -> None:
+    code, out = run(config, "observe", "live_accuracy", "0.75", "--label", "version=v3")
+    assert code == 2 and "unknown metric series 'live_accuracy'" in out and "live_feedback_score" in out
+    code, out = run(config, "observe", "live_feedback_score", "0.75", "--label", "region=eu")
+    assert code == 2 and "needs label(s) version" in out
+    code, out = run(config, "observe", "live_feedback_score", "0.75", "--label", "version=v3", "--label", "region=eu")
+    assert code == 2 and "does not take label(s) region" in out
+    store = open_store(f"sqlite:///{config.parent / 'state' / 'qtha.db'}")
+    assert store.metrics.samples("live_feedback_score") == [] and store.metrics.samples("live_accuracy") == []
+    store.close()
 
 
 def test_read_commands_have_json(config: Path) -> None:

@@ -103,3 +103,11 @@ def test_cli_bad_value_exits_2_naming_the_key() -> None:
     out = _cli("config", "show", env={"QTHA_METRICS__PORT": "notaport"})
     assert out.returncode == 2
     assert "metrics.port" in out.stderr and "QTHA_METRICS__PORT" in out.stderr and "notaport" in out.stderr
+
+
+def test_drift_metric_must_be_a_documented_per_version_series() -> None:
+    from agent.config import ConfigError, load_config
+
+    assert load_config(None, policy={"drift_metric": "live_verified_rate"}).policy.drift_metric == "live_verified_rate"
+    with pytest.raises(ConfigError, match="policy.drift_metric = 'live_accuracy'.*not a documented per-version series"):
+        load_config(None, policy={"drift_metric": "live_accuracy"})

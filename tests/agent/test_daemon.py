@@ -327,7 +327,10 @@ def test_prometheus_queries_become_metric_samples(tmp_path: Path) -> None:
                     "status": "success",
                     "data": {
                         "resultType": "vector",
-                        "result": [{"metric": {"region": "eu"}, "value": [1700000000, "0.625"]}],
+                        "result": [
+                            {"metric": {"version": "v1"}, "value": [1700000000, "0.625"]},
+                            {"metric": {"version": "v2", "instance": "a:1"}, "value": [1700000000, "0.5"]},
+                        ],
                     },
                 }
             ).encode()
@@ -346,7 +349,7 @@ def test_prometheus_queries_become_metric_samples(tmp_path: Path) -> None:
         tmp_path / "state",
         observe={
             "prometheus_url": f"http://127.0.0.1:{server.server_address[1]}",
-            "queries": {"live_accuracy": "avg(answer_correct)"},
+            "queries": {"live_feedback_score": "avg by (version) (answer_score)"},
         },
     )
     rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
@@ -355,8 +358,10 @@ def test_prometheus_queries_become_metric_samples(tmp_path: Path) -> None:
         from agent.daemon import jobs
 
         jobs.observe_prometheus(rt)
-        [sample] = rt.store.metrics.samples("live_accuracy")
-        assert (sample.value, dict(sample.labels), sample.source) == (0.625, {"region": "eu"}, "prometheus")
+        # The sample with an extra label fits no series: refused (logged, counted), the other one stored.
+        [sample] = rt.store.metrics.samples("live_feedback_score")
+        assert (sample.value, dict(sample.labels), sample.source) == (0.625, {"version": "v1"}, "prometheus")
+        assert rt.metrics.value("qtha_backend_errors_total", backend="prometheus", kind="refused_sample") == 1
     finally:
         server.shutdown()
         server.server_close()

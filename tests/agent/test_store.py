@@ -447,8 +447,8 @@ def test_overrides_are_a_small_audited_key_value(store: Store) -> None:
 def test_times_round_trip_as_utc(store: Store) -> None:
     clock = FakeClock(datetime(2030, 6, 1, 12, 0, 0, 123456, tzinfo=UTC))
     other = Store(store.engine, clock=clock)
-    sample = other.metrics.record("x", 1.0, source="t")
-    assert store.metrics.samples("x")[0].at == sample.at == clock.now()
+    sample = other.metrics.record("live_requests", 1.0, source="t", labels={"version": "v1"})
+    assert store.metrics.samples("live_requests")[0].at == sample.at == clock.now()
 
 
 def test_concurrent_first_opens_of_a_new_sqlite_file_all_succeed(tmp_path: Path, fake_clock: FakeClock) -> None:
@@ -459,3 +459,20 @@ def test_concurrent_first_opens_of_a_new_sqlite_file_all_succeed(tmp_path: Path,
         for s in stores:
             s.close()
         assert errors == [], f"round {round_}: {errors}"
+
+
+def test_a_sample_that_fits_no_documented_series_is_refused(store: Store) -> None:
+    from agent.series import UnknownSeriesError
+
+    with pytest.raises(UnknownSeriesError, match="unknown metric series 'x'"):
+        store.metrics.record("x", 1.0, source="t")
+    with pytest.raises(UnknownSeriesError, match="'live_error_rate' needs label\\(s\\) version"):
+        store.metrics.record("live_error_rate", 0.1, source="t", labels={"model": "v1"})
+    with pytest.raises(UnknownSeriesError, match="does not take label\\(s\\) instance"):
+        store.metrics.record_many(
+            [("live_error_rate", 0.1, {"version": "v1"}), ("live_error_rate", 0.2, {"version": "v1", "instance": "a"})],
+            source="t",
+        )
+    assert store.metrics.samples("live_error_rate") == []  # one bad sample refuses the batch: nothing half-stored
+    store.metrics.record("live_error_rate", 0.1, source="t", labels={"version": "v1", "window": "w"})
+    assert [s.value for s in store.metrics.samples("live_error_rate", labels={"version": "v1"})] == [0.1]
