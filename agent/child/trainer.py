@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import policies
+from agent.child.datasplit import dataset_fingerprint
 from agent.child.runner import ChildOutcome, ChildRunner
 from agent.config import QthaConfig
 from agent.cycle.trainer import (
@@ -51,10 +52,13 @@ def task_config(config: QthaConfig) -> dict[str, Any]:
         "task": config.data.task,
         "data_seed": config.data.seed,
         "dataset_dir": str(config.dataset_dir),
+        "heldout_fraction": config.data.heldout_fraction,
+        "eval_inbox_max": config.evaluation.inbox_examples,
         "seq_len": config.training.seq_len,
         "batch_size": config.training.batch_size,
         "seed": config.training.seed,
         "eval_examples": config.evaluation.examples,
+        "eval_pool_examples": config.evaluation.pool_examples,
         "eval_max_new_tokens": config.evaluation.max_new_tokens,
         "eval_batch_size": config.evaluation.batch_size,
         "eval_score": config.evaluation.score,
@@ -155,11 +159,18 @@ class ChildTrainer:
             adapter_config=dict(result.get("adapter_config", {})),
         )
 
-    def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
-        """Scores a version; the result is cached per version and evaluation setting (a version's artifact is
-        immutable and verified, the held-out set fixed and decoding greedy, so a second run gives the same
-        numbers — e.g. the champion's scores in the next cycle's validation)."""
-        payload = task_config(self.config) | {"artifact_dir": str(artifact_dir), "version_id": version_id}
+    def evaluate(self, artifact_dir: Path, *, version_id: str, window: int | None = None) -> EvalOutcome:
+        """Scores a version; the result is cached per version, evaluation setting and sampling window (a
+        version's artifact is immutable and verified, a window's sample fixed and decoding greedy, so a second
+        run gives the same numbers — e.g. the champion's scores in the next cycle's validation — while the next
+        window's scheduled evaluation draws new examples and is not served from the cache)."""
+        payload = task_config(self.config) | {
+            "artifact_dir": str(artifact_dir),
+            "version_id": version_id,
+            "eval_window": window,
+            # The held-out pool includes the inbox's held-out share: new inbox data is a new setting.
+            "dataset_fingerprint": dataset_fingerprint(self.config.dataset_dir),
+        }
         setting = {
             k: v for k, v in payload.items() if k not in ("artifact_dir", "jax_cache_dir", "dataset_dir")
         }

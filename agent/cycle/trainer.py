@@ -139,8 +139,14 @@ class Trainer(Protocol):
         """
         ...
 
-    def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
-        """Scores a verified artifact on the held-out set."""
+    def evaluate(self, artifact_dir: Path, *, version_id: str, window: int | None = None) -> EvalOutcome:
+        """Scores a verified artifact on the held-out set.
+
+        ``window`` None: the fixed held-out set (the gate compares two versions on the same examples). An integer
+        (the scheduled evaluation's time window): a fresh sample of the held-out pool seeded by it, so the
+        champion's scheduled series carries the sampling variance a drift detector needs; two versions scored
+        in the same window still see the same examples.
+        """
         ...
 
 

@@ -120,16 +120,19 @@ class PolicyCycleDriver:
             rt.liveness.step_started(
                 "evaluate", limit_s=rt.config.daemon.step_limit_s, what=f"evaluation of {version_id}"
             )
+            # A fresh sample of the held-out pool per evaluation window: the recorded series varies as a real
+            # metric does (a fixed set would repeat one number forever and no drift detector could fire), and
+            # every recorded sample is drawn the same way, so drift compares like with like.
+            window = evaluation_window(rt)
             try:
-                outcome = self.trainer(rt).evaluate(art.path, version_id=version_id)
+                outcome = self.trainer(rt).evaluate(art.path, version_id=version_id, window=window)
             except CycleInterrupted:  # stopping: the next scheduled evaluation does it
                 return None
             finally:
                 rt.liveness.step_finished("evaluate")
             metrics = {f"eval_{k}": float(v) for k, v in outcome.metrics.items()} | {EVAL_METRIC: outcome.mean}
-            rt.store.versions.update_metrics(version_id, metrics)
             rt.store.metrics.record_many(
-                ((k, v, {"version": version_id}) for k, v in metrics.items()), source="daemon"
+                ((k, v, {"version": version_id, "window": str(window)}) for k, v in metrics.items()), source="daemon"
             )
             champion = rt.store.champion.get().version_id
             if version_id == champion:
@@ -205,6 +208,11 @@ class PolicyCycleDriver:
         rt.metrics.rolled_back()
         rt.metrics.set_champion(state.version_id, {})
         log.warning("rolled back %s → %s", champion, state.version_id)
+
+
+def evaluation_window(rt: Runtime) -> int:
+    """The scheduled evaluation's window number: one per ``scheduler.evaluate_interval_s`` of the clock."""
+    return int(rt.clock.now().timestamp() // rt.config.scheduler.evaluate_interval_s)
 
 
 def _short(recipe: policies.Recipe) -> str:

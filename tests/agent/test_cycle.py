@@ -146,7 +146,7 @@ def test_only_one_cycle_at_a_time_across_runners(sqlite_store: Store, state_dir:
 
 def test_a_trainer_error_fails_the_cycle_with_its_reason(sqlite_store: Store, state_dir: Path) -> None:
     class Broken(StandinTrainer):
-        def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
+        def evaluate(self, artifact_dir: Path, *, version_id: str, window: int | None = None) -> EvalOutcome:
             raise FloatingPointError("eval loss is NaN")
 
     cycle = _runner(sqlite_store, state_dir, trainer=Broken()).run(trigger_reasons=["t"], recipe=RECIPE)

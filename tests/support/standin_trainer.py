@@ -128,10 +128,13 @@ class StandinTrainer:
             adapter_config={"dim": self.dim, "lr": lr, "batch": batch},
         )
 
-    def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
+    def evaluate(self, artifact_dir: Path, *, version_id: str, window: int | None = None) -> EvalOutcome:
         w = np.load(artifact_dir / _WEIGHTS)
         errors = (self._data.x_eval @ w - self._data.y_eval) ** 2
-        scores = {f"ex-{i:03d}": -float(e) for i, e in enumerate(errors)}
+        rows = range(len(errors))
+        if window is not None:  # a rotating half of the held-out pool, as the model trainer draws
+            rows = sorted(np.random.default_rng([7, window]).choice(len(errors), size=len(errors) // 2, replace=False))
+        scores = {f"ex-{i:03d}": -float(errors[i]) for i in rows}
         return EvalOutcome(version_id, scores, {"mse": float(np.mean(errors))})
 
 
