@@ -94,6 +94,13 @@ class DataConfig(_Section):
     max_text_chars: int = Field(
         default=8192, ge=1, description="Longest accepted prompt or answer, in characters."
     )
+    heldout_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Share of the inbox's examples held out (never trained on) by a stable hash of their content; "
+        "they join the held-out pool, in slices named by their 'slice' field or their source file.",
+    )
 
 
 class QuantumConfig(_Section):
@@ -201,7 +208,12 @@ class PolicyConfig(_Section):
     promotion_confidence: float = Field(
         default=0.95, ge=0.5, lt=1, description="Paired bootstrap confidence."
     )
-    min_slice_examples: int = Field(default=20, ge=1, description="Smaller slices are reported, not judged.")
+    min_slice_examples: int = Field(
+        default=12,
+        ge=1,
+        description="Smaller slices are reported, not judged (12: every maths slice of the default evaluation and an "
+        "inbox slice of 60 examples or more at the default held-out fraction are judged).",
+    )
     auto_rollback: bool = Field(default=True, description="Roll back a promotion that degrades while baking.")
     rollback_bake_h: float = Field(
         default=24.0, gt=0, description="Hours after a promotion it may be rolled back."
@@ -239,7 +251,19 @@ class RecipeBoundsConfig(_Section):
 
 class EvaluationConfig(_Section):
     examples: int = Field(
-        default=24, ge=1, description="Held-out examples per evaluation (same for every version)."
+        default=48,
+        ge=1,
+        description="Generated held-out examples per evaluation (same for every version; 48 puts 13-20 in each "
+        "maths slice, enough for policy.min_slice_examples).",
+    )
+    inbox_examples: int = Field(
+        default=96, ge=0, description="Most held-out inbox examples one evaluation scores (besides `examples`)."
+    )
+    pool_examples: int = Field(
+        default=240,
+        ge=1,
+        description="Size of the generated held-out pool the champion's scheduled evaluation draws a fresh sample "
+        "of `examples` from in each evaluation window (the operator's held-out inbox data is added to it).",
     )
     max_new_tokens: int = Field(default=48, ge=1, description="Greedy generation budget per example.")
     batch_size: int = Field(default=8, ge=1, description="Evaluation sequences per forward pass.")

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import policies
+from agent.child.datasplit import split_inbox
 from agent.child.entry import Interrupted, TaskContext
 from agent.cycle.trainer import save_checkpoint
-from agent.daemon.inbox import read_examples
 
 __all__ = ["adapter_config_for", "evaluate", "train"]
 
@@ -105,20 +105,51 @@ def _training_examples(payload: dict[str, Any], cycle: str, count: int) -> list[
         examples = [p.as_example() for p in generate_math_problems(count, split="train", seed=seed)]
     else:
         examples = [ChatExample(p.prompt, p.response) for p in _dialogues(payload, "train")]
-    inbox = [ChatExample(e.prompt, e.answer) for e in read_examples(Path(payload["dataset_dir"]))]
+    # The inbox's held-out share (stable hash) is never trained on: it is part of the held-out pool.
+    split = split_inbox(Path(payload["dataset_dir"]), heldout_fraction=float(payload["heldout_fraction"]))
+    inbox = [ChatExample(e.prompt, e.answer) for e in split.train]
     return inbox + examples
 
 
 def _heldout(payload: dict[str, Any]) -> list[tuple[str, Any, int | None]]:
-    """(id, chat example, exact answer or None) — the same for every version (fixed seed and split)."""
+    """(id, chat example, exact answer or None): the bundled task's held-out examples plus the inbox's.
+
+    Without ``eval_window`` the fixed set (the first ``eval_examples`` of the pool, every inbox held-out example up
+    to ``eval_inbox_max``): the same for every version. With a window, a fresh sample of the same size from the
+    pool (``eval_pool_examples`` generated, every inbox held-out example), seeded by data seed and window.
+    """
+    import numpy as np
+
     from model import ChatExample, generate_math_problems
 
-    n = int(payload["eval_examples"])
+    n, window = int(payload["eval_examples"]), payload.get("eval_window")
+    size = n if window is None else max(n, int(payload.get("eval_pool_examples", n)))
     if payload["task"] == "maths":
-        problems = generate_math_problems(n, split="test", seed=int(payload["data_seed"]))
-        return [(f"steps{p.steps}/{p.key}", p.as_example(), p.answer) for p in problems]
-    pairs = _dialogues(payload, "test")[:n]
-    return [(f"dialogue/{i:04d}", ChatExample(p.prompt, p.response), None) for i, p in enumerate(pairs)]
+        problems = generate_math_problems(size, split="test", seed=int(payload["data_seed"]))
+        pool = [(f"steps{p.steps}/{p.key}", p.as_example(), p.answer) for p in problems]
+    else:
+        pairs = _dialogues(payload, "test")[:size]
+        pool = [(f"dialogue/{i:04d}", ChatExample(p.prompt, p.response), None) for i, p in enumerate(pairs)]
+    split = split_inbox(Path(payload["dataset_dir"]), heldout_fraction=float(payload["heldout_fraction"]))
+    inbox = [
+        (key, ChatExample(e.prompt, e.answer), _integer(e.answer) if payload["task"] == "maths" else None)
+        for key, _slice, e in split.heldout
+    ]
+    cap = int(payload.get("eval_inbox_max", len(inbox)))
+    if window is None:
+        return pool[:n] + inbox[:cap]
+    rng = np.random.default_rng([int(payload["data_seed"]), int(window)])
+    take = sorted(rng.choice(len(pool), size=min(n, len(pool)), replace=False))
+    mine = sorted(rng.choice(len(inbox), size=min(cap, len(inbox)), replace=False)) if inbox else []
+    return [pool[i] for i in take] + [inbox[i] for i in mine]
+
+
+def _integer(answer: str) -> int | None:
+    """An inbox answer that is an integer can be checked exactly against a generated one."""
+    try:
+        return int(answer.strip().replace(",", ""))
+    except ValueError:
+        return None
 
 
 def _mirror(workdir: Path, state_dir: Path, last: int, ctx: TaskContext) -> int:

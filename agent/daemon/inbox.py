@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Example", "IngestResult", "Inbox", "InboxError", "read_examples", "validate_file"]
+__all__ = ["Example", "IngestResult", "Inbox", "InboxError", "iter_dataset", "read_examples", "validate_file"]
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +125,19 @@ def validate_file(path: Path, *, max_bytes: int = 64 * 2**20, max_chars: int = 8
 
 def read_examples(dataset_dir: Path) -> Iterator[Example]:
     """Every accepted example in the dataset directory, oldest file first."""
+    for _path, example in iter_dataset(dataset_dir):
+        yield example
+
+
+def iter_dataset(dataset_dir: Path) -> Iterator[tuple[Path, Example]]:
+    """Every accepted example with the dataset file it is in, oldest file first."""
     if not dataset_dir.is_dir():
         return
     for path in sorted(dataset_dir.glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 obj = json.loads(line)
-                yield Example(prompt=obj["prompt"], answer=obj["answer"], slice=obj.get("slice", "inbox"))
+                yield path, Example(prompt=obj["prompt"], answer=obj["answer"], slice=obj.get("slice", "inbox"))
 
 
 def _fsync_dir(path: Path) -> None:

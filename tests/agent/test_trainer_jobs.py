@@ -86,7 +86,9 @@ def test_backends_by_name() -> None:
 
 
 def test_heldout_sets_are_fixed_and_disjoint_from_training(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    payload = {"task": "maths", "data_seed": 0, "eval_examples": 12, "dataset_dir": str(tmp_path)}
+    payload = {
+        "task": "maths", "data_seed": 0, "eval_examples": 12, "dataset_dir": str(tmp_path), "heldout_fraction": 0.0
+    }
     first, again = _heldout(payload), _heldout(payload)
     assert [k for k, _, _ in first] == [k for k, _, _ in again] and len(first) == 12
     assert all(answer is not None for _, _, answer in first)
