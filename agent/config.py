@@ -267,6 +267,19 @@ class EvaluationConfig(_Section):
     )
     max_new_tokens: int = Field(default=48, ge=1, description="Greedy generation budget per example.")
     batch_size: int = Field(default=8, ge=1, description="Evaluation sequences per forward pass.")
+    smoke_probes: int = Field(
+        default=8, ge=0, description="Fixed probe prompts of the smoke test (0: no smoke test)."
+    )
+    smoke_max_new_tokens: int = Field(
+        default=64, ge=1, description="Token budget of a probe answer; one that has not ended by then fails."
+    )
+    smoke_tolerance: float = Field(
+        default=0.25,
+        ge=0,
+        lt=1,
+        description="Share of probes a candidate may fail; it may also fail as many as the version serving now "
+        "(the champion, or the base model before the first promotion), no more.",
+    )
     score: Literal["nll", "exact_match"] = Field(
         default="nll",
         description="Per-example score the promotion gate compares: minus the held-out token loss of the reference "

@@ -30,10 +30,15 @@ from .recipe import (
 from .records import CycleOutcome, CycleRecord, Evaluation, ExampleScore, MetricSample, Spend
 from .replay import ReplayConfig, ReplayStep, parse_history, replay_history
 from .rollback import PromotionRecord, RollbackConfig, decide_rollback
+from .smoke import ProbeResult, SmokeVerdict, is_degenerate, probe_failure, smoke_verdict
 from .space import PAPER_RECIPE, SearchSpace
 from .trigger import TriggerConfig, TriggerHistory, decide_trigger
 
 __all__ = [
+    "SmokeVerdict",
+    "is_degenerate",
+    "probe_failure",
+    "smoke_verdict",
     "PAPER_RECIPE",
     "Action",
     "BackendOption",
@@ -51,6 +56,7 @@ __all__ = [
     "ExampleScore",
     "MetricSample",
     "PolicyInputError",
+    "ProbeResult",
     "PromotionConfig",
     "PromotionRecord",
     "Reason",

@@ -114,10 +114,11 @@ def _paired(candidate: Evaluation, champion: Evaluation) -> tuple[list[str], np.
 
 def _basic_checks(candidate: Evaluation, config: PromotionConfig, reasons: list[Reason]) -> bool:
     ok = True
+    detail = f": {candidate.smoke_detail}" if candidate.smoke_detail else ""
     if candidate.smoke_ok:
-        reasons.append(Reason("smoke_test", _F, "the servability smoke test passed"))
+        reasons.append(Reason("smoke_test", _F, f"the servability smoke test passed{detail}"))
     else:
-        reasons.append(Reason("smoke_test", _S, "the servability smoke test failed"))
+        reasons.append(Reason("smoke_test", _S, f"the servability smoke test failed{detail}"))
         ok = False
     if config.max_params is not None:
         fits = candidate.trainable_params <= config.max_params

@@ -138,12 +138,14 @@ class Evaluation:
         scores: one score per held-out example; ids must be unique.
         smoke_ok: whether the servability smoke test (load, generate, answer) passed.
         trainable_params: adapter parameters, for the parameter budget.
+        smoke_detail: what the smoke test found (the failing probes), told in the reason.
     """
 
     version: str
     scores: tuple[ExampleScore, ...]
     smoke_ok: bool = True
     trainable_params: int = 0
+    smoke_detail: str = ""
 
     def __post_init__(self) -> None:
         ids = [s.example_id for s in self.scores]

@@ -376,11 +376,57 @@ def evaluate(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     smoke = len(texts) == len(prompts) and all(isinstance(t, str) for t in texts)
     score_kind = payload.get("eval_score", "nll")
     scores = {k: (correct.get(k, 0.0) if score_kind == "exact_match" else -v) for k, v in nll.items()}
+    probes = smoke_probes(payload, model, loaded.tokenizer)
     metrics = {
         "loss": float(np.mean(list(nll.values()))) if nll else math.nan,
         "accuracy": float(np.mean(list(correct.values()))) if correct else math.nan,
         "examples": float(len(scores)),
         "smoke_ok": 1.0 if smoke else 0.0,
+        "smoke_failed": float(sum(p["failure"] is not None for p in probes)),
         "trainable_params": float(params),
     }
-    return {"scores": scores, "metrics": metrics}
+    return {"scores": scores, "metrics": metrics, "probes": probes}
+
+
+PROBE_SEED = 90_210  # the smoke test's probe set: fixed, whatever data.seed the held-out set uses
+
+
+def probe_prompts(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    """The fixed probe set: ``(name, prompt)``; maths problems (each expects an integer) or dialogue openers."""
+    from model import generate_math_problems
+
+    count = int(payload.get("smoke_probes", 0))
+    if count == 0:
+        return []
+    if payload["task"] == "maths":
+        problems = generate_math_problems(count, split="test", seed=PROBE_SEED)
+        return [(f"probe-{i}", p.as_example().prompt) for i, p in enumerate(problems)]
+    return [(f"probe-{i}", p.prompt) for i, p in enumerate(_dialogues({**payload, "data_seed": PROBE_SEED}, "test")[:count])]
+
+
+def smoke_probes(payload: dict[str, Any], model: Any, tokenizer: Any) -> list[dict[str, Any]]:
+    """The smoke test: greedy answers to the probe set with their failure (:func:`policies.probe_failure`).
+
+    An answer terminates when generation stopped on an end token before ``smoke_max_new_tokens``.
+    """
+    from model import extract_answer, generate_ids
+
+    probes = probe_prompts(payload)
+    if not probes:
+        return []
+    budget = int(payload["smoke_max_new_tokens"])
+    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for _, p in probes]
+    sequences = generate_ids(
+        model,
+        tokenizer.encode_batch(rendered),
+        max_new_tokens=budget,
+        stop_ids=sorted(tokenizer.stop_ids),
+        pad_id=tokenizer.pad_id,
+    )
+    results = []
+    for (name, _prompt), ids in zip(probes, sequences, strict=True):
+        answer = tokenizer.decode(ids)
+        parses = extract_answer(answer) is not None if payload["task"] == "maths" else None
+        failure = policies.probe_failure(answer, finished=len(ids) < budget, parses=parses)
+        results.append({"probe": name, "answer": answer, "failure": failure})
+    return results

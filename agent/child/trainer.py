@@ -62,6 +62,8 @@ def task_config(config: QthaConfig) -> dict[str, Any]:
         "eval_max_new_tokens": config.evaluation.max_new_tokens,
         "eval_batch_size": config.evaluation.batch_size,
         "eval_score": config.evaluation.score,
+        "smoke_probes": config.evaluation.smoke_probes,
+        "smoke_max_new_tokens": config.evaluation.smoke_max_new_tokens,
         "backend": config.quantum.backend,
         "shots": config.quantum.shots,
         "sampler": config.quantum.sampler,
@@ -178,7 +180,7 @@ class ChildTrainer:
         cached = self.config.state_dir / "work" / "evals" / f"{version_id}-{key}.json"
         if cached.exists():
             data = json.loads(cached.read_text(encoding="utf-8"))
-            return EvalOutcome(version_id=version_id, scores=data["scores"], metrics=data["metrics"])
+            return EvalOutcome(version_id, data["scores"], data["metrics"], _probes(data.get("probes", ())))
         work = self.config.state_dir / "work" / f"eval-{version_id}"
 
         def on_event(event: dict[str, Any]) -> None:
@@ -197,11 +199,13 @@ class ChildTrainer:
         result = self._result(outcome, what=f"evaluation of {version_id}")
         scores = {str(k): float(v) for k, v in result["scores"].items()}
         metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
+        probes = _probes(result.get("probes", ()))
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.tmp")
-        tmp.write_text(json.dumps({"scores": scores, "metrics": metrics}), encoding="utf-8")
+        record = {"scores": scores, "metrics": metrics, "probes": [p.to_dict() for p in probes]}
+        tmp.write_text(json.dumps(record), encoding="utf-8")
         os.replace(tmp, cached)
-        return EvalOutcome(version_id=version_id, scores=scores, metrics=metrics)
+        return EvalOutcome(version_id=version_id, scores=scores, metrics=metrics, probes=probes)
 
     def _quantum(self, event: Mapping[str, Any]) -> None:
         self.observer.circuits_run(
@@ -218,3 +222,7 @@ class ChildTrainer:
         if outcome.status == "interrupted":
             raise CycleInterrupted(f"{what} stopped on request after a checkpoint")
         raise TrainingFailedError(f"{what} {outcome.status}: {outcome.error}")
+
+
+def _probes(raw: Any) -> tuple[policies.ProbeResult, ...]:
+    return tuple(policies.ProbeResult.from_dict(p) for p in raw)

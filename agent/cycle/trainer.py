@@ -74,11 +74,13 @@ class EvalOutcome:
         version_id: the evaluated version.
         scores: example id → score, higher is better (negate losses).
         metrics: aggregate metrics (accuracy, loss, …).
+        probes: the smoke test's answers on the fixed probe set (none: the trainer has no smoke test).
     """
 
     version_id: str
     scores: Mapping[str, float]
     metrics: Mapping[str, float] = field(default_factory=dict)
+    probes: tuple[policies.ProbeResult, ...] = ()
 
     @property
     def mean(self) -> float:

@@ -33,7 +33,7 @@ def make_gate(
             compared with it (an adapter that makes the base worse is not promoted), else ``None``.
     """
 
-    def evaluation(outcome: EvalOutcome) -> policies.Evaluation:
+    def evaluation(outcome: EvalOutcome, smoke: policies.SmokeVerdict | None = None) -> policies.Evaluation:
         scores = tuple(
             policies.ExampleScore(
                 example_id=key, score=float(value), slice=key.split("/", 1)[0] if "/" in key else "all"
@@ -43,29 +43,38 @@ def make_gate(
         return policies.Evaluation(
             version=outcome.version_id,
             scores=scores,
-            smoke_ok=bool(outcome.metrics.get("smoke_ok", 1.0)),
+            smoke_ok=bool(outcome.metrics.get("smoke_ok", 1.0)) and (smoke is None or smoke.ok),
             trainable_params=int(outcome.metrics.get("trainable_params", 0)),
+            smoke_detail="" if smoke is None else smoke.message,
         )
 
     def gate(candidate: EvalOutcome, champion: EvalOutcome | None, now: datetime) -> policies.Decision:
         against = champion
         if against is None and baseline is not None:
             against = baseline()
+        # The smoke test against the version serving now (the champion, else the base model).
+        smoke = policies.smoke_verdict(
+            candidate.probes,
+            against.probes if against is not None and against.probes else None,
+            tolerance=rt.config.evaluation.smoke_tolerance,
+        )
         decision = policies.decide_promotion(
-            evaluation(candidate),
+            evaluation(candidate, smoke),
             None if against is None else evaluation(against),
             now,
             promotion_config(rt.policy()),
             seed=rt.config.training.seed,
         )
+        extra: dict[str, object] = {"smoke": dict(smoke.evidence)} if candidate.probes else {}
         if against is not None:
-            compared = {"champion_mean": against.mean, "compared_with": against.version_id}
+            extra |= {"champion_mean": against.mean, "compared_with": against.version_id}
+        if extra:
             decision = policies.Decision(
                 decision.policy,
                 decision.action,
                 decision.at,
                 decision.reasons,
-                {**decision.evidence, **compared},
+                {**decision.evidence, **extra},
             )
         rt.metrics.decision("promotion", str(decision.action))
         for reason in decision.reasons:

@@ -139,3 +139,49 @@ def test_the_scheduled_champion_evaluation_series_varies(tmp_path: Path, monkeyp
         assert len({round(s.value, 9) for s in samples}) == 4  # not one cached number repeated
     finally:
         rt.store.close()
+
+
+def test_the_gate_rejects_a_looping_or_empty_candidate_with_the_evidence(tmp_path: Path) -> None:
+    config = load_config(None, state_dir=str(tmp_path))
+    rt = SimpleNamespace(policy=lambda: config.policy, config=config, metrics=SimpleNamespace(decision=lambda *a: None))
+    gate = make_gate(rt)  # type: ignore[arg-type]
+    scores = _scores({"steps1": (15, -1.0)})
+    clean = tuple(policies.ProbeResult(f"probe-{i}", "The answer is 4.", None) for i in range(8))
+    broken = tuple(
+        policies.ProbeResult(f"probe-{i}", text, policies.probe_failure(text, finished=True, parses=False))
+        for i, text in enumerate(["", "4 4 4 4 4 4 4 4 4 4 4 4 4", "", "so so so so so so so so so so so so"] * 2)
+    )
+    champion = EvalOutcome("c1", scores, probes=clean)
+    better = EvalOutcome("c2", {k: v + 0.5 for k, v in scores.items()}, probes=broken)
+    decision = gate(better, champion, FakeClock().now())
+    assert decision.action is policies.Action.REJECT  # better scores do not save a candidate that cannot answer
+    [smoke] = [r for r in decision.reasons if r.code == "smoke_test"]
+    assert "8 of 8 probes failed (empty, repetition; allowed 2)" in smoke.message
+    assert {f["failure"] for f in decision.evidence["smoke"]["failures"]} == {"empty", "repetition"}
+    assert gate(EvalOutcome("c3", better.scores, probes=clean), champion, FakeClock().now()).action is policies.Action.PROMOTE
+
+
+def test_the_child_probe_pass_judges_what_generation_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    import model
+    from agent.child import tasks
+
+    class Tok:
+        stop_ids = {0}
+        pad_id = 0
+
+        def apply_chat_template(self, messages: list[dict]) -> str:
+            return messages[0]["content"]
+
+        def encode_batch(self, texts: list[str]) -> list[list[int]]:
+            return [[1] for _ in texts]
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join(chr(i) for i in ids)
+
+    answers = ["The answer is 7.", "", "ab" * 32, "seven", "8 8 8 8 8 8 8 8", "42", "9", "1"]
+    monkeypatch.setattr(model, "generate_ids", lambda m, p, **k: [[ord(c) for c in a] for a in answers])
+    payload = {"task": "maths", "smoke_probes": 8, "smoke_max_new_tokens": 64, "data_seed": 0}
+    got = [p["failure"] for p in tasks.smoke_probes(payload, None, Tok())]
+    assert got == [None, "empty", "no end", "no integer", "repetition", None, None, None]
+    assert [name for name, _ in tasks.probe_prompts(payload)] == [f"probe-{i}" for i in range(8)]
+    assert tasks.probe_prompts(payload) == tasks.probe_prompts({**payload, "data_seed": 5})  # fixed set
