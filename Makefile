@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench-install lint clean-state
+.PHONY: run serve test install bench-install lint clean-state
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/qtha daemon
+
+# The champion behind an OpenAI-compatible API on 127.0.0.1:8000 (serve.host/serve.port), beside `make run`.
+serve: $(STAMP)
+	$(BIN)/qtha serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

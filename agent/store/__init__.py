@@ -11,6 +11,7 @@ from agent.store._migrations import LATEST_VERSION, LEADER_LEASE
 from agent.store._observations import Decisions, Metrics
 from agent.store._operator import Commands, Overrides
 from agent.store._store import Store, open_store
+from agent.store._usage import Usage
 from agent.store._versions import Versions
 from agent.store.errors import (
     ChampionMovedError,
@@ -31,11 +32,13 @@ from agent.store.records import (
     Cycle,
     CycleState,
     DecisionRecord,
+    Feedback,
     Lease,
     MetricSample,
     ModelVersion,
     OperatorCommand,
     ServingInterval,
+    UsageRecord,
     VersionStatus,
 )
 
@@ -56,6 +59,7 @@ __all__ = [
     "Cycles",
     "DecisionRecord",
     "Decisions",
+    "Feedback",
     "Lease",
     "LeaseHeldError",
     "Leases",
@@ -71,6 +75,8 @@ __all__ = [
     "StaleEpochError",
     "Store",
     "StoreError",
+    "Usage",
+    "UsageRecord",
     "Versions",
     "VersionStateError",
     "VersionStatus",

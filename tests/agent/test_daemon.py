@@ -384,3 +384,22 @@ def test_housekeeping_removes_finished_cycle_work(running: Running) -> None:
     jobs.housekeeping(rt)  # the job itself: idempotent
     assert not (rt.config.state_dir / "cycles" / "1").exists()
     assert (rt.config.state_dir / "current").resolve().name == rt.store.champion.get().version_id
+
+
+def test_learn_false_trains_the_configured_recipe_and_leaves_the_learner_alone(tmp_path: Path) -> None:
+    from agent.daemon.planner import Planner
+    from agent.daemon.policy_inputs import cold_start_recipe
+
+    config = fast_config(tmp_path / "state", recipe={"learn": False})
+    rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    try:
+        planned = Planner().plan(rt, None)
+        assert planned is not None
+        recipe, plan = planned
+        assert recipe == cold_start_recipe(config) and (plan.source, plan.trial) == ("config", None)
+        assert plan.planned_cpu_s > 0
+        assert not (config.state_dir / "recipes.db").exists()  # no study was asked
+        recipe, plan = Planner().plan(rt, {"steps": 7})
+        assert recipe.steps == 7 and plan.source == "operator"
+    finally:
+        rt.store.close()
