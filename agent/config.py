@@ -25,6 +25,7 @@ __all__ = [
     "DataConfig",
     "EvaluationConfig",
     "DatabaseConfig",
+    "LiveConfig",
     "LoggingConfig",
     "MetricsConfig",
     "ModelConfig",
@@ -141,6 +142,9 @@ class SchedulerConfig(_Section):
     )
     misfire_grace_s: float = Field(
         default=30.0, gt=0, description="A job run later than this after its time is skipped (jobs coalesce)."
+    )
+    live_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the live_* series are computed from the usage log and feedback."
     )
     heartbeat_interval_s: float = Field(
         default=10.0,
@@ -355,6 +359,38 @@ class ServeConfig(_Section):
     )
 
 
+class LiveConfig(_Section):
+    """Live signals from serving (the usage log and feedback of ``qtha serve``), the canary and live rollback."""
+
+    window_s: float = Field(
+        default=600.0, gt=0, description="Requests of the last window_s seconds make one live_* sample per version."
+    )
+    canary_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of live traffic a candidate that passed the offline gate serves before promotion "
+        "(0: no canary, promote at once).",
+    )
+    canary_bake_s: float = Field(default=900.0, gt=0, description="How long a canary serves before it is judged.")
+    canary_max_extensions: int = Field(
+        default=2, ge=0, description="Bake periods added when too few live samples arrived to judge."
+    )
+    canary_poll_s: float = Field(default=5.0, gt=0, description="How often a running canary is re-judged.")
+    canary_needs_traffic_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A canary starts only if the server answered a request this recently; otherwise there is no "
+        "live traffic to judge it on and the candidate is promoted on the offline gate (recorded).",
+    )
+    min_samples: int = Field(
+        default=30, ge=1, description="Requests (and observations of a signal) each side needs to be compared."
+    )
+    margin: float = Field(default=0.02, ge=0, description="Tolerated live drop of a rate or the feedback score.")
+    confidence: float = Field(default=0.95, ge=0.5, lt=1, description="One-sided confidence of 'worse'.")
+    latency_ratio: float = Field(default=1.5, gt=1, description="Mean latency beyond this multiple counts as worse.")
+
+
 class DaemonConfig(_Section):
     replica_id: str | None = Field(
         default=None, description="Name of this replica in the leader lease. Empty: <hostname>:<pid>."
@@ -413,6 +449,7 @@ class QthaConfig(BaseSettings):
     recipe: RecipeBoundsConfig = RecipeBoundsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     observe: ObserveConfig = ObserveConfig()
+    live: LiveConfig = LiveConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     daemon: DaemonConfig = DaemonConfig()
     serve: ServeConfig = ServeConfig()

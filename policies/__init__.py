@@ -15,6 +15,7 @@ from .budget import Budget, day_start, remaining_budget, spent_today
 from .cost import BackendOption, CostEstimate, CostModel, Recipe, calibrate_cpu, estimate_cost
 from .decision import Action, Decision, PolicyInputError, Reason, ReasonKind
 from .drift import DriftConfig, DriftResult, detect_drift
+from .live import LiveComparison, LiveConfig, LiveStats, compare_live, decide_canary, decide_live_rollback
 from .promotion import PromotionConfig, decide_promotion, paired_bootstrap_lcb
 from .recipe import (
     RecipeConfig,
@@ -30,12 +31,19 @@ from .recipe import (
 from .records import CycleOutcome, CycleRecord, Evaluation, ExampleScore, MetricSample, Spend
 from .replay import ReplayConfig, ReplayStep, parse_history, replay_history
 from .rollback import PromotionRecord, RollbackConfig, decide_rollback
-from .smoke import ProbeResult, SmokeVerdict, is_degenerate, probe_failure, smoke_verdict
+from .smoke import ProbeResult, SmokeVerdict, final_integer, is_degenerate, probe_failure, smoke_verdict
 from .space import PAPER_RECIPE, SearchSpace
 from .trigger import TriggerConfig, TriggerHistory, decide_trigger
 
 __all__ = [
+    "LiveComparison",
+    "LiveConfig",
+    "LiveStats",
+    "compare_live",
+    "decide_canary",
+    "decide_live_rollback",
     "SmokeVerdict",
+    "final_integer",
     "is_degenerate",
     "probe_failure",
     "smoke_verdict",

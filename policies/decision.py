@@ -32,6 +32,8 @@ class Action(StrEnum):
     HOLD = "hold"  # promotion: keep the candidate for a human to decide
     ROLLBACK = "rollback"  # rollback: restore the previous champion
     KEEP = "keep"  # rollback: keep the live champion
+    EXTEND = "extend"  # canary: bake longer (too few live samples to judge yet)
+    ABORT = "abort"  # canary: withdraw the candidate, the champion keeps all traffic
 
 
 class ReasonKind(StrEnum):

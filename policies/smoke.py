@@ -20,10 +20,27 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ProbeResult", "SmokeVerdict", "is_degenerate", "probe_failure", "smoke_verdict"]
+__all__ = ["ProbeResult", "SmokeVerdict", "final_integer", "is_degenerate", "probe_failure", "smoke_verdict"]
+
+_ANSWER_RE = re.compile(r"answer\s+is\s*:?\s*\$?\s*(-?\d[\d,]*)", re.IGNORECASE)
+_INT_RE = re.compile(r"-?\d[\d,]*")
+
+
+def final_integer(text: str) -> int | None:
+    """The integer a maths answer gives: the last "answer is N", else the last integer, else ``None``.
+
+    The rule of ``model.extract_answer`` (the evaluator's), restated here because the daemon judging live answers
+    may not import ``model``; tests/policies/test_smoke.py checks that both agree.
+    """
+    for raw in reversed(_ANSWER_RE.findall(text) or _INT_RE.findall(text)):
+        digits = raw.replace(",", "")
+        if re.fullmatch(r"-?\d+", digits):
+            return int(digits)
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -322,9 +322,20 @@ def cycle(
 
 
 @admin_app.command("promote")
-def promote(version: str, config: ConfigOption = None, key: KeyOption = None, wait: WaitOption = 0) -> None:
-    """Make VERSION the champion (verified first; audited)."""
-    _submit(config, "promote", {"version": version}, key=key, wait=wait)
+def promote(
+    version: Annotated[str | None, typer.Argument(help="The version to make champion.")] = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="End the running canary with a promotion (or skip the next canary).")
+    ] = False,
+    config: ConfigOption = None,
+    key: KeyOption = None,
+    wait: WaitOption = 0,
+) -> None:
+    """Make VERSION the champion (verified first; audited). `--now` skips the canary: the running canary's
+    candidate (or the next one that passes the gate) is promoted without waiting for live traffic."""
+    if version is None and not now:
+        fail("give a VERSION to promote, or --now to end the running canary", EXIT_USAGE)
+    _submit(config, "promote", {"version": version, "now": True} if now else {"version": version}, key=key, wait=wait)
 
 
 @admin_app.command("rollback")

@@ -1,4 +1,5 @@
-"""The fine-tuning cycle: OBSERVE → PLAN → TRAIN → VALIDATE → PROMOTE → PROMOTED | REJECTED | HELD (+ FAILED).
+"""The fine-tuning cycle: OBSERVE → PLAN → TRAIN → VALIDATE → (CANARY) → PROMOTE → PROMOTED | REJECTED | HELD
+(+ FAILED). CANARY runs only with an injected canary (the daemon's: live traffic judges the candidate first).
 
 Every transition is committed (a compare-and-swap on state and owner) before the work of the next state starts,
 so a killed process leaves the cycle in a well-defined state. On start-up, :meth:`CycleRunner.start` adopts an
@@ -49,6 +50,8 @@ __all__ = ["CycleRunner", "candidate_id_for"]
 log = logging.getLogger(__name__)
 
 Event = Callable[[str, Mapping[str, Any]], None]
+# Bakes a cycle's candidate on live traffic and answers "promote" or "abort" (may raise CycleInterrupted).
+Canary = Callable[[Cycle], str]
 
 
 _CANDIDATE_ID = re.compile(r"^c(\d{6,})$")
@@ -80,6 +83,7 @@ class CycleRunner:
         max_resumes: an interrupted cycle is resumed at most this many times, then failed.
         keep_last: retention for housekeeping (newest versions kept besides every champion).
         on_event: called with ``(name, fields)`` at every transition and checkpoint (logging, metrics, tests).
+        canary: judges a candidate that passed the gate on live traffic before it is promoted (None: no canary).
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class CycleRunner:
         max_resumes: int = 3,
         keep_last: int = 5,
         on_event: Event | None = None,
+        canary: Canary | None = None,
     ) -> None:
         self.registry = registry
         self.store: Store = registry.store
@@ -103,6 +108,7 @@ class CycleRunner:
         self.max_resumes = max_resumes
         self.keep_last = keep_last
         self._event = on_event or _no_event
+        self.canary = canary
 
     # -- entry points ------------------------------------------------------------------------------------------
 
@@ -235,6 +241,7 @@ class CycleRunner:
             CycleState.PLAN: self._plan,
             CycleState.TRAIN: self._train,
             CycleState.VALIDATE: self._validate,
+            CycleState.CANARY: self._canary,
             CycleState.PROMOTE: self._promote,
         }[cycle.state]
         return handler(cycle)
@@ -301,13 +308,21 @@ class CycleRunner:
         )
         summary = _summary(decision)
         if action == "promote":
-            return self._advance(
-                cycle, CycleState.PROMOTE, champion_epoch_seen=champion.epoch, outcome=summary
-            )
+            after = CycleState.CANARY if self.canary is not None else CycleState.PROMOTE
+            return self._advance(cycle, after, champion_epoch_seen=champion.epoch, outcome=summary)
         if action == "hold":
             return self._advance(cycle, CycleState.HELD, outcome=f"held for an operator: {summary}")
         self.store.versions.reject(cycle.candidate_id, reason=summary)
         return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {summary}")
+
+    def _canary(self, cycle: Cycle) -> Cycle:
+        assert cycle.candidate_id is not None and self.canary is not None
+        verdict = self.canary(cycle)
+        if verdict == "promote":
+            return self._advance(cycle, CycleState.PROMOTE)
+        reason = "canary aborted: worse than the champion on live traffic"
+        self.store.versions.reject(cycle.candidate_id, reason=reason)
+        return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {reason}")
 
     def _promote(self, cycle: Cycle) -> Cycle:
         assert cycle.candidate_id is not None and cycle.champion_epoch_seen is not None

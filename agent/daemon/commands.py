@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError
 from agent.config import ConfigError
+from agent.daemon.live import CANARY_KEY, SKIP_KEY
 from agent.daemon.policy_inputs import OVERRIDE_PREFIX, parse_policy_value
 from agent.daemon.runtime import Runtime
 from agent.store import (
@@ -59,7 +60,16 @@ def _cycle(rt: Runtime, args: Mapping[str, Any], actor: str, *, key: str) -> str
 
 
 def _promote(rt: Runtime, args: Mapping[str, Any], actor: str) -> str:
-    version = str(args["version"])
+    canary = rt.store.overrides.get(CANARY_KEY)
+    version = str(args.get("version") or "")
+    if args.get("now") and (not version or (canary and canary.get("version") == version)):
+        # End the running canary (or skip the next one) with a promotion; the cycle promotes through the CAS.
+        rt.store.overrides.set(SKIP_KEY, True, actor=actor, reason="promote --now: skip the canary")
+        if canary:
+            return f"canary of {canary['version']} ends now: the cycle promotes it"
+        return "no canary is running: the next candidate that passes the gate is promoted without one"
+    if not version:
+        raise CommandRefused("promote needs a VERSION, or --now to end the running canary")
     state = rt.registry.promote(
         version,
         expected_epoch=rt.store.champion.get().epoch,
@@ -129,7 +139,6 @@ _HANDLERS: dict[str, Callable[[Runtime, Mapping[str, Any], str], str]] = {
 }
 KINDS = (*_HANDLERS, "cycle")
 _REQUIRED = {
-    "promote": ("version",),
     "eval": ("version",),
     "policy_set": ("key", "value"),
     "policy_unset": ("key",),

@@ -54,5 +54,10 @@ def _track_step(rt: Runtime, cycle_id: object, state: str) -> None:
     if CycleState(state).terminal:
         rt.liveness.step_finished("cycle")
         return
-    limit = daemon.train_timeout_s + daemon.stop_timeout_s if state == CycleState.TRAIN else daemon.step_limit_s
+    limit = daemon.step_limit_s
+    if state == CycleState.TRAIN:
+        limit = daemon.train_timeout_s + daemon.stop_timeout_s
+    elif state == CycleState.CANARY:  # bakes on live traffic for up to (1 + extensions) bake periods
+        live = rt.config.live
+        limit += live.canary_bake_s * (1 + live.canary_max_extensions)
     rt.liveness.step_started("cycle", limit_s=limit, what=f"cycle {cycle_id} step {state}")

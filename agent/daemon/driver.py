@@ -9,6 +9,7 @@ keeps the Prometheus metrics in step.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import policies
 from agent.artifacts.registry import HousekeepingReport
 from agent.cycle.machine import CycleRunner
 from agent.cycle.trainer import CycleInterrupted, Trainer
+from agent.daemon.canary import run_canary
 from agent.daemon.commands import RUN_NOW_KEY
 from agent.daemon.decision_log import cycle_event_logger, record_decision
 from agent.daemon.gate import base_model_scores, make_gate
@@ -71,6 +73,7 @@ class PolicyCycleDriver:
                 owner=f"{rt.replica}#{epoch}",
                 workdirs=rt.config.state_dir / "cycles",
                 on_event=cycle_event_logger(rt),
+                canary=functools.partial(run_canary, rt),
             )
             self._runner_epoch = epoch
         return self._runner

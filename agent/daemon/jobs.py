@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from agent.daemon import commands, promquery
+from agent.daemon import commands, live, promquery
 from agent.daemon.metrics import QthaMetrics
 from agent.daemon.policy_inputs import budget_per_day, cycle_records, trigger_config
 from agent.daemon.runtime import Runtime
@@ -29,6 +29,7 @@ __all__ = [
     "heartbeat",
     "housekeeping",
     "ingest_inbox",
+    "observe_live_signals",
     "observe_prometheus",
     "refresh_gauges",
     "schedule_all",
@@ -53,6 +54,13 @@ def apply_commands(rt: Runtime) -> None:
 def heartbeat(rt: Runtime) -> None:
     """Proves the scheduler runs jobs: the systemd watchdog is pinged only while this keeps beating."""
     rt.liveness.beat()
+
+
+def observe_live_signals(rt: Runtime) -> None:
+    """Computes the live_* series of the champion and a running canary from the usage log and feedback, and rolls
+    a recent promotion back when they degraded against its predecessor's."""
+    if _leading(rt):
+        live.observe_live(rt)
 
 
 def consider_cycle(rt: Runtime) -> None:
@@ -212,6 +220,7 @@ _TABLE: dict[str, tuple[Callable[[Runtime], None], str, bool]] = {
     "evaluate": (evaluate_champion, "evaluate_interval_s", True),
     "ingest": (ingest_inbox, "ingest_interval_s", True),
     "observe": (observe_prometheus, "observe_interval_s", True),
+    "live": (observe_live_signals, "live_interval_s", True),
     "housekeeping": (housekeeping, "housekeeping_interval_s", True),
 }
 JOB_IDS = tuple(_TABLE)

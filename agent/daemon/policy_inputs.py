@@ -18,6 +18,7 @@ from pydantic import ValidationError
 import policies
 from agent.config import ConfigError, PolicyConfig, QthaConfig
 from agent.cycle.plan import CyclePlan
+from agent.series import SERIES
 from agent.store import Cycle, Store
 
 __all__ = [
@@ -252,7 +253,10 @@ def trigger_history(
     cycles = cycle_records(store)
     last_start = max((c.started_at for c in cycles), default=None)
     new_examples = sum(int(s.value) for s in store.metrics.samples("ingested_examples", since=last_start))
-    sign = 1.0 if policy.drift_higher_is_better else -1.0
+    # A documented series knows its direction (live_error_rate: lower is better); the knob covers the others.
+    documented = next(s for s in SERIES if s.matches(policy.drift_metric)).higher_is_better
+    higher = policy.drift_higher_is_better if documented is None else documented
+    sign = 1.0 if higher else -1.0
     return policies.TriggerHistory(
         metrics=tuple(
             policies.MetricSample(s.at, sign * s.value, str(s.labels.get("version", ""))) for s in samples

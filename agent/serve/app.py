@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.clock import Clock
 from agent.config import ServeConfig
+from agent.serve.canary import CanaryRouter
 from agent.serve.engine import Delta, Event, Finished, Handle, Sampling, Served
 from agent.serve.errors import (
     ApiError,
@@ -62,6 +63,7 @@ class ServeParts:
         clock: timestamps of usage records.
         usage: the usage log writer, None when the log is switched off.
         add_feedback: ``store.usage.add_feedback``.
+        canary: routes the daemon's canary share to the candidate (None: the champion answers everything).
     """
 
     follower: Follower
@@ -71,6 +73,7 @@ class ServeParts:
     clock: Clock
     usage: UsageWriter | None = None
     add_feedback: Callable[..., Any] | None = None
+    canary: CanaryRouter | None = None
     started: float = field(default_factory=time.time)
 
 
@@ -354,8 +357,10 @@ def create_app(parts: ServeParts) -> ASGIApp:
 
 
 def _lease(exchange: _Exchange, model: str | None) -> Served:
-    follower = exchange.parts.follower
-    lease = follower.lease()
+    follower, canary = exchange.parts.follower, exchange.parts.canary
+    # loop (issue 15): the canary's share of requests, or a request naming it, goes to the canary version.
+    picked = None if canary is None else canary.pick(exchange.request_id, model, MODEL_ALIASES)
+    lease = picked if picked is not None else follower.lease()
     served = lease.__enter__()
     exchange.version = served.version_id
     exchange._release = lambda: lease.__exit__(None, None, None)

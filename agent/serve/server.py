@@ -23,6 +23,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import QthaConfig
 from agent.logs import configure_logging
 from agent.serve.app import ServeParts, create_app
+from agent.serve.canary import CANARY_KEY, CanaryRouter
 from agent.serve.follower import Follower, Loader
 from agent.serve.metrics import ServeMetrics
 from agent.serve.security import BearerAuth, check_exposure, read_api_key
@@ -56,12 +57,23 @@ def build_parts(
     key = read_api_key(cfg.api_key_file, cfg.api_key_env, os.environ if environ is None else environ)
     check_exposure(cfg.host, key)
     follower: Follower | None = None
+    canary: CanaryRouter | None = None
     metrics = ServeMetrics(
         registry or CollectorRegistry(auto_describe=True),
-        load=lambda: follower.load_by_version() if follower is not None else {},
+        load=lambda: {
+            **(canary.load_by_version() if canary is not None else {}),
+            **(follower.load_by_version() if follower is not None else {}),
+        },
     )
     follower = Follower(
         read_champion=store.champion.get, load=load, metrics=metrics, poll_interval_s=cfg.poll_interval_s
+    )
+    canary = CanaryRouter(  # loop (issue 15): the daemon's canary beside the champion
+        read_canary=lambda: store.overrides.get(CANARY_KEY),
+        read_champion=store.champion.get,
+        load=load,
+        metrics=metrics,
+        poll_interval_s=cfg.poll_interval_s,
     )
     usage = None
     if cfg.usage_log:
@@ -76,6 +88,7 @@ def build_parts(
         clock=clock or store.clock,
         usage=usage,
         add_feedback=store.usage.add_feedback,
+        canary=canary,
     )
 
 
@@ -105,8 +118,12 @@ class ServeProcess:
         if self.parts.usage is not None:
             self.parts.usage.start()
         self.parts.follower.start()
+        if self.parts.canary is not None:
+            self.parts.canary.start()
 
     def close_parts(self) -> None:
+        if self.parts.canary is not None:
+            self.parts.canary.close(drain_timeout_s=self.parts.limits.request_timeout_s)
         self.parts.follower.close(drain_timeout_s=self.parts.limits.request_timeout_s)
         if self.parts.usage is not None:
             self.parts.usage.close()

@@ -37,13 +37,14 @@ class VersionStatus(StrEnum):
 
 
 class CycleState(StrEnum):
-    """The cycle state machine: OBSERVE → PLAN → TRAIN → VALIDATE → PROMOTE → PROMOTED | REJECTED | HELD
-    (+ FAILED). HELD: the gate left the decision to an operator (the candidate stays a candidate)."""
+    """The cycle state machine: OBSERVE → PLAN → TRAIN → VALIDATE → (CANARY) → PROMOTE → PROMOTED | REJECTED |
+    HELD (+ FAILED). HELD: the gate left the decision to an operator (the candidate stays a candidate)."""
 
     OBSERVE = "observe"
     PLAN = "plan"
     TRAIN = "train"
     VALIDATE = "validate"
+    CANARY = "canary"  # the candidate serves a share of live traffic before promotion (agent/daemon/canary.py)
     PROMOTE = "promote"
     PROMOTED = "promoted"
     REJECTED = "rejected"

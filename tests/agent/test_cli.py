@@ -147,3 +147,14 @@ def test_cycle_recipe_overrides_are_validated_before_queueing(config: Path, pair
     assert json.loads(run(config, "status", "--json")[1])["pending_commands"] == []
     code, out = run(config, "cycle", "--now", "--recipe", "steps=7", "--recipe", "adapter=lora")
     assert code == 0 and "queued cycle" in out
+
+
+def test_promote_needs_a_version_or_now(config: Path) -> None:
+    code, out = run(config, "promote")
+    assert code == 2 and "--now" in out
+    code, out = run(config, "promote", "--now")
+    assert code == 0
+    store = open_store(f"sqlite:///{config.parent / 'state' / 'qtha.db'}")
+    [command] = [c for c in store.commands.pending() if c.kind == "promote"]
+    store.close()
+    assert dict(command.args) == {"version": None, "now": True}

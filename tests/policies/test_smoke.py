@@ -49,3 +49,14 @@ def test_verdict_against_the_serving_version() -> None:
     assert not smoke_verdict(_results(["empty"] * 8), _results(["no end"] * 6 + [None] * 2), tolerance=0.0).ok
     assert not smoke_verdict(looping, None, tolerance=0.25).ok
     assert smoke_verdict([], None, tolerance=0.0).ok  # a trainer without probes: nothing to judge
+
+
+def test_final_integer_agrees_with_the_evaluators_parser() -> None:
+    from model import extract_answer
+    from policies import final_integer
+
+    texts = [
+        "The answer is 19.", "answer is: $1,234", "3 + 4 = 7, then 7 * 2 = 14", "no number here", "-5 and 6",
+        "The answer is 12, not 13", "1,2,3", "", "Answer is -40 degrees", "x 2,000,000 y",
+    ]
+    assert [final_integer(t) for t in texts] == [extract_answer(t) for t in texts]
