@@ -108,26 +108,35 @@ def observe_live(rt: Runtime) -> None:
 
 
 def maybe_roll_back_live(rt: Runtime, champion: str) -> None:
-    """Rolls back a recent promotion whose live signals since it are significantly worse than its predecessor's
-    were over the six live windows before it (recorded as a ``rollback`` decision, audited)."""
+    """Rolls back a recent promotion (within ``policy.rollback_bake_h``) whose live signals are significantly worse
+    than its predecessor's were over the six live windows before it, or whose last three live windows are
+    significantly worse than its own record since the promotion before them (a version that degrades after a
+    good start). Recorded as a ``rollback`` decision with both sides' counts, audited."""
     serving = rt.store.audit.serving_history()
     if len(serving) < 2 or serving[-1].version_id != champion:
         return
     previous = serving[-2]
     promoted_at = serving[-1].served_from
     now = rt.clock.now()
-    span = timedelta(seconds=rt.config.live.window_s) * 6  # the predecessor's steady state before the promotion
+    window = timedelta(seconds=rt.config.live.window_s)
     task = rt.config.data.task
-    current = live_stats(rt.store, champion, since=promoted_at, task=task)
-    before = live_stats(rt.store, previous.version_id, since=promoted_at - span, until=promoted_at, task=task)
-    decision = policies.decide_live_rollback(
-        current,
-        before,
-        now,
-        promoted_at=promoted_at,
-        bake=timedelta(hours=rt.policy().rollback_bake_h),
-        config=live_config(rt),
+    bake = timedelta(hours=rt.policy().rollback_bake_h)
+
+    def judge(current: policies.LiveStats, baseline: policies.LiveStats) -> policies.Decision:
+        return policies.decide_live_rollback(
+            current, baseline, now, promoted_at=promoted_at, bake=bake, config=live_config(rt)
+        )
+
+    decision = judge(
+        live_stats(rt.store, champion, since=promoted_at, task=task),
+        live_stats(rt.store, previous.version_id, since=promoted_at - 6 * window, until=promoted_at, task=task),
     )
+    recent = now - 3 * window
+    if decision.action is not policies.Action.ROLLBACK and recent > promoted_at:
+        decision = judge(
+            live_stats(rt.store, champion, since=recent, task=task),
+            live_stats(rt.store, champion, since=promoted_at, until=recent, task=task),
+        )
     rt.metrics.decision("rollback", str(decision.action))
     if decision.action is not policies.Action.ROLLBACK:
         return

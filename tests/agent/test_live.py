@@ -79,6 +79,7 @@ def test_live_stats_count_errors_degenerate_answers_verification_and_feedback(rt
     assert (stats.checked, stats.verified, stats.feedback_n, stats.feedback_sum) == (40, 30, 40, 30.0)
     rates = stats.rates()
     assert rates["live_verified_rate"] == 0.75 and rates["live_degenerate_rate"] == 0.25
+    assert rt.leadership.tick()
     jobs.observe_live_signals(rt)
     [sample] = rt.store.metrics.samples("live_verified_rate")
     assert (sample.value, dict(sample.labels)) == (0.75, {"version": "base"})
@@ -195,9 +196,11 @@ def test_a_promotion_that_degrades_live_is_rolled_back(rt: Runtime) -> None:
     serve(rt.store, "c000001", 60, good=True, at=rt.clock.now() - timedelta(seconds=30))
     assert _cycle(rt, 40).state is CycleState.PROMOTED  # type: ignore[attr-defined]
     serve(rt.store, "c000002", 30, good=True)
+    assert rt.leadership.tick()  # jobs act only while leading (the cycles took a while)
     jobs.observe_live_signals(rt)
     assert rt.store.champion.get().version_id == "c000002"  # as good as before: kept
     serve(rt.store, "c000002", 60, good=False)
+    assert rt.leadership.tick()
     jobs.observe_live_signals(rt)
     assert rt.store.champion.get().version_id == "c000001"
     [decision] = rt.store.decisions.list(kind="rollback")
