@@ -1,8 +1,8 @@
 """The documented metric series: every sample the store keeps has one of these names and only their labels.
 
 A sample that fits no series is refused with :class:`UnknownSeriesError` (the message names the offending name
-or label and lists what is allowed) rather than stored where nothing reads it. The same table is printed in the
-README ("What the daemon watches") and by ``qtha observe --help``.
+or label and lists what is allowed) rather than stored where nothing reads it. :func:`series_table` prints the
+table the README's "What the daemon watches" shows.
 
 The ``live_*`` series describe how a version does on real traffic. The daemon computes them from the server's
 usage log and feedback (:mod:`agent.daemon.live`); an operator may push them with ``qtha observe`` or have
@@ -74,8 +74,8 @@ SERIES: tuple[Series, ...] = (
     _s("live_latency_s", ("version",), _LIVE_LABELS, False, _LIVE,
        "mean request latency (arrival to last byte), seconds"),
     _s("live_verified_rate", ("version",), _LIVE_LABELS, True, _LIVE,
-       "share of checkable answers that check out (maths: the integer answer equals the feedback's correct "
-       "answer, or the one the prompt implies)"),
+       "share of answers with a known correct answer (feedback's correct_answer) that check out (maths: the "
+       "final integer matches)"),
     _s("live_feedback_score", ("version",), _LIVE_LABELS, True, _LIVE, "mean feedback score (0..1)"),
     _s("live_degenerate_rate", ("version",), _LIVE_LABELS, False, _LIVE,
        "share of answers that are empty or degenerate repetition"),
