@@ -113,7 +113,7 @@ def loop(tmp_path: Path) -> Iterator[tuple[Path, Path, DaemonProcess, DaemonProc
             "state_dir": str(state),
             "metrics": {"host": "127.0.0.1", "port": metrics_port},
             "model": {"source": str(write_tiny_hf(tmp_path / "tiny"))},
-            "training": {"steps": 4, "seq_len": 64, "batch_size": 4, "learning_rate": 0.05},
+            "training": {"steps": 4, "seq_len": 256, "batch_size": 4, "learning_rate": 0.05},
             "recipe": {"adapter": "lora", "rank": 4, "learn": False},
             "evaluation": {
                 "examples": 4, "max_new_tokens": 2, "batch_size": 4, "pool_examples": 8, "smoke_probes": 2,
