@@ -22,7 +22,7 @@ from agent.config import QthaConfig, load_config
 from agent.daemon.driver import PolicyCycleDriver
 from agent.daemon.lifecycle import Daemon, build_runtime
 from agent.daemon.runtime import Runtime
-from agent.store import CycleState, OperatorCommand
+from agent.store import AuditKind, CycleState, OperatorCommand
 from tests.support.standin_trainer import StandinTrainer
 
 
@@ -202,7 +202,11 @@ def test_each_cycle_outcome_reaches_the_learner_and_an_override_is_a_trial_of_it
 def test_a_bad_recipe_override_is_refused_naming_the_field(running: Running) -> None:
     rt = running.rt
     running.applied(running.resume_and_cycle({"qubits": 5}))  # weight mode needs an even count
-    wait_for(lambda: "qubits" in rt.status, what="the refusal in the status line")
+    refusal = wait_for(
+        lambda: [e for e in rt.store.audit.entries(kind=AuditKind.OVERRIDE) if "refused" in e.reason],
+        what="the refusal in the audit log",
+    )[0]
+    assert "qubits" in refusal.reason and "even" in refusal.reason
     assert rt.store.overrides.get("run_now") is None  # consumed: it does not block every later trigger
     # (no_champion may start a cycle of the learner's right after; none ever trains the refused recipe)
     assert all(c.recipe.get("qubits") != 5 for c in rt.store.cycles.list())
