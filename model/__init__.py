@@ -17,6 +17,7 @@ from .adapters import (
 from .artifacts import (
     AdapterArtifactError,
     AdapterFingerprintError,
+    adapter_matches,
     load_adapter,
     read_adapter_manifest,
     save_adapter,
@@ -38,12 +39,22 @@ from .data import (
     read_jsonl,
     tokenize_examples,
 )
-from .evaluate import EvalExample, EvalResult, ExampleResult, SliceSummary, evaluate
+from .evaluate import (
+    EvalConfig,
+    EvalExample,
+    EvalProgress,
+    EvalResult,
+    EvaluationStopped,
+    ExampleResult,
+    SliceSummary,
+    evaluate,
+)
+from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .generate import generate, generate_ids
 from .lm import CausalLM, KVCache, causal_lm_loss, token_nll
 from .math_problems import MathProblem, check_answer, extract_answer, generate_math_problems
 from .tokenizer import Tokenizer, TokenizerError, tokenizer_from_vocab
-from .train import Batch, TrainConfig, TrainProgress, TrainResult, batch_schedule, train
+from .train import Batch, CheckpointWriter, TrainConfig, TrainProgress, TrainResult, batch_schedule, train
 from .train_state import TrainCheckpointError
 from .weights import CheckpointError, model_from_hf_tensors, weights_fingerprint
 
@@ -58,14 +69,20 @@ __all__ = [
     "ChatExample",
     "ChatTemplateError",
     "CheckpointError",
+    "CheckpointWriter",
     "CorpusError",
     "CorpusReport",
     "DataReport",
     "DialoguePair",
+    "EvalConfig",
     "EvalExample",
+    "EvalProgress",
     "EvalResult",
+    "EvaluationStopped",
     "Example",
     "ExampleResult",
+    "FinetuneConfig",
+    "FinetuneResult",
     "KVCache",
     "LMConfig",
     "LoadedModel",
@@ -85,6 +102,7 @@ __all__ = [
     "TrainResult",
     "UnsupportedModelError",
     "adapter_config",
+    "adapter_matches",
     "adapter_param_counts",
     "batch_schedule",
     "bundled_path",
@@ -94,6 +112,7 @@ __all__ = [
     "encode_example",
     "evaluate",
     "extract_answer",
+    "finetune",
     "generate",
     "generate_ids",
     "generate_math_problems",

@@ -1,11 +1,14 @@
-"""The tasks the training child runs (``agent.child.tasks:train`` / ``:evaluate``), wrapping ``model/``.
+"""The tasks the training child runs (``agent.child.tasks:train`` / ``:evaluate``): the daemon's recipe and
+configuration turned into calls of ``model.finetune`` and ``model.evaluate``, the functions the quality study and
+the tests call too.
 
 They run in the child process started by :class:`agent.child.trainer.ChildTrainer`; their ``payload`` is JSON built by
 :func:`agent.child.trainer.task_config` plus the task's own fields, their ``ctx`` the child's event sink and stop flag.
 
-train: load the base → inject the adapter the recipe names (warm-started from the champion's adapter when it has
-the same configuration) → train with step checkpoints (mirrored into the cycle's ``checkpoints/step-N``) → save the
-adapter. evaluate: load the base (+ the version's adapter) → score the fixed held-out set per example.
+train: load the base → ``model.finetune``: the adapter the recipe names (continued from the champion's adapter when
+it is the same one), step checkpoints written straight into the cycle's ``checkpoints/step-N`` (where the cycle
+resumes from), the candidate adapter saved. evaluate: load the base (+ the version's adapter) → ``model.evaluate``
+on the fixed held-out set, per example.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import dataclasses
 import functools
 import json
 import math
-import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,6 @@ from agent.cycle.trainer import save_checkpoint
 from agent.daemon.inbox import read_examples
 
 __all__ = ["adapter_config_for", "evaluate", "train"]
-
-_STATE = "train_state"  # model.train's own checkpoint directory inside the cycle's workdir
-_META = "train_state.json"
 
 
 def _setup_jax(payload: dict[str, Any]) -> None:
@@ -74,7 +74,8 @@ def _quantum_event(backend: Any, name: str, circuits: int) -> dict[str, Any]:
 
 
 def adapter_config_for(recipe: policies.Recipe) -> Any:
-    """The ``model.adapters`` config a recipe names (the model's config refuses what it cannot build)."""
+    """The ``model.adapters`` config a recipe names. Values pass through unchanged: the model's config refuses what
+    it cannot build with a message naming the field."""
     from model.adapters import LoraConfig, QthaAdapterConfig
 
     if recipe.adapter == "lora":
@@ -109,120 +110,65 @@ def _training_examples(payload: dict[str, Any], cycle: str, count: int) -> list[
     return inbox + examples
 
 
-def _heldout(payload: dict[str, Any]) -> list[tuple[str, Any, int | None]]:
-    """(id, chat example, exact answer or None) — the same for every version (fixed seed and split)."""
-    from model import ChatExample, generate_math_problems
+def _heldout(payload: dict[str, Any]) -> list[Any]:
+    """The held-out ``model.EvalExample``s, the same for every version (fixed seed and split). Their ids lead
+    with the slice (``steps<N>/…``, ``dialogue/…``): the gate reads it back from the scores."""
+    from model import EvalExample, generate_math_problems
 
     n = int(payload["eval_examples"])
     if payload["task"] == "maths":
-        problems = generate_math_problems(n, split="test", seed=int(payload["data_seed"]))
-        return [(f"steps{p.steps}/{p.key}", p.as_example(), p.answer) for p in problems]
-    pairs = _dialogues(payload, "test")[:n]
-    return [(f"dialogue/{i:04d}", ChatExample(p.prompt, p.response), None) for i, p in enumerate(pairs)]
+        return [EvalExample.from_math(p) for p in generate_math_problems(n, split="test", seed=int(payload["data_seed"]))]
+    return [EvalExample.from_dialogue(p, i) for i, p in enumerate(_dialogues(payload, "test")[:n])]
 
 
-def _mirror(workdir: Path, state_dir: Path, last: int, ctx: TaskContext) -> int:
-    """Copies model.train's newest checkpoint into ``checkpoints/step-N`` (atomic) and reports it."""
-    meta = state_dir / _META
-    if not meta.exists():
-        return last
-    step = int(json.loads(meta.read_text(encoding="utf-8"))["step"])
-    if step <= last:
-        return last
-    path = save_checkpoint(
-        workdir,
-        step,
-        lambda tmp: [
-            shutil.copy2(f, tmp / f.name)
-            for f in state_dir.iterdir()
-            if f.is_file() and not f.name.endswith(".tmp")
-        ],
+def _train_config(recipe: policies.Recipe) -> Any:
+    """The ``model.FinetuneConfig`` of a recipe: warm-up over a quarter of the steps (at most 5), a checkpoint every
+    sixth of them."""
+    from model import FinetuneConfig, TrainConfig
+
+    return FinetuneConfig(
+        adapter=adapter_config_for(recipe),
+        train=TrainConfig(
+            steps=recipe.steps,
+            learning_rate=recipe.learning_rate,
+            warmup_steps=min(5, recipe.steps // 4),
+            seed=recipe.seed,
+            checkpoint_every=max(1, recipe.steps // 6),
+        ),
+        batch_size=recipe.batch_size,
     )
-    ctx.emit({"event": "checkpoint", "step": step, "path": str(path)})
-    return step
+
+
+def _checkpoint_writer(workdir: Path, ctx: TaskContext) -> Callable[[int, Callable[[Path], None]], Path]:
+    """Writes each step checkpoint atomically where the cycle resumes from, and tells the parent at once."""
+
+    def write(step: int, fill: Callable[[Path], None]) -> Path:
+        path = save_checkpoint(workdir, step, fill)
+        ctx.emit({"event": "checkpoint", "step": step, "path": str(path)})
+        return path
+
+    return write
 
 
 def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    from model import load_checkpoint, tokenize_examples
-    from model.adapters import adapter_config, count_adapter_params, inject_adapters
-    from model.artifacts import load_adapter, read_adapter_manifest, save_adapter
-    from model.train import Batch, TrainConfig
-    from model.train import train as train_model
+    from model import finetune, load_checkpoint, tokenize_examples
     from quantum import make_qnn
 
     recipe = policies.Recipe.from_dict(payload["recipe"])  # refuses a malformed recipe, naming the field
+    config = _train_config(recipe)  # so does the model's config, before the model loads
     _setup_jax(payload)
-    workdir = Path(payload["workdir"])
-    cycle = workdir.name
-    steps, batch_size, seq_len, seed = recipe.steps, recipe.batch_size, recipe.seq_len, recipe.seed
     started = time.monotonic()
     cpu_started = time.process_time()  # this child's CPU time, XLA's threads included: what the budget charges
-
+    workdir = Path(payload["workdir"])
+    seq_len = recipe.seq_len
     loaded = load_checkpoint(payload["model_source"])
-    model = loaded.model
-    wanted = adapter_config_for(recipe)
     backend_name = recipe.backend
-    qnn_backend = _qnn_backend(backend_name, payload) if wanted.kind == "qtha" else None
+    qnn_backend = _qnn_backend(backend_name, payload) if config.adapter.kind == "qtha" else None
     qnn_factory = None if qnn_backend is None else functools.partial(make_qnn, backend=qnn_backend)
-    parent = payload.get("parent_dir")
-    warm = False
-    if parent and (Path(parent) / "adapter.json").exists():
-        manifest = read_adapter_manifest(parent)
-        # Continue from the champion's adapter only when the recipe asks for the same one on the same base.
-        if manifest.get("base_fingerprint") == loaded.fingerprint and _same_adapter(manifest, wanted):
-            load_adapter(model, parent, base_fingerprint=loaded.fingerprint, qnn_factory=qnn_factory)
-            warm = True
-    if not warm:
-        inject_adapters(model, wanted, rngs=nnx.Rngs(params=seed, dropout=seed + 1), qnn_factory=qnn_factory)
-    used = adapter_config(model)
-    ctx.emit({"event": "log", "message": f"adapter {used.kind} {used}, warm start from champion: {warm}"})
-
-    examples = _training_examples(payload, cycle, max(steps * batch_size, 64))
+    examples = _training_examples(payload, workdir.name, max(config.train.steps * config.batch_size, 64))
     data = tokenize_examples(loaded.tokenizer, examples, seq_len=seq_len)
-    if len(data) < batch_size:
-        raise ValueError(f"only {len(data)} training examples fit seq_len={seq_len}; lower the batch size")
-
-    rng = np.random.default_rng(seed)
-    order = np.concatenate(
-        [rng.permutation(len(data)) for _ in range(math.ceil(steps * batch_size / len(data)) + 1)]
-    )
-    batches = []
-    for i in range(steps):
-        rows = data.select(order[i * batch_size : (i + 1) * batch_size])
-        batches.append(
-            Batch(
-                jnp.asarray(rows["inputs"]),
-                jnp.asarray(rows["targets"]),
-                jnp.asarray(rows["loss_mask"]),
-                jnp.asarray(rows["attention_mask"]),
-            )
-        )
-
-    state_dir = workdir / _STATE
-    resume_from = payload.get("resume_from")
-    if resume_from:
-        shutil.rmtree(state_dir, ignore_errors=True)
-        shutil.copytree(resume_from, state_dir)
-    elif state_dir.exists():
-        shutil.rmtree(state_dir)  # a stale state from an attempt whose checkpoint was never mirrored
-    last = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
-    first_step = last
-    every = max(1, steps // 6)
-    config = TrainConfig(
-        steps=steps,
-        learning_rate=recipe.learning_rate,
-        warmup_steps=min(5, steps // 4),
-        seed=seed,
-        checkpoint_every=every,
-    )
 
     def progress(report: Any) -> None:
-        nonlocal last
-        last = _mirror(workdir, state_dir, last, ctx)  # the checkpoint written after the previous step
         ctx.emit(
             {
                 "event": "progress",
@@ -234,43 +180,44 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
             }
         )
 
-    result = train_model(
-        model,
-        batches,
+    parent, resume_from = payload.get("parent_dir"), payload.get("resume_from")
+    run = finetune(
+        loaded,
+        data,
         config,
-        checkpoint_dir=state_dir,
-        resume=bool(resume_from),
+        qnn_factory=qnn_factory,
+        warm_start=Path(parent) if parent else None,
+        checkpoint=_checkpoint_writer(workdir, ctx),
+        resume_from=Path(resume_from) if resume_from else None,
+        out=workdir / "candidate",
         progress=progress,
         should_stop=lambda: ctx.stop_requested,
     )
-    last = _mirror(workdir, state_dir, last, ctx)
-    # Circuit evaluations (forward passes; the adjoint backward pass is not counted): one per adapted module per
-    # step in weight mode, one per token in activation mode.
-    per_step = 1 if getattr(used, "qnn_mode", None) == "weight" else batch_size * seq_len
-    modules = len(count_adapter_params(model).per_module)
-    circuits = modules * per_step * max(0, result.steps_done - first_step) if used.kind == "qtha" else 0
+    used, result = run.adapter, run.train
+    ctx.emit({"event": "log", "message": f"adapter {used.kind} {used}, warm start from champion: {run.warm_start}"})
     if used.kind == "qtha":
+        # Circuit evaluations (forward passes; the adjoint backward pass is not counted): one per adapted module per
+        # step in weight mode, one per token in activation mode.
+        per_step = 1 if used.qnn_mode == "weight" else config.batch_size * seq_len
+        circuits = len(run.params.per_module) * per_step * (result.steps_done - result.first_step)
         ctx.emit(_quantum_event(qnn_backend, backend_name, circuits))
     if result.stopped_early == "stop requested":
-        raise Interrupted(f"stopped at step {result.steps_done} of {steps}; checkpoint at step {last}")
+        raise Interrupted(f"stopped at step {result.steps_done} of {config.train.steps}; checkpoint at that step")
     if result.stopped_early:
         raise RuntimeError(f"training stopped early: {result.stopped_early} after {result.steps_done} steps")
-    out = workdir / "candidate"
-    shutil.rmtree(out, ignore_errors=True)
-    save_adapter(model, out, base_fingerprint=loaded.fingerprint)
     finite = [x for x in result.losses if math.isfinite(x)]
     tail = finite[-max(1, len(finite) // 5) :] if finite else [math.nan]
     return {
-        "artifact_dir": str(out),
+        "artifact_dir": str(run.adapter_dir),
         "steps": result.steps_done,
         "metrics": {
             "train_loss_final": float(sum(tail) / len(tail)),
             "train_loss_first": float(finite[0]) if finite else math.nan,
             "nonfinite_steps": float(result.skipped_nonfinite),
-            "trainable_params": float(count_adapter_params(model).total),
+            "trainable_params": float(run.params.total),
             "train_wall_s": time.monotonic() - started,
             "train_cpu_s": time.process_time() - cpu_started,
-            "warm_start": 1.0 if warm else 0.0,
+            "warm_start": 1.0 if run.warm_start else 0.0,
         },
         "base_fingerprint": loaded.fingerprint,
         "adapter_kind": used.kind,
@@ -278,78 +225,43 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     }
 
 
-def _same_adapter(manifest: dict[str, Any], wanted: Any) -> bool:
-    saved = manifest.get("config", {})
-    if manifest.get("kind") != wanted.kind:
-        return False
-    keys = ("rank", "n_qubits", "n_layers", "qnn_mode")
-    same = all(saved.get(k) == getattr(wanted, k, None) for k in keys if hasattr(wanted, k))
-    same = same and tuple(saved.get("targets", ())) == tuple(wanted.targets)
-    if getattr(wanted, "bond_dim", None) is not None:  # None: resolved automatically, as the saved one was
-        same = same and saved.get("bond_dim") == wanted.bond_dim
-    return same
-
-
 def evaluate(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    from model import check_answer, generate, load_checkpoint, token_nll, tokenize_examples
-    from model.adapters import count_adapter_params
-    from model.artifacts import load_adapter
+    from model import EvalConfig, EvaluationStopped, count_adapter_params, load_adapter, load_checkpoint
+    from model import evaluate as evaluate_model
 
     _setup_jax(payload)
     loaded = load_checkpoint(payload["model_source"])
-    model = loaded.model
     artifact = Path(payload["artifact_dir"])
     params = 0
     if (artifact / "adapter.json").exists():
-        load_adapter(model, artifact, base_fingerprint=loaded.fingerprint)
-        params = count_adapter_params(model).total
-    items = _heldout(payload)
-    seq_len, batch = int(payload["seq_len"]), int(payload["eval_batch_size"])
-    data = tokenize_examples(loaded.tokenizer, [e for _, e, _ in items], seq_len=seq_len)
-    kept = [i for i in range(len(items)) if i not in set(data.dropped)]
-    graphdef, weights = nnx.split(model)
+        load_adapter(loaded.model, artifact, base_fingerprint=loaded.fingerprint)
+        params = count_adapter_params(loaded.model).total
+    examples = _heldout(payload)
+    # Every example is answered, in one batch (one compiled decoding loop): the answers double as the servability
+    # smoke test.
+    config = EvalConfig(
+        seq_len=int(payload["seq_len"]),
+        batch_size=int(payload["eval_batch_size"]),
+        generate="all",
+        generate_batch_size=len(examples),
+        max_new_tokens=int(payload["eval_max_new_tokens"]),
+    )
 
-    @jax.jit
-    def example_nll(weights: Any, inputs: Any, attention: Any, targets: Any, mask: Any) -> Any:
-        # The weights are an argument, not a closure: constants of a real model's size would blow up XLA.
-        logits = nnx.merge(graphdef, weights)(inputs, attention_mask=attention)
-        return jnp.sum(token_nll(logits, targets) * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    def progress(report: Any) -> None:
+        if report.stage == "loss":
+            ctx.emit({"event": "progress", "done": report.done, "of": len(examples)})
 
-    nll: dict[str, float] = {}
-    for start in range(0, len(data), batch):
-        if ctx.stop_requested:
-            raise Interrupted(f"evaluation stopped after {start} of {len(data)} examples")
-        # Every chunk has one shape (the last is padded by repeating rows): one compiled forward pass.
-        rows = data.select(np.arange(start, start + batch) % len(data))
-        arrays = [jnp.asarray(rows[k]) for k in ("inputs", "attention_mask", "targets", "loss_mask")]
-        values = np.asarray(example_nll(weights, *arrays))
-        for r in range(min(batch, len(data) - start)):
-            nll[items[kept[start + r]][0]] = float(values[r])
-        ctx.emit({"event": "progress", "done": min(start + batch, len(data)), "of": len(items)})
-    if ctx.stop_requested:
-        raise Interrupted("evaluation stopped before generation")
-    # Greedy answers in one batch (one compiled decoding loop); they double as the servability smoke test.
-    max_new = int(payload["eval_max_new_tokens"])
-    prompts = [e.prompt for _, e, _ in items]
-    texts = generate(model, loaded.tokenizer, prompts, max_new_tokens=max_new)
-    correct = {
-        key: 1.0 if check_answer(text, answer) else 0.0
-        for (key, _, answer), text in zip(items, texts, strict=True)
-        if answer is not None
-    }
-    smoke = len(texts) == len(prompts) and all(isinstance(t, str) for t in texts)
-    score_kind = payload.get("eval_score", "nll")
-    scores = {k: (correct.get(k, 0.0) if score_kind == "exact_match" else -v) for k, v in nll.items()}
+    try:
+        result = evaluate_model(loaded.model, loaded.tokenizer, examples, config, progress=progress,
+                                should_stop=lambda: ctx.stop_requested)
+    except EvaluationStopped as exc:
+        raise Interrupted(str(exc)) from None
+    scores = result.scores(payload.get("eval_score", "nll"))
     metrics = {
-        "loss": float(np.mean(list(nll.values()))) if nll else math.nan,
-        "accuracy": float(np.mean(list(correct.values()))) if correct else math.nan,
+        "loss": result.loss,
+        "accuracy": math.nan if result.accuracy is None else result.accuracy,
         "examples": float(len(scores)),
-        "smoke_ok": 1.0 if smoke else 0.0,
+        "smoke_ok": 1.0 if all(r.completion is not None for r in result.examples) else 0.0,
         "trainable_params": float(params),
     }
     return {"scores": scores, "metrics": metrics}
