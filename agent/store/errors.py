@@ -6,6 +6,7 @@ __all__ = [
     "ChampionMovedError",
     "ChampionPinnedError",
     "CycleAlreadyRunningError",
+    "InvalidSampleError",
     "LeaseHeldError",
     "NotFoundError",
     "SchemaTooNewError",
@@ -54,3 +55,7 @@ class StaleEpochError(StoreError):
 
 class LeaseHeldError(StoreError):
     """The leader lease is held by another live holder."""
+
+
+class InvalidSampleError(StoreError, ValueError):
+    """A metric sample with a non-finite value or a name/label that is empty, too long or has blanks."""

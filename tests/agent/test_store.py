@@ -19,6 +19,7 @@ from agent.store import (
     ChampionPinnedError,
     CycleAlreadyRunningError,
     CycleState,
+    InvalidSampleError,
     LeaseHeldError,
     NotFoundError,
     SchemaTooNewError,
@@ -402,6 +403,40 @@ def test_metric_samples_filter_by_time_and_labels(store: Store, fake_clock: Fake
     assert [s.value for s in store.metrics.samples("eval_accuracy", limit=1)] == [0.7]
     assert store.metrics.delete_before(t0 + timedelta(seconds=90)) == 3
     assert [s.value for s in store.metrics.samples("eval_accuracy")] == [0.7]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "labels", "needle"),
+    [
+        ("eval_mean", float("inf"), None, "not finite"),
+        ("eval_mean", float("-inf"), None, "not finite"),
+        ("eval_mean", float("nan"), None, "not finite"),
+        ("", 1.0, None, "metric name ''"),
+        ("eval mean", 1.0, None, "without spaces"),
+        ("x" * 201, 1.0, None, "1-200 printable"),
+        ("a\u2028b", 1.0, None, "without spaces"),
+        ("eval_mean", "high", None, "not a number"),
+        ("eval_mean", 1.0, {"": "v"}, "label"),
+        ("eval_mean", 1.0, {"k": "v" * 201}, "label"),
+    ],
+)
+def test_a_bad_metric_sample_is_refused_before_it_is_stored(
+    store: Store, name: str, value: object, labels: dict | None, needle: str
+) -> None:
+    with pytest.raises(InvalidSampleError, match=needle):
+        store.metrics.record(name, value, source="operator", labels=labels)  # type: ignore[arg-type]
+    assert store.metrics.samples(name) == []
+
+
+def test_record_many_leaves_out_non_finite_measurements(store: Store) -> None:
+    stored = store.metrics.record_many(
+        [("eval_loss", float("nan"), {}), ("eval_mean", 0.5, {}), ("eval_mean", float("inf"), {})], source="daemon"
+    )
+    assert stored == 1
+    assert [s.value for s in store.metrics.samples("eval_mean")] == [0.5]
+    with pytest.raises(InvalidSampleError):
+        store.metrics.record_many([("eval_mean", 0.5, {}), ("", float("nan"), {})], source="daemon")
+    assert len(store.metrics.samples("eval_mean")) == 1
 
 
 def test_decisions_keep_reasons_and_evidence(store: Store) -> None:
