@@ -130,6 +130,12 @@ class DataConfig(_Section):
     max_text_chars: int = Field(
         default=8192, ge=1, description="Longest accepted prompt or answer, in characters."
     )
+    inbox_settle_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="An inbox file modified less than this long ago is left for the next scan (it may still be "
+        "written in place; renaming a finished .part file into the inbox needs no wait).",
+    )
 
 
 class QuantumConfig(_Section):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from agent.cli.common import (
 from agent.config import ConfigError, QthaConfig
 from agent.daemon import status as status_mod
 from agent.daemon.commands import validate_args
-from agent.daemon.inbox import InboxError, validate_file
+from agent.daemon.inbox import InboxError, display_name, parse_examples, read_regular_file
 from agent.daemon.planner import RecipeOverrideError, check_override
 from agent.daemon.policy_inputs import OVERRIDE_PREFIX, effective_policy, parse_policy_value
 from agent.store import Store, StoreError, open_store
@@ -381,17 +380,27 @@ def policy_unset(name: str, config: ConfigOption = None, key: KeyOption = None, 
 def ingest(file: Path, config: ConfigOption = None) -> None:
     """Validate a JSONL file and drop it into the inbox (the daemon de-duplicates and moves it into the dataset)."""
     cfg = read_config(config)
+    shown = display_name(str(file))
+    if not file.name.endswith(".jsonl"):
+        fail(f"{shown} refused: the name does not end in .jsonl; only JSON Lines files are accepted")
     try:
-        examples = validate_file(file, max_bytes=cfg.data.max_file_bytes, max_chars=cfg.data.max_text_chars)
+        # Read once, validate those bytes and queue those bytes: a FIFO is refused without blocking, and a file
+        # that changes after validation cannot queue unvalidated lines.
+        data = read_regular_file(file, max_bytes=cfg.data.max_file_bytes, follow_symlinks=True)
+        examples = parse_examples(data, max_chars=cfg.data.max_text_chars)
     except FileNotFoundError:
-        fail(f"{file} does not exist", EXIT_USAGE)
+        fail(f"{shown} does not exist", EXIT_USAGE)
+    except PermissionError:
+        fail(f"{shown} cannot be read (permission denied); check its mode and owner", EXIT_USAGE)
     except InboxError as exc:
-        fail(f"{file} refused: {exc}")
+        fail(f"{shown} refused: {exc}")
     inbox = cfg.inbox_dir
     inbox.mkdir(parents=True, exist_ok=True)
+    if display_name(file.name) != file.name:
+        fail(f"{shown} refused: the file name is not UTF-8; rename it")
     target = inbox / f"{uuid.uuid4().hex[:8]}-{file.name}"
     tmp = target.with_name(target.name + ".part")  # the daemon skips *.part files until the rename
-    shutil.copyfile(file, tmp)
+    tmp.write_bytes(data)
     os.replace(tmp, target)
     typer.echo(f"queued {len(examples)} examples as {target}")
 

@@ -103,6 +103,7 @@ def build_runtime(
             config.quarantine_dir,
             max_bytes=config.data.max_file_bytes,
             max_chars=config.data.max_text_chars,
+            settle_s=config.data.inbox_settle_s,
         ),
         runner=runner or ChildRunner(),
         cycles=cycles,
