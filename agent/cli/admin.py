@@ -37,7 +37,7 @@ from agent.daemon import status as status_mod
 from agent.daemon.commands import validate_args
 from agent.daemon.inbox import InboxError, display_name, parse_examples, read_regular_file
 from agent.daemon.planner import RecipeOverrideError, check_override
-from agent.daemon.policy_inputs import OVERRIDE_PREFIX, effective_policy, parse_policy_value
+from agent.daemon.policy_inputs import OVERRIDE_PREFIX, parse_policy_value, resolve_policy
 from agent.store import Store, StoreError, open_store
 
 __all__ = ["admin_app"]
@@ -243,11 +243,12 @@ def policy_show(config: ConfigOption = None, as_json: JsonOption = False) -> Non
     cfg = read_config(config)
     with _store(cfg) as store:
         overrides = store.overrides.all()
-    try:
-        effective = effective_policy(cfg, overrides).model_dump(mode="json")
-    except ConfigError as exc:
-        fail(str(exc))
+    policy, ignored = resolve_policy(cfg, overrides)
+    for message in ignored:
+        typer.echo(f"warning: {message}", err=True)
+    effective = policy.model_dump(mode="json")
     overridden = {k[len(OVERRIDE_PREFIX) :] for k in overrides if k.startswith(OVERRIDE_PREFIX)}
+    overridden = {k for k in overridden if k in effective and effective[k] == overrides[OVERRIDE_PREFIX + k]}
     data = {
         k: {"value": v, "source": "override" if k in overridden else "config"} for k, v in effective.items()
     }

@@ -10,12 +10,14 @@ from agent.store._lease import Leases
 from agent.store._migrations import LATEST_VERSION, LEADER_LEASE
 from agent.store._observations import Decisions, Metrics
 from agent.store._operator import Commands, Overrides
-from agent.store._store import Store, open_store
+from agent.store._store import Store, open_store, safe_url
 from agent.store._versions import Versions
 from agent.store.errors import (
     ChampionMovedError,
     ChampionPinnedError,
     CycleAlreadyRunningError,
+    DatabaseUnavailableError,
+    DatabaseUrlError,
     InvalidSampleError,
     LeaseHeldError,
     NotFoundError,
@@ -53,6 +55,8 @@ __all__ = [
     "Commands",
     "Cycle",
     "CycleAlreadyRunningError",
+    "DatabaseUnavailableError",
+    "DatabaseUrlError",
     "InvalidSampleError",
     "CycleState",
     "Cycles",
@@ -77,4 +81,5 @@ __all__ = [
     "VersionStateError",
     "VersionStatus",
     "open_store",
+    "safe_url",
 ]

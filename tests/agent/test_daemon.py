@@ -276,6 +276,37 @@ def test_policy_set_is_validated_and_applied(running: Running) -> None:
     assert len(audit) == 1
 
 
+def test_an_invalid_stored_override_is_ignored_with_a_warning_and_can_be_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    rt = build_runtime(fast_config(tmp_path / "state"), cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    # As an older qtha (or a manual edit) could have stored them: each would have crashed every start before.
+    for key, value in {"cooldown_s": float("inf"), "quiet_hours": [25, 99], "gone_key": 1, "staleness_h": 48}.items():
+        rt.store.overrides.set(f"policy.{key}", value, actor="test", reason="legacy")
+    rt.store.overrides.set("paused", True, actor="test", reason="test")
+    daemon = Daemon(rt, loop_interval_s=0.1)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    handle = Running(daemon, rt, thread)
+    try:
+        wait_for(lambda: rt.leadership.is_leader(), what="leadership")
+        policy = rt.policy()
+        assert (policy.cooldown_s, policy.quiet_hours, policy.staleness_h) == (0.0, None, 48.0)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "override" in r.getMessage()]
+        assert len(warnings) == 3 and any("cooldown_s = inf is invalid" in w for w in warnings)
+        rt.policy()
+        assert len([r for r in caplog.records if "override" in r.getMessage()]) == 3  # once per value
+        for key in ("cooldown_s", "quiet_hours", "gone_key"):
+            assert handle.applied(handle.submit("policy_unset", {"key": key})).ok
+        assert set(rt.store.overrides.all()) == {"paused", "policy.staleness_h"}
+    finally:
+        daemon.request_stop()
+        thread.join(timeout=30)
+        rt.store.close()
+
+
 def test_inbox_file_is_ingested_or_quarantined(running: Running) -> None:
     rt = running.rt
     (rt.config.inbox_dir / "good.jsonl").write_text('{"prompt": "1+1?", "answer": "2"}\n')

@@ -19,6 +19,8 @@ from agent.store import (
     ChampionPinnedError,
     CycleAlreadyRunningError,
     CycleState,
+    DatabaseUnavailableError,
+    DatabaseUrlError,
     InvalidSampleError,
     LeaseHeldError,
     NotFoundError,
@@ -494,3 +496,21 @@ def test_concurrent_first_opens_of_a_new_sqlite_file_all_succeed(tmp_path: Path,
         for s in stores:
             s.close()
         assert errors == [], f"round {round_}: {errors}"
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "needle"),
+    [
+        ("notaurl", DatabaseUrlError, "not a database URL"),
+        ("mysql://user:hunter2@db/x", DatabaseUrlError, "mysql backend is not supported"),
+        ("postgresql+nodriver://user:hunter2@db/x", DatabaseUrlError, "driver is not installed"),
+        ("postgresql+psycopg://user:hunter2@127.0.0.1:1/x", DatabaseUnavailableError, "cannot reach PostgreSQL at"),
+        ("sqlite:////proc/no/such/dir/q.db", DatabaseUnavailableError, "cannot open the SQLite database"),
+    ],
+)
+def test_an_unusable_database_url_fails_with_one_line_naming_the_fix(url: str, error: type, needle: str) -> None:
+    with pytest.raises(error) as info:
+        open_store(url)
+    message = str(info.value)
+    assert needle in message and "database.url" in message
+    assert "\n" not in message and "hunter2" not in message
