@@ -300,6 +300,11 @@ class ObserveConfig(_Section):
 
 
 class DaemonConfig(_Section):
+    check_model: bool = Field(
+        default=True,
+        description="Load model.source and build quantum.backend in a child before reporting ready, so a model "
+        "that does not load fails the start (exit 2) rather than the first cycle.",
+    )
     replica_id: str | None = Field(
         default=None, description="Name of this replica in the leader lease. Empty: <hostname>:<pid>."
     )
@@ -415,7 +420,8 @@ def _explain(error: ValidationError, file_data: dict[str, Any]) -> str:
         if item["type"] == "extra_forbidden":
             allowed = "unknown key (check the spelling; `qtha config show` lists every key)"
         lines.append(f"{key} = {short_repr(value)} (from {source}): {allowed}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    # One line, however many keys are wrong: start-up errors are read in `systemctl status` and journal lines.
+    return "invalid configuration: " + "; ".join(lines)
 
 
 def load_config(path: Path | str | None = None, **overrides: Any) -> QthaConfig:

@@ -5,7 +5,8 @@ machine-readable output. Overrides (pause, resume, cycle --now, promote, rollbac
 eval) are queued as command rows with an idempotency key; the leading daemon applies and audits them. They work
 whether the daemon runs or not; ``--wait SECONDS`` waits for the outcome (exit 3 when the daemon refuses it).
 
-Exit codes: 0 ok · 1 failure · 2 usage · 3 refused by policy · 4 lock held (a cycle is running).
+Exit codes: 0 ok · 1 failure · 2 usage or bad configuration · 3 refused by policy · 4 lock held (a cycle is
+running) · 5 environment not ready (database unreachable, state directory unusable, port in use).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from agent.cli.common import (
     EXIT_LOCKED,
     EXIT_REFUSED,
     EXIT_USAGE,
+    STARTUP_ERRORS,
     ConfigOption,
     JsonOption,
+    exit_code_of,
     fail,
     read_config,
 )
@@ -38,7 +41,8 @@ from agent.daemon.commands import validate_args
 from agent.daemon.inbox import InboxError, display_name, parse_examples, read_regular_file
 from agent.daemon.planner import RecipeOverrideError, check_override
 from agent.daemon.policy_inputs import OVERRIDE_PREFIX, parse_policy_value, resolve_policy
-from agent.store import Store, StoreError, open_store
+from agent.daemon.preflight import PreflightError, prepare_state_dir
+from agent.store import InvalidSampleError, Store, StoreError, check_sample, open_store
 
 __all__ = ["admin_app"]
 
@@ -57,11 +61,14 @@ WaitOption = Annotated[
 
 @contextmanager
 def _store(cfg: QthaConfig) -> Iterator[Store]:
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare_state_dir(cfg.state_dir)
+    except PreflightError as exc:
+        fail(str(exc), exit_code_of(exc))
     try:
         store = open_store(cfg.database_url)
     except StoreError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_of(exc))
     except Exception as exc:  # driver errors: a locked SQLite file, an unreachable server
         if "locked" in str(exc).lower():
             fail(f"the database is locked by another process ({exc}); retry in a moment", EXIT_LOCKED)
@@ -70,6 +77,14 @@ def _store(cfg: QthaConfig) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+def _first_line(error: str | None) -> str:
+    """The cause of a failed cycle without the child's traceback (kept whole in the cycle row: --json)."""
+    if not error:
+        return ""
+    head = error.split("; stderr tail:", 1)[0].strip().splitlines()
+    return (head[0][:300] if head else "") + (" (details: qtha history --json)" if "\n" in error.strip() else "")
 
 
 def _print(data: Any, as_json: bool, text: str) -> None:
@@ -114,14 +129,34 @@ def _submit(config: Path | None, kind: str, args: dict[str, Any], *, key: str | 
 def daemon(config: ConfigOption = None) -> None:
     """Run the daemon (foreground; SIGTERM stops it cleanly, SIGHUP reloads the config)."""
     from agent.cli.wiring import run
-    from agent.daemon.lifecycle import HealthError
 
     read_config(config)  # exit 2 on a bad config before anything starts
     try:
         code = run(config)
-    except HealthError as exc:
-        fail(str(exc))
+    except STARTUP_ERRORS as exc:
+        fail(str(exc), exit_code_of(exc))
     raise typer.Exit(code)
+
+
+@admin_app.command("doctor")
+def doctor(
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    model: Annotated[bool, typer.Option("--model/--no-model", help="Also load the model in a child.")] = True,
+) -> None:
+    """Run the start-up checks now (configuration, state directory, database, metrics port, model, backend)
+    and print what is wrong. Exit 0 when all pass, else the status of the first failure."""
+    from agent.cli.doctor import run_checks
+
+    results = run_checks(config, check_model=model)
+    _print(
+        [r._asdict() for r in results],
+        as_json,
+        "\n".join(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}" for r in results),
+    )
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise typer.Exit(failed[0].exit_code)
 
 
 # -- reads -------------------------------------------------------------------------------------------------------
@@ -150,7 +185,7 @@ def _status_text(data: dict[str, Any]) -> str:
         )
     last = data["last_cycle"]
     if last:
-        lines.append(f"last cycle {last['id']}: {last['state']} — {last['outcome'] or last['error'] or ''}")
+        lines.append(f"last cycle {last['id']}: {last['state']} — {last['outcome'] or _first_line(last['error'])}")
     leader = data["leader"]
     lines.append(f"leader: {leader['holder'] or 'none'} (epoch {leader['epoch']})")
     daemon_status = data["daemon"]
@@ -199,7 +234,7 @@ def history(
         data = status_mod.history(store, limit=limit)
     lines = [
         f"cycle {c['id']:4} {c['state']:9} {c['started_at']} {', '.join(c['trigger_reasons'])}: "
-        f"{c['outcome'] or c['error'] or ''}"
+        f"{c['outcome'] or _first_line(c['error']) or ''}"
         for c in data["cycles"]
     ]
     lines += [
@@ -283,7 +318,7 @@ def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
             fail(f"{what} {pair!r} must look like KEY=VALUE", EXIT_USAGE)
         try:
             out[name] = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or a 5000-digit number): the text itself
             out[name] = raw
     return out
 
@@ -415,6 +450,10 @@ def observe(
 ) -> None:
     """Record a metric sample about the deployed model (drift detection reads policy.drift_metric)."""
     labels = {k: str(v) for k, v in _parse_pairs(label or [], "--label").items()}
+    try:
+        check_sample(name, value, labels)  # before touching the database: inf, NaN, an empty name
+    except InvalidSampleError as exc:
+        fail(str(exc), EXIT_USAGE)
     cfg = read_config(config)
     with _store(cfg) as store:
         sample = store.metrics.record(name, value, source="operator", labels=labels)

@@ -8,7 +8,7 @@ from agent.store._champion import Champion
 from agent.store._cycles import Cycles
 from agent.store._lease import Leases
 from agent.store._migrations import LATEST_VERSION, LEADER_LEASE
-from agent.store._observations import Decisions, Metrics
+from agent.store._observations import Decisions, Metrics, check_sample
 from agent.store._operator import Commands, Overrides
 from agent.store._store import Store, open_store, safe_url
 from agent.store._versions import Versions
@@ -80,6 +80,7 @@ __all__ = [
     "Versions",
     "VersionStateError",
     "VersionStatus",
+    "check_sample",
     "open_store",
     "safe_url",
 ]
