@@ -282,7 +282,11 @@ class Daemon:
         rt = self.rt
         rt.set_status(f"leader (epoch {rt.leadership.epoch}): reconciling the champion pointer")
         rt.runner.reset()
+        before = rt.store.champion.get()
         state = rt.registry.reconcile(actor=rt.replica)
+        if state.version_id != before.version_id:  # the champion's artifact failed verification (logged)
+            rt.metrics.rolled_back()
+            rt.metrics.decision("reconcile", "rollback" if state.version_id else "base_model")
         jobs.refresh_gauges(rt)
         self.scheduler.add_job(
             jobs.resume_cycle, args=[rt], id="resume", replace_existing=True, misfire_grace_time=None

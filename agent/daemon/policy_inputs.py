@@ -286,7 +286,8 @@ def rollback_inputs(
     if len(serving) < 2 or serving[-1].version_id != champion:
         return None
     previous = serving[-2].version_id
-    prev_metric = store.versions.get(previous).metrics.get(EVAL_METRIC)
+    # None: the base model served before (a champion that had to be retired); nothing to roll back to.
+    prev_metric = store.versions.get(previous).metrics.get(EVAL_METRIC) if previous is not None else None
     record = policies.PromotionRecord(
         version=champion,
         previous_version=previous if prev_metric is not None else None,
