@@ -444,17 +444,17 @@ def ingest(file: Path, config: ConfigOption = None) -> None:
 @admin_app.command("observe")
 def observe(
     name: str,
-    value: float,
+    value: Annotated[str, typer.Argument(help="A finite number.")],
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable.")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Record a metric sample about the deployed model (drift detection reads policy.drift_metric)."""
     labels = {k: str(v) for k, v in _parse_pairs(label or [], "--label").items()}
     try:
-        check_sample(name, value, labels)  # before touching the database: inf, NaN, an empty name
+        number = check_sample(name, value, labels)  # before touching the database: inf, NaN, an empty name
     except InvalidSampleError as exc:
         fail(str(exc), EXIT_USAGE)
     cfg = read_config(config)
     with _store(cfg) as store:
-        sample = store.metrics.record(name, value, source="operator", labels=labels)
+        sample = store.metrics.record(name, number, source="operator", labels=labels)
     typer.echo(f"recorded {sample.name}={sample.value:g} {labels or ''} at {sample.at.isoformat()}")

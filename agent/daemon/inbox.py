@@ -26,6 +26,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import stat
 import time
@@ -109,7 +110,10 @@ def _number(kind: type) -> Callable[[str], Any]:
     def parse(token: str) -> Any:
         if len(token) > _MAX_NUMBER_CHARS:
             raise InboxError(f"a number with {len(token)} characters; at most {_MAX_NUMBER_CHARS} are accepted")
-        return kind(token)
+        value = kind(token)
+        if not math.isfinite(value):  # 1e999 parses as inf
+            raise InboxError(f"{token} is not a finite number")
+        return value
 
     return parse
 
