@@ -159,6 +159,9 @@ _CONFIG = [
              env=(("QTHA_DATABASE__URL", "postgresql+psycopg://qtha:secret@127.0.0.1:1/qtha"),)),
     BadInput("state-dir-is-a-file", "configuration", 5, "is a file, not a directory",
              args=("daemon", "--config", "{toml}"), env=(("QTHA_STATE_DIR", "{file}"),)),
+    BadInput("model-does-not-load", "configuration", 2, "does not load", args=("daemon", "--config", "{toml}"),
+             env=(("QTHA_DAEMON__CHECK_MODEL", "true"), ("QTHA_MODEL__SOURCE", "/nonexistent/model.gguf"),
+                  ("QTHA_METRICS__ENABLED", "false"))),
     BadInput("port-in-use", "configuration", 5, "is in use", args=("daemon", "--config", "{toml}"),
              env=(("QTHA_METRICS__PORT", "{busy_port}"),)),
 ]
