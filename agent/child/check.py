@@ -37,6 +37,12 @@ def check_model(config: QthaConfig, runner: ChildRunner, *, timeout_s: float = 6
         ModelCheckError: the child reported an error, died or ran past ``timeout_s`` (the message names
             ``model.source`` and the child's own one-line error; its stderr stays in ``work/check/child.stderr``).
     """
+    source = config.model.source
+    if not source.startswith("bundled:") and not Path(source).exists():  # no need to start a child to see that
+        raise ModelCheckError(
+            f"model.source {source!r} does not load (no such file or directory); fix model.source (a GGUF file, "
+            "an HF directory or bundled:smollm2)"
+        )
     work: Path = config.state_dir / "work" / "check"
     outcome = runner.run(CHECK_ENTRY, task_config(config), work, timeout_s=timeout_s)
     if outcome.status == "done" and outcome.result:

@@ -81,7 +81,9 @@ def _cli(args: list[str], env_vars: dict[str, str]) -> tuple[int, str]:
         done = subprocess.run(
             [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, env=full, timeout=120
         )
-        return done.returncode, done.stdout + done.stderr
+        # The daemon's own log lines (timestamped) come before the one line the operator reads.
+        lines = (done.stdout + done.stderr).splitlines()
+        return done.returncode, "\n".join(line for line in lines if not line[:4].isdigit())
     result = CliRunner().invoke(app, args, env=env_vars)
     return result.exit_code, result.output
 
