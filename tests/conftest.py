@@ -7,6 +7,12 @@ import pytest
 from tests.support.tools import MISSING_TOOL, strict
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long", action="store_true", default=False, help="chaos suite: many more kills (tests/agent/test_chaos.py)"
+    )
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201
     # Under CI a skip because a real tool is missing is a failure: the install step broke, the test did not pass.

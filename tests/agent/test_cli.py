@@ -184,3 +184,21 @@ def test_history_prints_the_cause_of_a_failed_cycle_not_the_childs_traceback(con
     assert line.endswith("training failed: CheckpointError: /m.gguf: corrupt (details: qtha history --json)")
     code, out = run(config, "history", "--json")
     assert "Traceback (most recent call last)" in out  # the whole text stays in the cycle row
+
+
+def test_doctor_runs_the_start_up_checks_and_names_what_is_wrong(config: Path, tmp_path: Path) -> None:
+    code, out = run(config, "doctor", "--no-model")
+    assert code == 0, out
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        "ok   configuration", "ok   state directory", "ok   database", "ok   metrics port"
+    ]
+    assert "schema version" in out and "is a writable directory" in out
+    (tmp_path / "a-file").write_text("x")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'state_dir = "{tmp_path / "a-file"}"\n[database]\nurl = "sqlite:///{tmp_path / "x.db"}"\n')
+    code, out = run(bad, "doctor", "--no-model", "--json")
+    checks = {c["name"]: c for c in json.loads(out)}
+    assert code == 5 and not checks["state directory"]["ok"] and "is a file" in checks["state directory"]["detail"]
+    bad.write_text("[policy]\ncooldown_s = inf\n")
+    code, out = run(bad, "doctor", "--no-model")
+    assert code == 2 and out.startswith("FAIL configuration: invalid configuration: policy.cooldown_s = inf")
