@@ -238,7 +238,6 @@ class PolicyConfig(_Section):
         default=0.02, ge=0, description="Live drop below the old champion that rolls back."
     )
 
-
     @field_validator("quiet_hours", mode="after")
     @classmethod
     def _two_hours(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
