@@ -12,9 +12,18 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
@@ -34,6 +43,7 @@ __all__ = [
     "SchedulerConfig",
     "TrainingConfig",
     "load_config",
+    "short_repr",
 ]
 
 ENV_PREFIX = "QTHA_"
@@ -44,9 +54,37 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key, the value and what is allowed."""
 
 
+# Durations beyond ten years are typos, and far larger ones overflow timedelta inside the scheduler and policies.
+MAX_SECONDS = 10 * 365 * 86400.0
+MAX_HOURS = MAX_SECONDS / 3600
+# Integers land in 64-bit database columns.
+MAX_INT = 2**63 - 1
+
+# A metric series name: printable, no surrounding blanks, short enough for a label value.
+MetricName = Annotated[
+    str, StringConstraints(strip_whitespace=False, min_length=1, max_length=200, pattern=r"^[^\s\x00-\x1f\x7f]+$")
+]
+UtcHour = Annotated[int, Field(ge=0, le=23)]
+
+
 class _Section(BaseModel):
-    # Unknown keys are typos in an operator's file: refuse them rather than silently ignoring them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are typos in an operator's file: refuse them rather than silently ignoring them. inf and NaN
+    # pass every `gt=0` bound and then break timers and policies at run time, so no float may be non-finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, float) and name.endswith("_s") and value > MAX_SECONDS:
+            raise ValueError(f"at most {MAX_SECONDS:.0f} seconds (10 years)")
+        if isinstance(value, float) and name.endswith("_h") and value > MAX_HOURS:
+            raise ValueError(f"at most {MAX_HOURS:.0f} hours (10 years)")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise ValueError(f"at most {MAX_INT} in magnitude")
+        return value
 
 
 class DatabaseConfig(_Section):
@@ -91,6 +129,12 @@ class DataConfig(_Section):
     max_file_bytes: int = Field(default=64 * 2**20, ge=1, description="Larger inbox files are quarantined.")
     max_text_chars: int = Field(
         default=8192, ge=1, description="Longest accepted prompt or answer, in characters."
+    )
+    inbox_settle_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="An inbox file modified less than this long ago is left for the next scan (it may still be "
+        "written in place; renaming a finished .part file into the inbox needs no wait).",
     )
 
 
@@ -142,10 +186,12 @@ class PolicyConfig(_Section):
     cooldown_s: float = Field(
         default=3600.0, ge=0, description="Minimum pause between the end of a cycle and the next."
     )
-    quiet_hours: tuple[int, int] | None = Field(
-        default=None, description="[start, end) UTC hours when no cycle starts, e.g. [8, 18]. Empty: none."
+    quiet_hours: tuple[UtcHour, UtcHour] | None = Field(
+        default=None,
+        description="[start, end) UTC hours 0-23 when no cycle starts, e.g. [8, 18] (or [22, 6] across midnight). "
+        "Empty: none.",
     )
-    drift_metric: str = Field(
+    drift_metric: MetricName = Field(
         default="eval_mean",
         description="Metric sample name the drift detector watches: the daemon's own held-out score (eval_mean) "
         "or a name pushed with `qtha observe` / read from Prometheus.",
@@ -191,6 +237,13 @@ class PolicyConfig(_Section):
     rollback_margin: float = Field(
         default=0.02, ge=0, description="Live drop below the old champion that rolls back."
     )
+
+    @field_validator("quiet_hours", mode="after")
+    @classmethod
+    def _two_hours(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and value[0] == value[1]:
+            raise ValueError("start and end must differ (an empty window is no quiet hours: leave the key out)")
+        return value
 
 
 class RecipeBoundsConfig(_Section):
@@ -238,7 +291,7 @@ class ObserveConfig(_Section):
         description="Base URL of a Prometheus server whose HTTP API is queried for model metrics "
         "(e.g. http://127.0.0.1:9090). Empty: no external metrics.",
     )
-    queries: dict[str, str] = Field(
+    queries: dict[MetricName, Annotated[str, StringConstraints(min_length=1)]] = Field(
         default_factory=dict,
         description="Metric name -> PromQL instant query; each result is stored as a metric sample.",
     )
@@ -246,6 +299,11 @@ class ObserveConfig(_Section):
 
 
 class DaemonConfig(_Section):
+    check_model: bool = Field(
+        default=True,
+        description="Load model.source and build quantum.backend in a child before reporting ready, so a model "
+        "that does not load fails the start (exit 2) rather than the first cycle.",
+    )
     replica_id: str | None = Field(
         default=None, description="Name of this replica in the leader lease. Empty: <hostname>:<pid>."
     )
@@ -284,6 +342,7 @@ class QthaConfig(BaseSettings):
         env_nested_delimiter=ENV_NESTED_DELIMITER,
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     state_dir: Path = Field(default_factory=_default_state_dir, description="Database, versions, inbox.")
@@ -342,6 +401,13 @@ def _env_name(loc: tuple[Any, ...]) -> str:
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(part).upper() for part in loc)
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a 5000-digit number or a megabyte string in a bad value
+    still gives a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
 def _explain(error: ValidationError, file_data: dict[str, Any]) -> str:
     lines = []
     for item in error.errors():
@@ -352,8 +418,9 @@ def _explain(error: ValidationError, file_data: dict[str, Any]) -> str:
         allowed = item["msg"]
         if item["type"] == "extra_forbidden":
             allowed = "unknown key (check the spelling; `qtha config show` lists every key)"
-        lines.append(f"{key} = {value!r} (from {source}): {allowed}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        lines.append(f"{key} = {short_repr(value)} (from {source}): {allowed}")
+    # One line, however many keys are wrong: start-up errors are read in `systemctl status` and journal lines.
+    return "invalid configuration: " + "; ".join(lines)
 
 
 def load_config(path: Path | str | None = None, **overrides: Any) -> QthaConfig:

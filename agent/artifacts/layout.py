@@ -14,6 +14,7 @@ leaves either no version or a complete one. This module knows nothing of the dat
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ __all__ = [
     "publish",
     "quarantine",
     "read_current",
+    "clear_current",
     "remove_version",
     "verify",
     "version_ids_on_disk",
@@ -272,12 +274,35 @@ def point_current(layout: Layout, version_id: str) -> None:
 
 
 def read_current(layout: Layout) -> str | None:
-    """The version id ``current`` points at, or None if there is no pointer."""
+    """The version id ``current`` points at, or None if there is no pointer.
+
+    A ``current`` that is not a symlink (a directory or file someone put there) is moved into the quarantine,
+    with a REASON.txt, and read as no pointer: the caller re-points it from the champion row.
+    """
     try:
         target = Path(os.readlink(layout.current))
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: it exists but is not a symlink
+            raise
+        layout.ensure()
+        dest = layout.quarantine / f"current-{secrets.token_hex(4)}"
+        os.rename(layout.current, dest)
+        reason = dest / "REASON.txt" if dest.is_dir() else dest.with_name(dest.name + ".REASON.txt")
+        reason.write_text("`current` was not a symlink; moved aside and re-pointed at the champion\n", encoding="utf-8")
+        _fsync_path(layout.state_dir)
+        return None
     return target.name
+
+
+def clear_current(layout: Layout) -> None:
+    """Removes the ``current`` pointer (no version serves: the base model does)."""
+    try:
+        os.unlink(layout.current)
+    except FileNotFoundError:
+        return
+    _fsync_path(layout.state_dir)
 
 
 def version_ids_on_disk(layout: Layout) -> list[str]:

@@ -27,7 +27,7 @@ from agent.child.entry import Interrupted, TaskContext
 from agent.cycle.trainer import save_checkpoint
 from agent.daemon.inbox import read_examples
 
-__all__ = ["adapter_config_for", "evaluate", "train"]
+__all__ = ["adapter_config_for", "check", "evaluate", "train"]
 
 
 def _setup_jax(payload: dict[str, Any]) -> None:
@@ -265,3 +265,17 @@ def evaluate(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         "trainable_params": float(params),
     }
     return {"scores": scores, "metrics": metrics}
+
+
+def check(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """``qtha doctor`` and start-up: the base model loads and the configured quantum backend can be built."""
+    from model import load_checkpoint
+
+    loaded = load_checkpoint(payload["model_source"])
+    _qnn_backend(str(payload.get("backend") or "jax"), payload)
+    return {
+        "model": loaded.source,
+        "layers": loaded.config.num_hidden_layers,
+        "vocab": loaded.config.vocab_size,
+        "backend": payload.get("backend") or "jax",
+    }

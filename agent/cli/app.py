@@ -22,6 +22,7 @@ from agent.cli.common import (
     read_config,
 )
 from agent.cli.replay import replay_command
+from agent.daemon.preflight import restrict_umask
 
 __all__ = ["EXIT_FAILURE", "EXIT_LOCKED", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "app", "main"]
 
@@ -30,6 +31,13 @@ config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is
 app.add_typer(config_app, name="config")
 app.command("replay")(replay_command)
 app.add_typer(admin_app)  # daemon, status, versions, history, decisions, overrides, ingest, observe
+
+
+@app.callback()
+def _private_files() -> None:
+    """Every command may create the state directory, the database or inbox files: 0700/0600 (umask 077) outside
+    systemd as inside, so model versions and operator data are never world-readable."""
+    restrict_umask()
 
 
 @config_app.command("show")

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import configparser
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.support.tools import find_tool, needs_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "ops" / "systemd" / "qtha.service"
-ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (apt-get install systemd)")
+ANALYZE = find_tool("systemd-analyze")
+needs_analyze = needs_tool("systemd-analyze", available=ANALYZE is not None, how="apt-get install systemd")
 
 
 def _installed_copy(directory: Path) -> Path:
