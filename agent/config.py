@@ -138,14 +138,98 @@ class DataConfig(_Section):
     )
 
 
+SamplerOption = str | int | float | bool
+
+
 class QuantumConfig(_Section):
-    backend: Literal["jax", "qsim", "sampler", "emulator"] = Field(
+    """Where the QTHA circuits run, and on a device: how gradients are taken, what a cycle may spend, what to do
+    when the device is offline. The API key is never a config value: only where to read it."""
+
+    backend: Literal["jax", "qsim", "sampler", "emulator", "origin"] = Field(
         default="jax",
-        description="Where circuits run: jax (differentiable simulator), qsim, sampler, emulator.",
+        description="Where circuits run: jax (differentiable simulator), qsim, sampler (any cirq.Sampler), "
+        "emulator (offline device), origin (Origin QCloud via pyqpanda3, the 'origin' extra).",
     )
     shots: int = Field(default=1000, ge=1, description="Shots per circuit on sampling backends.")
+    gradient: Literal["parameter-shift", "spsa"] = Field(
+        default="parameter-shift",
+        description="Gradients on a device: parameter-shift (exact in expectation, 2-4 circuits per weight) or "
+        "spsa (2 circuits per sample whatever the number of weights).",
+    )
+    spsa_epsilon: float = Field(default=0.05, gt=0, allow_inf_nan=False, description="SPSA perturbation (rad).")
+    spsa_samples: int = Field(default=1, ge=1, description="SPSA perturbations averaged per gradient.")
     sampler: str | None = Field(
         default=None, description="Import path 'module:factory' of a cirq.Sampler for backend = sampler."
+    )
+    sampler_options: dict[str, SamplerOption] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the sampler factory (processor_id, project_id, ...). Credentials stay "
+        "in the vendor's own environment variables, not here.",
+    )
+    sampler_service_options: dict[str, SamplerOption] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the service's sampler() when the factory returns a service "
+        "(cirq-ionq: target).",
+    )
+    origin_backend: str | None = Field(
+        default=None, description="Origin QCloud chip for backend = origin, as QCloudService.backends() lists it."
+    )
+    origin_amend: bool = Field(default=True, description="QCloud's own readout-error amendment.")
+    origin_mapping: bool = Field(default=True, description="Let QCloud map logical to physical qubits.")
+    origin_optimization: bool = Field(default=True, description="Let QCloud optimise circuits for the chip.")
+    api_key_file: Path | None = Field(
+        default=None,
+        description="File holding the Origin QCloud API key (mode 0600). Empty: read api_key_env instead.",
+    )
+    api_key_env: str = Field(
+        default="QTHA_ORIGIN_API_KEY", min_length=1, description="Environment variable holding the API key."
+    )
+    price_per_job: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Device price per job, for the money cap. Empty: the emulator's list price; vendors free.",
+    )
+    price_per_shot: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Device price per shot (see price_per_job)."
+    )
+    max_shots_per_cycle: int | None = Field(
+        default=None,
+        ge=1,
+        description="Hard cap on a cycle's device shots: a job that would exceed it is refused before "
+        "submission and the cycle fails. Empty: no cap.",
+    )
+    max_cost_per_cycle: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Hard cap on a cycle's device spending (needs prices for sampler and origin). Empty: no cap.",
+    )
+    emulator_calibration_file: Path | None = Field(
+        default=None,
+        description="Calibration snapshot JSON for backend = emulator (Calibration.to_json); its device name "
+        "names the grid. Empty: a seeded synthetic snapshot.",
+    )
+    emulator_latency_file: Path | None = Field(
+        default=None,
+        description='Latency JSON for backend = emulator, e.g. {"queue_s": 2.0, "queue_jitter_s": 1.0, '
+        '"per_program_s": 0.005, "per_shot_s": 2e-5}; omitted fields keep these defaults.',
+    )
+    emulator_rows: int = Field(default=6, ge=1, le=16, description="Emulated device grid rows.")
+    emulator_cols: int = Field(default=12, ge=1, le=16, description="Emulated device grid columns.")
+    offline: Literal["wait", "fallback", "fail"] = Field(
+        default="fail",
+        description="When the device stays offline: wait (up to offline_wait_s, then fail the cycle), fallback "
+        "(finish the cycle on qsim; recorded in the cycle's metrics) or fail (the cycle).",
+    )
+    offline_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long the device may refuse work as offline before fallback or fail acts.",
+    )
+    offline_wait_s: float = Field(
+        default=3600.0, gt=0, allow_inf_nan=False, description="How long offline = wait waits for the device."
     )
 
 
@@ -361,9 +445,21 @@ class QthaConfig(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
-    def _sampler_needs_path(self) -> QthaConfig:
-        if self.quantum.backend == "sampler" and not self.quantum.sampler:
+    def _backend_needs_its_settings(self) -> QthaConfig:
+        q = self.quantum
+        if q.backend == "sampler" and not q.sampler:
             raise ValueError("quantum.backend = 'sampler' needs quantum.sampler = 'module:factory'")
+        if q.backend == "origin" and not q.origin_backend:
+            raise ValueError(
+                "quantum.backend = 'origin' needs quantum.origin_backend = the chip's name "
+                "(pyqpanda3.qcloud.QCloudService(key).backends() lists them)"
+            )
+        unpriced = q.price_per_job is None and q.price_per_shot is None
+        if q.max_cost_per_cycle is not None and q.backend in ("sampler", "origin") and unpriced:
+            raise ValueError(
+                f"quantum.max_cost_per_cycle needs the device's prices for backend = {q.backend!r}: set "
+                "quantum.price_per_job and/or quantum.price_per_shot (otherwise the cap never binds)"
+            )
         return self
 
     @property

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from agent.child.entry import Interrupted, TaskContext
 from agent.cycle.trainer import save_checkpoint
 from agent.daemon.inbox import read_examples
 
-__all__ = ["adapter_config_for", "check", "evaluate", "train"]
+__all__ = ["adapter_config_for", "check", "evaluate", "hardware_options", "train"]
 
 
 def _setup_jax(payload: dict[str, Any]) -> None:
@@ -42,28 +43,129 @@ def _setup_jax(payload: dict[str, Any]) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _qnn_backend(name: str, payload: dict[str, Any]) -> Any:
-    """The QNN backend the recipe names: ``None`` for the JAX simulator (the default), else a ``quantum`` backend
-    (qsim exactly; the emulator or a cirq sampler through the executor, with shots and parameter-shift gradients)."""
+DEVICE_BACKENDS = ("emulator", "sampler", "origin")
+
+
+def _read_api_key(section: dict[str, Any]) -> str:
+    """The Origin API key from ``api_key_file`` or the ``api_key_env`` variable; no message ever shows it."""
+    if section.get("api_key_file"):
+        path = Path(section["api_key_file"])
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ValueError(
+                f"cannot read the API key file {path} ({err.strerror}); fix quantum.api_key_file"
+            ) from None
+        where = f"file {path}"
+    else:
+        key = os.environ.get(section["api_key_env"], "").strip()
+        where = f"environment variable {section['api_key_env']}"
+    if not key:
+        raise ValueError(
+            f"backend = 'origin' needs an API key and the {where} is empty or unset; put the key in a file named "
+            "by quantum.api_key_file (mode 0600) or in the variable named by quantum.api_key_env"
+        )
+    return key
+
+
+def hardware_options(section: dict[str, Any], *, backend: str, seed: int) -> Any:
+    """The ``quantum.HardwareOptions`` of the ``[quantum]`` section (as JSON): reads the key, calibration and
+    latency files here, so ``quantum`` receives plain values.
+
+    Raises:
+        ValueError: a file is missing or malformed, the key is absent, or the calibration does not fit the grid.
+    """
+    import quantum
+    from quantum.emulator import Calibration, DeviceSpec, EmulatorConfig, LatencyModel
+
+    def text(key: str) -> str | None:
+        path = section.get(key)
+        if not path:
+            return None
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ValueError(f"cannot read quantum.{key} = {path} ({err.strerror})") from None
+
+    priced = section.get("price_per_job") is not None or section.get("price_per_shot") is not None
+    pricing = (
+        quantum.DevicePricing(per_job=section.get("price_per_job") or 0.0, per_shot=section.get("price_per_shot") or 0.0)
+        if priced
+        else None
+    )
+    emulator = calibration = origin = None
+    if backend == "emulator":
+        calibration_text, latency_text = text("emulator_calibration_file"), text("emulator_latency_file")
+        try:
+            calibration = Calibration.from_json(calibration_text) if calibration_text else None
+            latency = LatencyModel.from_json(latency_text) if latency_text else LatencyModel()
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"quantum emulator file is malformed: {err}") from None
+        grid = {"rows": int(section["emulator_rows"]), "cols": int(section["emulator_cols"])}
+        device = DeviceSpec(name=calibration.device_name, **grid) if calibration else DeviceSpec(**grid)
+        if calibration is not None and set(calibration.qubits) != set(device.qubits()):
+            raise ValueError(
+                f"the calibration file covers {len(calibration.qubits)} qubits but the grid "
+                f"{grid['rows']}x{grid['cols']} has {device.n_qubits}; set quantum.emulator_rows/cols to its grid"
+            )
+        emulator = EmulatorConfig(device=device, latency=latency, **({"pricing": pricing} if pricing else {}))
+    if backend == "origin":
+        origin = quantum.OriginOptions(
+            backend_name=str(section["origin_backend"]),
+            api_key=_read_api_key(section),
+            run=quantum.OriginRunOptions(
+                amend=bool(section["origin_amend"]),
+                mapping=bool(section["origin_mapping"]),
+                optimization=bool(section["origin_optimization"]),
+            ),
+        )
+    return quantum.HardwareOptions(
+        kind=backend,  # type: ignore[arg-type]
+        shots=int(section["shots"]),
+        gradient=section["gradient"],
+        spsa_epsilon=float(section["spsa_epsilon"]),
+        spsa_samples=int(section["spsa_samples"]),
+        seed=seed,
+        sampler=section.get("sampler"),
+        sampler_options=dict(section.get("sampler_options") or {}),
+        sampler_service_options=dict(section.get("sampler_service_options") or {}),
+        emulator=emulator,
+        calibration=calibration,
+        origin=origin,
+        pricing=pricing,
+        spend_limit=quantum.SpendLimit(
+            max_shots=section.get("max_shots_per_cycle"), max_cost=section.get("max_cost_per_cycle")
+        ),
+        offline=section["offline"],
+        offline_timeout_s=float(section["offline_timeout_s"]),
+        offline_wait_s=float(section["offline_wait_s"]),
+    )
+
+
+def _qnn_backend(name: str, payload: dict[str, Any], *, seed: int = 0) -> tuple[Any, Any]:
+    """The QNN backend and gradient rule the recipe names: ``(None, None)`` for the JAX simulator (the default),
+    qsim exactly, or a device (emulator, sampler, Origin) through the executor, built from ``[quantum]``."""
     if name in ("", "jax"):
-        return None
+        return None, None
     import quantum
 
     if name == "qsim":
-        return quantum.QsimBackend()
-    if name in ("emulator", "sampler"):
-        device = quantum.job_backend(name, sampler=payload.get("sampler"))
-        return quantum.executor_backend(device, shots=int(payload["shots"]))
-    raise ValueError(f"unknown quantum backend {name!r}; use jax, qsim, emulator or sampler")
+        return quantum.QsimBackend(), None
+    if name in DEVICE_BACKENDS:
+        options = hardware_options(payload["quantum"], backend=name, seed=seed)
+        setup = quantum.device_backend(options)
+        return setup.backend, setup.gradient
+    raise ValueError(f"unknown quantum backend {name!r}; use jax, qsim, {', '.join(DEVICE_BACKENDS)}")
 
 
 def _quantum_event(backend: Any, name: str, circuits: int) -> dict[str, Any]:
-    """What the circuits cost: executor counters when there is an executor, else the simulator's circuit count."""
+    """What the circuits cost: executor counters when there is an executor, else the simulator's circuit count;
+    on a device, what the offline policy did (``offline``), if anything."""
     executor = getattr(backend, "executor", None)
     if executor is None:
         return {"event": "quantum", "backend": name, "circuits": circuits, "shots": 0}
     stats = executor.stats()
-    return {
+    event = {
         "event": "quantum",
         "backend": name,
         "circuits": stats.programs,
@@ -71,6 +173,10 @@ def _quantum_event(backend: Any, name: str, circuits: int) -> dict[str, Any]:
         "errors": dict(stats.errors),
         "cost": stats.cost,
     }
+    outcome = getattr(backend, "outcome", None)
+    if outcome is not None:
+        event["offline"] = outcome.as_dict()
+    return event
 
 
 def adapter_config_for(recipe: policies.Recipe) -> Any:
@@ -163,8 +269,12 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     seq_len = recipe.seq_len
     loaded = load_checkpoint(payload["model_source"])
     backend_name = recipe.backend
-    qnn_backend = _qnn_backend(backend_name, payload) if config.adapter.kind == "qtha" else None
-    qnn_factory = None if qnn_backend is None else functools.partial(make_qnn, backend=qnn_backend)
+    qnn_backend, gradient = (
+        _qnn_backend(backend_name, payload, seed=recipe.seed) if config.adapter.kind == "qtha" else (None, None)
+    )
+    qnn_factory = (
+        None if qnn_backend is None else functools.partial(make_qnn, backend=qnn_backend, gradient=gradient)
+    )
     examples = _training_examples(payload, workdir.name, max(config.train.steps * config.batch_size, 64))
     data = tokenize_examples(loaded.tokenizer, examples, seq_len=seq_len)
 
@@ -181,18 +291,27 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         )
 
     parent, resume_from = payload.get("parent_dir"), payload.get("resume_from")
-    run = finetune(
-        loaded,
-        data,
-        config,
-        qnn_factory=qnn_factory,
-        warm_start=Path(parent) if parent else None,
-        checkpoint=_checkpoint_writer(workdir, ctx),
-        resume_from=Path(resume_from) if resume_from else None,
-        out=workdir / "candidate",
-        progress=progress,
-        should_stop=lambda: ctx.stop_requested,
-    )
+    try:
+        run = finetune(
+            loaded,
+            data,
+            config,
+            qnn_factory=qnn_factory,
+            warm_start=Path(parent) if parent else None,
+            checkpoint=_checkpoint_writer(workdir, ctx),
+            resume_from=Path(resume_from) if resume_from else None,
+            out=workdir / "candidate",
+            progress=progress,
+            should_stop=lambda: ctx.stop_requested,
+        )
+    except Exception:
+        device_error = getattr(qnn_backend, "error", None)
+        if device_error is None:
+            raise
+        # The device's spending so far is real even when the cycle fails; JAX re-raised the device's error as
+        # a generic one, so raise the original (spend limit, offline, retries) with its one-line advice.
+        ctx.emit(_quantum_event(qnn_backend, backend_name, 0))
+        raise device_error from None
     used, result = run.adapter, run.train
     ctx.emit({"event": "log", "message": f"adapter {used.kind} {used}, warm start from champion: {run.warm_start}"})
     if used.kind == "qtha":
@@ -201,6 +320,10 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         per_step = 1 if used.qnn_mode == "weight" else config.batch_size * seq_len
         circuits = len(run.params.per_module) * per_step * (result.steps_done - result.first_step)
         ctx.emit(_quantum_event(qnn_backend, backend_name, circuits))
+    device_metrics: dict[str, float] = {}
+    if getattr(qnn_backend, "executor", None) is not None:
+        outcome = getattr(qnn_backend, "outcome", None)
+        device_metrics["device_fell_back"] = 1.0 if outcome is not None and outcome.action == "fell_back" else 0.0
     if result.stopped_early == "stop requested":
         raise Interrupted(f"stopped at step {result.steps_done} of {config.train.steps}; checkpoint at that step")
     if result.stopped_early:
@@ -218,6 +341,7 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
             "train_wall_s": time.monotonic() - started,
             "train_cpu_s": time.process_time() - cpu_started,
             "warm_start": 1.0 if run.warm_start else 0.0,
+            **device_metrics,
         },
         "base_fingerprint": loaded.fingerprint,
         "adapter_kind": used.kind,

@@ -57,11 +57,14 @@ def test_recipe_to_finetune_config() -> None:
 
 def test_backends_by_name() -> None:
     import quantum
+    from agent.config import load_config
 
-    assert _qnn_backend("jax", {}) is None
-    assert isinstance(_qnn_backend("qsim", {}), quantum.QsimBackend)
-    emulator = _qnn_backend("emulator", {"shots": 200})
-    assert isinstance(emulator, quantum.ExecutorBackend) and emulator.repetitions == 200
+    assert _qnn_backend("jax", {}) == (None, None)
+    assert isinstance(_qnn_backend("qsim", {})[0], quantum.QsimBackend)
+    section = load_config(None, quantum={"shots": 200}).quantum.model_dump(mode="json")
+    emulator, rule = _qnn_backend("emulator", {"quantum": section})
+    assert isinstance(emulator, quantum.OfflineGuard) and emulator.repetitions == 200
+    assert isinstance(emulator.device, quantum.ExecutorBackend) and rule == quantum.ParameterShift()
     with pytest.raises(ValueError, match="unknown quantum backend 'wukong'"):
         _qnn_backend("wukong", {})
     # The simulator reports the circuits it ran; an executor reports its own counters (none yet here).
