@@ -36,6 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent.files import fsync_path
+
 __all__ = [
     "Example",
     "IngestResult",
@@ -255,13 +257,6 @@ def read_examples(dataset_dir: Path) -> Iterator[Example]:
                 yield Example(prompt=obj["prompt"], answer=obj["answer"], slice=obj.get("slice", "inbox"))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _write_durably(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -270,7 +265,7 @@ def _write_durably(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,7 +401,7 @@ class Inbox:
         except OSError:
             reason_file.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.quarantine_dir)
+        fsync_path(self.quarantine_dir)
         log.warning("quarantined %s: %s", name, reason)
         return IngestResult(source=name, accepted=0, duplicates=0, quarantined=True, reason=reason)
 
