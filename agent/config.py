@@ -12,9 +12,18 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.series import SERIES
@@ -38,6 +47,7 @@ __all__ = [
     "ServeConfig",
     "TrainingConfig",
     "load_config",
+    "short_repr",
 ]
 
 ENV_PREFIX = "QTHA_"
@@ -48,9 +58,37 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key, the value and what is allowed."""
 
 
+# Durations beyond ten years are typos, and far larger ones overflow timedelta inside the scheduler and policies.
+MAX_SECONDS = 10 * 365 * 86400.0
+MAX_HOURS = MAX_SECONDS / 3600
+# Integers land in 64-bit database columns.
+MAX_INT = 2**63 - 1
+
+# A metric series name: printable, no surrounding blanks, short enough for a label value.
+MetricName = Annotated[
+    str, StringConstraints(strip_whitespace=False, min_length=1, max_length=200, pattern=r"^[^\s\x00-\x1f\x7f]+$")
+]
+UtcHour = Annotated[int, Field(ge=0, le=23)]
+
+
 class _Section(BaseModel):
-    # Unknown keys are typos in an operator's file: refuse them rather than silently ignoring them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are typos in an operator's file: refuse them rather than silently ignoring them. inf and NaN
+    # pass every `gt=0` bound and then break timers and policies at run time, so no float may be non-finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, float) and name.endswith("_s") and value > MAX_SECONDS:
+            raise ValueError(f"at most {MAX_SECONDS:.0f} seconds (10 years)")
+        if isinstance(value, float) and name.endswith("_h") and value > MAX_HOURS:
+            raise ValueError(f"at most {MAX_HOURS:.0f} hours (10 years)")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise ValueError(f"at most {MAX_INT} in magnitude")
+        return value
 
 
 class DatabaseConfig(_Section):
@@ -103,16 +141,106 @@ class DataConfig(_Section):
         description="Share of the inbox's examples held out (never trained on) by a stable hash of their content; "
         "they join the held-out pool, in slices named by their 'slice' field or their source file.",
     )
+    inbox_settle_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="An inbox file modified less than this long ago is left for the next scan (it may still be "
+        "written in place; renaming a finished .part file into the inbox needs no wait).",
+    )
+
+
+SamplerOption = str | int | float | bool
 
 
 class QuantumConfig(_Section):
-    backend: Literal["jax", "qsim", "sampler", "emulator"] = Field(
+    """Where the QTHA circuits run, and on a device: how gradients are taken, what a cycle may spend, what to do
+    when the device is offline. The API key is never a config value: only where to read it."""
+
+    backend: Literal["jax", "qsim", "sampler", "emulator", "origin"] = Field(
         default="jax",
-        description="Where circuits run: jax (differentiable simulator), qsim, sampler, emulator.",
+        description="Where circuits run: jax (differentiable simulator), qsim, sampler (any cirq.Sampler), "
+        "emulator (offline device), origin (Origin QCloud via pyqpanda3, the 'origin' extra).",
     )
     shots: int = Field(default=1000, ge=1, description="Shots per circuit on sampling backends.")
+    gradient: Literal["parameter-shift", "spsa"] = Field(
+        default="parameter-shift",
+        description="Gradients on a device: parameter-shift (exact in expectation, 2-4 circuits per weight) or "
+        "spsa (2 circuits per sample whatever the number of weights).",
+    )
+    spsa_epsilon: float = Field(default=0.05, gt=0, allow_inf_nan=False, description="SPSA perturbation (rad).")
+    spsa_samples: int = Field(default=1, ge=1, description="SPSA perturbations averaged per gradient.")
     sampler: str | None = Field(
         default=None, description="Import path 'module:factory' of a cirq.Sampler for backend = sampler."
+    )
+    sampler_options: dict[str, SamplerOption] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the sampler factory (processor_id, project_id, ...). Credentials stay "
+        "in the vendor's own environment variables, not here.",
+    )
+    sampler_service_options: dict[str, SamplerOption] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the service's sampler() when the factory returns a service "
+        "(cirq-ionq: target).",
+    )
+    origin_backend: str | None = Field(
+        default=None, description="Origin QCloud chip for backend = origin, as QCloudService.backends() lists it."
+    )
+    origin_amend: bool = Field(default=True, description="QCloud's own readout-error amendment.")
+    origin_mapping: bool = Field(default=True, description="Let QCloud map logical to physical qubits.")
+    origin_optimization: bool = Field(default=True, description="Let QCloud optimise circuits for the chip.")
+    api_key_file: Path | None = Field(
+        default=None,
+        description="File holding the Origin QCloud API key (mode 0600). Empty: read api_key_env instead.",
+    )
+    api_key_env: str = Field(
+        default="QTHA_ORIGIN_API_KEY", min_length=1, description="Environment variable holding the API key."
+    )
+    price_per_job: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Device price per job, for the money cap. Empty: the emulator's list price; vendors free.",
+    )
+    price_per_shot: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Device price per shot (see price_per_job)."
+    )
+    max_shots_per_cycle: int | None = Field(
+        default=None,
+        ge=1,
+        description="Hard cap on a cycle's device shots: a job that would exceed it is refused before "
+        "submission and the cycle fails. Empty: no cap.",
+    )
+    max_cost_per_cycle: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Hard cap on a cycle's device spending (needs prices for sampler and origin). Empty: no cap.",
+    )
+    emulator_calibration_file: Path | None = Field(
+        default=None,
+        description="Calibration snapshot JSON for backend = emulator (Calibration.to_json); its device name "
+        "names the grid. Empty: a seeded synthetic snapshot.",
+    )
+    emulator_latency_file: Path | None = Field(
+        default=None,
+        description='Latency JSON for backend = emulator, e.g. {"queue_s": 2.0, "queue_jitter_s": 1.0, '
+        '"per_program_s": 0.005, "per_shot_s": 2e-5}; omitted fields keep these defaults.',
+    )
+    emulator_rows: int = Field(default=6, ge=1, le=16, description="Emulated device grid rows.")
+    emulator_cols: int = Field(default=12, ge=1, le=16, description="Emulated device grid columns.")
+    offline: Literal["wait", "fallback", "fail"] = Field(
+        default="fail",
+        description="When the device stays offline: wait (up to offline_wait_s, then fail the cycle), fallback "
+        "(finish the cycle on qsim; recorded in the cycle's metrics) or fail (the cycle).",
+    )
+    offline_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long the device may refuse work as offline before fallback or fail acts.",
+    )
+    offline_wait_s: float = Field(
+        default=3600.0, gt=0, allow_inf_nan=False, description="How long offline = wait waits for the device."
     )
 
 
@@ -162,10 +290,12 @@ class PolicyConfig(_Section):
     cooldown_s: float = Field(
         default=3600.0, ge=0, description="Minimum pause between the end of a cycle and the next."
     )
-    quiet_hours: tuple[int, int] | None = Field(
-        default=None, description="[start, end) UTC hours when no cycle starts, e.g. [8, 18]. Empty: none."
+    quiet_hours: tuple[UtcHour, UtcHour] | None = Field(
+        default=None,
+        description="[start, end) UTC hours 0-23 when no cycle starts, e.g. [8, 18] (or [22, 6] across midnight). "
+        "Empty: none.",
     )
-    drift_metric: str = Field(
+    drift_metric: MetricName = Field(
         default="eval_mean",
         description="Documented per-version series the drift detector watches (agent/series.py): the daemon's own "
         "held-out score (eval_mean) or a live signal (live_verified_rate, live_feedback_score, live_error_rate, ...) "
@@ -226,6 +356,13 @@ class PolicyConfig(_Section):
     rollback_margin: float = Field(
         default=0.02, ge=0, description="Live drop below the old champion that rolls back."
     )
+
+    @field_validator("quiet_hours", mode="after")
+    @classmethod
+    def _two_hours(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and value[0] == value[1]:
+            raise ValueError("start and end must differ (an empty window is no quiet hours: leave the key out)")
+        return value
 
 
 class RecipeBoundsConfig(_Section):
@@ -298,7 +435,7 @@ class ObserveConfig(_Section):
         description="Base URL of a Prometheus server whose HTTP API is queried for model metrics "
         "(e.g. http://127.0.0.1:9090). Empty: no external metrics.",
     )
-    queries: dict[str, str] = Field(
+    queries: dict[MetricName, Annotated[str, StringConstraints(min_length=1)]] = Field(
         default_factory=dict,
         description="Metric name -> PromQL instant query; each result is stored as a metric sample.",
     )
@@ -392,6 +529,11 @@ class LiveConfig(_Section):
 
 
 class DaemonConfig(_Section):
+    check_model: bool = Field(
+        default=True,
+        description="Load model.source and build quantum.backend in a child before reporting ready, so a model "
+        "that does not load fails the start (exit 2) rather than the first cycle.",
+    )
     replica_id: str | None = Field(
         default=None, description="Name of this replica in the leader lease. Empty: <hostname>:<pid>."
     )
@@ -436,6 +578,7 @@ class QthaConfig(BaseSettings):
         env_nested_delimiter=ENV_NESTED_DELIMITER,
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     state_dir: Path = Field(default_factory=_default_state_dir, description="Database, versions, inbox.")
@@ -456,9 +599,21 @@ class QthaConfig(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
-    def _sampler_needs_path(self) -> QthaConfig:
-        if self.quantum.backend == "sampler" and not self.quantum.sampler:
+    def _backend_needs_its_settings(self) -> QthaConfig:
+        q = self.quantum
+        if q.backend == "sampler" and not q.sampler:
             raise ValueError("quantum.backend = 'sampler' needs quantum.sampler = 'module:factory'")
+        if q.backend == "origin" and not q.origin_backend:
+            raise ValueError(
+                "quantum.backend = 'origin' needs quantum.origin_backend = the chip's name "
+                "(pyqpanda3.qcloud.QCloudService(key).backends() lists them)"
+            )
+        unpriced = q.price_per_job is None and q.price_per_shot is None
+        if q.max_cost_per_cycle is not None and q.backend in ("sampler", "origin") and unpriced:
+            raise ValueError(
+                f"quantum.max_cost_per_cycle needs the device's prices for backend = {q.backend!r}: set "
+                "quantum.price_per_job and/or quantum.price_per_shot (otherwise the cap never binds)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -505,6 +660,13 @@ def _env_name(loc: tuple[Any, ...]) -> str:
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(part).upper() for part in loc)
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a 5000-digit number or a megabyte string in a bad value
+    still gives a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
 def _explain(error: ValidationError, file_data: dict[str, Any]) -> str:
     lines = []
     for item in error.errors():
@@ -515,8 +677,9 @@ def _explain(error: ValidationError, file_data: dict[str, Any]) -> str:
         allowed = item["msg"]
         if item["type"] == "extra_forbidden":
             allowed = "unknown key (check the spelling; `qtha config show` lists every key)"
-        lines.append(f"{key} = {value!r} (from {source}): {allowed}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        lines.append(f"{key} = {short_repr(value)} (from {source}): {allowed}")
+    # One line, however many keys are wrong: start-up errors are read in `systemctl status` and journal lines.
+    return "invalid configuration: " + "; ".join(lines)
 
 
 def load_config(path: Path | str | None = None, **overrides: Any) -> QthaConfig:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from model import (
     ChatExample,
+    EvalExample,
     TokenizedData,
     Tokenizer,
     generate_math_problems,
@@ -47,22 +48,21 @@ class TaskSize:
 
 @dataclass(frozen=True)
 class Task:
-    """One task, tokenized.
+    """One task: training rows, and the held-out examples ``model.evaluate`` scores.
 
     Attributes:
         name: ``"maths"`` or ``"dialogue"``.
         train: training rows.
-        test: held-out rows for the per-example loss.
-        prompts: held-out prompts for greedy generation (maths; empty for dialogue).
-        answers: the exact integer answer of each prompt.
+        heldout: held-out examples (maths: with their exact answers, for greedy exact match); those that do not
+            fit ``seq_len`` get no loss and are left out of the comparison.
+        seq_len: tokens per held-out row (as for training).
         describe: one line for the report (sizes, truncation, source).
     """
 
     name: str
     train: TokenizedData
-    test: TokenizedData
-    prompts: tuple[str, ...]
-    answers: tuple[int, ...]
+    heldout: tuple[EvalExample, ...]
+    seq_len: int
     describe: str
 
 
@@ -83,6 +83,7 @@ def maths_task(tokenizer: Tokenizer, size: TaskSize, *, data_seed: int) -> Task:
     train = generate_math_problems(size.n_train, split="train", seed=data_seed, steps=size.levels)
     test = generate_math_problems(size.n_test, split="test", seed=data_seed, steps=size.levels)
     train_data = _tokenize(tokenizer, [p.as_example() for p in train], size.seq_len, "maths train")
+    # Tokenized here to check and describe the held-out rows; model.evaluate tokenizes them the same way.
     test_data = _tokenize(tokenizer, [p.as_example() for p in test], size.seq_len, "maths test")
     if test_data.dropped:
         raise ValueError(f"maths test: {len(test_data.dropped)} problems lost every target at seq_len="
@@ -90,9 +91,8 @@ def maths_task(tokenizer: Tokenizer, size: TaskSize, *, data_seed: int) -> Task:
     return Task(
         name="maths",
         train=train_data,
-        test=test_data,
-        prompts=tuple(p.question for p in test),
-        answers=tuple(p.answer for p in test),
+        heldout=tuple(EvalExample.from_math(p) for p in test),
+        seq_len=size.seq_len,
         describe=(f"{len(train_data)} train / {len(test_data)} test generated problems with "
                   f"{'/'.join(map(str, size.levels))} operations (data seed {data_seed}), seq_len {size.seq_len} (truncated: train {train_data.truncated}, test "
                   f"{test_data.truncated}), greedy decoding up to {size.max_new_tokens} new tokens"),
@@ -110,15 +110,14 @@ def dialogue_task(tokenizer: Tokenizer, size: TaskSize, *, data_seed: int,
     # No validation split: nothing is tuned on dialogue, so its share goes to the held-out test set.
     splits = split_chatterbot(chosen, seed=data_seed, fractions=(0.8, 0.0, 0.2))
     train = [p.as_example() for p in splits["train"][: size.n_train]]
-    test = [p.as_example() for p in splits["test"][: size.n_test]]
+    test = splits["test"][: size.n_test]
     train_data = _tokenize(tokenizer, train, size.seq_len, "dialogue train")
-    test_data = _tokenize(tokenizer, test, size.seq_len, "dialogue test")
+    test_data = _tokenize(tokenizer, [p.as_example() for p in test], size.seq_len, "dialogue test")
     return Task(
         name="dialogue",
         train=train_data,
-        test=test_data,
-        prompts=(),
-        answers=(),
+        heldout=tuple(EvalExample.from_dialogue(p, i) for i, p in enumerate(test)),
+        seq_len=size.seq_len,
         describe=(f"chatterbot-corpus English, categories {', '.join(categories)}: {len(train_data)} train / "
                   f"{len(test_data)} test prompt→response pairs, split 80/20 by conversation (split seed {data_seed}), "
                   f"seq_len {size.seq_len} (truncated: train {train_data.truncated}, test {test_data.truncated}; "

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from bench._quality_eval import PairedDiff, paired_bootstrap
 from bench._quality_profiles import learning_rate_of
+from bench._quality_stats import PairedDiff, paired_bootstrap
 
 __all__ = ["ArmSummary", "Comparison", "LearningRateChoice", "Recommendation", "Reproduction", "choose_learning_rates",
            "compare_ablations", "compare_at_equal_rates", "compare_to_lora", "recommend", "reproduce", "selection_loss", "summarize"]

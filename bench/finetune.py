@@ -46,29 +46,25 @@ def _adapter(arm: str):
 
 def run_arm(arm: str, *, steps: int, batch: int, seq_len: int, seed: int) -> Row:
     """Trains one arm in this process and measures it."""
-    from flax import nnx
-
     from model import (
+        FinetuneConfig,
         TrainConfig,
-        batch_schedule,
-        count_adapter_params,
+        finetune,
         generate_math_problems,
-        inject_adapters,
         load_checkpoint,
         tokenize_examples,
-        train,
     )
 
     loaded = load_checkpoint("bundled:smollm2")
     problems = generate_math_problems(max(64, batch * (steps + 1)), split="train", seed=seed)
     data = tokenize_examples(loaded.tokenizer, [p.as_example() for p in problems], seq_len=seq_len)
-    inject_adapters(loaded.model, _adapter(arm), rngs=nnx.Rngs(seed))
-    result = train(loaded.model, batch_schedule(data, batch, seed=seed),
-                   TrainConfig(steps=steps, learning_rate=1e-3, warmup_steps=0, remat=True, seed=seed))
+    train = TrainConfig(steps=steps, learning_rate=1e-3, warmup_steps=0, remat=True, seed=seed)
+    run = finetune(loaded, data, FinetuneConfig(_adapter(arm), train, batch_size=batch))
+    result = run.train
     # The first update after compilation still warms caches; the median is the steady state.
     return Row(
         arm=arm,
-        trainable_params=count_adapter_params(loaded.model).total,
+        trainable_params=run.params.total,
         steps=result.steps_done,
         compile_s=result.compile_time_s,
         step_s=statistics.median(result.step_times_s),

@@ -17,6 +17,7 @@ Raw results are saved after every run, so ``--resume`` continues a study that wa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,12 +32,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench._quality_arms import Arm, default_arms  # noqa: E402
 from bench._quality_data import Task, dialogue_task, maths_task  # noqa: E402
-from bench._quality_eval import exact_match, example_losses  # noqa: E402
 from bench._quality_profiles import (  # noqa: E402
     PROFILES,
     Profile,
@@ -48,14 +47,15 @@ from bench._quality_profiles import (  # noqa: E402
 from bench._quality_report import write_report  # noqa: E402
 from bench._quality_summary import choose_learning_rates, selection_loss  # noqa: E402
 from model import (  # noqa: E402
+    EvalConfig,
+    EvalProgress,
+    FinetuneConfig,
     LoadedModel,
     TrainConfig,
-    batch_schedule,
-    count_adapter_params,
-    inject_adapters,
+    finetune,
     load_checkpoint,
-    train,
 )
+from model import evaluate as evaluate_model  # noqa: E402
 
 RESULTS_FORMAT = 1
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "reports" / "quality"
@@ -76,30 +76,34 @@ def build_tasks(loaded: LoadedModel, profile: Profile) -> dict[str, Task]:
 
 
 def evaluate(model: nnx.Module, loaded: LoadedModel, task: Task, profile: Profile) -> dict[str, Any]:
-    """Held-out measurements of one model on one task (per example, for paired comparisons)."""
-    t0 = time.perf_counter()
-    losses = example_losses(model, task.test, batch_size=profile.eval_batch)
+    """Held-out measurements of one model on one task (per example, for paired comparisons), by
+    ``model.evaluate``, the daemon's evaluator. Examples too long for ``seq_len`` (no loss) are left out."""
+    config = EvalConfig(seq_len=task.seq_len, batch_size=profile.eval_batch, generate="answers",
+                        generate_batch_size=profile.gen_batch, max_new_tokens=profile.maths.max_new_tokens)
+    ended = {"start": time.perf_counter()}  # when each stage's last batch finished
+
+    def progress(p: EvalProgress) -> None:
+        ended[p.stage] = time.perf_counter()
+
+    result = evaluate_model(model, loaded.tokenizer, task.heldout, config, progress=progress)
+    scored = [r for r in result.examples if r.tokens]
     out: dict[str, Any] = {
-        "heldout_loss": losses.mean,
-        "heldout_ppl": float(np.exp(losses.mean)),
-        "example_nll": losses.nll.tolist(),
-        "example_tokens": losses.tokens.tolist(),
-        "loss_eval_s": time.perf_counter() - t0,
+        "heldout_loss": result.loss,
+        "heldout_ppl": result.perplexity,
+        "example_nll": [r.nll for r in scored],
+        "example_tokens": [float(r.tokens) for r in scored],
+        "loss_eval_s": ended.get("loss", ended["start"]) - ended["start"],
     }
-    log(f"    held-out loss {losses.mean:.4f} on {len(task.test)} examples ({out['loss_eval_s']:.0f} s)")
-    if task.prompts:
-        t1 = time.perf_counter()
-        correct, completions = exact_match(model, loaded.tokenizer, task.prompts, task.answers,
-                                           max_new_tokens=profile.maths.max_new_tokens,
-                                           batch_size=profile.gen_batch)
+    log(f"    held-out loss {result.loss:.4f} on {len(scored)} examples ({out['loss_eval_s']:.0f} s)")
+    graded = [(e, r) for e, r in zip(task.heldout, result.examples, strict=True) if r.correct is not None]
+    if graded:
         out.update({
-            "exact_match": float(correct.mean()),
-            "example_correct": correct.tolist(),
-            "samples": [{"prompt": p, "completion": c, "answer": a}
-                        for p, c, a in list(zip(task.prompts, completions, task.answers, strict=True))[:3]],
-            "generate_s": time.perf_counter() - t1,
+            "exact_match": result.accuracy,
+            "example_correct": [float(r.correct) for _, r in graded],
+            "samples": [{"prompt": e.prompt, "completion": r.completion, "answer": e.answer} for e, r in graded[:3]],
+            "generate_s": ended["generate"] - ended.get("loss", ended["start"]),
         })
-        log(f"    exact match {out['exact_match']:.3f} on {len(task.prompts)} problems ({out['generate_s']:.0f} s)")
+        log(f"    exact match {result.accuracy:.3f} on {len(graded)} problems ({out['generate_s']:.0f} s)")
     return out
 
 
@@ -107,12 +111,12 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
     """Inject ``arm``'s adapter into a copy of the base model, train it, evaluate it; the run's raw record."""
     steps = profile.maths_steps if task.name == "maths" else profile.dialogue_steps
     batch = profile.maths_batch if task.name == "maths" else profile.dialogue_batch
-    model = nnx.clone(loaded.model)
-    used = inject_adapters(model, arm.config, rngs=nnx.Rngs(params=spec.seed, dropout=spec.seed),
-                           qnn_factory=arm.qnn_factory(spec.seed))
-    params = count_adapter_params(model).total
-    config = TrainConfig(steps=steps, learning_rate=spec.learning_rate, warmup_steps=profile.warmup_steps,
-                         seed=spec.seed)
+    config = FinetuneConfig(
+        adapter=arm.config,
+        train=TrainConfig(steps=steps, learning_rate=spec.learning_rate, warmup_steps=profile.warmup_steps,
+                          seed=spec.seed),
+        batch_size=batch,
+    )
     every = max(1, steps // 10)
 
     def progress(p: Any) -> None:
@@ -120,7 +124,9 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
             log(f"  {spec.key} step {p.step}/{p.total_steps} loss {p.loss:.4f} lr {p.learning_rate:.2e} "
                 f"{p.elapsed_s:.0f}s")
 
-    result = train(model, batch_schedule(task.train, batch, seed=spec.seed), config, progress=progress)
+    copy = dataclasses.replace(loaded, model=nnx.clone(loaded.model))  # the base stays clean for the next run
+    run = finetune(copy, task.train, config, qnn_factory=arm.qnn_factory(spec.seed), progress=progress)
+    result, used = run.train, run.adapter
     step_times = list(result.step_times_s)
     log(f"  {spec.key} trained: median {statistics.median(step_times):.2f} s/step, compile "
         f"{result.compile_time_s:.1f} s; evaluating")
@@ -135,7 +141,7 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
         "batch": batch,
         "adapter_config": repr(used),
         "bond_dim": getattr(used, "bond_dim", None),
-        "trainable_params": params,
+        "trainable_params": run.params.total,
         "train_losses": [float(x) for x in result.losses],
         "skipped_nonfinite": result.skipped_nonfinite,
         "compile_s": result.compile_time_s,
@@ -143,7 +149,7 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
         "median_step_s": statistics.median(step_times),
         "train_wall_s": result.wall_time_s,
     }
-    record.update(evaluate(model, loaded, task, profile))
+    record.update(evaluate(copy.model, loaded, task, profile))
     return record
 
 
@@ -270,7 +276,8 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
         log(f"base model on {name} (no adapter)")
         results["base"][name] = evaluate(loaded.model, loaded, task, profile)
         log(f"  base {name}: held-out loss {results['base'][name]['heldout_loss']:.4f}"
-            + (f", exact match {results['base'][name]['exact_match']:.3f}" if task.prompts else ""))
+            + (f", exact match {results['base'][name]['exact_match']:.3f}" if "exact_match" in results["base"][name]
+               else ""))
     costly = {name for name, a in arms.items() if not a.cheap}
 
     def execute(specs: list[RunSpec], stage: str) -> None:

@@ -18,6 +18,7 @@ from .adapters import (
 from .artifacts import (
     AdapterArtifactError,
     AdapterFingerprintError,
+    adapter_matches,
     load_adapter,
     read_adapter_manifest,
     save_adapter,
@@ -55,14 +56,24 @@ from .decoding import (
     StreamEvent,
     Usage,
 )
-from .evaluate import EvalExample, EvalResult, ExampleResult, SliceSummary, evaluate
+from .evaluate import (
+    EvalConfig,
+    EvalExample,
+    EvalProgress,
+    EvalResult,
+    EvaluationStopped,
+    ExampleResult,
+    SliceSummary,
+    evaluate,
+)
 from .export import ExportError, export_checkpoint
+from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .generate import generate, generate_ids
 from .lm import CausalLM, KVCache, causal_lm_loss, token_nll
 from .math_problems import MathProblem, check_answer, extract_answer, generate_math_problems
 from .merge import UnmergeableAdapterError, is_mergeable, merge_adapters
 from .tokenizer import Tokenizer, TokenizerError, tokenizer_from_vocab
-from .train import Batch, TrainConfig, TrainProgress, TrainResult, batch_schedule, train
+from .train import Batch, CheckpointWriter, TrainConfig, TrainProgress, TrainResult, batch_schedule, train
 from .train_state import TrainCheckpointError
 from .weights import CheckpointError, model_from_hf_tensors, weights_fingerprint
 
@@ -97,14 +108,20 @@ __all__ = [
     "ChatExample",
     "ChatTemplateError",
     "CheckpointError",
+    "CheckpointWriter",
     "CorpusError",
     "CorpusReport",
     "DataReport",
     "DialoguePair",
+    "EvalConfig",
     "EvalExample",
+    "EvalProgress",
     "EvalResult",
+    "EvaluationStopped",
     "Example",
     "ExampleResult",
+    "FinetuneConfig",
+    "FinetuneResult",
     "KVCache",
     "LMConfig",
     "LoadedModel",
@@ -124,6 +141,7 @@ __all__ = [
     "TrainResult",
     "UnsupportedModelError",
     "adapter_config",
+    "adapter_matches",
     "adapter_param_counts",
     "batch_schedule",
     "bundled_path",
@@ -133,6 +151,7 @@ __all__ = [
     "encode_example",
     "evaluate",
     "extract_answer",
+    "finetune",
     "generate",
     "generate_ids",
     "generate_math_problems",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "ADAPTER_FORMAT_VERSION",
     "AdapterArtifactError",
     "AdapterFingerprintError",
+    "adapter_matches",
     "load_adapter",
     "read_adapter_manifest",
     "save_adapter",
@@ -143,6 +144,21 @@ def read_adapter_manifest(directory: Path | str) -> dict[str, Any]:
             f"{path} has format_version {version!r}; this version of qtha reads {ADAPTER_FORMAT_VERSION}"
         )
     return manifest
+
+
+def adapter_matches(manifest: Mapping[str, Any], wanted: AdapterConfig, *, base_fingerprint: str) -> bool:
+    """Whether a saved adapter (its manifest, :func:`read_adapter_manifest`) is ``wanted`` on this base: the same
+    base fingerprint, kind and config. ``wanted.bond_dim = None`` (resolved when injected) accepts the saved one.
+
+    Raises:
+        AdapterArtifactError: the manifest's config is invalid.
+    """
+    if manifest.get("base_fingerprint") != base_fingerprint or manifest.get("kind") != wanted.kind:
+        return False
+    saved = _config_from_json(wanted.kind, dict(manifest.get("config", {})), Path(MANIFEST_FILE))
+    if isinstance(wanted, QthaAdapterConfig) and isinstance(saved, QthaAdapterConfig) and wanted.bond_dim is None:
+        saved = dataclasses.replace(saved, bond_dim=None)
+    return saved == wanted
 
 
 def load_adapter(

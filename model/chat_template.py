@@ -91,26 +91,20 @@ def default_system_prompt(template: str) -> str | None:
 
 
 def _render_chatml(template: str, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
-    parts = []
     system = default_system_prompt(template)
-    if system is not None and messages[0]["role"] != "system":
-        parts.append(f"{CHATML_START}system\n{system}{CHATML_END}\n")
-    for m in messages:
-        parts.append(f"{CHATML_START}{m['role']}\n{m['content']}{CHATML_END}\n")
-    if add_generation_prompt:
-        parts.append(f"{CHATML_START}assistant\n")
-    return "".join(parts)
+    head = f"{CHATML_START}system\n{system}{CHATML_END}\n" if system is not None and messages[0]["role"] != "system" else ""
+    turns = "".join(f"{CHATML_START}{m['role']}\n{m['content']}{CHATML_END}\n" for m in messages)
+    return head + turns + (f"{CHATML_START}assistant\n" if add_generation_prompt else "")
 
 
 def _render_llama3(
     template: str, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool, bos_token: str
 ) -> str:
-    parts = [bos_token if "bos_token" in template else ""]
-    for m in messages:
-        parts.append(f"{LLAMA3_HEADER_START}{m['role']}{LLAMA3_HEADER_END}\n\n{m['content'].strip()}{LLAMA3_EOT}")
-    if add_generation_prompt:
-        parts.append(f"{LLAMA3_HEADER_START}assistant{LLAMA3_HEADER_END}\n\n")
-    return "".join(parts)
+    head = bos_token if "bos_token" in template else ""
+    turns = "".join(
+        f"{LLAMA3_HEADER_START}{m['role']}{LLAMA3_HEADER_END}\n\n{m['content'].strip()}{LLAMA3_EOT}" for m in messages
+    )
+    return head + turns + (f"{LLAMA3_HEADER_START}assistant{LLAMA3_HEADER_END}\n\n" if add_generation_prompt else "")
 
 
 def _render_jinja(

@@ -114,9 +114,11 @@ def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as exc:
             raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from exc
-        files = sorted({directory / f for f in weight_map.values()})
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names")
+        files = sorted({_shard_path(directory, index, name) for name in weight_map.values()})
     else:
         files = sorted(directory.glob("*.safetensors"))
     if not files:
@@ -125,8 +127,20 @@ def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
     for f in files:
         if not f.is_file():
             raise CheckpointError(f"{f}: shard listed in {index.name} is missing")
+        if not f.resolve().is_relative_to(directory.resolve()):
+            raise CheckpointError(f"{f}: resolves to {f.resolve()}, outside the checkpoint directory {directory}")
         try:
             tensors.update(load_file(str(f)))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{f}: corrupt safetensors file ({exc})") from exc
     return tensors
+
+
+def _shard_path(directory: Path, index: Path, name: object) -> Path:
+    """The shard ``name`` inside ``directory``; a name that leaves it (``../x``, an absolute path, a symlink out)
+    is refused, so a downloaded index cannot make qtha open arbitrary files (symlinks are checked by the caller)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise CheckpointError(
+            f"{index}: shard {name!r} is not a file name inside {directory}; an index may only name its own shards"
+        )
+    return directory / name

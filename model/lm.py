@@ -16,6 +16,11 @@ from flax import nnx
 from .config import LMConfig
 from .rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 
+LayerCache = tuple[jax.Array, jax.Array, jax.Array]
+"""One layer's view of a :class:`KVCache` during decoding: its keys, its values, and the filled length."""
+LayerKV = tuple[jax.Array, jax.Array]
+"""One layer's keys and values after a decoding step (to write back into the cache)."""
+
 
 class KVCache(NamedTuple):
     """Keys and values of every layer for incremental decoding (a pytree; pass it through ``jax.jit``).
@@ -63,14 +68,8 @@ class Attention(nnx.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = hd
 
-    def __call__(
-        self,
-        x: jax.Array,
-        cos: jax.Array,
-        sin: jax.Array,
-        key_mask: jax.Array,
-        cache: tuple[jax.Array, jax.Array, jax.Array] | None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array,
+                 cache: LayerCache | None) -> tuple[jax.Array, LayerKV | None]:
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -121,27 +120,15 @@ class DecoderBlock(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(
-        self,
-        x: jax.Array,
-        cos: jax.Array,
-        sin: jax.Array,
-        key_mask: jax.Array,
-        cache: tuple[jax.Array, jax.Array, jax.Array] | None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array,
+                 cache: LayerCache | None) -> tuple[jax.Array, LayerKV | None]:
         attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, cache)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
-def _run_block(
-    block: DecoderBlock,
-    x: jax.Array,
-    cos: jax.Array,
-    sin: jax.Array,
-    key_mask: jax.Array,
-    cache: tuple[jax.Array, jax.Array, jax.Array] | None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+def _run_block(block: DecoderBlock, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array,
+               cache: LayerCache | None) -> tuple[jax.Array, LayerKV | None]:
     # A plain function of the block so nnx.remat can wrap it (the block's parameters become its inputs).
     return block(x, cos, sin, key_mask, cache)
 

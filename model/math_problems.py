@@ -64,7 +64,8 @@ class MathProblem:
     split: str
 
     def as_example(self) -> ChatExample:
-        """The problem as a chat training example (prompt = question, response = worked solution)."""
+        """The problem as a chat training example: prompt = question, response = the worked solution (training on
+        the working, not the bare number, is what teaches the steps)."""
         return ChatExample(self.question, self.solution)
 
 

@@ -30,7 +30,21 @@ from .data import TokenizedData
 from .lm import causal_lm_loss
 from .train_state import CheckpointState, load_train_checkpoint, save_train_checkpoint
 
-__all__ = ["Batch", "TrainConfig", "TrainProgress", "TrainResult", "batch_schedule", "make_optimizer", "train"]
+__all__ = [
+    "Batch",
+    "CheckpointWriter",
+    "TrainConfig",
+    "TrainProgress",
+    "TrainResult",
+    "batch_schedule",
+    "make_optimizer",
+    "train",
+]
+
+CheckpointWriter = Callable[[int, Callable[[Path], None]], object]
+"""``writer(step, fill)``: gives ``fill`` a fresh directory to write the step's state into, and makes it durable
+where a resumed run will look (the caller owns the layout: e.g. the daemon's ``checkpoints/step-N``, made
+atomic). ``lambda step, fill: fill(directory)`` keeps only the newest checkpoint in one directory."""
 
 
 class Batch(NamedTuple):
@@ -162,6 +176,7 @@ class TrainResult:
         compile_time_s: time to compile the step (once per call).
         step_times_s: wall time of each update of this call (after compilation).
         steps_done: updates done in all, including those before a resume.
+        first_step: updates restored from the checkpoint this call resumed from (0: a fresh run).
         stopped_early: why the run ended before ``config.steps`` ("stop requested", "non-finite"), or None.
     """
 
@@ -171,6 +186,7 @@ class TrainResult:
     compile_time_s: float
     step_times_s: tuple[float, ...]
     steps_done: int
+    first_step: int = 0
     stopped_early: str | None = None
 
 
@@ -255,8 +271,8 @@ def train(
     data: Sequence[Batch | Mapping[str, Any]] | Callable[[int], Batch | Mapping[str, Any]],
     config: TrainConfig,
     *,
-    checkpoint_dir: Path | str | None = None,
-    resume: bool = False,
+    checkpoint: CheckpointWriter | None = None,
+    resume_from: Path | str | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
     progress_bar: bool = False,
     should_stop: Callable[[], bool] | None = None,
@@ -269,26 +285,25 @@ def train(
             :class:`Batch` or a ``TokenizedData.select`` dict, all of one shape (the step is compiled once).
             Indexing by the step makes a resumed run see the same batches as an uninterrupted one.
         config: the training hyperparameters.
-        checkpoint_dir: where step checkpoints go (every ``config.checkpoint_every`` updates, and when stopped
-            early).
-        resume: continue from the checkpoint in ``checkpoint_dir`` if there is one.
+        checkpoint: writes step checkpoints (every ``config.checkpoint_every`` updates, and when stopped early);
+            None: none are written.
+        resume_from: a directory a ``checkpoint`` writer filled: continue the run from it.
         progress: called after every update with a :class:`TrainProgress`.
         progress_bar: draw a text progress bar on stderr.
-        should_stop: polled after every update; True checkpoints (if a directory is given) and returns early.
+        should_stop: polled after every update; True checkpoints (if a writer is given) and returns early.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
         model.adapters.AdapterError: the model has no adapters.
-        TrainCheckpointError: ``resume`` found a corrupt checkpoint or one of another run.
+        TrainCheckpointError: ``resume_from`` is missing, corrupt, or a checkpoint of another run.
         ValueError: a batch has another shape than the first one.
     """
     started = time.perf_counter()
     opt = make_optimizer(config)
     schedule = config.schedule()
     run_key = _run_key(model, config)
-    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     source = data if callable(data) else (lambda i: data[i % len(data)])
 
     def get_batch(i: int) -> Batch:
@@ -301,9 +316,9 @@ def train(
         rng_state = _seed_rngs(rng_state, config.seed)
         opt_state = opt.init(params)
         step0, losses, skipped = 0, [], 0
-        if resume and directory is not None and (directory / "train_state.json").exists():
-            ckpt = load_train_checkpoint(directory, params=params, opt_state=opt_state, rng_state=rng_state,
-                                         run_key=run_key)
+        if resume_from is not None:
+            ckpt = load_train_checkpoint(Path(resume_from), params=params, opt_state=opt_state,
+                                         rng_state=rng_state, run_key=run_key)
             step0, losses, skipped = ckpt.step, list(ckpt.losses), ckpt.skipped
             params, opt_state, rng_state = ckpt.params, ckpt.opt_state, ckpt.rng_state
 
@@ -313,9 +328,9 @@ def train(
         compile_time = time.perf_counter() - compile_start
 
         def save(step: int) -> None:
-            if directory is not None:
-                save_train_checkpoint(directory, CheckpointState(
-                    step, params, opt_state, rng_state, tuple(losses), skipped, run_key))
+            if checkpoint is not None:
+                state = CheckpointState(step, params, opt_state, rng_state, tuple(losses), skipped, run_key)
+                checkpoint(step, lambda directory: save_train_checkpoint(directory, state))
 
         step_times, stopped, consecutive = [], None, 0
         for step in range(step0, config.steps):
@@ -358,6 +373,7 @@ def train(
         compile_time_s=compile_time,
         step_times_s=tuple(step_times),
         steps_done=len(losses),
+        first_step=step0,
         stopped_early=stopped,
     )
 

@@ -146,20 +146,27 @@ class Recipe:
 _INT_FIELDS = ("qubits", "layers", "bond_dim", "rank", "steps", "batch_size", "seq_len", "seed")
 
 
+def _shown(value: Any) -> str:
+    """A value as an error message shows it: its repr, cut to 40 characters (a 5000-digit number is not read)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 def _parse_field(name: str, value: Any) -> Any:
     """One recipe field from JSON, type-checked (``bool`` is not a number here)."""
-    wrong = PolicyInputError(f"recipe field {name!r} = {value!r} has the wrong type")
+    wrong = PolicyInputError(f"recipe field {name!r} = {_shown(value)} has the wrong type")
     if name in _INT_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            raise PolicyInputError(f"recipe field {name!r} = {value!r} must be an integer")
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral:
+            raise PolicyInputError(f"recipe field {name!r} = {_shown(value)} must be an integer")
         return int(value)
     if name == "learning_rate":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise PolicyInputError(f"recipe field 'learning_rate' = {value!r} must be a number")
+            raise PolicyInputError(f"recipe field 'learning_rate' = {_shown(value)} must be a number")
         return float(value)
     if name == "targets":
         if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise PolicyInputError(f"recipe field 'targets' = {value!r} must be a list of module names")
+            raise PolicyInputError(f"recipe field 'targets' = {_shown(value)} must be a list of module names")
         return tuple(value)
     if name == "qnn_mode":
         if value is not None and not isinstance(value, str):

@@ -14,6 +14,7 @@ leaves either no version or a complete one. This module knows nothing of the dat
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+from agent.files import fsync_path
 
 __all__ = [
     "MANIFEST_NAME",
@@ -39,6 +42,7 @@ __all__ = [
     "publish",
     "quarantine",
     "read_current",
+    "clear_current",
     "remove_version",
     "verify",
     "version_ids_on_disk",
@@ -122,13 +126,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _files_under(root: Path) -> list[str]:
     return sorted(
@@ -170,7 +167,7 @@ def publish(
         dest = tmp / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(source_dir) / name, dest)
-        _fsync_path(dest)
+        fsync_path(dest)
         files[name] = _sha256_file(dest)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -181,11 +178,11 @@ def publish(
     }
     manifest_path = tmp / MANIFEST_NAME
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    _fsync_path(manifest_path)
+    fsync_path(manifest_path)
     for sub in sorted({p.parent for p in tmp.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
-        _fsync_path(sub)
+        fsync_path(sub)
     os.rename(tmp, target)
-    _fsync_path(layout.versions)
+    fsync_path(layout.versions)
     return Artifact(
         version_id,
         target,
@@ -242,8 +239,8 @@ def quarantine(layout: Layout, version_id: str, *, reason: str) -> Path | None:
     dest = layout.quarantine / f"{version_id}-{secrets.token_hex(4)}"
     os.rename(source, dest)
     (dest / "REASON.txt").write_text(reason + "\n", encoding="utf-8")
-    _fsync_path(layout.versions)
-    _fsync_path(layout.quarantine)
+    fsync_path(layout.versions)
+    fsync_path(layout.quarantine)
     return dest
 
 
@@ -255,7 +252,7 @@ def remove_version(layout: Layout, version_id: str) -> bool:
         return False
     doomed = layout.versions / f"{TMP_PREFIX}delete-{version_id}-{secrets.token_hex(4)}"
     os.rename(source, doomed)
-    _fsync_path(layout.versions)
+    fsync_path(layout.versions)
     shutil.rmtree(doomed)
     return True
 
@@ -268,16 +265,39 @@ def point_current(layout: Layout, version_id: str) -> None:
     tmp = layout.state_dir / f"{_CURRENT_TMP_PREFIX}{secrets.token_hex(4)}"
     os.symlink(target, tmp)
     os.replace(tmp, layout.current)
-    _fsync_path(layout.state_dir)
+    fsync_path(layout.state_dir)
 
 
 def read_current(layout: Layout) -> str | None:
-    """The version id ``current`` points at, or None if there is no pointer."""
+    """The version id ``current`` points at, or None if there is no pointer.
+
+    A ``current`` that is not a symlink (a directory or file someone put there) is moved into the quarantine,
+    with a REASON.txt, and read as no pointer: the caller re-points it from the champion row.
+    """
     try:
         target = Path(os.readlink(layout.current))
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: it exists but is not a symlink
+            raise
+        layout.ensure()
+        dest = layout.quarantine / f"current-{secrets.token_hex(4)}"
+        os.rename(layout.current, dest)
+        reason = dest / "REASON.txt" if dest.is_dir() else dest.with_name(dest.name + ".REASON.txt")
+        reason.write_text("`current` was not a symlink; moved aside and re-pointed at the champion\n", encoding="utf-8")
+        fsync_path(layout.state_dir)
+        return None
     return target.name
+
+
+def clear_current(layout: Layout) -> None:
+    """Removes the ``current`` pointer (no version serves: the base model does)."""
+    try:
+        os.unlink(layout.current)
+    except FileNotFoundError:
+        return
+    fsync_path(layout.state_dir)
 
 
 def version_ids_on_disk(layout: Layout) -> list[str]:

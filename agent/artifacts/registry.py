@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.artifacts import layout as artifacts
 from agent.artifacts.layout import Artifact, ArtifactCorruptError, ArtifactMissingError, Layout
-from agent.store import AuditKind, ChampionState, ModelVersion, Store, VersionStatus
+from agent.store import AuditKind, ChampionState, ModelVersion, Store, VersionStateError, VersionStatus
 
 __all__ = ["HousekeepingReport", "Registry"]
 
@@ -194,8 +194,31 @@ class Registry:
             try:
                 self.load(state.version_id)
             except (ArtifactCorruptError, ArtifactMissingError) as exc:
-                return self.rollback(actor=actor, reason=f"champion artifact unusable: {exc}")
+                return self._replace_unusable(state, f"champion artifact unusable: {exc}", actor=actor)
         return self.store.champion.hold(self._point_if_needed)
+
+    def _replace_unusable(self, state: ChampionState, why: str, *, actor: str) -> ChampionState:
+        """The champion's artifact failed verification (quarantined by load()): the previous intact champion
+        serves, or the base model when there is none; never a crash loop on a broken pointer."""
+        try:
+            new = self.rollback(actor=actor, reason=why)
+            log.warning("champion %s rolled back to %s: %s", state.version_id, new.version_id, why)
+            return new
+        except VersionStateError:
+            pass  # no earlier intact champion
+        new = self.store.champion.retire(
+            expected_epoch=self.store.champion.get().epoch,
+            actor=actor,
+            reason=f"{why}; no earlier intact champion: serving the base model",
+            within=lambda _state: artifacts.clear_current(self.layout),
+        )
+        log.warning(
+            "champion %s retired, serving the base model (no earlier intact champion; the next cycle trains "
+            "from the base): %s",
+            state.version_id,
+            why,
+        )
+        return new
 
     def housekeeping(
         self,

@@ -65,8 +65,8 @@ def task_config(config: QthaConfig) -> dict[str, Any]:
         "smoke_probes": config.evaluation.smoke_probes,
         "smoke_max_new_tokens": config.evaluation.smoke_max_new_tokens,
         "backend": config.quantum.backend,
-        "shots": config.quantum.shots,
-        "sampler": config.quantum.sampler,
+        # The [quantum] section as given: file paths and the key's variable name, never the key itself.
+        "quantum": config.quantum.model_dump(mode="json"),
         "jax_cache_dir": str(config.state_dir / "jax-cache"),
     }
 
@@ -208,8 +208,18 @@ class ChildTrainer:
         return EvalOutcome(version_id=version_id, scores=scores, metrics=metrics, probes=probes)
 
     def _quantum(self, event: Mapping[str, Any]) -> None:
+        backend = str(event.get("backend", self.config.quantum.backend))
+        if event.get("offline"):
+            offline = dict(event["offline"])
+            log.warning(
+                "quantum backend %s went offline; policy %s %s: %s",
+                backend,
+                offline.get("policy"),
+                "finished the cycle on qsim" if offline.get("action") == "fell_back" else "failed the cycle",
+                offline.get("reason"),
+            )
         self.observer.circuits_run(
-            str(event.get("backend", self.config.quantum.backend)),
+            backend,
             circuits=int(event.get("circuits", 0)),
             shots=int(event.get("shots", 0)),
             errors={str(k): int(v) for k, v in dict(event.get("errors", {})).items()},

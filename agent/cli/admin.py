@@ -5,7 +5,8 @@ machine-readable output. Overrides (pause, resume, cycle --now, promote, rollbac
 eval) are queued as command rows with an idempotency key; the leading daemon applies and audits them. They work
 whether the daemon runs or not; ``--wait SECONDS`` waits for the outcome (exit 3 when the daemon refuses it).
 
-Exit codes: 0 ok · 1 failure · 2 usage · 3 refused by policy · 4 lock held (a cycle is running).
+Exit codes: 0 ok · 1 failure · 2 usage or bad configuration · 3 refused by policy · 4 lock held (a cycle is
+running) · 5 environment not ready (database unreachable, state directory unusable, port in use).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,19 +28,23 @@ from agent.cli.common import (
     EXIT_LOCKED,
     EXIT_REFUSED,
     EXIT_USAGE,
+    STARTUP_ERRORS,
     ConfigOption,
     JsonOption,
+    exit_code_of,
     fail,
     read_config,
 )
 from agent.config import ConfigError, QthaConfig
 from agent.daemon import status as status_mod
 from agent.daemon.commands import validate_args
-from agent.daemon.inbox import InboxError, validate_file
+from agent.daemon.inbox import InboxError, display_name, parse_examples, read_regular_file
 from agent.daemon.planner import RecipeOverrideError, check_override
-from agent.daemon.policy_inputs import OVERRIDE_PREFIX, effective_policy, parse_policy_value
-from agent.series import UnknownSeriesError, check_sample
-from agent.store import Store, StoreError, open_store
+from agent.daemon.policy_inputs import OVERRIDE_PREFIX, parse_policy_value, resolve_policy
+from agent.daemon.preflight import PreflightError, prepare_state_dir
+from agent.series import UnknownSeriesError
+from agent.series import check_sample as check_series
+from agent.store import InvalidSampleError, Store, StoreError, check_sample, open_store
 
 __all__ = ["admin_app"]
 
@@ -59,11 +63,14 @@ WaitOption = Annotated[
 
 @contextmanager
 def _store(cfg: QthaConfig) -> Iterator[Store]:
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare_state_dir(cfg.state_dir)
+    except PreflightError as exc:
+        fail(str(exc), exit_code_of(exc))
     try:
         store = open_store(cfg.database_url)
     except StoreError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_of(exc))
     except Exception as exc:  # driver errors: a locked SQLite file, an unreachable server
         if "locked" in str(exc).lower():
             fail(f"the database is locked by another process ({exc}); retry in a moment", EXIT_LOCKED)
@@ -72,6 +79,14 @@ def _store(cfg: QthaConfig) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+def _first_line(error: str | None) -> str:
+    """The cause of a failed cycle without the child's traceback (kept whole in the cycle row: --json)."""
+    if not error:
+        return ""
+    head = error.split("; stderr tail:", 1)[0].strip().splitlines()
+    return (head[0][:300] if head else "") + (" (details: qtha history --json)" if "\n" in error.strip() else "")
 
 
 def _print(data: Any, as_json: bool, text: str) -> None:
@@ -116,14 +131,34 @@ def _submit(config: Path | None, kind: str, args: dict[str, Any], *, key: str | 
 def daemon(config: ConfigOption = None) -> None:
     """Run the daemon (foreground; SIGTERM stops it cleanly, SIGHUP reloads the config)."""
     from agent.cli.wiring import run
-    from agent.daemon.lifecycle import HealthError
 
     read_config(config)  # exit 2 on a bad config before anything starts
     try:
         code = run(config)
-    except HealthError as exc:
-        fail(str(exc))
+    except STARTUP_ERRORS as exc:
+        fail(str(exc), exit_code_of(exc))
     raise typer.Exit(code)
+
+
+@admin_app.command("doctor")
+def doctor(
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    model: Annotated[bool, typer.Option("--model/--no-model", help="Also load the model in a child.")] = True,
+) -> None:
+    """Run the start-up checks now (configuration, state directory, database, metrics port, model, backend)
+    and print what is wrong. Exit 0 when all pass, else the status of the first failure."""
+    from agent.cli.doctor import run_checks
+
+    results = run_checks(config, check_model=model)
+    _print(
+        [r._asdict() for r in results],
+        as_json,
+        "\n".join(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}" for r in results),
+    )
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise typer.Exit(failed[0].exit_code)
 
 
 # -- reads -------------------------------------------------------------------------------------------------------
@@ -152,7 +187,7 @@ def _status_text(data: dict[str, Any]) -> str:
         )
     last = data["last_cycle"]
     if last:
-        lines.append(f"last cycle {last['id']}: {last['state']} — {last['outcome'] or last['error'] or ''}")
+        lines.append(f"last cycle {last['id']}: {last['state']} — {last['outcome'] or _first_line(last['error'])}")
     leader = data["leader"]
     lines.append(f"leader: {leader['holder'] or 'none'} (epoch {leader['epoch']})")
     daemon_status = data["daemon"]
@@ -201,7 +236,7 @@ def history(
         data = status_mod.history(store, limit=limit)
     lines = [
         f"cycle {c['id']:4} {c['state']:9} {c['started_at']} {', '.join(c['trigger_reasons'])}: "
-        f"{c['outcome'] or c['error'] or ''}"
+        f"{c['outcome'] or _first_line(c['error']) or ''}"
         for c in data["cycles"]
     ]
     lines += [
@@ -245,11 +280,12 @@ def policy_show(config: ConfigOption = None, as_json: JsonOption = False) -> Non
     cfg = read_config(config)
     with _store(cfg) as store:
         overrides = store.overrides.all()
-    try:
-        effective = effective_policy(cfg, overrides).model_dump(mode="json")
-    except ConfigError as exc:
-        fail(str(exc))
+    policy, ignored = resolve_policy(cfg, overrides)
+    for message in ignored:
+        typer.echo(f"warning: {message}", err=True)
+    effective = policy.model_dump(mode="json")
     overridden = {k[len(OVERRIDE_PREFIX) :] for k in overrides if k.startswith(OVERRIDE_PREFIX)}
+    overridden = {k for k in overridden if k in effective and effective[k] == overrides[OVERRIDE_PREFIX + k]}
     data = {
         k: {"value": v, "source": "override" if k in overridden else "config"} for k, v in effective.items()
     }
@@ -284,7 +320,7 @@ def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
             fail(f"{what} {pair!r} must look like KEY=VALUE", EXIT_USAGE)
         try:
             out[name] = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or a 5000-digit number): the text itself
             out[name] = raw
     return out
 
@@ -393,17 +429,27 @@ def policy_unset(name: str, config: ConfigOption = None, key: KeyOption = None, 
 def ingest(file: Path, config: ConfigOption = None) -> None:
     """Validate a JSONL file and drop it into the inbox (the daemon de-duplicates and moves it into the dataset)."""
     cfg = read_config(config)
+    shown = display_name(str(file))
+    if not file.name.endswith(".jsonl"):
+        fail(f"{shown} refused: the name does not end in .jsonl; only JSON Lines files are accepted")
     try:
-        examples = validate_file(file, max_bytes=cfg.data.max_file_bytes, max_chars=cfg.data.max_text_chars)
+        # Read once, validate those bytes and queue those bytes: a FIFO is refused without blocking, and a file
+        # that changes after validation cannot queue unvalidated lines.
+        data = read_regular_file(file, max_bytes=cfg.data.max_file_bytes, follow_symlinks=True)
+        examples = parse_examples(data, max_chars=cfg.data.max_text_chars)
     except FileNotFoundError:
-        fail(f"{file} does not exist", EXIT_USAGE)
+        fail(f"{shown} does not exist", EXIT_USAGE)
+    except PermissionError:
+        fail(f"{shown} cannot be read (permission denied); check its mode and owner", EXIT_USAGE)
     except InboxError as exc:
-        fail(f"{file} refused: {exc}")
+        fail(f"{shown} refused: {exc}")
     inbox = cfg.inbox_dir
     inbox.mkdir(parents=True, exist_ok=True)
+    if display_name(file.name) != file.name:
+        fail(f"{shown} refused: the file name is not UTF-8; rename it")
     target = inbox / f"{uuid.uuid4().hex[:8]}-{file.name}"
     tmp = target.with_name(target.name + ".part")  # the daemon skips *.part files until the rename
-    shutil.copyfile(file, tmp)
+    tmp.write_bytes(data)
     os.replace(tmp, target)
     typer.echo(f"queued {len(examples)} examples as {target}")
 
@@ -411,7 +457,7 @@ def ingest(file: Path, config: ConfigOption = None) -> None:
 @admin_app.command("observe")
 def observe(
     name: str,
-    value: float,
+    value: Annotated[str, typer.Argument(help="A finite number.")],
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable.")] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -421,11 +467,15 @@ def observe(
     'What the daemon watches'. Anything else is refused with exit status 2.
     """
     labels = {k: str(v) for k, v in _parse_pairs(label or [], "--label").items()}
+    try:
+        number = check_sample(name, value, labels)  # before touching the database: inf, NaN, an empty name
+    except InvalidSampleError as exc:
+        fail(str(exc), EXIT_USAGE)
     cfg = read_config(config)
     try:
-        check_sample(name, labels)
+        check_series(name, labels)
     except UnknownSeriesError as exc:
         fail(str(exc), EXIT_USAGE)
     with _store(cfg) as store:
-        sample = store.metrics.record(name, value, source="operator", labels=labels)
+        sample = store.metrics.record(name, number, source="operator", labels=labels)
     typer.echo(f"recorded {sample.name}={sample.value:g} {labels or ''} at {sample.at.isoformat()}")

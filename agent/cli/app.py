@@ -23,6 +23,7 @@ from agent.cli.common import (
 )
 from agent.cli.replay import replay_command
 from agent.cli.serve import export_command, serve_command
+from agent.daemon.preflight import restrict_umask
 
 __all__ = ["EXIT_FAILURE", "EXIT_LOCKED", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "app", "main"]
 
@@ -33,6 +34,13 @@ app.command("replay")(replay_command)
 app.command("serve")(serve_command)
 app.command("export")(export_command)
 app.add_typer(admin_app)  # daemon, status, versions, history, decisions, overrides, ingest, observe
+
+
+@app.callback()
+def _private_files() -> None:
+    """Every command may create the state directory, the database or inbox files: 0700/0600 (umask 077) outside
+    systemd as inside, so model versions and operator data are never world-readable."""
+    restrict_umask()
 
 
 @config_app.command("show")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import policies
+from agent.files import fsync_path
 
 __all__ = [
     "CHECKPOINTS",
@@ -178,13 +179,6 @@ class GateDecision:
     evidence: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def save_checkpoint(workdir: Path, step: int, write: Callable[[Path], None]) -> Path:
     """Writes a step checkpoint atomically: ``write(tmpdir)`` fills a temporary directory, which is fsynced
@@ -196,12 +190,12 @@ def save_checkpoint(workdir: Path, step: int, write: Callable[[Path], None]) -> 
     tmp.mkdir()
     write(tmp)
     for path in tmp.iterdir():
-        _fsync(path)
-    _fsync(tmp)
+        fsync_path(path)
+    fsync_path(tmp)
     if final.exists():  # the same step written again after a resume: keep the newer one
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync(root)
+    fsync_path(root)
     return final
 
 

@@ -121,7 +121,8 @@ def ingest_inbox(rt: Runtime) -> None:
                 "ingested_examples",
                 result.accepted,
                 source="inbox",
-                labels={"file": result.source, "duplicates": str(result.duplicates)},
+                # A file name may be 255 bytes; a label value at most 200 characters (agent.store.check_sample).
+                labels={"file": result.source[:200], "duplicates": str(result.duplicates)},
             )
             rt.metrics.decision("ingest", "accept")
 

@@ -30,6 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.artifacts.layout import Layout
 from agent.artifacts.registry import Registry
+from agent.child.check import check_model
 from agent.child.runner import ChildRunner
 from agent.clock import Clock, SystemClock
 from agent.config import ConfigError, QthaConfig, load_config
@@ -38,6 +39,7 @@ from agent.daemon.inbox import Inbox
 from agent.daemon.leader import Leadership, default_replica_id
 from agent.daemon.liveness import Liveness
 from agent.daemon.metrics import MetricsServer, QthaMetrics, new_registry, serve
+from agent.daemon.preflight import HealthError, check_port, listen_error, prepare_state_dir, restrict_umask
 from agent.daemon.runtime import CycleDriver, Runtime
 from agent.daemon.sdnotify import Notifier, watchdog_interval_s
 from agent.logs import configure_logging
@@ -46,10 +48,6 @@ from agent.store import Store, open_store
 __all__ = ["Daemon", "HealthError", "build_runtime", "new_scheduler"]
 
 log = logging.getLogger("qtha.daemon")
-
-
-class HealthError(RuntimeError):
-    """The start-up health probe failed; the message names what and how to fix it."""
 
 
 def new_scheduler() -> BackgroundScheduler:
@@ -84,7 +82,7 @@ def build_runtime(
 ) -> Runtime:
     """Builds every collaborator from the config (each can be injected instead)."""
     clock = clock or SystemClock()
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    prepare_state_dir(config.state_dir)
     store = store or open_store(config.database_url, clock=clock, echo=config.database.echo)
     backends = tuple(dict.fromkeys(("jax", config.quantum.backend)))
     return Runtime(
@@ -106,6 +104,7 @@ def build_runtime(
             config.quarantine_dir,
             max_bytes=config.data.max_file_bytes,
             max_chars=config.data.max_text_chars,
+            settle_s=config.data.inbox_settle_s,
         ),
         runner=runner or ChildRunner(),
         cycles=cycles,
@@ -204,7 +203,10 @@ class Daemon:
         health_probe(rt)
         metrics_cfg = rt.config.metrics
         if metrics_cfg.enabled:
-            self._server = serve(rt.metrics.registry, host=metrics_cfg.host, port=metrics_cfg.port)
+            try:
+                self._server = serve(rt.metrics.registry, host=metrics_cfg.host, port=metrics_cfg.port)
+            except OSError as exc:
+                raise listen_error(metrics_cfg.host, metrics_cfg.port, exc.__cause__ or exc) from exc
             log.info("metrics on http://%s:%d/metrics", metrics_cfg.host, self._server.port)
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         jobs.schedule_all(self.scheduler, rt)
@@ -304,7 +306,11 @@ class Daemon:
         rt = self.rt
         rt.set_status(f"leader (epoch {rt.leadership.epoch}): reconciling the champion pointer")
         rt.runner.reset()
+        before = rt.store.champion.get()
         state = rt.registry.reconcile(actor=rt.replica)
+        if state.version_id != before.version_id:  # the champion's artifact failed verification (logged)
+            rt.metrics.rolled_back()
+            rt.metrics.decision("reconcile", "rollback" if state.version_id else "base_model")
         jobs.refresh_gauges(rt)
         self.scheduler.add_job(
             jobs.resume_cycle, args=[rt], id="resume", replace_existing=True, misfire_grace_time=None
@@ -344,10 +350,27 @@ def _configure_logging(config: QthaConfig) -> None:
 
 
 def run_daemon(config_path: Path | None, *, cycles_factory: Callable[[QthaConfig], CycleDriver]) -> int:
-    """The ``qtha daemon`` command: configure logging, build, run until SIGTERM."""
+    """The ``qtha daemon`` command: configure logging, check what start-up needs, build, run until SIGTERM.
+
+    Raises:
+        ConfigError, PreflightError, DatabaseUrlError, DatabaseUnavailableError, ModelCheckError, HealthError:
+            one line naming the cause and the fix each (the CLI maps them to exit statuses).
+    """
+    restrict_umask()
     config = load_config(config_path)
     _configure_logging(config)
+    prepare_state_dir(config.state_dir)
+    if config.metrics.enabled:
+        check_port(config.metrics.host, config.metrics.port)
     rt = build_runtime(config, cycles=cycles_factory(config))
+    try:
+        if config.daemon.check_model:
+            log.info("checking model.source %s and quantum.backend %s", config.model.source, config.quantum.backend)
+            report = check_model(config, rt.runner, timeout_s=config.daemon.train_timeout_s)
+            log.info("model %s loads (%d layers), backend %s builds", report.source, report.layers, report.backend)
+    except BaseException:
+        rt.store.close()
+        raise
     daemon = Daemon(rt, config_path=config_path)
     daemon.install_signal_handlers()
     try:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 import policies
-from agent.config import ConfigError, PolicyConfig, QthaConfig
+from agent.config import ConfigError, PolicyConfig, QthaConfig, short_repr
 from agent.cycle.plan import CyclePlan
 from agent.series import SERIES
 from agent.store import Cycle, Store
@@ -25,9 +25,9 @@ __all__ = [
     "OVERRIDE_PREFIX",
     "cycle_outcome",
     "cycle_records",
+    "resolve_policy",
     "rollback_inputs",
     "trigger_history",
-    "effective_policy",
     "parse_policy_value",
     "promotion_config",
     "recipe_config",
@@ -47,14 +47,14 @@ def parse_policy_value(base: PolicyConfig, key: str, raw: str) -> Any:
     """
     if key not in PolicyConfig.model_fields:
         raise ConfigError(
-            f"unknown policy key {key!r}; known keys: {', '.join(sorted(PolicyConfig.model_fields))}"
+            f"unknown policy key {short_repr(key)}; known keys: {', '.join(sorted(PolicyConfig.model_fields))}"
         )
     data = base.model_dump(mode="json")
     data[key] = raw
     try:
         checked = PolicyConfig.model_validate_json(_json_with_raw(data, key, raw))
     except ValidationError as exc:
-        raise ConfigError(f"policy {key} = {raw!r}: {exc.errors()[0]['msg']}") from None
+        raise ConfigError(f"policy {key} = {short_repr(raw)}: {exc.errors()[0]['msg']}") from None
     return checked.model_dump(mode="json")[key]
 
 
@@ -64,22 +64,34 @@ def _json_with_raw(data: dict[str, Any], key: str, raw: str) -> str:
     # A raw value that parses as JSON (numbers, booleans, [8, 18], null) is used as such; anything else is a string.
     try:
         data[key] = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         data[key] = raw
     return json.dumps(data)
 
 
-def effective_policy(config: QthaConfig, overrides: Mapping[str, Any]) -> PolicyConfig:
-    """``config.policy`` with the ``policy.*`` overrides applied (invalid overrides raise ConfigError)."""
-    changes = {k[len(OVERRIDE_PREFIX) :]: v for k, v in overrides.items() if k.startswith(OVERRIDE_PREFIX)}
-    if not changes:
-        return config.policy
-    try:
-        return PolicyConfig.model_validate({**config.policy.model_dump(mode="json"), **changes})
-    except ValidationError as exc:
-        raise ConfigError(
-            f"stored policy override is invalid ({exc.errors()[0]['msg']}); `qtha policy set` it again"
-        ) from None
+def resolve_policy(config: QthaConfig, overrides: Mapping[str, Any]) -> tuple[PolicyConfig, tuple[str, ...]]:
+    """``config.policy`` with each valid ``policy.*`` override applied, and one message per override ignored.
+
+    Each override is checked on its own: one stored by an older qtha, or one that a changed config file makes
+    invalid, is left out (the daemon starts and `qtha policy unset` can still reach it) rather than failing all.
+    """
+    policy = config.policy
+    ignored = []
+    for name in sorted(overrides):
+        if not name.startswith(OVERRIDE_PREFIX):
+            continue
+        key, value = name[len(OVERRIDE_PREFIX) :], overrides[name]
+        if key not in PolicyConfig.model_fields:
+            ignored.append(f"stored policy override {key} is not a policy key any more; `qtha policy unset {key}`")
+            continue
+        try:
+            policy = PolicyConfig.model_validate({**policy.model_dump(mode="json"), key: value})
+        except ValidationError as exc:
+            ignored.append(
+                f"stored policy override {key} = {short_repr(value)} is invalid ({exc.errors()[0]['msg']}); "
+                f"ignored, using {short_repr(getattr(policy, key))}; `qtha policy set` or `unset` it"
+            )
+    return policy, tuple(ignored)
 
 
 def trigger_config(policy: PolicyConfig) -> policies.TriggerConfig:
@@ -278,7 +290,8 @@ def rollback_inputs(
     if len(serving) < 2 or serving[-1].version_id != champion:
         return None
     previous = serving[-2].version_id
-    prev_metric = store.versions.get(previous).metrics.get(EVAL_METRIC)
+    # None: the base model served before (a champion that had to be retired); nothing to roll back to.
+    prev_metric = store.versions.get(previous).metrics.get(EVAL_METRIC) if previous is not None else None
     record = policies.PromotionRecord(
         version=champion,
         previous_version=previous if prev_metric is not None else None,

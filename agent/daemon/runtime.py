@@ -22,7 +22,7 @@ from agent.daemon.inbox import Inbox
 from agent.daemon.leader import Leadership
 from agent.daemon.liveness import Liveness
 from agent.daemon.metrics import QthaMetrics
-from agent.daemon.policy_inputs import effective_policy
+from agent.daemon.policy_inputs import resolve_policy
 from agent.daemon.sdnotify import Notifier
 from agent.daemon.status import write_daemon_status
 from agent.store import Store
@@ -89,14 +89,22 @@ class Runtime:
     schedule_evaluation: Callable[[str, str], None] | None = None
     status: str = "starting"
     liveness: Liveness = field(default_factory=lambda: Liveness(stale_after_s=30.0))
+    # Invalid stored overrides already warned about (policy() runs every few seconds; warn once per value).
+    _warned: set[str] = field(default_factory=set, init=False, repr=False)
 
     @property
     def replica(self) -> str:
         return self.leadership.holder
 
     def policy(self) -> PolicyConfig:
-        """The effective policy: the config file's ``[policy]`` with operator overrides on top."""
-        return effective_policy(self.config, self.store.overrides.all())
+        """The effective policy: the config file's ``[policy]`` with operator overrides on top; an invalid stored
+        override is ignored with a WARNING (once per value)."""
+        policy, ignored = resolve_policy(self.config, self.store.overrides.all())
+        for message in ignored:
+            if message not in self._warned:
+                self._warned.add(message)
+                log.warning("%s", message)
+        return policy
 
     def paused(self) -> bool:
         return bool(self.store.overrides.get("paused", False))

@@ -8,15 +8,18 @@ from agent.store._champion import Champion
 from agent.store._cycles import Cycles
 from agent.store._lease import Leases
 from agent.store._migrations import LATEST_VERSION, LEADER_LEASE
-from agent.store._observations import Decisions, Metrics
+from agent.store._observations import Decisions, Metrics, check_sample
 from agent.store._operator import Commands, Overrides
-from agent.store._store import Store, open_store
+from agent.store._store import Store, open_store, safe_url
 from agent.store._usage import Usage
 from agent.store._versions import Versions
 from agent.store.errors import (
     ChampionMovedError,
     ChampionPinnedError,
     CycleAlreadyRunningError,
+    DatabaseUnavailableError,
+    DatabaseUrlError,
+    InvalidSampleError,
     LeaseHeldError,
     NotFoundError,
     SchemaTooNewError,
@@ -55,6 +58,9 @@ __all__ = [
     "Commands",
     "Cycle",
     "CycleAlreadyRunningError",
+    "DatabaseUnavailableError",
+    "DatabaseUrlError",
+    "InvalidSampleError",
     "CycleState",
     "Cycles",
     "DecisionRecord",
@@ -80,5 +86,7 @@ __all__ = [
     "Versions",
     "VersionStateError",
     "VersionStatus",
+    "check_sample",
     "open_store",
+    "safe_url",
 ]

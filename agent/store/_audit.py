@@ -95,7 +95,7 @@ class Audit:
         intervals = []
         for i, entry in enumerate(serves):
             until = serves[i + 1].at if i + 1 < len(serves) else None
-            assert entry.version_id is not None and entry.epoch is not None  # serve rows always carry both
+            assert entry.epoch is not None  # serve rows always carry their epoch (version None: the base model)
             intervals.append(
                 ServingInterval(
                     version_id=entry.version_id,

@@ -146,6 +146,44 @@ class Champion:
                 within(new)
             return new
 
+    def retire(self, *, expected_epoch: int, actor: str, reason: str, within: Within | None = None) -> ChampionState:
+        """No version serves any more: the base model does (the champion is marked rejected). For a champion whose
+        artifact is unusable when no earlier champion is left to roll back to; the next cycle starts from the base.
+
+        Raises:
+            ChampionMovedError, ChampionPinnedError: as for :meth:`promote` (an operator's pin holds).
+        """
+        with self._db.tx(lock=PROMOTION_LOCK_KEY) as conn:
+            seen = self._check(conn, expected_epoch, actor=actor, automatic=False)
+            if seen.version_id is None:
+                return seen
+            now = self._clock.now()
+            conn.execute(
+                update(_C)
+                .where(_C.c.id == 1, _C.c.epoch == seen.epoch)
+                .values(version_id=None, epoch=seen.epoch + 1, updated_at=now)
+            )
+            conn.execute(
+                update(_V)
+                .where(_V.c.id == seen.version_id, _V.c.status == VersionStatus.CHAMPION.value)
+                .values(status=VersionStatus.REJECTED.value)
+            )
+            _audit.append(
+                conn,
+                at=now,
+                kind=AuditKind.SERVE,
+                actor=actor,
+                reason=reason,
+                version_id=None,
+                previous_id=seen.version_id,
+                epoch=seen.epoch + 1,
+                details={"base_model": True},
+            )
+            new = read_champion(conn)
+            if within is not None:
+                within(new)
+            return new
+
     def set_pinned(self, pinned: bool, *, actor: str, reason: str) -> ChampionState:
         """Pins (freezes against automatic promotion) or unpins the champion; audited."""
         now = self._clock.now()
@@ -256,8 +294,8 @@ class Champion:
             select(_A.c.version_id).where(_A.c.kind == AuditKind.SERVE.value).order_by(_A.c.seq.desc())
         ).scalars()
         for version_id in serves:
-            if version_id == seen.version_id:
-                continue
+            if version_id is None or version_id == seen.version_id:
+                continue  # None: the base model served (Champion.retire)
             candidate = read_version(conn, version_id)
             if candidate.status is not VersionStatus.REJECTED and not candidate.pruned:
                 return candidate

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -9,14 +11,43 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 
 from agent.clock import Clock
-from agent.series import check_sample
+from agent.series import check_sample as check_series
 from agent.store import _convert
 from agent.store._db import Database
 from agent.store._tables import DecisionRow, MetricRow
+from agent.store.errors import InvalidSampleError
 from agent.store.records import DecisionRecord, MetricSample
 
 _M = MetricRow.__table__  # type: ignore[attr-defined]
 _D = DecisionRow.__table__  # type: ignore[attr-defined]
+# Same rule as agent.config.MetricName: what the drift detector, PromQL labels and dashboards can name.
+_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,200}")
+_MAX_LABEL = 200
+
+
+def check_sample(name: object, value: object, labels: Mapping[str, str] | None = None) -> float:
+    """The sample's value as a float, or :class:`InvalidSampleError` naming what is wrong.
+
+    A NaN breaks every drift statistic it enters and SQLite stores it as NULL; an infinity poisons the
+    detector's running sums for the whole retention window; so only finite values are stored.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidSampleError(
+            f"metric name {name!r:.80}: use 1-200 printable characters without spaces (e.g. eval_mean)"
+        )
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidSampleError(f"metric {name}: value {value!r:.80} is not a number") from None
+    if not math.isfinite(number):
+        raise InvalidSampleError(f"metric {name}: value {number} is not finite; give a finite number")
+    for key, text in (labels or {}).items():
+        if not isinstance(key, str) or not _NAME.fullmatch(key) or not isinstance(text, str) or len(text) > _MAX_LABEL:
+            raise InvalidSampleError(
+                f"metric {name}: label {key!r:.40}={text!r:.40} needs a name without spaces and a value of at "
+                f"most {_MAX_LABEL} characters"
+            )
+    return number
 
 
 class Metrics:
@@ -38,14 +69,16 @@ class Metrics:
         """Stores one sample (``at`` defaults to now).
 
         Raises:
+            InvalidSampleError: a non-finite value, or a bad name or label (see :func:`check_sample`).
             UnknownSeriesError: the name or a label fits no documented series (:mod:`agent.series`).
         """
-        check_sample(name, labels or {})
+        number = check_sample(name, value, labels)
+        check_series(name, labels or {})
         with self._db.tx() as conn:
             result = conn.execute(
                 insert(_M).values(
                     name=name,
-                    value=float(value),
+                    value=number,
                     labels=dict(labels or {}),
                     at=at or self._clock.now(),
                     source=source,
@@ -61,19 +94,27 @@ class Metrics:
         source: str,
         at: datetime | None = None,
     ) -> int:
-        """Stores ``(name, value, labels)`` samples in one transaction; returns how many.
+        """Stores ``(name, value, labels)`` samples in one transaction; returns how many were stored.
+
+        A measured NaN or infinity (a diverged evaluation, a Prometheus ratio over zero traffic) means "no
+        measurement": it is left out rather than failing the whole batch.
 
         Raises:
-            UnknownSeriesError: a sample fits no documented series; none is stored.
+            InvalidSampleError: a bad name or label (nothing is stored).
+            UnknownSeriesError: a sample fits no documented series (nothing is stored).
         """
         when = at or self._clock.now()
-        samples = list(samples)
-        for name, _value, labels in samples:
-            check_sample(name, labels)
-        rows = [
-            {"name": n, "value": float(v), "labels": dict(lab), "at": when, "source": source}
-            for n, v, lab in samples
-        ]
+        rows = []
+        for n, v, lab in samples:
+            check_series(n, lab)
+            try:
+                number = check_sample(n, v, lab)
+            except InvalidSampleError:
+                if isinstance(v, int | float) and not math.isfinite(v):
+                    check_sample(n, 0.0, lab)  # still refuse a bad name or label
+                    continue
+                raise
+            rows.append({"name": n, "value": number, "labels": dict(lab), "at": when, "source": source})
         if rows:
             with self._db.tx() as conn:
                 conn.execute(insert(_M), rows)

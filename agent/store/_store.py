@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 
 from agent.clock import Clock, SystemClock
 from agent.store import _migrations
@@ -15,7 +17,7 @@ from agent.store._observations import Decisions, Metrics
 from agent.store._operator import Commands, Overrides
 from agent.store._usage import Usage
 from agent.store._versions import Versions
-from agent.store.errors import SchemaTooNewError, StoreError
+from agent.store.errors import DatabaseUnavailableError, DatabaseUrlError, SchemaTooNewError, StoreError
 
 
 class Store:
@@ -97,10 +99,63 @@ def open_store(url: str, *, clock: Clock | None = None, echo: bool = False) -> S
         SchemaTooNewError: the database was migrated by a newer qtha.
     """
     clock = clock or SystemClock()
-    engine = create_store_engine(url, echo=echo)
+    try:
+        engine = create_store_engine(url, echo=echo)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise DatabaseUrlError(_url_problem(url, exc)) from exc
+    except OSError as exc:  # the SQLite file's directory cannot be created
+        raise DatabaseUnavailableError(_unavailable(url, exc)) from exc
     try:
         _migrations.migrate(Database(engine), clock.now())
         return Store(engine, clock=clock)
+    except (OperationalError, InterfaceError) as exc:
+        engine.dispose()
+        if "locked" in str(exc).lower():
+            raise  # a busy SQLite file: the caller retries or says "locked"
+        raise DatabaseUnavailableError(_unavailable(url, exc)) from exc
     except BaseException:
         engine.dispose()
         raise
+
+
+def safe_url(url: str) -> str:
+    """``url`` with any password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(cause).__name__
+
+
+def _url_problem(url: str, exc: BaseException) -> str:
+    if isinstance(exc, NoSuchModuleError):
+        return (
+            f"database.url {safe_url(url)}: its driver is not installed ({_first_line(exc)}); "
+            "use postgresql+psycopg://... (psycopg is a dependency of qtha) or sqlite:///<path>"
+        )
+    if isinstance(exc, ArgumentError):
+        problem = "not a database URL"
+    else:  # create_store_engine's ValueError quotes the raw URL (password included): name the backend only
+        problem = f"the {make_url(url).get_backend_name()} backend is not supported"
+    return (
+        f"database.url {safe_url(url)}: {problem}; use sqlite:///<path> or postgresql+psycopg://user@host:port/db"
+    )
+
+
+def _unavailable(url: str, exc: BaseException) -> str:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return (
+            f"cannot open the SQLite database {parsed.database} ({_first_line(exc)}); "
+            "check that its directory exists and is writable, or set database.url"
+        )
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+    return (
+        f"cannot reach PostgreSQL at {where} ({_first_line(exc)}); "
+        "start the server, check its address and credentials, or fix database.url"
+    )

@@ -6,6 +6,9 @@ __all__ = [
     "ChampionMovedError",
     "ChampionPinnedError",
     "CycleAlreadyRunningError",
+    "DatabaseUnavailableError",
+    "DatabaseUrlError",
+    "InvalidSampleError",
     "LeaseHeldError",
     "NotFoundError",
     "SchemaTooNewError",
@@ -54,3 +57,15 @@ class StaleEpochError(StoreError):
 
 class LeaseHeldError(StoreError):
     """The leader lease is held by another live holder."""
+
+
+class InvalidSampleError(StoreError, ValueError):
+    """A metric sample with a non-finite value or a name/label that is empty, too long or has blanks."""
+
+
+class DatabaseUrlError(StoreError, ValueError):
+    """``database.url`` is not a URL qtha can use (syntax, backend or driver); a configuration error."""
+
+
+class DatabaseUnavailableError(StoreError):
+    """The database cannot be reached or opened (server down, bad credentials, unwritable SQLite file)."""

@@ -150,9 +150,10 @@ class AuditEntry:
 
 @dataclass(frozen=True, slots=True)
 class ServingInterval:
-    """Which version served from when to when (``until`` is None while it still serves), and who moved it."""
+    """Which version served from when to when (``until`` is None while it still serves), and who moved it;
+    ``version_id`` None: the base model served (no usable champion)."""
 
-    version_id: str
+    version_id: str | None
     epoch: int
     served_from: datetime
     served_until: datetime | None

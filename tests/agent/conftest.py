@@ -23,6 +23,7 @@ import pytest
 
 from agent.clock import FakeClock
 from agent.store import Store, open_store
+from tests.support.tools import skip_missing_tool
 
 _PG_BIN_GLOBS = ("/usr/lib/postgresql/*/bin",)
 _SHARED_DB = "qtha_tests"
@@ -86,13 +87,16 @@ def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole session (skips if the server binaries are not installed)."""
     bindir = _find_pg_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; `apt-get install postgresql`")
+        skip_missing_tool("PostgreSQL server (initdb, pg_ctl)", "apt-get install postgresql")
     run_as: dict[str, object] = {}
     if os.geteuid() == 0:  # initdb and postgres refuse to run as root
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root but there is no 'postgres' user to run the server as")
+            skip_missing_tool(
+                "postgres user",
+                "running as root, the server needs a 'postgres' user: apt-get install postgresql",
+            )
         run_as = {"user": pw.pw_uid, "group": pw.pw_gid}
     base = Path(tempfile.mkdtemp(prefix="qtha-pg-"))
     datadir = base / "data"

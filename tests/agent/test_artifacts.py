@@ -214,6 +214,58 @@ def test_reconcile_falls_back_when_the_champion_artifact_is_corrupt(
     assert store.audit.entries()[-1].reason.startswith("champion artifact unusable")
 
 
+def test_a_tampered_champion_is_rolled_back_with_a_warning(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i, v in enumerate(("v1", "v2")):
+        _candidate(registry, tmp_path, v)
+        registry.promote(v, expected_epoch=i, actor="cycle", reason="r")
+    _flip_byte(registry.layout.versions / "v2" / "adapter.safetensors")
+    assert registry.reconcile().version_id == "v1"
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "champion v2 rolled back to v1" in warning.getMessage()
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_a_corrupt_champion_that_is_the_only_version_leaves_the_base_model_serving(
+    registry: Registry, store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    _candidate(registry, tmp_path, "v1")
+    registry.promote("v1", expected_epoch=0, actor="cycle", reason="r")
+    if damage == "flip":
+        _flip_byte(registry.layout.versions / "v1" / "adapter.safetensors")
+    else:
+        (registry.layout.versions / "v1" / "adapter.safetensors").unlink()
+    state = registry.reconcile()
+    assert state.version_id is None and state.epoch == 2
+    assert registry.serving() is None  # the base model serves
+    assert not os.path.lexists(registry.layout.current)  # no dangling pointer
+    assert store.versions.get("v1").status is VersionStatus.REJECTED
+    assert [p.name.split("-")[0] for p in registry.layout.quarantine.iterdir()] == ["v1"]
+    last = store.audit.serving_history()[-1]
+    assert last.version_id is None and "serving the base model" in last.reason
+    assert any("serving the base model" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    registry.reconcile()  # a second start is quiet and does not move anything
+    assert store.champion.get().epoch == 2
+    # The next cycle's candidate can be promoted from the base (epoch 2) and rollback never returns to v1.
+    _candidate(registry, tmp_path, "v2")
+    assert registry.promote("v2", expected_epoch=2, actor="cycle", reason="r").version_id == "v2"
+    with pytest.raises(VersionStateError):
+        registry.rollback(actor="op", reason="r")
+
+
+def test_a_current_that_is_a_directory_is_moved_aside_and_re_pointed(registry: Registry, tmp_path: Path) -> None:
+    _candidate(registry, tmp_path, "v1")
+    registry.promote("v1", expected_epoch=0, actor="cycle", reason="r")
+    os.unlink(registry.layout.current)
+    registry.layout.current.mkdir()
+    (registry.layout.current / "junk").write_text("x")
+    assert registry.reconcile().version_id == "v1"
+    assert artifacts.read_current(registry.layout) == "v1"
+    moved = [p for p in registry.layout.quarantine.iterdir() if p.name.startswith("current-")]
+    assert len(moved) == 1 and (moved[0] / "junk").read_text() == "x" and (moved[0] / "REASON.txt").exists()
+
+
 def test_housekeeping_keeps_last_k_and_every_champion(
     registry: Registry, store: Store, tmp_path: Path
 ) -> None:

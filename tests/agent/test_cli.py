@@ -158,3 +158,66 @@ def test_promote_needs_a_version_or_now(config: Path) -> None:
     [command] = [c for c in store.commands.pending() if c.kind == "promote"]
     store.close()
     assert dict(command.args) == {"version": None, "now": True}
+
+
+def test_files_are_private_outside_systemd_too(tmp_path: Path) -> None:
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    config = tmp_path / "qtha.toml"
+    config.write_text(f'state_dir = "{state}"\n')
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "1+1?", "answer": "2"}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QTHA_")} | {"PYTHONPATH": str(Path.cwd())}
+
+    def as_operator_would() -> None:
+        os.umask(0o022)  # a usual login umask: without ours, everything would be world-readable
+
+    for args in (["status"], ["ingest", str(data)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.cli", *args, "--config", str(config)],
+            capture_output=True, text=True, env=env, timeout=120, preexec_fn=as_operator_would,
+        )
+        assert done.returncode == 0, done.stderr
+    modes = {p.relative_to(state).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [state, *state.rglob("*")]}
+    assert modes["."] == 0o700 and modes["qtha.db"] == 0o600 and modes["inbox"] == 0o700
+    assert all(m & 0o077 == 0 for m in modes.values()), modes
+
+
+def test_history_prints_the_cause_of_a_failed_cycle_not_the_childs_traceback(config: Path) -> None:
+    run(config, "status")
+    store = open_store(f"sqlite:///{config.parent / 'state' / 'qtha.db'}")
+    cycle = store.cycles.begin(owner="d#1", trigger_reasons=["no_champion"])
+    error = (
+        "training failed: CheckpointError: /m.gguf: corrupt; stderr tail:\n"
+        "Traceback (most recent call last):\n  File \"x.py\", line 1\nCheckpointError: /m.gguf: corrupt"
+    )
+    store.cycles.fail(cycle.id, owner="d#1", error=error)
+    store.close()
+    code, out = run(config, "history")
+    [line] = [x for x in out.splitlines() if x.startswith("cycle")]
+    assert code == 0 and "Traceback" not in out
+    assert line.endswith("training failed: CheckpointError: /m.gguf: corrupt (details: qtha history --json)")
+    code, out = run(config, "history", "--json")
+    assert "Traceback (most recent call last)" in out  # the whole text stays in the cycle row
+
+
+def test_doctor_runs_the_start_up_checks_and_names_what_is_wrong(config: Path, tmp_path: Path) -> None:
+    code, out = run(config, "doctor", "--no-model")
+    assert code == 0, out
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        "ok   configuration", "ok   state directory", "ok   database", "ok   metrics port"
+    ]
+    assert "schema version" in out and "is a writable directory" in out
+    (tmp_path / "a-file").write_text("x")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'state_dir = "{tmp_path / "a-file"}"\n[database]\nurl = "sqlite:///{tmp_path / "x.db"}"\n')
+    code, out = run(bad, "doctor", "--no-model", "--json")
+    checks = {c["name"]: c for c in json.loads(out)}
+    assert code == 5 and not checks["state directory"]["ok"] and "is a file" in checks["state directory"]["detail"]
+    bad.write_text("[policy]\ncooldown_s = inf\n")
+    code, out = run(bad, "doctor", "--no-model")
+    assert code == 2 and out.startswith("FAIL configuration: invalid configuration: policy.cooldown_s = inf")

@@ -111,3 +111,42 @@ def test_drift_metric_must_be_a_documented_per_version_series() -> None:
     assert load_config(None, policy={"drift_metric": "live_verified_rate"}).policy.drift_metric == "live_verified_rate"
     with pytest.raises(ConfigError, match="policy.drift_metric = 'live_accuracy'.*not a documented per-version series"):
         load_config(None, policy={"drift_metric": "live_accuracy"})
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("[policy]\ncooldown_s = inf\n", "policy.cooldown_s = inf"),
+        ("[policy]\ncooldown_s = nan\n", "policy.cooldown_s = nan"),
+        ("[scheduler]\nevaluate_interval_s = inf\n", "scheduler.evaluate_interval_s"),
+        ("[scheduler]\nevaluate_interval_s = 1e300\n", "at most 315360000 seconds"),
+        ("[policy]\nstaleness_h = 1e12\n", "policy.staleness_h"),
+        ("[policy]\nmoney_per_day = -inf\n", "policy.money_per_day"),
+        ("[policy]\nquiet_hours = [25, 99]\n", "policy.quiet_hours"),
+        ("[policy]\nquiet_hours = [-1, 3]\n", "policy.quiet_hours"),
+        ("[policy]\nquiet_hours = [8, 8]\n", "start and end must differ"),
+        ('[policy]\ndrift_metric = ""\n', "policy.drift_metric"),
+        ('[policy]\ndrift_metric = "eval mean"\n', "policy.drift_metric"),
+        ("[policy]\nshots_per_day = 99999999999999999999\n", "policy.shots_per_day"),
+        ('[observe.queries]\n"" = "up"\n', "observe.queries"),
+    ],
+)
+def test_non_finite_or_out_of_range_values_are_refused(tmp_path: Path, toml: str, needle: str) -> None:
+    path = tmp_path / "qtha.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match="invalid configuration") as info:
+        load_config(path)
+    assert needle in str(info.value)
+
+
+def test_in_range_values_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "qtha.toml"
+    path.write_text("[policy]\nquiet_hours = [22, 6]\ncooldown_s = 0\ndrift_metric = 'live_error_rate'\n")
+    cfg = load_config(path)
+    assert cfg.policy.quiet_hours == (22, 6) and cfg.policy.cooldown_s == 0.0
+
+
+def test_cli_config_show_refuses_inf_from_the_environment() -> None:
+    out = _cli("config", "show", env={"QTHA_POLICY__COOLDOWN_S": "inf"})
+    assert out.returncode == 2
+    assert "policy.cooldown_s" in out.stderr and "Traceback" not in out.stderr

@@ -22,7 +22,7 @@ from agent.config import QthaConfig, load_config
 from agent.daemon.driver import PolicyCycleDriver
 from agent.daemon.lifecycle import Daemon, build_runtime
 from agent.daemon.runtime import Runtime
-from agent.store import CycleState, OperatorCommand
+from agent.store import AuditKind, CycleState, OperatorCommand
 from tests.support.standin_trainer import StandinTrainer
 
 
@@ -202,7 +202,11 @@ def test_each_cycle_outcome_reaches_the_learner_and_an_override_is_a_trial_of_it
 def test_a_bad_recipe_override_is_refused_naming_the_field(running: Running) -> None:
     rt = running.rt
     running.applied(running.resume_and_cycle({"qubits": 5}))  # weight mode needs an even count
-    wait_for(lambda: "qubits" in rt.status, what="the refusal in the status line")
+    refusal = wait_for(
+        lambda: [e for e in rt.store.audit.entries(kind=AuditKind.OVERRIDE) if "refused" in e.reason],
+        what="the refusal in the audit log",
+    )[0]
+    assert "qubits" in refusal.reason and "even" in refusal.reason
     assert rt.store.overrides.get("run_now") is None  # consumed: it does not block every later trigger
     # (no_champion may start a cycle of the learner's right after; none ever trains the refused recipe)
     assert all(c.recipe.get("qubits") != 5 for c in rt.store.cycles.list())
@@ -270,6 +274,71 @@ def test_policy_set_is_validated_and_applied(running: Running) -> None:
         e for e in rt.store.audit.entries() if e.kind == "command" and e.details.get("key") == "same-key"
     ]
     assert len(audit) == 1
+
+
+def test_an_invalid_stored_override_is_ignored_with_a_warning_and_can_be_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    rt = build_runtime(fast_config(tmp_path / "state"), cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    # As an older qtha (or a manual edit) could have stored them: each would have crashed every start before.
+    for key, value in {"cooldown_s": float("inf"), "quiet_hours": [25, 99], "gone_key": 1, "staleness_h": 48}.items():
+        rt.store.overrides.set(f"policy.{key}", value, actor="test", reason="legacy")
+    rt.store.overrides.set("paused", True, actor="test", reason="test")
+    daemon = Daemon(rt, loop_interval_s=0.1)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    handle = Running(daemon, rt, thread)
+    try:
+        wait_for(lambda: rt.leadership.is_leader(), what="leadership")
+        policy = rt.policy()
+        assert (policy.cooldown_s, policy.quiet_hours, policy.staleness_h) == (0.0, None, 48.0)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "override" in r.getMessage()]
+        assert len(warnings) == 3 and any("cooldown_s = inf is invalid" in w for w in warnings)
+        rt.policy()
+        assert len([r for r in caplog.records if "override" in r.getMessage()]) == 3  # once per value
+        for key in ("cooldown_s", "quiet_hours", "gone_key"):
+            assert handle.applied(handle.submit("policy_unset", {"key": key})).ok
+        assert set(rt.store.overrides.all()) == {"paused", "policy.staleness_h"}
+    finally:
+        daemon.request_stop()
+        thread.join(timeout=30)
+        rt.store.close()
+
+
+@pytest.mark.parametrize("versions", [("v1", "v2"), ("v1",)])
+def test_a_tampered_champion_at_start_is_replaced_logged_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, versions: tuple[str, ...]
+) -> None:
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    rt = build_runtime(fast_config(tmp_path / "state"), cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    for epoch, version in enumerate(versions):
+        src = tmp_path / f"src-{version}"
+        src.mkdir()
+        (src / "adapter.safetensors").write_bytes(version.encode() * 64)
+        rt.registry.publish_candidate(version, src, base_fingerprint="base", adapter_kind="qtha")
+        rt.registry.promote(version, expected_epoch=epoch, actor="test", reason="setup")
+    tampered = rt.config.state_dir / "versions" / versions[-1] / "adapter.safetensors"
+    tampered.write_bytes(b"tampered" + tampered.read_bytes()[8:])
+    rt.store.overrides.set("paused", True, actor="test", reason="test")
+    daemon = Daemon(rt, loop_interval_s=0.1)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    handle = Running(daemon, rt, thread)
+    try:
+        wait_for(lambda: rt.leadership.is_leader() and daemon.metrics_port, what="leadership")
+        expected = versions[-2] if len(versions) > 1 else None
+        wait_for(lambda: rt.store.champion.get().version_id == expected, what="champion replaced")
+        scraped = handle.scrape()
+        assert scraped[("qtha_rollbacks_total", ())] == 1.0
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any(("rolled back to v1" if expected else "serving the base model") in w for w in warnings)
+    finally:
+        daemon.request_stop()
+        thread.join(timeout=30)
+        rt.store.close()
 
 
 def test_inbox_file_is_ingested_or_quarantined(running: Running) -> None:

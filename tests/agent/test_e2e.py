@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cycle.trainer import checkpoint_step, latest_checkpoint
 from agent.store import open_store
 from tests.agent.test_e2e_support import DaemonProcess, free_port, qtha, qtha_json, wait_for, write_config
 from tests.fixtures.tiny_model import write_tiny_hf
@@ -125,9 +126,9 @@ def test_operator_story(setup: tuple[Path, Path, int], tmp_path: Path) -> None:
         daemon.stop(timeout=30)
     interrupted = _cycle(config, 2)
     assert interrupted["state"] == "train", interrupted
-    steps_before = max(
-        int(p.name.split("-")[1]) for p in (state / "cycles" / "2" / "checkpoints").glob("step-*")
-    )
+    newest = latest_checkpoint(state / "cycles" / "2")
+    assert newest is not None
+    steps_before = checkpoint_step(newest)
     assert 0 < steps_before < 60
 
     daemon = DaemonProcess(config, port, tmp_path / "daemon-2.log").start()

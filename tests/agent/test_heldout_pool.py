@@ -33,13 +33,13 @@ def _payload(dataset: Path, **extra: object) -> dict:
 
 
 def test_each_window_draws_a_fresh_sample_of_the_pool_and_the_fixed_set_stays_fixed(tmp_path: Path) -> None:
-    fixed = [k for k, _, _ in _heldout(_payload(tmp_path))]
-    assert fixed == [k for k, _, _ in _heldout(_payload(tmp_path))] and len(fixed) == 12
-    windows = {w: [k for k, _, _ in _heldout(_payload(tmp_path, eval_window=w))] for w in (1, 2, 3)}
+    fixed = [e.example_id for e in _heldout(_payload(tmp_path))]
+    assert fixed == [e.example_id for e in _heldout(_payload(tmp_path))] and len(fixed) == 12
+    windows = {w: [e.example_id for e in _heldout(_payload(tmp_path, eval_window=w))] for w in (1, 2, 3)}
     assert all(len(ids) == 12 for ids in windows.values())
-    assert windows[1] == [k for k, _, _ in _heldout(_payload(tmp_path, eval_window=1))]  # a window is reproducible
+    assert windows[1] == [e.example_id for e in _heldout(_payload(tmp_path, eval_window=1))]  # a window is reproducible
     assert len({tuple(ids) for ids in windows.values()} | {tuple(fixed)}) == 4  # …and differs from the others
-    pool = {k for k, _, _ in _heldout(_payload(tmp_path, eval_examples=120))}
+    pool = {e.example_id for e in _heldout(_payload(tmp_path, eval_examples=120))}
     assert set().union(*windows.values()) <= pool  # drawn from the same held-out pool (the test split)
 
 
@@ -65,12 +65,13 @@ def test_inbox_data_is_split_stably_into_train_and_held_out_slices(tmp_path: Pat
     assert all(key.startswith(f"{s}/inbox-") for key, s, _ in split.heldout)
 
     items = _heldout(_payload(tmp_path))
-    keys = [k for k, _, _ in items]
+    keys = [e.example_id for e in items]
     assert len(keys) == 12 + len(held) and {k.split("/")[0] for k in keys} >= {"geometry", "orders", "steps1"}
-    assert all(a is not None for k, _, a in items)  # integer inbox answers are checked exactly, like generated ones
+    assert all(e.answer is not None for e in items)  # integer inbox answers are checked exactly, like generated ones
+    assert all(e.example_id.split("/", 1)[0] == e.slice for e in items)
     trained = {(e.prompt, e.response) for e in _training_examples(_payload(tmp_path), "1", 10)}
     assert not {(e.prompt, e.answer) for _, _, e in split.heldout} & trained  # held out is never trained on
-    windowed = [k for k, _, _ in _heldout(_payload(tmp_path, eval_window=5, eval_inbox_max=10))]
+    windowed = [e.example_id for e in _heldout(_payload(tmp_path, eval_window=5, eval_inbox_max=10))]
     assert sum("/inbox-" in k for k in windowed) == 10  # beyond the cap, a rotating subset of the inbox's share
 
 

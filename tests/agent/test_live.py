@@ -127,8 +127,8 @@ def _canary_cycle(rt: Runtime, *, candidate_good: bool, share_traffic: bool = Tr
         while not stop.is_set():
             row = rt.store.overrides.get(CANARY_KEY)
             if row and share_traffic:
-                serve(rt.store, row["version"], 5, good=candidate_good)
-                serve(rt.store, champion, 15, good=True)
+                serve(rt.store, row["version"], 12, good=candidate_good)
+                serve(rt.store, champion, 24, good=True)
             stop.wait(0.02)
 
     thread = threading.Thread(target=traffic, daemon=True)
@@ -144,7 +144,9 @@ def _canary_cycle(rt: Runtime, *, candidate_good: bool, share_traffic: bool = Tr
 def test_a_good_canary_is_promoted_with_its_decisions_recorded(rt: Runtime) -> None:
     cycle, decisions = _canary_cycle(rt, candidate_good=True)
     assert cycle.state is CycleState.PROMOTED  # type: ignore[attr-defined]
-    assert [d.action for d in decisions] == ["wait", "promote"]
+    actions = [d.action for d in decisions]  # a slow machine may need an extension to gather the samples
+    assert actions[0] == "wait" and actions[-1] == "promote" and set(actions[1:-1]) <= {"extend"}
+    assert decisions[-1].reasons[-1]["code"] == "canary_ok"
     assert decisions[-1].evidence["a"]["requests"] >= 10  # the live counts behind it
     assert rt.store.overrides.get(CANARY_KEY) is None  # the server stops routing to it
 

@@ -28,7 +28,7 @@ def test_ready_watchdog_status_stopping(tmp_path: Path) -> None:
             "metrics": {"host": "127.0.0.1", "port": port},
             "model": {"source": str(write_tiny_hf(tmp_path / "tiny"))},
             "scheduler": {"lease_ttl_s": 3.0},
-            "daemon": {"stop_timeout_s": 45.0},
+            "daemon": {"stop_timeout_s": 45.0, "check_model": False},  # no training here: READY comes sooner
         },
     )
     sock_dir = tempfile.mkdtemp(prefix="qtha-sd-")

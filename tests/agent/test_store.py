@@ -19,6 +19,9 @@ from agent.store import (
     ChampionPinnedError,
     CycleAlreadyRunningError,
     CycleState,
+    DatabaseUnavailableError,
+    DatabaseUrlError,
+    InvalidSampleError,
     LeaseHeldError,
     NotFoundError,
     SchemaTooNewError,
@@ -406,6 +409,40 @@ def test_metric_samples_filter_by_time_and_labels(store: Store, fake_clock: Fake
     assert [s.value for s in store.metrics.samples("eval_accuracy")] == [0.7]
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "labels", "needle"),
+    [
+        ("eval_mean", float("inf"), None, "not finite"),
+        ("eval_mean", float("-inf"), None, "not finite"),
+        ("eval_mean", float("nan"), None, "not finite"),
+        ("", 1.0, None, "metric name ''"),
+        ("eval mean", 1.0, None, "without spaces"),
+        ("x" * 201, 1.0, None, "1-200 printable"),
+        ("a\u2028b", 1.0, None, "without spaces"),
+        ("eval_mean", "high", None, "not a number"),
+        ("eval_mean", 1.0, {"": "v"}, "label"),
+        ("eval_mean", 1.0, {"k": "v" * 201}, "label"),
+    ],
+)
+def test_a_bad_metric_sample_is_refused_before_it_is_stored(
+    store: Store, name: str, value: object, labels: dict | None, needle: str
+) -> None:
+    with pytest.raises(InvalidSampleError, match=needle):
+        store.metrics.record(name, value, source="operator", labels=labels)  # type: ignore[arg-type]
+    assert store.metrics.samples(name) == []
+
+
+def test_record_many_leaves_out_non_finite_measurements(store: Store) -> None:
+    stored = store.metrics.record_many(
+        [("eval_loss", float("nan"), {}), ("eval_mean", 0.5, {}), ("eval_mean", float("inf"), {})], source="daemon"
+    )
+    assert stored == 1
+    assert [s.value for s in store.metrics.samples("eval_mean")] == [0.5]
+    with pytest.raises(InvalidSampleError):
+        store.metrics.record_many([("eval_mean", 0.5, {}), ("", float("nan"), {})], source="daemon")
+    assert len(store.metrics.samples("eval_mean")) == 1
+
+
 def test_decisions_keep_reasons_and_evidence(store: Store) -> None:
     c = store.cycles.begin(owner="me", trigger_reasons=["r"])
     store.decisions.record("trigger", "run", reasons=["drift", "new data"], evidence={"p": 0.01})
@@ -478,3 +515,21 @@ def test_a_sample_that_fits_no_documented_series_is_refused(store: Store) -> Non
     assert store.metrics.samples("live_error_rate") == []  # one bad sample refuses the batch: nothing half-stored
     store.metrics.record("live_error_rate", 0.1, source="t", labels={"version": "v1", "window": "w"})
     assert [s.value for s in store.metrics.samples("live_error_rate", labels={"version": "v1"})] == [0.1]
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "needle"),
+    [
+        ("notaurl", DatabaseUrlError, "not a database URL"),
+        ("mysql://user:hunter2@db/x", DatabaseUrlError, "mysql backend is not supported"),
+        ("postgresql+nodriver://user:hunter2@db/x", DatabaseUrlError, "driver is not installed"),
+        ("postgresql+psycopg://user:hunter2@127.0.0.1:1/x", DatabaseUnavailableError, "cannot reach PostgreSQL at"),
+        ("sqlite:////proc/no/such/dir/q.db", DatabaseUnavailableError, "cannot open the SQLite database"),
+    ],
+)
+def test_an_unusable_database_url_fails_with_one_line_naming_the_fix(url: str, error: type, needle: str) -> None:
+    with pytest.raises(error) as info:
+        open_store(url)
+    message = str(info.value)
+    assert needle in message and "database.url" in message
+    assert "\n" not in message and "hunter2" not in message

@@ -92,3 +92,62 @@ def test_the_emulated_device_trains_and_every_shot_is_counted(
     programs = metrics.value("qtha_quantum_circuits_total", backend="emulator")
     assert programs > 3 and metrics.value("qtha_quantum_shots_total", backend="emulator") == 400 * programs
     assert len(evaluation.scores) == len(exact_eval.scores) == 4
+
+
+def _train_on_device(tiny: Path, state: Path, **quantum_keys: Any) -> tuple[Any, QthaMetrics]:
+    """One training task on a device backend configured by ``quantum_keys``; the outcome or the raised error."""
+    from agent.child.trainer import TrainingFailedError
+
+    config = load_config(
+        None,
+        state_dir=str(state),
+        model={"source": str(tiny)},
+        training={"steps": 2, "seq_len": 256, "batch_size": 2},
+        quantum=quantum_keys,
+    )
+    state.mkdir(parents=True)
+    store = open_store(f"sqlite:///{state / 'qtha.db'}")
+    backend = quantum_keys["backend"]
+    metrics = QthaMetrics(new_registry(), version="test", backends=(backend,))
+    workdir = state / "cycles" / "1"
+    workdir.mkdir(parents=True)
+    trainer = ChildTrainer(config, ChildRunner(), observer=DaemonTrainingObserver(store, metrics, lambda _: None))
+    try:
+        outcome = trainer.train(
+            dataclasses.replace(RECIPE, steps=2, backend=backend), workdir, resume_from=None, parent_dir=None,
+            progress=lambda _step, _ckpt: None,
+        )
+    except TrainingFailedError as err:
+        outcome = err
+    finally:
+        store.close()
+    return outcome, metrics
+
+
+def test_spsa_on_origins_local_simulator_trains_through_the_configured_sampler(tiny: Path, tmp_path: Path) -> None:
+    """backend = sampler with Origin's CPUQVM (the OpenQASM path QCloud receives) and gradient = spsa."""
+    pytest.importorskip("pyqpanda3", reason="the origin extra (pyqpanda3) is not installed")
+    run, metrics = _train_on_device(
+        tiny, tmp_path / "origin", backend="sampler", sampler="quantum.backends.origin:OriginLocalSampler",
+        shots=200, gradient="spsa", spsa_samples=1,
+    )
+    assert not isinstance(run, Exception), run
+    assert math.isfinite(run.metrics["train_loss_final"]) and run.metrics["device_fell_back"] == 0.0
+    programs = metrics.value("qtha_quantum_circuits_total", backend="sampler")
+    # 4 adapted modules (2 layers x q_proj, v_proj) x 2 steps; per module and step SPSA's 2 perturbed circuits
+    # plus the forward evaluations (parameter shift would add 24 shifted circuits for this 2-qubit, 1-layer QNN).
+    per_module_step = programs / (4 * 2)
+    assert per_module_step == int(per_module_step) and 3 <= per_module_step <= 4
+    assert metrics.value("qtha_quantum_shots_total", backend="sampler") == 200 * programs
+
+
+def test_a_cycle_over_its_shot_cap_fails_with_the_spend_limit_and_counts_what_ran(tiny: Path, tmp_path: Path) -> None:
+    latency = tmp_path / "latency.json"
+    latency.write_text('{"queue_s": 0.0, "queue_jitter_s": 0.0}')
+    failed, metrics = _train_on_device(
+        tiny, tmp_path / "capped", backend="emulator", emulator_rows=2, emulator_cols=2,
+        emulator_latency_file=str(latency), shots=100, gradient="spsa", max_shots_per_cycle=450,
+    )
+    assert isinstance(failed, Exception) and "SpendLimitError" in str(failed) and "spend limit" in str(failed)
+    shots = metrics.value("qtha_quantum_shots_total", backend="emulator")
+    assert 0 < shots <= 450 and shots % 100 == 0  # what ran is counted; nothing beyond the cap was run

@@ -1,4 +1,5 @@
-"""Pieces of the model-backed training job that need no model: recipe → adapter config, backends, warm start."""
+"""Pieces of the child's model-backed tasks that need no model: recipe → adapter and training configs, backends,
+the held-out set. (Whether a saved adapter is continued: tests/model/test_finetune.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from agent.child.tasks import (
     _heldout,
     _qnn_backend,
     _quantum_event,
-    _same_adapter,
+    _train_config,
     _training_examples,
     adapter_config_for,
 )
@@ -47,31 +48,23 @@ def test_the_child_refuses_a_malformed_recipe_naming_the_field(tmp_path: Path) -
             train(base | {"recipe": QTHA.to_dict() | bad}, None)  # type: ignore[arg-type]
 
 
-def test_warm_start_only_from_the_same_adapter() -> None:
-    wanted = adapter_config_for(QTHA)
-    saved = {
-        "kind": "qtha",
-        "config": {
-            "n_qubits": 6,
-            "n_layers": 3,
-            "qnn_mode": "weight",
-            "bond_dim": 2,
-            "targets": ["q_proj", "v_proj"],
-        },
-    }
-    assert _same_adapter(saved, wanted)
-    assert not _same_adapter({**saved, "config": {**saved["config"], "n_layers": 4}}, wanted)
-    assert not _same_adapter({**saved, "kind": "lora"}, wanted)
-    assert not _same_adapter({**saved, "config": {**saved["config"], "targets": ["q_proj"]}}, wanted)
+def test_recipe_to_finetune_config() -> None:
+    config = _train_config(dataclasses.replace(QTHA, steps=12, seed=7, batch_size=2))
+    assert (config.batch_size, config.train.seed, config.train.steps, config.train.learning_rate) == (2, 7, 12, 1e-2)
+    assert (config.train.warmup_steps, config.train.checkpoint_every) == (3, 2)  # a quarter, a sixth of the steps
+    assert config.adapter == adapter_config_for(QTHA)
 
 
 def test_backends_by_name() -> None:
     import quantum
+    from agent.config import load_config
 
-    assert _qnn_backend("jax", {}) is None
-    assert isinstance(_qnn_backend("qsim", {}), quantum.QsimBackend)
-    emulator = _qnn_backend("emulator", {"shots": 200})
-    assert isinstance(emulator, quantum.ExecutorBackend) and emulator.repetitions == 200
+    assert _qnn_backend("jax", {}) == (None, None)
+    assert isinstance(_qnn_backend("qsim", {})[0], quantum.QsimBackend)
+    section = load_config(None, quantum={"shots": 200}).quantum.model_dump(mode="json")
+    emulator, rule = _qnn_backend("emulator", {"quantum": section})
+    assert isinstance(emulator, quantum.OfflineGuard) and emulator.repetitions == 200
+    assert isinstance(emulator.device, quantum.ExecutorBackend) and rule == quantum.ParameterShift()
     with pytest.raises(ValueError, match="unknown quantum backend 'wukong'"):
         _qnn_backend("wukong", {})
     # The simulator reports the circuits it ran; an executor reports its own counters (none yet here).
@@ -90,12 +83,15 @@ def test_heldout_sets_are_fixed_and_disjoint_from_training(tmp_path) -> None:  #
         "task": "maths", "data_seed": 0, "eval_examples": 12, "dataset_dir": str(tmp_path), "heldout_fraction": 0.0
     }
     first, again = _heldout(payload), _heldout(payload)
-    assert [k for k, _, _ in first] == [k for k, _, _ in again] and len(first) == 12
-    assert all(answer is not None for _, _, answer in first)
+    assert [e.example_id for e in first] == [e.example_id for e in again] and len(first) == 12
+    # The slice leads the id (the gate reads it back from bare scores) and every problem has its answer.
+    assert all(e.answer is not None and e.example_id.split("/", 1)[0] == e.slice for e in first)
+    assert all(e.slice.startswith("steps") for e in first)
     train = _training_examples(payload, "3", 50)
-    heldout_prompts = {e.prompt for _, e, _ in first}
+    heldout_prompts = {e.prompt for e in first}
     assert len(train) == 50 and not heldout_prompts & {e.prompt for e in train}
     (tmp_path / "x.jsonl").write_text('{"prompt": "inbox question", "answer": "42", "slice": "inbox"}\n')
     assert _training_examples(payload, "3", 50)[0].response == "42"  # ingested data joins the training set
     dialogue = _heldout({**payload, "task": "dialogue", "eval_examples": 5})
-    assert len(dialogue) == 5 and all(k.startswith("dialogue/") and a is None for k, _, a in dialogue)
+    assert [e.example_id for e in dialogue] == [f"dialogue/{i:04d}" for i in range(5)]
+    assert all(e.answer is None for e in dialogue)

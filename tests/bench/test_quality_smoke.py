@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench._quality_eval import paired_bootstrap  # noqa: E402
+from bench._quality_stats import paired_bootstrap  # noqa: E402
 from bench._quality_summary import Comparison, compare_at_equal_rates  # noqa: E402
 from tests.fixtures.tiny_model import write_tiny_hf  # noqa: E402
 

@@ -210,3 +210,27 @@ def test_unsupported_architecture_and_missing_tokenizer(tmp_path, tiny_dir) -> N
     (corrupt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(CheckpointError, match="corrupt safetensors"):
         load_checkpoint(corrupt)
+
+
+@pytest.mark.parametrize(
+    "shard", ["../outside.safetensors", "/etc/passwd", "../../../etc/passwd", "sub/../../x.safetensors", "", 7]
+)
+def test_an_index_naming_files_outside_the_checkpoint_is_refused(tmp_path, tiny_dir, shard) -> None:
+    sharded = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, sharded)
+    tensors = load_file(str(sharded / "model.safetensors"))
+    (tmp_path / "outside.safetensors").write_bytes((sharded / "model.safetensors").read_bytes())
+    (sharded / "model.safetensors").unlink()
+    index = {"weight_map": {n: shard for n in tensors}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="not a file name inside"):
+        load_checkpoint(sharded)
+
+
+def test_a_shard_symlinked_outside_the_checkpoint_is_refused(tmp_path, tiny_dir) -> None:
+    sharded = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, sharded)
+    (sharded / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    (sharded / "model.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+        load_checkpoint(sharded)

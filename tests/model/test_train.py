@@ -23,6 +23,17 @@ TRAIN = counting_batches(12, seed=0)
 HELD_OUT = counting_batches(2, seed=1)
 
 
+def into(directory: str | Path, written: list[int] | None = None):  # type: ignore[no-untyped-def]
+    """A checkpoint writer that keeps the newest checkpoint in one directory (and notes each step written)."""
+
+    def write(step: int, fill) -> None:  # type: ignore[no-untyped-def]
+        fill(Path(directory))
+        if written is not None:
+            written.append(step)
+
+    return write
+
+
 def held_out_loss(model: nnx.Module) -> float:
     return float(np.mean([causal_lm_loss(model(b.inputs), b.targets, b.loss_mask) for b in HELD_OUT]))
 
@@ -101,14 +112,15 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() -> N
     with tempfile.TemporaryDirectory() as tmp:
         first = tiny_lm(layers=1)
         inject_adapters(first, adapter, rngs=nnx.Rngs(1))
-        calls = []
-        part = train(first, TRAIN, config, checkpoint_dir=tmp, should_stop=lambda: len(calls.append(0) or calls) >= 3)
-        assert part.stopped_early == "stop requested" and part.steps_done == 3
+        calls, written = [], []
+        part = train(first, TRAIN, config, checkpoint=into(tmp, written),
+                     should_stop=lambda: len(calls.append(0) or calls) >= 3)
+        assert part.stopped_early == "stop requested" and part.steps_done == 3 and written == [3]
 
         second = tiny_lm(layers=1)
         inject_adapters(second, adapter, rngs=nnx.Rngs(1))
-        resumed = train(second, TRAIN, config, checkpoint_dir=tmp, resume=True)
-    assert resumed.steps_done == 6 and len(resumed.step_times_s) == 3
+        resumed = train(second, TRAIN, config, resume_from=tmp)
+    assert resumed.steps_done == 6 and resumed.first_step == 3 and len(resumed.step_times_s) == 3
     assert resumed.losses == uninterrupted.losses
     for a, b in zip(adapter_values(second), adapter_values(whole), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -122,15 +134,19 @@ def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_refused() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lm = tiny_lm(layers=1)
         inject_adapters(lm, LoraConfig(rank=2), rngs=nnx.Rngs(1))
-        train(lm, TRAIN, TrainConfig(steps=3, remat=False, checkpoint_every=1), checkpoint_dir=tmp)
+        written: list[int] = []
+        train(lm, TRAIN, TrainConfig(steps=3, remat=False, checkpoint_every=1), checkpoint=into(tmp, written))
+        assert written == [1, 2]  # every update but the last (the finished run is the result, not a checkpoint)
         other = tiny_lm(layers=1)
         inject_adapters(other, LoraConfig(rank=2), rngs=nnx.Rngs(1))
         with pytest.raises(TrainCheckpointError, match="another run"):
-            train(other, TRAIN, TrainConfig(steps=3, learning_rate=0.5, remat=False), checkpoint_dir=tmp, resume=True)
+            train(other, TRAIN, TrainConfig(steps=3, learning_rate=0.5, remat=False), resume_from=tmp)
         tensors = Path(tmp) / "train_state.safetensors"
         tensors.write_bytes(tensors.read_bytes()[:-8])
         with pytest.raises(TrainCheckpointError, match="train_state.safetensors does not match the sha256"):
-            train(other, TRAIN, config, checkpoint_dir=tmp, resume=True)
+            train(other, TRAIN, config, resume_from=tmp)
+        with pytest.raises(TrainCheckpointError, match="no step checkpoint at .*missing"):
+            train(other, TRAIN, config, resume_from=Path(tmp) / "absent")
 
 
 def test_every_batch_must_have_the_first_batch_shape() -> None:

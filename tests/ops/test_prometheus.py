@@ -7,16 +7,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from agent.daemon.metrics import QthaMetrics, new_registry, sample_names
+from tests.support.tools import find_tool, needs_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "ops" / "prometheus"
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (.ci/run extracts it from Debian's prometheus package)"
+PROMTOOL = find_tool("promtool")
+needs_promtool = needs_tool(
+    "promtool", available=PROMTOOL is not None, how="`make test` (.ci/tools) extracts it from Debian's prometheus"
 )
 
 

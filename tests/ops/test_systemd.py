@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import configparser
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.tools import find_tool, needs_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "ops" / "systemd" / "qtha.service"
 SERVE_UNIT = ROOT / "ops" / "systemd" / "qtha-serve.service"
 UNITS = pytest.mark.parametrize("unit", [UNIT, SERVE_UNIT], ids=["daemon", "serve"])
-ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (apt-get install systemd)")
+ANALYZE = find_tool("systemd-analyze")
+needs_analyze = needs_tool("systemd-analyze", available=ANALYZE is not None, how="apt-get install systemd")
 
 
 def _installed_copy(directory: Path, unit: Path = UNIT) -> Path:

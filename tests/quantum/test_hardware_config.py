@@ -46,9 +46,10 @@ from quantum.emulator import (
 )
 from quantum.executor import ExecutorConfig
 from quantum.qpu import JobStatus
+from tests.support.tools import needs_tool
 
 HAVE_PYQPANDA3 = importlib.util.find_spec("pyqpanda3") is not None
-needs_pyqpanda3 = pytest.mark.skipif(not HAVE_PYQPANDA3, reason="pyqpanda3 missing (pip install 'qtha[origin]')")
+needs_pyqpanda3 = needs_tool("pyqpanda3", available=HAVE_PYQPANDA3, how="pip install -e '.[origin]'")
 
 GRID = DeviceSpec(name="grid-2x2", rows=2, cols=2)
 SPEC = CircuitSpec(n_qubits=2, n_layers=1, encoding="none", readout="probs")

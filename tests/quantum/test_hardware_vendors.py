@@ -14,12 +14,10 @@ from quantum.backends.vendor import sampler_from_import_path
 from quantum.executor import Executor, ExecutorConfig, SamplerJobBackend
 from quantum.qpu import JobState, Program
 from tests.quantum.local_qcloud import LocalQCloudBackend
+from tests.support.tools import needs_tool
 
 HAVE_PYQPANDA3 = importlib.util.find_spec("pyqpanda3") is not None
-needs_pyqpanda3 = pytest.mark.skipif(
-    not HAVE_PYQPANDA3,
-    reason="pyqpanda3 is not installed (pip install 'qtha[origin]'); Origin adapter untested",
-)
+needs_pyqpanda3 = needs_tool("pyqpanda3", available=HAVE_PYQPANDA3, how="pip install -e '.[origin]'")
 
 
 def test_sampler_from_import_path_builds_and_checks_the_sampler() -> None:
