@@ -106,14 +106,15 @@ class Metrics:
         when = at or self._clock.now()
         rows = []
         for n, v, lab in samples:
-            check_series(n, lab)
             try:
                 number = check_sample(n, v, lab)
             except InvalidSampleError:
                 if isinstance(v, int | float) and not math.isfinite(v):
                     check_sample(n, 0.0, lab)  # still refuse a bad name or label
+                    check_series(n, lab)
                     continue
                 raise
+            check_series(n, lab)
             rows.append({"name": n, "value": number, "labels": dict(lab), "at": when, "source": source})
         if rows:
             with self._db.tx() as conn:

@@ -51,7 +51,7 @@ SHIFTED = [f"Tom has {a} boxes of {b} pencils. How many pencils?" for a, b in it
 
 @dataclass
 class Users:
-    """The traffic generator: ``workers`` clients asking in a loop, feedback posted shortly after each answer."""
+    """The traffic generator: ``workers`` clients asking in a loop, each posting its feedback after each answer."""
 
     url: str
     opinion: Callable[[str, str], float]  # (prompt set, answering version) → score
@@ -59,44 +59,35 @@ class Users:
     answered: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=4000))
     failures: list[BaseException] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
-    _pending: deque[tuple[float, str, float]] = field(default_factory=deque)
 
     def versions_since(self, t: float) -> set[str]:
         return {v for at, _, v in list(self.answered) if at >= t}
 
     def _ask(self, worker: int) -> None:
         client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=2, timeout=60)
-        for i in itertools.count(worker):
-            if self.stop.is_set():
-                return
-            kind, prompt = self.prompts[i % len(self.prompts)]
-            try:
-                reply = client.chat.completions.create(
-                    model="qtha", messages=[{"role": "user", "content": prompt}], max_tokens=4, temperature=0
-                )
-            except openai.APIError as exc:
-                self.failures.append(exc)
-                continue
-            self.answered.append((time.monotonic(), kind, reply.model))
-            self._pending.append((time.monotonic(), reply.id, self.opinion(kind, reply.model)))
-
-    def _feedback(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as http:
-            while not self.stop.is_set() or self._pending:
-                if not self._pending or time.monotonic() - self._pending[0][0] < 0.5:
-                    if self.stop.is_set():
-                        return
-                    time.sleep(0.05)
+            for i in itertools.count(worker):
+                if self.stop.is_set():
+                    return
+                kind, prompt = self.prompts[i % len(self.prompts)]
+                try:
+                    reply = client.chat.completions.create(
+                        model="qtha", messages=[{"role": "user", "content": prompt}], max_tokens=4, temperature=0
+                    )
+                except openai.APIError as exc:
+                    self.failures.append(exc)
                     continue
-                _at, request_id, score = self._pending.popleft()
-                for _attempt in range(20):  # the usage log is written in batches: retry until the record is there
-                    if http.post("/v1/feedback", json={"request_id": request_id, "score": score}).status_code != 404:
+                self.answered.append((time.monotonic(), kind, reply.model))
+                # The user's judgement right away (the daemon reads feedback by its arrival time); the usage log is
+                # written in batches, so retry until the request's record is there.
+                feedback = {"request_id": reply.id, "score": self.opinion(kind, reply.model)}
+                for _attempt in range(40):
+                    if http.post("/v1/feedback", json=feedback).status_code != 404:
                         break
-                    time.sleep(0.1)
+                    time.sleep(0.05)
 
     def run(self, workers: int = 3) -> list[threading.Thread]:
         threads = [threading.Thread(target=self._ask, args=(w,), daemon=True) for w in range(workers)]
-        threads.append(threading.Thread(target=self._feedback, daemon=True))
         for thread in threads:
             thread.start()
         return threads
@@ -192,7 +183,7 @@ def test_live_traffic_drives_drift_canary_promotion_abort_and_rollback(loop) -> 
         users.prompts = [("shifted", p) for p in SHIFTED] + [("steady", p) for p in STEADY[:5]]
         inbox = state / "inbox" / "shifted.jsonl"
         inbox.write_text("".join(f'{{"prompt": "{p}", "answer": "ok"}}\n' for p in SHIFTED))
-        second = wait_for(lambda: (c := [x for x in store.cycles.list(limit=5) if x.id == 2]) and c[0], timeout=120,
+        second = wait_for(lambda: (c := [x for x in store.cycles.list(limit=5) if x.id == 2]) and c[0], timeout=300,
                           what=f"a cycle triggered by drift\n{daemon.log()[-3000:]}")
         assert "drift" in second.trigger_reasons
         wait_for(lambda: store.champion.get().version_id == "c000002", timeout=600,

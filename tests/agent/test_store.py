@@ -433,13 +433,14 @@ def test_a_bad_metric_sample_is_refused_before_it_is_stored(
 
 
 def test_record_many_leaves_out_non_finite_measurements(store: Store) -> None:
+    V = {"version": "v1"}  # noqa: N806 (eval_* series are per version)
     stored = store.metrics.record_many(
-        [("eval_loss", float("nan"), {}), ("eval_mean", 0.5, {}), ("eval_mean", float("inf"), {})], source="daemon"
+        [("eval_loss", float("nan"), V), ("eval_mean", 0.5, V), ("eval_mean", float("inf"), V)], source="daemon"
     )
     assert stored == 1
     assert [s.value for s in store.metrics.samples("eval_mean")] == [0.5]
     with pytest.raises(InvalidSampleError):
-        store.metrics.record_many([("eval_mean", 0.5, {}), ("", float("nan"), {})], source="daemon")
+        store.metrics.record_many([("eval_mean", 0.5, V), ("", float("nan"), V)], source="daemon")
     assert len(store.metrics.samples("eval_mean")) == 1
 
 
