@@ -50,6 +50,7 @@ from .evaluate import (
     SliceSummary,
     evaluate,
 )
+from .export import ExportError, export_checkpoint
 from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .generate import generate, generate_ids
 from .lm import CausalLM, KVCache, causal_lm_loss, token_nll
@@ -61,6 +62,8 @@ from .train_state import TrainCheckpointError
 from .weights import CheckpointError, model_from_hf_tensors, weights_fingerprint
 
 __all__ = [
+    "ExportError",
+    "export_checkpoint",
     "adapted_modules",
     "merge_adapters",
     "is_mergeable",
