@@ -444,7 +444,7 @@ class DecodeEngine:
             if seq.finish_reason is not None:
                 return
             seq.generated += 1
-            if token in self._stop_ids:
+            if token in self._stop_ids and not seq.request.params.ignore_eos:
                 seq.finish_reason = "stop"
                 return
             seq.text.push(token)

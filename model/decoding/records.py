@@ -63,6 +63,7 @@ class SamplingParams:
         stop: stop strings: a choice ends before the first occurrence of any of them (at most 4, non-empty).
         seed: makes a sampled answer reproducible, whatever else the engine runs at the same time. ``None``: a
             fresh seed from the engine's generator.
+        ignore_eos: keep generating through end-of-turn tokens until ``max_tokens`` (benchmarks).
 
     Raises:
         InvalidRequestError: a value out of range (``param`` names the field).
@@ -73,6 +74,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:

@@ -141,12 +141,14 @@ def test_an_end_of_turn_token_stops_a_choice_and_counts_as_a_completion_token(ti
         free = eng.submit(prompt, SamplingParams(max_tokens=NEW)).result(120).choices[0].token_ids
         eng._stop_ids = frozenset({free[3]})
         result = eng.submit(prompt, SamplingParams(max_tokens=NEW)).result(120)
+        through = eng.submit(prompt, SamplingParams(max_tokens=NEW, ignore_eos=True)).result(120)
     finally:
         eng.stop()
     cut = free.index(free[3])
     assert result.choices[0].token_ids == free[:cut]
     assert result.choices[0].finish_reason == "stop"
     assert result.usage.completion_tokens == cut + 1
+    assert through.choices[0].token_ids == free and through.choices[0].finish_reason == "length"
 
 
 def test_limits_and_errors_name_the_field(engine) -> None:
