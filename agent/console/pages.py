@@ -105,11 +105,11 @@ def _page(title: str, body: str, *, now: datetime, standalone: bool) -> str:
         else '<a href="/console">qtha console</a><span class="sub">read-only · reads the daemon\'s database</span>'
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f"<header>{nav}<span class=\"sub\">rendered {_e(_when(now))}</span></header>"
+        f'<header>{nav}<span class="sub">rendered {_e(_when(now))}</span></header>'
         f"<main>{body}</main></body></html>\n"
     )
 
@@ -185,7 +185,7 @@ def _champion_panel(view: ConsoleView) -> str:
     if status:
         parts.append(
             f'<div><div class="muted">daemon ({_e(status.get("replica", "?"))})</div>'
-            f'<div>{_e(status.get("status", ""))}</div></div>'
+            f"<div>{_e(status.get('status', ''))}</div></div>"
         )
     parts.append("</div>")
     return "".join(parts)
@@ -231,7 +231,9 @@ def _timeline(view: ConsoleView) -> str:
         svg.Marker("cycles", d.at, f"{d.kind} {d.action} (cycle {d.cycle_id})", "canary")
         for d in view.canary_decisions
     ]
-    chart = svg.timeline(bars, markers, now=view.now, lanes=("serving", "cycles"), aria="timeline of versions and cycles")
+    chart = svg.timeline(
+        bars, markers, now=view.now, lanes=("serving", "cycles"), aria="timeline of versions and cycles"
+    )
     legend = (
         '<div class="legend">'
         '<span><i class="sw" style="background:#0072b2"></i>serving</span>'
@@ -261,7 +263,7 @@ def _signals(series: Sequence[Series], *, empty: str | None = None) -> str:
         lines = [svg.Line(s.version, [(t.timestamp(), v) for t, v in s.points]) for s in group]
         source = ", ".join(sorted({s.source for s in group}))
         charts.append(
-            f"<div><h3>{_e(name)} <span class=\"muted\">({_e(source)})</span></h3>"
+            f'<div><h3>{_e(name)} <span class="muted">({_e(source)})</span></h3>'
             + svg.line_chart(lines, x_format="time", y_title=name, aria=f"{name} per version over time")
             + "</div>"
         )
@@ -276,12 +278,14 @@ def _cycle_table(view: ConsoleView) -> str:
         decision = view.promotions.get(cycle.id)
         recipe = cycle.recipe
         short = ", ".join(
-            f"{k}={recipe[k]}" for k in ("adapter", "qnn_mode", "qubits", "layers", "rank", "steps") if recipe.get(k)
+            f"{k}={recipe[k]}"
+            for k in ("adapter", "qnn_mode", "qubits", "layers", "rank", "steps")
+            if recipe.get(k)
         )
         rows.append(
             f'<tr class="cycle-row" id="cycle-{cycle.id}"><td><a href="/console/cycles/{cycle.id}">#{cycle.id}</a></td>'
             f"<td>{_state_badge(cycle)}</td><td>{_e(_when(cycle.started_at))}</td>"
-            f"<td class=\"num\">{_e(_duration(cycle.started_at, cycle.finished_at, view.now))}</td>"
+            f'<td class="num">{_e(_duration(cycle.started_at, cycle.finished_at, view.now))}</td>'
             f"<td>{''.join(f'<span class=chip>{_e(r)}</span>' for r in cycle.trigger_reasons)}</td>"
             f"<td><code>{_e(short)}</code></td>"
             f"<td>{_badge(decision.action) if decision else '—'}</td>"
@@ -375,7 +379,9 @@ def _facts(card: CycleCard) -> str:
         ("owner", f"{c.owner or '—'}" + (f" (resumed {c.resumes}×)" if c.resumes else "")),
         ("outcome", c.outcome or c.error or "—"),
     ]
-    return '<dl class="facts panel">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows) + "</dl>"
+    return (
+        '<dl class="facts panel">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows) + "</dl>"
+    )
 
 
 def _training(card: CycleCard) -> str:
@@ -384,7 +390,7 @@ def _training(card: CycleCard) -> str:
     first, last = card.losses[0], card.losses[-1]
     total = card.cycle.recipe.get("steps")
     summary = (
-        f'<p>train loss {_num(first[1])} at step {first[0]} → <b>{_num(last[1])}</b> at step {last[0]}'
+        f"<p>train loss {_num(first[1])} at step {first[0]} → <b>{_num(last[1])}</b> at step {last[0]}"
         + (f" of {_e(total)}" if total else "")
         + "</p>"
     )
@@ -456,8 +462,10 @@ def _canary(card: CycleCard) -> str:
         )
     parts = [_signals(card.canary, empty="no live signals of the candidate recorded")]
     for decision in card.canary_decisions:
-        parts.append(f"<h3>{_e(decision.kind)} → {_badge(decision.action)} <span class=muted>{_e(_when(decision.at))}"
-                     "</span></h3>")
+        parts.append(
+            f"<h3>{_e(decision.kind)} → {_badge(decision.action)} <span class=muted>{_e(_when(decision.at))}"
+            "</span></h3>"
+        )
         parts.append(_reasons(decision.reasons))
         parts.append(_kv_table(decision.evidence))
     return "".join(parts)
@@ -467,7 +475,7 @@ def _decision(card: CycleCard) -> str:
     decision = card.promotion
     c = card.cycle
     if decision is None:
-        return f'<p>{_state_badge(c)} {_e(c.outcome or c.error or "no decision yet")}</p>'
+        return f"<p>{_state_badge(c)} {_e(c.outcome or c.error or 'no decision yet')}</p>"
     return (
         f'<div class="panel" id="decision"><p>{_badge(decision.action)} <b>{_e(decision.kind)}</b> at '
         f"{_e(_when(decision.at))} — cycle ended {_state_badge(c)}</p>{_reasons(decision.reasons)}"
@@ -493,4 +501,6 @@ def _all_decisions(decisions: Sequence[DecisionRecord]) -> str:
 
 def render_error(status: str, message: str, *, now: datetime) -> str:
     """A small page for 401/404/…, with the message escaped."""
-    return _page(f"qtha console: {status}", f"<h1>{_e(status)}</h1><p>{_e(message)}</p>", now=now, standalone=False)
+    return _page(
+        f"qtha console: {status}", f"<h1>{_e(status)}</h1><p>{_e(message)}</p>", now=now, standalone=False
+    )

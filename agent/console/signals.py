@@ -77,7 +77,9 @@ class MetricSampleSignals:
                 version = sample.labels.get("version")
                 if version and math.isfinite(sample.value):
                     grouped[version].append((sample.at, sample.value))
-            found += [Series(name, v, tuple(points), "metric samples") for v, points in sorted(grouped.items())]
+            found += [
+                Series(name, v, tuple(points), "metric samples") for v, points in sorted(grouped.items())
+            ]
         return found
 
 

@@ -41,13 +41,9 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     raw = (high - low) / max(count, 1)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    first = math.ceil(low / step) * step
-    ticks = []
-    value = first
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
-    return ticks
+    # Multiples of the step, counted in whole steps (a float sum would drift off the round values).
+    first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
+    return [round(k * step, 12) for k in range(first, last + 1)]
 
 
 @dataclass(frozen=True)
@@ -74,8 +70,14 @@ class _Frame:
         return self.height - self.bottom - (value - self.y0) / span * (self.height - self.top - self.bottom)
 
 
-def _axes(frame: _Frame, *, x_labels: Sequence[tuple[float, str]], y_ticks: Sequence[float], x_title: str,
-          y_title: str) -> list[str]:
+def _axes(
+    frame: _Frame,
+    *,
+    x_labels: Sequence[tuple[float, str]],
+    y_ticks: Sequence[float],
+    x_title: str,
+    y_title: str,
+) -> list[str]:
     parts = [
         f'<line class="axis" x1="{frame.left}" y1="{frame.height - frame.bottom}" '
         f'x2="{frame.width - frame.right}" y2="{frame.height - frame.bottom}"/>',
@@ -84,17 +86,25 @@ def _axes(frame: _Frame, *, x_labels: Sequence[tuple[float, str]], y_ticks: Sequ
     ]
     for tick in y_ticks:
         y = frame.y(tick)
-        parts.append(f'<line class="grid" x1="{frame.left}" y1="{y:.1f}" x2="{frame.width - frame.right}" '
-                     f'y2="{y:.1f}"/>')
-        parts.append(f'<text class="tick" x="{frame.left - 4}" y="{y + 3:.1f}" text-anchor="end">'
-                     f'{_e(_fmt(tick))}</text>')
+        parts.append(
+            f'<line class="grid" x1="{frame.left}" y1="{y:.1f}" x2="{frame.width - frame.right}" '
+            f'y2="{y:.1f}"/>'
+        )
+        parts.append(
+            f'<text class="tick" x="{frame.left - 4}" y="{y + 3:.1f}" text-anchor="end">'
+            f"{_e(_fmt(tick))}</text>"
+        )
     for value, label in x_labels:
         x = frame.x(value)
-        parts.append(f'<text class="tick" x="{x:.1f}" y="{frame.height - frame.bottom + 13}" '
-                     f'text-anchor="middle">{_e(label)}</text>')
+        parts.append(
+            f'<text class="tick" x="{x:.1f}" y="{frame.height - frame.bottom + 13}" '
+            f'text-anchor="middle">{_e(label)}</text>'
+        )
     if x_title:
-        parts.append(f'<text class="title" x="{(frame.left + frame.width - frame.right) / 2:.1f}" '
-                     f'y="{frame.height - 2}" text-anchor="middle">{_e(x_title)}</text>')
+        parts.append(
+            f'<text class="title" x="{(frame.left + frame.width - frame.right) / 2:.1f}" '
+            f'y="{frame.height - 2}" text-anchor="middle">{_e(x_title)}</text>'
+        )
     if y_title:
         parts.append(f'<text class="title" x="4" y="{frame.top - 6}">{_e(y_title)}</text>')
     return parts
@@ -133,8 +143,11 @@ def line_chart(
     pad = (x1 - x0) * 0.03  # points at the ends stay clear of the axes
     x0, x1 = x0 - pad, x1 + pad
     frame = _Frame(width, height, 52, 12 + (110 if len(lines) > 1 else 0), 18, 30, x0, x1, y0, y1)
-    x_labels = [(t, _x_label(t, x_format, x0, x1)) for t in nice_ticks(x0, x1, 5)] if x_format == "number" \
+    x_labels = (
+        [(t, _x_label(t, x_format, x0, x1)) for t in nice_ticks(x0, x1, 5)]
+        if x_format == "number"
         else [(t, _x_label(t, x_format, x0, x1)) for t in _time_ticks(x0, x1)]
+    )
     parts = _axes(frame, x_labels=x_labels, y_ticks=nice_ticks(y0, y1), x_title=x_title, y_title=y_title)
     for index, line in enumerate(lines):
         colour = PALETTE[index % len(PALETTE)]
@@ -201,8 +214,10 @@ def histogram(
     if band is not None:
         low, high, label = band
         bx0, bx1 = frame.x(max(low, edges_low)), frame.x(min(high, edges_high))
-        parts.append(f'<rect class="band" x="{bx0:.1f}" y="{frame.top}" width="{max(bx1 - bx0, 1):.1f}" '
-                     f'height="{height - frame.top - frame.bottom}"><title>{_e(label)}</title></rect>')
+        parts.append(
+            f'<rect class="band" x="{bx0:.1f}" y="{frame.top}" width="{max(bx1 - bx0, 1):.1f}" '
+            f'height="{height - frame.top - frame.bottom}"><title>{_e(label)}</title></rect>'
+        )
         parts.append(f'<text class="bandlabel" x="{bx0 + 3:.1f}" y="{frame.top + 16}">{_e(label)}</text>')
     parts += _axes(frame, x_labels=x_labels, y_ticks=y_ticks, x_title=x_title, y_title="examples")
     for index, count in enumerate(counts):
@@ -210,16 +225,22 @@ def histogram(
             x = frame.x(edges_low + index * width_bin)
             w = frame.x(edges_low + (index + 1) * width_bin) - x
             y = frame.y(count)
-            parts.append(f'<rect class="bar" x="{x + 0.5:.1f}" y="{y:.1f}" width="{max(w - 1, 1):.1f}" '
-                         f'height="{frame.y(0) - y:.1f}"><title>{count}</title></rect>')
+            parts.append(
+                f'<rect class="bar" x="{x + 0.5:.1f}" y="{y:.1f}" width="{max(w - 1, 1):.1f}" '
+                f'height="{frame.y(0) - y:.1f}"><title>{count}</title></rect>'
+            )
     for index, (value, label) in enumerate(markers):
         x = frame.x(value)
-        parts.append(f'<line class="marker m{index}" x1="{x:.1f}" y1="{frame.top - 8}" x2="{x:.1f}" '
-                     f'y2="{height - frame.bottom}"/>')
+        parts.append(
+            f'<line class="marker m{index}" x1="{x:.1f}" y1="{frame.top - 8}" x2="{x:.1f}" '
+            f'y2="{height - frame.bottom}"/>'
+        )
         anchor = "start" if x < width * 0.7 else "end"
         dx = 3 if anchor == "start" else -3
-        parts.append(f'<text class="mlabel m{index}" x="{x + dx:.1f}" y="{frame.top - 14 + 11 * index}" '
-                     f'text-anchor="{anchor}">{_e(label)}</text>')
+        parts.append(
+            f'<text class="mlabel m{index}" x="{x + dx:.1f}" y="{frame.top - 14 + 11 * index}" '
+            f'text-anchor="{anchor}">{_e(label)}</text>'
+        )
     return _svg(width, height, aria, parts)
 
 
@@ -271,7 +292,9 @@ def timeline(
     for lane, i in index.items():
         y = top + i * lane_h
         parts.append(f'<text class="lane" x="{left - 6}" y="{y + 19}" text-anchor="end">{_e(lane)}</text>')
-        parts.append(f'<line class="grid" x1="{left}" y1="{y + lane_h}" x2="{width - 10}" y2="{y + lane_h}"/>')
+        parts.append(
+            f'<line class="grid" x1="{left}" y1="{y + lane_h}" x2="{width - 10}" y2="{y + lane_h}"/>'
+        )
     for bar in bars:
         if bar.lane not in index:
             continue
@@ -279,8 +302,10 @@ def timeline(
         x0 = frame.x(bar.start.timestamp())
         x1 = frame.x((bar.end or now).timestamp())
         w = max(x1 - x0, 3)
-        rect = (f'<rect class="span {_e(bar.css)}" x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{lane_h - 10}" '
-                f'rx="3"><title>{_e(bar.tip or bar.label)}</title></rect>')
+        rect = (
+            f'<rect class="span {_e(bar.css)}" x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{lane_h - 10}" '
+            f'rx="3"><title>{_e(bar.tip or bar.label)}</title></rect>'
+        )
         text = ""
         if w > 7 * len(bar.label) * 0.8:
             text = f'<text class="spanlabel" x="{x0 + 4:.1f}" y="{y + 14}">{_e(bar.label)}</text>'
@@ -293,15 +318,21 @@ def timeline(
             continue
         x = frame.x(marker.at.timestamp())
         y = top + index[marker.lane] * lane_h + 15
-        parts.append(f'<path class="event {_e(marker.css)}" d="M{x:.1f},{y - 9} l6,9 l-6,9 l-6,-9 z">'
-                     f'<title>{_e(marker.label)}</title></path>')
+        parts.append(
+            f'<path class="event {_e(marker.css)}" d="M{x:.1f},{y - 9} l6,9 l-6,9 l-6,-9 z">'
+            f"<title>{_e(marker.label)}</title></path>"
+        )
     for tick in _time_ticks(t0, t1):
         x = frame.x(tick)
-        parts.append(f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="middle">'
-                     f'{_e(_x_label(tick, "time", t0, t1))}</text>')
+        parts.append(
+            f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="middle">'
+            f"{_e(_x_label(tick, 'time', t0, t1))}</text>"
+        )
     return _svg(width, height, aria, parts)
 
 
 def _svg(width: int, height: int, aria: str, parts: Sequence[str]) -> str:
-    return (f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(aria)}" '
-            f'xmlns="http://www.w3.org/2000/svg">' + "".join(parts) + "</svg>")
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(aria)}" '
+        f'xmlns="http://www.w3.org/2000/svg">' + "".join(parts) + "</svg>"
+    )

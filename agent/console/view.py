@@ -130,7 +130,9 @@ def load_console(
     by_id = {v.id: v for v in versions}
     cycles = store.cycles.list(limit=max_cycles)
     promotions = {
-        d.cycle_id: d for d in store.decisions.list(kind="promotion", limit=max_cycles * 2) if d.cycle_id is not None
+        d.cycle_id: d
+        for d in store.decisions.list(kind="promotion", limit=max_cycles * 2)
+        if d.cycle_id is not None
     }
     since = None if signals_window is None else now - signals_window
     return ConsoleView(

@@ -120,7 +120,9 @@ class ConsoleApp:
         start_response(status, headers)
         return [b"" if method == "HEAD" else payload]
 
-    def _answer(self, path: str, method: str, environ: Mapping[str, Any]) -> tuple[str, str, list[tuple[str, str]]]:
+    def _answer(
+        self, path: str, method: str, environ: Mapping[str, Any]
+    ) -> tuple[str, str, list[tuple[str, str]]]:
         now = self.store.clock.now()
         if not self._allowed(environ.get("HTTP_AUTHORIZATION")):
             why = (
@@ -129,12 +131,16 @@ class ConsoleApp:
                 if self._key is None
                 else "missing or wrong key: send `Authorization: Bearer <key>` (or log in with the key as password)"
             )
-            challenge = [("WWW-Authenticate", 'Basic realm="qtha console", charset="UTF-8"')] if self._key else []
+            challenge = (
+                [("WWW-Authenticate", 'Basic realm="qtha console", charset="UTF-8"')] if self._key else []
+            )
             return "401 Unauthorized", render_error("401 Unauthorized", why, now=now), challenge
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", render_error("405", "the console is read-only", now=now), [
-                ("Allow", "GET, HEAD")
-            ]
+            return (
+                "405 Method Not Allowed",
+                render_error("405", "the console is read-only", now=now),
+                [("Allow", "GET, HEAD")],
+            )
         try:
             if path in ("/console", "/console/"):
                 view = load_console(self.store, state_dir=self.state_dir, sources=self.sources)
@@ -147,7 +153,11 @@ class ConsoleApp:
             return "404 Not Found", render_error("404 Not Found", str(exc), now=now), []
         except Exception:  # a database hiccup must not take the metrics thread down; the log has the details
             log.exception("console page %s failed", path)
-            return "500 Internal Server Error", render_error("500", "the page could not be read; see the log", now=now), []
+            return (
+                "500 Internal Server Error",
+                render_error("500", "the page could not be read; see the log", now=now),
+                [],
+            )
         return "404 Not Found", render_error("404 Not Found", f"no page {path}; try /console", now=now), []
 
     def _allowed(self, authorization: str | None) -> bool:

@@ -22,12 +22,11 @@ from agent.daemon.lifecycle import build_runtime
 from agent.daemon.training_observer import DaemonTrainingObserver
 from agent.store import CycleState
 from tests.agent.test_daemon import Running, fast_config, wait_for
-from tests.support.browser import Chromium, find_chromium
+from tests.support.browser import Chromium, assert_clean_load, find_chromium
 from tests.support.standin_trainer import StandinTrainer
+from tests.support.tools import needs_tool
 
-pytestmark = pytest.mark.skipif(
-    find_chromium() is None, reason="chromium not installed: `apt-get install chromium` (.ci/run installs it)"
-)
+pytestmark = needs_tool("chromium", available=find_chromium() is not None, how="apt-get install chromium")
 
 
 def _observed(rt):  # noqa: ANN001, ANN202 - the driver's trainer factory
@@ -77,14 +76,6 @@ def _make_history(running: Running) -> None:
     running.applied(running.submit("rollback"))
 
 
-def _check(load, origin: str) -> None:  # noqa: ANN001
-    assert load.status == 200, load
-    assert load.errors == [], load.errors
-    assert load.failed == [], load.failed
-    outside = [u for u in load.requests if not (u.startswith(origin) or u.startswith("data:"))]
-    assert outside == [], f"the page fetched from elsewhere: {outside}"
-
-
 def test_console_and_cycle_card_render_in_chromium(daemon_with_history: Running, tmp_path: Path) -> None:
     rt = daemon_with_history.rt
     cycles = {c.id: c for c in rt.store.cycles.list()}
@@ -99,7 +90,7 @@ def test_console_and_cycle_card_render_in_chromium(daemon_with_history: Running,
 
     with Chromium(width=1280, height=900) as browser:
         front = browser.open(f"{base}/console")
-        _check(front, base)
+        assert_clean_load(front, base)
         assert f"champion\n{champion}" in front.text or champion in front.text.split("lineage")[0]
         assert "Cycle" in front.text or "cycle" in front.text
         assert "#2" in front.text and "#1" in front.text
@@ -108,12 +99,14 @@ def test_console_and_cycle_card_render_in_chromium(daemon_with_history: Running,
         browser.screenshot(out / "console.png")
 
         card = browser.open(f"{base}/console/cycles/2")
-        _check(card, base)
+        assert_clean_load(card, base)
         assert "Cycle 2" in card.text
         promotion = next(d for d in rt.store.decisions.list(cycle_id=2) if d.kind == "promotion")
         assert "Decision" in card.text and promotion.action in card.text
         assert "train loss" in card.text and "bootstrap lower bound" in card.text
-        assert browser.evaluate("document.querySelectorAll('svg.chart').length") >= 2  # loss curve + differences
+        assert (
+            browser.evaluate("document.querySelectorAll('svg.chart').length") >= 2
+        )  # loss curve + differences
         assert browser.evaluate("document.querySelectorAll('svg rect.bar').length") >= 3  # the distribution
         browser.screenshot(out / "cycle-2.png")
 

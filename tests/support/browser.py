@@ -23,7 +23,7 @@ from typing import Any
 
 import websocket
 
-__all__ = ["Chromium", "PageLoad", "find_chromium"]
+__all__ = ["Chromium", "PageLoad", "assert_clean_load", "find_chromium"]
 
 
 def find_chromium() -> str | None:
@@ -92,7 +92,9 @@ class Chromium:
         port = self._port()
         targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
         page = next(t for t in targets if t.get("type") == "page")
-        self._ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=self.timeout_s, suppress_origin=True)
+        self._ws = websocket.create_connection(
+            page["webSocketDebuggerUrl"], timeout=self.timeout_s, suppress_origin=True
+        )
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable")
         self.call(
@@ -194,7 +196,9 @@ class Chromium:
         """A PNG of the page: the viewport, or the whole page up to ``max_height`` pixels."""
         params: dict[str, Any] = {"format": "png"}
         if full_page:
-            height = min(int(self.evaluate("document.documentElement.scrollHeight") or self.height), max_height)
+            height = min(
+                int(self.evaluate("document.documentElement.scrollHeight") or self.height), max_height
+            )
             params |= {
                 "captureBeyondViewport": True,
                 "clip": {"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1},
@@ -203,3 +207,12 @@ class Chromium:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
+
+
+def assert_clean_load(load: PageLoad, origin: str) -> None:
+    """The page answered 200, logged no error or CSP violation, and fetched nothing but ``origin`` (or data:)."""
+    assert load.status == 200, load
+    assert load.errors == [], load.errors
+    assert load.failed == [], load.failed
+    outside = [u for u in load.requests if not (u.startswith(origin) or u.startswith("data:"))]
+    assert outside == [], f"the page fetched from elsewhere: {outside}"
