@@ -446,12 +446,16 @@ def _validation(ev: Evidence | None) -> str:
 def _slices(ev: Evidence) -> str:
     if not ev.slices:
         return '<p class="empty">no slices recorded</p>'
+    css = {"no regression": "pass", "regressed": "fail", "too small to judge": "note"}
     rows = "".join(
         f"<tr><td>{_e(name)}</td><td class=num>{n}</td><td class=num>{_num(mean, signed=True)}</td>"
-        f"<td>{_badge('ok', 'pass') if mean >= 0 else _badge('worse', 'fail')}</td></tr>"
-        for name, n, mean in ev.slices
+        f"<td>{_badge(verdict, css.get(verdict, 'note'))}</td></tr>"
+        for name, n, mean, verdict in ev.slices
     )
-    return f"<table><tr><th>slice</th><th class=num>n</th><th class=num>mean difference</th><th></th></tr>{rows}</table>"
+    return (
+        "<table><tr><th>slice</th><th class=num>n</th><th class=num>mean difference</th><th>gate</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 def _canary(card: CycleCard) -> str:

@@ -170,7 +170,8 @@ def line_chart(
 
 def _time_ticks(x0: float, x1: float) -> list[float]:
     span = x1 - x0
-    step = next((s for s in (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400) if span / s <= 6), 30 * 86400)
+    steps = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+    step = next((s for s in steps if span / s <= 6), 30 * 86400)
     first = math.ceil(x0 / step) * step
     return [first + i * step for i in range(int((x1 - first) // step) + 1)]
 
@@ -179,7 +180,8 @@ def _x_label(value: float, x_format: str, x0: float, x1: float) -> str:
     if x_format != "time":
         return _fmt(value)
     moment = datetime.fromtimestamp(value, tz=UTC)
-    return moment.strftime("%H:%M" if x1 - x0 < 2 * 86400 else "%m-%d %H:%M")
+    span = x1 - x0
+    return moment.strftime("%H:%M:%S" if span < 600 else "%H:%M" if span < 2 * 86400 else "%m-%d %H:%M")
 
 
 def histogram(
@@ -218,7 +220,12 @@ def histogram(
             f'<rect class="band" x="{bx0:.1f}" y="{frame.top}" width="{max(bx1 - bx0, 1):.1f}" '
             f'height="{height - frame.top - frame.bottom}"><title>{_e(label)}</title></rect>'
         )
-        parts.append(f'<text class="bandlabel" x="{bx0 + 3:.1f}" y="{frame.top + 16}">{_e(label)}</text>')
+        # Inside the band, from its left edge, unless that would run off the chart: then right-aligned.
+        room = width - frame.right - bx0 > 6.5 * len(label)
+        lx, anchor = (bx0 + 3, "start") if room else (width - frame.right - 3, "end")
+        parts.append(
+            f'<text class="bandlabel" x="{lx:.1f}" y="{frame.top + 16}" text-anchor="{anchor}">{_e(label)}</text>'
+        )
     parts += _axes(frame, x_labels=x_labels, y_ticks=y_ticks, x_title=x_title, y_title="examples")
     for index, count in enumerate(counts):
         if count:

@@ -33,6 +33,7 @@ __all__ = ["ConsoleView", "CycleCard", "Evidence", "load_console", "load_cycle"]
 # Decisions are matched to a cycle by time when they carry no cycle id (trigger and recipe are decided before the
 # cycle row exists); only this many of the newest of each kind are searched.
 _DECISIONS_SEARCHED = 500
+_SLICE_VERDICTS = {"slice_too_small": "too small to judge", "slice_regression": "regressed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ class Evidence:
     confidence: float | None
     paired: int | None
     differences: tuple[float, ...]
-    slices: tuple[tuple[str, int, float], ...]
+    slices: tuple[tuple[str, int, float, str], ...]  # name, examples, mean difference, verdict
     smoke_ok: bool | None
 
     @classmethod
@@ -59,9 +60,17 @@ class Evidence:
         values = diffs.values() if isinstance(diffs, Mapping) else diffs if isinstance(diffs, list) else ()
         slices = ev.get("slices") if isinstance(ev.get("slices"), Mapping) else {}
         smoke = None
+        verdicts: dict[str, str] = {}
         for reason in decision.reasons:
-            if isinstance(reason, Mapping) and reason.get("code") == "smoke_test":
+            if not isinstance(reason, Mapping):
+                continue
+            code, message = reason.get("code"), str(reason.get("message", ""))
+            if code == "smoke_test":
                 smoke = reason.get("kind") == "fired"
+            # The policy names each slice it could not judge or found worse as "slice '<name>'" in the message.
+            for name in slices:
+                if code in _SLICE_VERDICTS and message.startswith(f"slice {str(name)!r}"):
+                    verdicts[str(name)] = _SLICE_VERDICTS[code]
         return cls(
             candidate_mean=_number(ev.get("candidate_mean")),
             champion_mean=_number(ev.get("champion_mean")),
@@ -72,7 +81,12 @@ class Evidence:
             paired=_int(ev.get("paired_examples")),
             differences=tuple(v for v in (_number(x) for x in values) if v is not None),
             slices=tuple(
-                (str(name), _int(s.get("n")) or 0, _number(s.get("mean_difference")) or 0.0)
+                (
+                    str(name),
+                    _int(s.get("n")) or 0,
+                    _number(s.get("mean_difference")) or 0.0,
+                    verdicts.get(str(name), "no regression"),
+                )
                 for name, s in sorted(slices.items())
                 if isinstance(s, Mapping)
             ),
@@ -170,7 +184,7 @@ def load_cycle(store: Store, cycle_id: int, *, sources: Sequence[SignalSource] |
         promotion=promotion,
         evidence=Evidence.from_decision(promotion),
         decisions=tuple(own),
-        losses=_losses(store, cycle.id),
+        losses=_losses(store, cycle),
         candidate=candidate,
         canary=tuple(canary_series(series, cycle, until=now)),
         canary_decisions=tuple(d for d in own if d.kind.startswith("canary")),
@@ -207,10 +221,13 @@ def _before(store: Store, kind: str, at: datetime, *, action: str | None = None)
     return found
 
 
-def _losses(store: Store, cycle_id: int) -> tuple[tuple[int, float], ...]:
+def _losses(store: Store, cycle: Cycle) -> tuple[tuple[int, float], ...]:
     """Training loss per step (a resumed cycle may report a step twice: the later report wins)."""
     by_step: dict[int, float] = {}
-    for sample in store.metrics.samples("train_loss", labels={"cycle": str(cycle_id)}):
+    # Recorded while the cycle ran: reading from its start spares every older cycle's samples.
+    for sample in store.metrics.samples(
+        "train_loss", since=cycle.started_at, labels={"cycle": str(cycle.id)}
+    ):
         step = _int(sample.labels.get("step"))
         if step is not None and math.isfinite(sample.value):
             by_step[step] = sample.value

@@ -52,15 +52,23 @@ def _history(store: Store, clock: FakeClock) -> None:
         "trigger", "run", reasons=[{"code": "run_now", "kind": "fired", "message": EVIL}], evidence={}
     )
     clock.advance(1)
-    first = store.cycles.begin(owner="t", trigger_reasons=["run_now", EVIL], recipe={"steps": 3, "note": EVIL})
+    first = store.cycles.begin(
+        owner="t", trigger_reasons=["run_now", EVIL], recipe={"steps": 3, "note": EVIL}
+    )
     for step, loss in ((1, 1.0), (2, 0.5), (3, 0.25)):
-        store.metrics.record("train_loss", loss, source="trainer", labels={"cycle": "1", "step": str(step), "of": "3"})
+        store.metrics.record(
+            "train_loss", loss, source="trainer", labels={"cycle": "1", "step": str(step), "of": "3"}
+        )
         clock.advance(1)
     store.versions.add(
         "c000001", base_fingerprint="b", adapter_kind="qtha", artifact_path="/a", sha256="0" * 64, cycle_id=1
     )
     store.cycles.advance(
-        first.id, from_state=CycleState.OBSERVE, to_state=CycleState.PROMOTE, owner="t", candidate_id="c000001"
+        first.id,
+        from_state=CycleState.OBSERVE,
+        to_state=CycleState.PROMOTE,
+        owner="t",
+        candidate_id="c000001",
     )
     store.decisions.record(
         "promotion",
@@ -68,6 +76,7 @@ def _history(store: Store, clock: FakeClock) -> None:
         reasons=[
             {"code": "smoke_test", "kind": "fired", "message": "passed"},
             {"code": "bootstrap_lcb", "kind": "fired", "message": EVIL},
+            {"code": "slice_too_small", "kind": "note", "message": f"slice {EVIL!r}: 6 paired examples < 20"},
         ],
         evidence={
             "candidate_mean": -0.1,
@@ -92,8 +101,13 @@ def _history(store: Store, clock: FakeClock) -> None:
     store.metrics.record("live_error_rate", 0.5, source="loop", labels={"version": "c000002"})
     store.decisions.record("canary", "abort", reasons=["canary worse"], evidence={"share": 0.1}, cycle_id=2)
     store.cycles.advance(
-        second.id, from_state=CycleState.OBSERVE, to_state=CycleState.FAILED, owner="t", error=EVIL,
-        candidate_id="c000002", parent_id="c000001",
+        second.id,
+        from_state=CycleState.OBSERVE,
+        to_state=CycleState.FAILED,
+        owner="t",
+        error=EVIL,
+        candidate_id="c000002",
+        parent_id="c000001",
     )
     clock.advance(10)
 
@@ -135,6 +149,7 @@ def test_cycle_card_shows_trigger_recipe_loss_evidence_and_decision(filled: Stor
     assert card.losses == ((1, 1.0), (2, 0.5), (3, 0.25))
     assert card.evidence is not None and card.evidence.differences == (0.2, 0.4, 0.6, 0.9, 1.1, 1.6)
     assert card.evidence.smoke_ok is True and card.evidence.lcb == 0.5
+    assert card.evidence.slices == ((EVIL, 6, 0.8, "too small to judge"),)
     assert card.trigger is not None and card.trigger.action == "run"
     html = render_cycle(card)
     _assert_safe(html)
@@ -149,7 +164,10 @@ def test_cycle_card_shows_trigger_recipe_loss_evidence_and_decision(filled: Stor
 def test_a_failed_cycle_with_a_canary_and_no_evidence(filled: Store) -> None:
     card = load_cycle(filled, 2)
     assert card.evidence is None and card.losses == ()
-    assert {(s.name, s.version) for s in card.canary} == {("live_error_rate", "c000001"), ("live_error_rate", "c000002")}
+    assert {(s.name, s.version) for s in card.canary} == {
+        ("live_error_rate", "c000001"),
+        ("live_error_rate", "c000002"),
+    }
     assert [d.action for d in card.canary_decisions] == ["abort"]
     html = render_cycle(card)
     _assert_safe(html)
@@ -325,7 +343,9 @@ def test_usage_signals_summarise_the_usage_log_per_version(sqlite_store: Store) 
     class WithUsage:
         usage = _UsageTable(datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC))
 
-    found = {(s.name, s.version): [v for _, v in s.points] for s in UsageSignals().series(WithUsage(), since=None)}  # type: ignore[arg-type]
+    found = {
+        (s.name, s.version): [v for _, v in s.points] for s in UsageSignals().series(WithUsage(), since=None)
+    }  # type: ignore[arg-type]
     assert found[("serve_requests", "c1")] == [3.0]
     assert found[("serve_error_rate", "c1")] == [pytest.approx(1 / 3)]
     assert found[("serve_latency_p50_s", "c1")] == [pytest.approx(0.2)]  # answered requests only
