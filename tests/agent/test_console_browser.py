@@ -17,11 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from agent.daemon.driver import PolicyCycleDriver
-from agent.daemon.lifecycle import build_runtime
+from agent.daemon.runtime import Runtime
 from agent.daemon.training_observer import DaemonTrainingObserver
 from agent.store import CycleState
-from tests.agent.test_daemon import Running, fast_config, wait_for
+from tests.agent.test_daemon import Running, run_daemon, wait_for
 from tests.support.browser import Chromium, assert_clean_load, find_chromium
 from tests.support.standin_trainer import StandinTrainer
 from tests.support.tools import needs_tool
@@ -29,32 +28,18 @@ from tests.support.tools import needs_tool
 pytestmark = needs_tool("chromium", available=find_chromium() is not None, how="apt-get install chromium")
 
 
-def _observed(rt):  # noqa: ANN001, ANN202 - the driver's trainer factory
-    return StandinTrainer(observer=DaemonTrainingObserver(rt.store, rt.metrics, rt.set_status))
-
-
 @pytest.fixture
 def daemon_with_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
-    import threading
+    def observed(rt: Runtime) -> StandinTrainer:  # reports its loss through the daemon's own observer
+        return StandinTrainer(observer=DaemonTrainingObserver(rt.store, rt.metrics, rt.set_status))
 
-    from agent.daemon.lifecycle import Daemon
-
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    rt = build_runtime(fast_config(tmp_path / "state"), cycles=PolicyCycleDriver(_observed))
-    rt.store.overrides.set("paused", True, actor="test", reason="fixture")
-    daemon = Daemon(rt, loop_interval_s=0.1)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    running = Running(daemon, rt, thread)
-    wait_for(lambda: rt.leadership.is_leader() and daemon.metrics_port, what="leadership")
+    daemon = run_daemon(tmp_path, monkeypatch, observed)
+    running = next(daemon)
     try:
         _make_history(running)
         yield running
     finally:
-        daemon.request_stop()
-        thread.join(timeout=30)
-        rt.store.close()
+        daemon.close()
 
 
 def _finished(running: Running, cycle_id: int) -> object:
