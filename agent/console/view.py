@@ -8,14 +8,12 @@ a cycle without loss samples, a promotion decision without per-example differenc
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from agent.console.signals import Series, SignalSource, canary_series, default_sources, read_series
-from agent.daemon.status import read_daemon_status
 from agent.store import (
     AuditEntry,
     AuditKind,
@@ -132,12 +130,17 @@ class ConsoleView:
 def load_console(
     store: Store,
     *,
-    state_dir: Path | None = None,
+    daemon_status: Callable[[], Mapping[str, Any] | None] | None = None,
     sources: Sequence[SignalSource] | None = None,
     max_cycles: int = 50,
     signals_window: timedelta | None = timedelta(days=14),
 ) -> ConsoleView:
-    """Reads the front page: champion and lineage, versions, cycles, serving history, live signals."""
+    """Reads the front page: champion and lineage, versions, cycles, serving history, live signals.
+
+    Args:
+        daemon_status: reads the daemon's own status line (injected: the daemon owns where it keeps it).
+        sources: live-signal sources (default: metric samples and the usage log).
+    """
     now = store.clock.now()
     champion = store.champion.get()
     versions = store.versions.list()
@@ -161,7 +164,7 @@ def load_console(
         serve_entries=tuple(store.audit.entries(kind=AuditKind.SERVE)),
         canary_decisions=tuple(_canary_decisions(store, None)),
         series=tuple(read_series(store, sources if sources is not None else default_sources(), since=since)),
-        daemon_status=read_daemon_status(state_dir) if state_dir is not None else None,
+        daemon_status=daemon_status() if daemon_status is not None else None,
     )
 
 

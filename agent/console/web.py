@@ -79,7 +79,7 @@ class ConsoleApp:
 
     Args:
         store: the daemon's database (only read).
-        state_dir: where the daemon's status file lives (its one-line status is shown).
+        daemon_status: reads the daemon's one-line status (shown on the front page).
         host: the address the console is served on; a non-loopback address needs ``key``.
         key: the bearer key; ``None`` on a non-loopback ``host`` refuses every request.
         sources: live-signal sources (default: metric samples and the usage log).
@@ -89,13 +89,13 @@ class ConsoleApp:
         self,
         store: Store,
         *,
-        state_dir: Path | None = None,
+        daemon_status: Callable[[], Mapping[str, Any] | None] | None = None,
         host: str = "127.0.0.1",
         key: str | None = None,
         sources: Sequence[SignalSource] | None = None,
     ) -> None:
         self.store = store
-        self.state_dir = state_dir
+        self.daemon_status = daemon_status
         self.open = is_loopback(host)
         self._key = None if key is None else key.encode()
         self.sources = sources
@@ -143,7 +143,7 @@ class ConsoleApp:
             )
         try:
             if path in ("/console", "/console/"):
-                view = load_console(self.store, state_dir=self.state_dir, sources=self.sources)
+                view = load_console(self.store, daemon_status=self.daemon_status, sources=self.sources)
                 return "200 OK", render_console(view), []
             found = _CYCLE.match(path)
             if found:

@@ -40,6 +40,7 @@ from agent.daemon.metrics import MetricsServer, QthaMetrics, new_registry, serve
 from agent.daemon.preflight import HealthError, check_port, listen_error, prepare_state_dir, restrict_umask
 from agent.daemon.runtime import CycleDriver, Runtime
 from agent.daemon.sdnotify import Notifier, watchdog_interval_s
+from agent.daemon.status import read_daemon_status
 from agent.logs import configure_logging
 from agent.store import Store, open_store
 
@@ -60,7 +61,8 @@ def _console(rt: Runtime) -> ConsoleApp:
             "metrics.host = %s is not loopback and the console has no key: /console refuses every request "
             "(set console.api_key_file or $%s)", host, cfg.api_key_env
         )
-    return ConsoleApp(rt.store, state_dir=rt.config.state_dir, host=host, key=key)
+    state_dir = rt.config.state_dir
+    return ConsoleApp(rt.store, daemon_status=lambda: read_daemon_status(state_dir), host=host, key=key)
 
 
 def new_scheduler() -> BackgroundScheduler:

@@ -182,7 +182,7 @@ def test_an_empty_store_renders(sqlite_store: Store) -> None:
 
 def test_reading_changes_nothing(filled: Store, state_dir: Path) -> None:
     before = _dump(filled)
-    app_ = ConsoleApp(filled, state_dir=state_dir)
+    app_ = ConsoleApp(filled, daemon_status=lambda: {"replica": "r1", "status": EVIL})
     for path in ("/console", "/console/cycles/1", "/console/cycles/2", "/console/cycles/99", "/nope"):
         _get(app_, path)
     _get(app_, "/console", method="POST")
