@@ -102,22 +102,31 @@ class Running:
 
 @pytest.fixture
 def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
+    yield from run_daemon(tmp_path, monkeypatch, lambda rt: StandinTrainer())
+
+
+def run_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trainer: Callable[[Runtime], StandinTrainer]
+) -> Iterator[Running]:
+    """An in-process daemon on a fresh state directory, paused, leading; stopped when the generator closes."""
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     config = fast_config(tmp_path / "state")
-    rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    rt = build_runtime(config, cycles=PolicyCycleDriver(trainer))
     # Paused from the start: with no champion the trigger would fire at election, before a test acts.
     rt.store.overrides.set("paused", True, actor="test", reason="fixture")
     daemon = Daemon(rt, loop_interval_s=0.1)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     handle = Running(daemon, rt, thread)
-    wait_for(lambda: rt.leadership.is_leader() and daemon.metrics_port, what="leadership")
-    yield handle
-    daemon.request_stop()
-    thread.join(timeout=30)
+    try:
+        wait_for(lambda: rt.leadership.is_leader() and daemon.metrics_port, what="leadership")
+        yield handle
+    finally:
+        daemon.request_stop()
+        thread.join(timeout=30)
+        rt.store.close()
     assert not thread.is_alive(), "daemon did not stop"
-    rt.store.close()
 
 
 def test_cycle_now_promotes_and_metrics_show_it(running: Running) -> None:
@@ -441,7 +450,8 @@ def test_housekeeping_removes_finished_cycle_work(running: Running) -> None:
     assert (rt.config.state_dir / "cycles" / "1").is_dir()
     wait_for(lambda: rt.cycles.housekeeping(rt) is not None, what="the driver's lock released")
     jobs.housekeeping(rt)  # the job itself: idempotent
-    assert not (rt.config.state_dir / "cycles" / "1").exists()
+    # The work files (checkpoints, recipe) went; the cycle's report (agent/console) stays.
+    assert [p.name for p in (rt.config.state_dir / "cycles" / "1").iterdir()] == ["report.html"]
     assert (rt.config.state_dir / "current").resolve().name == rt.store.champion.get().version_id
 
 
