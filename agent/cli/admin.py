@@ -274,6 +274,37 @@ def decisions(
     _print(data, as_json, "\n".join(lines) or "no decisions yet")
 
 
+@admin_app.command("report")
+def report(
+    cycle_id: Annotated[int, typer.Argument(metavar="CYCLE", help="The cycle number (`qtha history`).")],
+    config: ConfigOption = None,
+    open_it: Annotated[bool, typer.Option("--open", help="Open it in the default browser too.")] = False,
+) -> None:
+    """Print the path of a finished cycle's report (cycles/<n>/report.html), writing it if it is missing."""
+    from agent.console import report_path, write_cycle_report
+
+    cfg = read_config(config)
+    path = report_path(cfg.state_dir, cycle_id)
+    if not path.is_file():
+        with _store(cfg) as store:
+            try:
+                cycle = store.cycles.get(cycle_id)
+            except StoreError as exc:
+                fail(str(exc), EXIT_USAGE)
+            if not cycle.state.terminal:
+                fail(f"cycle {cycle_id} is still running ({cycle.state}); its report is written when it finishes")
+            try:
+                path = write_cycle_report(store, cfg.state_dir, cycle_id)
+            except OSError as exc:
+                fail(f"cannot write {path}: {exc}")
+    typer.echo(str(path.resolve()))
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            fail(f"no browser could be opened; open {path.resolve()} yourself")
+
+
 @policy_app.command("show")
 def policy_show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """The effective policy: the config file's [policy] with operator overrides on top."""

@@ -15,7 +15,7 @@ from agent.cycle.trainer import EvalOutcome, Trainer
 from agent.daemon.policy_inputs import promotion_config
 from agent.daemon.runtime import Runtime
 
-__all__ = ["base_model_scores", "make_gate"]
+__all__ = ["base_model_scores", "make_gate", "paired_differences"]
 
 log = logging.getLogger("qtha.cycle")
 
@@ -58,16 +58,23 @@ def make_gate(
             against.probes if against is not None and against.probes else None,
             tolerance=rt.config.evaluation.smoke_tolerance,
         )
+        config = promotion_config(rt.policy())
         decision = policies.decide_promotion(
             evaluation(candidate, smoke),
             None if against is None else evaluation(against),
             now,
-            promotion_config(rt.policy()),
+            config,
             seed=rt.config.training.seed,
         )
         extra: dict[str, object] = {"smoke": dict(smoke.evidence)} if candidate.probes else {}
         if against is not None:
-            extra |= {"champion_mean": against.mean, "compared_with": against.version_id}
+            extra |= {
+                "champion_mean": against.mean,
+                "compared_with": against.version_id,
+                # What the bootstrap resampled, kept so the console can draw the distribution behind the bound.
+                "differences": paired_differences(candidate, against),
+                "confidence": config.confidence,
+            }
         if extra:
             decision = policies.Decision(
                 decision.policy,
@@ -82,6 +89,12 @@ def make_gate(
         return decision
 
     return gate
+
+
+def paired_differences(candidate: EvalOutcome, champion: EvalOutcome) -> dict[str, float]:
+    """Candidate minus champion score per example id both scored (the pairs the promotion policy compares)."""
+    shared = sorted(candidate.scores.keys() & champion.scores.keys())
+    return {key: float(candidate.scores[key]) - float(champion.scores[key]) for key in shared}
 
 
 def base_model_scores(rt: Runtime, trainer: Trainer) -> EvalOutcome | None:

@@ -10,10 +10,9 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 
-from agent.clock import Clock
 from agent.series import check_sample as check_series
 from agent.store import _convert
-from agent.store._db import Database
+from agent.store._db import TableAccess
 from agent.store._tables import DecisionRow, MetricRow
 from agent.store.errors import InvalidSampleError
 from agent.store.records import DecisionRecord, MetricSample
@@ -50,12 +49,8 @@ def check_sample(name: object, value: object, labels: Mapping[str, str] | None =
     return number
 
 
-class Metrics:
+class Metrics(TableAccess):
     """Recorded metric samples (the history that drift detection and dashboards read)."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def record(
         self,
@@ -145,18 +140,19 @@ class Metrics:
             found = found[:limit]
         return found[::-1]
 
+    def names(self) -> list[str]:
+        """Every sample name recorded (sorted), so a reader can list the series without knowing them."""
+        with self._db.tx(write=False) as conn:
+            return sorted(str(n) for n in conn.execute(select(_M.c.name).distinct()).scalars())
+
     def delete_before(self, at: datetime) -> int:
         """Retention: deletes samples older than ``at``; returns how many."""
         with self._db.tx() as conn:
             return int(conn.execute(delete(_M).where(_M.c.at < at)).rowcount)
 
 
-class Decisions:
+class Decisions(TableAccess):
     """Every policy decision with its reasons and evidence."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def record(
         self,

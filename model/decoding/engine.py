@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ..tokenizer import Tokenizer
-from .kernels import decode_chunk, empty_cache, prefill, sample_tokens
+from .kernels import decode_chunk, empty_cache, prefill, sample_tokens, split_model
 from .records import (
     Choice,
     EngineClosedError,
@@ -101,8 +101,15 @@ class RequestHandle:
     # Engine side.
     def _emit(self, event: StreamEvent) -> None:
         self._events.put(event)
-        if self._listener is not None:
-            self._listener(event)
+        self._notify(event)
+
+    def _notify(self, item: StreamEvent | GenerationResult | BaseException) -> None:
+        if self._listener is None:
+            return
+        try:
+            self._listener(item)
+        except Exception:  # a listener that fails has lost its consumer: stop generating for it
+            self._cancel.set()
 
     def _finish(self, result: GenerationResult | None, error: BaseException | None) -> None:
         if self._done.is_set():
@@ -110,8 +117,7 @@ class RequestHandle:
         self._result, self._error = result, error
         self._done.set()
         self._events.put(_END)
-        if self._listener is not None:
-            self._listener(result if error is None else error)
+        self._notify(result if error is None else error)
 
 
 @dataclass(eq=False)  # identity semantics: requests are keys of dicts
@@ -166,7 +172,7 @@ class DecodeEngine:
     ) -> None:
         self.config = config or EngineConfig()
         self.tokenizer = tokenizer
-        self._graphdef, self._state = nnx.split(model)
+        self._parts, self._weights = split_model(model, scan=self.config.scan_layers)
         self._model_config = model.config
         self._cache = empty_cache(model.config, self.config.max_slots, self.config.capacity)
         self._stop_ids = frozenset(tokenizer.stop_ids)
@@ -214,11 +220,12 @@ class DecodeEngine:
             raise RuntimeError("warmup() must run before start(): the engine thread owns the cache once started")
         for size in self.config.prefill_sizes():
             tokens = np.zeros((1, size), np.int32)
-            logits, self._cache = prefill(self._graphdef, self._state, self._cache, tokens, np.int32(1), np.int32(0))
+            logits, self._cache = prefill(self._parts, self._weights, self._cache, tokens, np.int32(1), np.int32(0))
             self._sample_first(logits, np.zeros(2, np.uint32), 0.0, 1.0)
             self._sample_first(logits, np.zeros(2, np.uint32), 1.0, 1.0)
-        for span in self.config.span_sizes():
-            out, self._cache = self._decode(span)
+        for rows in self.config.slot_sizes():
+            for span in self.config.span_sizes():
+                out, self._cache = self._decode(rows, span)
         jax.block_until_ready(out)
 
     def start(self) -> None:
@@ -290,7 +297,8 @@ class DecodeEngine:
                 ``i``-th stream, so choices differ and each is reproducible).
             request_id: names the request in events and results (default: a fresh id).
             on_event: called on the engine thread (keep it quick, never block) with each :class:`StreamEvent`,
-                then once with the :class:`GenerationResult` or the exception that ended the request.
+                then once with the :class:`GenerationResult` or the exception that ended the request. If it
+                raises, the request is cancelled (its consumer is gone).
 
         Raises:
             InvalidRequestError: an empty prompt, a token id outside the vocabulary, or ``n`` out of range.
@@ -365,17 +373,19 @@ class DecodeEngine:
         tokens = np.full((1, size), self.tokenizer.pad_id, np.int32)
         tokens[0, : len(req.prompt)] = req.prompt
         free = [i for i, s in enumerate(self._active) if s is None]
-        base_key = jax.random.key(req.seed)
+        # Any integer seed (negative, beyond 64 bits) maps onto threefry's two 32-bit key words.
+        word = req.seed % 2**64
+        base_key = jax.random.wrap_key_data(np.asarray([word >> 32, word & 0xFFFFFFFF], np.uint32))
         logits = None
         for index in range(req.n):
             slot = free[index]
             if index == 0:
                 logits, self._cache = prefill(
-                    self._graphdef, self._state, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
+                    self._parts, self._weights, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
                 )
             else:  # the same prompt again: recompute rather than keep a copy routine per bucket
                 _, self._cache = prefill(
-                    self._graphdef, self._state, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
+                    self._parts, self._weights, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
                 )
             key = np.asarray(jax.random.key_data(jax.random.fold_in(base_key, index)), np.uint32)
             seq = _Sequence(req, index, TextStream(self.tokenizer.decode, req.params.stop), slot=slot)
@@ -398,10 +408,11 @@ class DecodeEngine:
         )
         return int(out[0])
 
-    def _decode(self, span: int):
+    def _decode(self, rows: int, span: int):
         return decode_chunk(
-            self._graphdef, self._state, self._cache, self._tokens, self._pos, self._keys, self._index,
-            self._temperature, self._top_p, span=span, steps=self.config.chunk_tokens, top_k=self.config.sample_top_k,
+            self._parts, self._weights, self._cache, self._tokens[:rows], self._pos[:rows], self._keys[:rows],
+            self._index[:rows], self._temperature[:rows], self._top_p[:rows],
+            span=span, steps=self.config.chunk_tokens, top_k=self.config.sample_top_k,
         )
 
     def _step(self) -> None:
@@ -409,7 +420,8 @@ class DecodeEngine:
         live = [i for i, s in enumerate(self._active) if s is not None]
         need = int(self._pos[live].max()) + steps
         span = next((b for b in self.config.span_sizes() if b >= need), self.config.capacity)
-        out, self._cache = self._decode(span)
+        rows = next(b for b in self.config.slot_sizes() if b > max(live))
+        out, self._cache = self._decode(rows, span)
         out = np.asarray(out)
         touched = []
         for slot in live:
@@ -432,7 +444,7 @@ class DecodeEngine:
             if seq.finish_reason is not None:
                 return
             seq.generated += 1
-            if token in self._stop_ids:
+            if token in self._stop_ids and not seq.request.params.ignore_eos:
                 seq.finish_reason = "stop"
                 return
             seq.text.push(token)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from flax import nnx
 
 from model import (
     DecodeEngine,
@@ -20,8 +21,10 @@ from model import (
     generate_ids,
     load_checkpoint,
 )
+from model.adapters import LoraConfig, QthaAdapterConfig, inject_adapters
 from model.decoding import kernels
 from tests.fixtures.tiny_model import write_tiny_hf
+from tests.model.adapter_helpers import randomise_adapters, shared_qnn
 
 PROMPTS = ["What is 12 plus 7?", "hi", "Tom has 5 apples and buys 3 more. How many apples does he have now?"]
 NEW = 12
@@ -82,6 +85,22 @@ def test_seeded_sampling_is_reproducible_whatever_else_runs(engine) -> None:
     assert alone.choices[0].token_ids != alone.choices[1].token_ids  # each choice draws its own stream
     other = engine.submit(ids[0], SamplingParams(max_tokens=NEW, temperature=0.9, top_p=0.9, seed=99)).result(120)
     assert other.choices[0].token_ids != alone.choices[0].token_ids
+    # Seeds of any size or sign are accepted (OpenAI's seed is an arbitrary integer) and stay reproducible.
+    huge = SamplingParams(max_tokens=4, temperature=1.0, seed=-(2**70) - 3)
+    assert engine.submit(ids[0], huge).result(120).choices == engine.submit(ids[0], huge).result(120).choices
+
+
+def test_a_failing_listener_cancels_only_its_own_request(engine) -> None:
+    ids = _ids(engine)
+
+    def broken(event):
+        raise ConnectionError("client went away")
+
+    doomed = engine.submit(ids[0], SamplingParams(max_tokens=CONFIG.capacity), on_event=broken)
+    fine = engine.submit(ids[1], SamplingParams(max_tokens=NEW))
+    with pytest.raises(RequestCancelledError):
+        doomed.result(120)
+    assert len(fine.result(120).choices[0].token_ids) == NEW
 
 
 def test_tiny_top_p_is_greedy(engine) -> None:
@@ -122,12 +141,14 @@ def test_an_end_of_turn_token_stops_a_choice_and_counts_as_a_completion_token(ti
         free = eng.submit(prompt, SamplingParams(max_tokens=NEW)).result(120).choices[0].token_ids
         eng._stop_ids = frozenset({free[3]})
         result = eng.submit(prompt, SamplingParams(max_tokens=NEW)).result(120)
+        through = eng.submit(prompt, SamplingParams(max_tokens=NEW, ignore_eos=True)).result(120)
     finally:
         eng.stop()
     cut = free.index(free[3])
     assert result.choices[0].token_ids == free[:cut]
     assert result.choices[0].finish_reason == "stop"
     assert result.usage.completion_tokens == cut + 1
+    assert through.choices[0].token_ids == free and through.choices[0].finish_reason == "length"
 
 
 def test_limits_and_errors_name_the_field(engine) -> None:
@@ -186,3 +207,27 @@ def test_stop_fails_unfinished_requests_and_a_second_engine_compiles_nothing_new
     eng.stop()  # never started: the queued request ends with a clear error
     with pytest.raises(EngineClosedError, match="retry"):
         waiting.result(5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [LoraConfig(rank=2, targets=("layers.0.self_attn.q_proj",)),  # one block differs: unrolled even with scan
+     QthaAdapterConfig(n_qubits=2, n_layers=1, qnn_mode="activation", targets=("v_proj",))],  # scanned, per token
+    ids=["lora-one-layer", "qtha-activation"],
+)
+def test_unmerged_adapted_models_decode_as_generate_does_with_scanned_layers(tmp_path_factory, config) -> None:
+    loaded = load_checkpoint(write_tiny_hf(tmp_path_factory.mktemp("adapted") / "tiny"))
+    inject_adapters(loaded.model, config, rngs=nnx.Rngs(2), qnn_factory=shared_qnn)
+    randomise_adapters(loaded.model, scale=0.5)
+    small = EngineConfig(max_slots=2, capacity=64, chunk_tokens=4, prefill_buckets=(64,), span_buckets=(64,),
+                         scan_layers=True)
+    eng = DecodeEngine(loaded.model, loaded.tokenizer, small)
+    eng.start()
+    try:
+        ids = _ids(eng, PROMPTS[:2])
+        tok = loaded.tokenizer
+        reference = generate_ids(loaded.model, ids, max_new_tokens=6, stop_ids=sorted(tok.stop_ids), pad_id=tok.pad_id)
+        handles = [eng.submit(p, SamplingParams(max_tokens=6)) for p in ids]
+        assert [list(h.result(300).choices[0].token_ids) for h in handles] == reference
+    finally:
+        eng.stop()
