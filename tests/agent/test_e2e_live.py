@@ -60,8 +60,10 @@ class Users:
     failures: list[BaseException] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def versions_since(self, t: float) -> set[str]:
-        return {v for at, _, v in list(self.answered) if at >= t}
+    def recent_versions(self, seconds: float = 2.0) -> set[str]:
+        """The versions that answered in the last ``seconds`` (requests in flight at a swap finish on the old one)."""
+        since = time.monotonic() - seconds
+        return {v for at, _, v in list(self.answered) if at >= since}
 
     def _ask(self, worker: int) -> None:
         client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=2, timeout=60)
@@ -173,8 +175,7 @@ def test_live_traffic_drives_drift_canary_promotion_abort_and_rollback(loop) -> 
         wait_for(lambda: store.champion.get().version_id == "c000001", timeout=600,
                  what=f"the first champion\n{daemon.log()[-3000:]}")
         assert [d.action for d in store.decisions.list(kind="canary", cycle_id=1)][-1] == "promote"
-        t = time.monotonic()
-        wait_for(lambda: users.versions_since(t) == {"c000001"}, timeout=300, what="the server swapped to c000001")
+        wait_for(lambda: users.recent_versions() == {"c000001"}, timeout=300, what="the server swapped to c000001")
 
         # 1. The prompts shift to a set the champion answers badly; the operator drops that data in the inbox.
         wait_for(lambda: len(store.metrics.samples("live_feedback_score", labels={"version": "c000001"})) >= 6,
@@ -190,10 +191,9 @@ def test_live_traffic_drives_drift_canary_promotion_abort_and_rollback(loop) -> 
                  what=f"canary then promotion of c000002\n{daemon.log()[-3000:]}")
         canary = store.decisions.list(kind="canary", cycle_id=2)
         assert [d.action for d in canary][0] == "wait" and canary[-1].action == "promote"
-        recovered = time.monotonic()
         wait_for(
             lambda: (s := store.metrics.samples("live_feedback_score", labels={"version": "c000002"}))
-            and s[-1].value > 0.9 and users.versions_since(recovered) == {"c000002"},
+            and s[-1].value > 0.9 and users.recent_versions() == {"c000002"},
             timeout=300, what="the live feedback score recovers on c000002",
         )
 
