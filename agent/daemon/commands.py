@@ -13,7 +13,6 @@ from typing import Any
 
 from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError
 from agent.config import ConfigError
-from agent.daemon.planner import RecipeOverrideError, check_override
 from agent.daemon.policy_inputs import OVERRIDE_PREFIX, parse_policy_value
 from agent.daemon.runtime import Runtime
 from agent.store import (
@@ -52,12 +51,10 @@ def _resume(rt: Runtime, args: Mapping[str, Any], actor: str) -> str:
 def _cycle(rt: Runtime, args: Mapping[str, Any], actor: str, *, key: str) -> str:
     if rt.paused():
         raise CommandRefused("the agent is paused; `qtha resume` first (a paused agent never starts a cycle)")
-    recipe = dict(args.get("recipe") or {})
-    try:  # the CLI checked them, but a command row may come from an older CLI or a direct insert
-        check_override(rt.config, recipe)
-    except RecipeOverrideError as exc:
-        raise CommandRefused(str(exc)) from None
-    rt.store.overrides.set(RUN_NOW_KEY, {"key": key, "recipe": recipe}, actor=actor, reason="cycle --now")
+    # The recipe is checked where it is used (the planner refuses a bad one, audited, and consumes the request).
+    rt.store.overrides.set(
+        RUN_NOW_KEY, {"key": key, "recipe": dict(args.get("recipe") or {})}, actor=actor, reason="cycle --now"
+    )
     rt.run_soon("consider")
     return "cycle requested: the trigger policy runs now (cooldown and quiet hours are overridden)"
 

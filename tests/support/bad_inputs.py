@@ -261,16 +261,16 @@ _CHECKPOINTS = [
 ]
 
 _CLI = [
-    BadInput("recipe-float-steps", "cli", 2, "steps = 1.5", args=("cycle", "--now", "--recipe", "steps=1.5")),
-    BadInput("recipe-bool-steps", "cli", 2, "steps = True", args=("cycle", "--now", "--recipe", "steps=true")),
-    BadInput("recipe-zero-steps", "cli", 2, "greater than or equal to 1", args=("cycle", "--now", "--recipe", "steps=0")),
+    BadInput("recipe-float-steps", "cli", 2, "'steps' = 1.5 must be an integer", args=("cycle", "--now", "--recipe", "steps=1.5")),
+    BadInput("recipe-bool-steps", "cli", 2, "'steps' = True must be an integer", args=("cycle", "--now", "--recipe", "steps=true")),
+    BadInput("recipe-zero-steps", "cli", 2, "steps = 0 must be >= 1", args=("cycle", "--now", "--recipe", "steps=0")),
     BadInput("recipe-qubits-99", "cli", 2, "qubits = 99", args=("cycle", "--now", "--recipe", "qubits=99")),
     BadInput("recipe-lr-inf", "cli", 2, "learning_rate", args=("cycle", "--now", "--recipe", "learning_rate=Infinity")),
     BadInput("recipe-lr-negative", "cli", 2, "learning_rate", args=("cycle", "--now", "--recipe", "learning_rate=-0.1")),
-    BadInput("recipe-unknown-key", "cli", 2, "Extra inputs are not permitted", args=("cycle", "--now", "--recipe", "stpes=5")),
+    BadInput("recipe-unknown-key", "cli", 2, "'stpes' is unknown", args=("cycle", "--now", "--recipe", "stpes=5")),
     BadInput("recipe-bad-adapter", "cli", 2, "adapter", args=("cycle", "--now", "--recipe", "adapter=gpt")),
     BadInput("recipe-no-equals", "cli", 2, "must look like KEY=VALUE", args=("cycle", "--now", "--recipe", "steps")),
-    BadInput("recipe-5000-digit-seed", "cli", 2, "seed", args=("cycle", "--now", "--recipe", "seed=" + "1" * 5000)),
+    BadInput("recipe-5000-digit-seed", "cli", 2, "seed: the value has 5000 characters", args=("cycle", "--now", "--recipe", "seed=" + "1" * 5000)),
     BadInput("cycle-without-now", "cli", 2, "say --now", args=("cycle",)),
     BadInput("ingest-missing-file", "cli", 2, "does not exist", args=("ingest", "/nonexistent/x.jsonl")),
     BadInput("config-file-missing", "cli", 2, "does not exist", args=("status", "--config", "/nonexistent/qtha.toml")),
