@@ -35,7 +35,7 @@ from agent.cli.common import (
     fail,
     read_config,
 )
-from agent.config import ConfigError, QthaConfig
+from agent.config import ConfigError, QthaConfig, short_repr
 from agent.daemon import status as status_mod
 from agent.daemon.commands import validate_args
 from agent.daemon.inbox import InboxError, display_name, parse_examples, read_regular_file
@@ -343,12 +343,17 @@ def resume(config: ConfigOption = None, key: KeyOption = None, wait: WaitOption 
     _submit(config, "resume", {}, key=key, wait=wait)
 
 
+_MAX_PAIR_VALUE = 200
+
+
 def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name:
-            fail(f"{what} {pair!r} must look like KEY=VALUE", EXIT_USAGE)
+            fail(f"{what} {short_repr(pair)} must look like KEY=VALUE", EXIT_USAGE)
+        if len(raw) > _MAX_PAIR_VALUE:  # no knob needs more; and the refusal must still fit on one line
+            fail(f"{what} {name[:40]}: the value has {len(raw)} characters; at most {_MAX_PAIR_VALUE}", EXIT_USAGE)
         try:
             out[name] = json.loads(raw)
         except (ValueError, RecursionError):  # not JSON (or a 5000-digit number): the text itself

@@ -60,8 +60,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, int]]:
             "state_dir": str(state),
             "metrics": {"host": "127.0.0.1", "port": port},
             "model": {"source": str(write_tiny_hf(tmp_path / "tiny"))},
-            "training": {"steps": 6, "seq_len": 128, "batch_size": 2, "learning_rate": 0.01},
-            "evaluation": {"examples": 4, "max_new_tokens": 2, "batch_size": 4},
+            "training": {"steps": 6, "seq_len": 256, "batch_size": 2, "learning_rate": 0.01},
+            "evaluation": {"examples": 6, "max_new_tokens": 4, "batch_size": 6},
             "recipe": {"max_steps": 8, "qubits": 2, "layers": 1, "bond_dim": 1, "max_qubits": 4, "max_layers": 2},
             # Cycles back to back: stale after 2 s, no cooldown, a breaker that never opens (child kills fail
             # cycles on purpose), a low gate so that promotions happen.
