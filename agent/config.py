@@ -437,8 +437,8 @@ class EvaluationConfig(_Section):
         default=0.25,
         ge=0,
         lt=1,
-        description="Share of probes a candidate may fail; it may also fail as many as the version serving now "
-        "(the champion, or the base model before the first promotion), no more.",
+        description="Share of probes a candidate may fail beyond those the version serving now fails (the champion, "
+        "or the base model before the first promotion).",
     )
     score: Literal["nll", "exact_match"] = Field(
         default="nll",

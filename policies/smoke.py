@@ -3,9 +3,9 @@
 An answer fails when it is empty, did not terminate within its token budget, ends in degenerate repetition, or
 does not parse (maths: no integer answer; the caller says whether it parsed, since parsing is the task's).
 :func:`smoke_verdict` compares the candidate's failures with those of the version serving now (the champion, or
-the base model before the first promotion): a candidate may not fail more probes than that reference and than
-``tolerance`` of the probes, so a broken candidate is rejected on any model while a small base model that rambles
-past the budget does not block every candidate.
+the base model before the first promotion): a candidate may fail at most as many probes as that reference plus
+``tolerance`` of them, so a broken candidate is rejected on any model while a small base model that rambles past
+the budget does not block every candidate.
 
 Example:
     >>> probe_failure("The answer is 19.", finished=True, parses=True) is None
@@ -106,7 +106,7 @@ def probe_failure(text: str, *, finished: bool, parses: bool | None) -> str | No
 def smoke_verdict(
     candidate: Sequence[ProbeResult], reference: Sequence[ProbeResult] | None, *, tolerance: float
 ) -> SmokeVerdict:
-    """Passes when the candidate fails no more probes than ``max(reference's failures, tolerance × probes)``.
+    """Passes when the candidate fails no more probes than the reference's failures + ``tolerance × probes``.
 
     Args:
         candidate: the candidate's probe results (none: nothing to judge, passes).
@@ -114,10 +114,10 @@ def smoke_verdict(
         tolerance: the share of probes any candidate may fail (0 <= tolerance < 1).
     """
     failed = [p for p in candidate if p.failure is not None]
-    allowed = int(tolerance * len(candidate))
     ref_failed = None if reference is None else sum(p.failure is not None for p in reference)
-    if ref_failed is not None:
-        allowed = max(allowed, ref_failed)
+    # The reference's own failures plus a tolerance: which probes a small model rambles past its budget on is
+    # close to chance, so one more than the base model is noise; a candidate that breaks is far beyond it.
+    allowed = int(tolerance * len(candidate)) + (ref_failed or 0)
     evidence: dict[str, object] = {
         "probes": len(candidate),
         "failed": len(failed),
