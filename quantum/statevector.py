@@ -132,7 +132,7 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
     signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1)
 
     def readout(psi):
-        probs = (psi.real**2 + psi.imag**2).astype(real)
+        probs = psi[:, 0] ** 2 + psi[:, 1] ** 2
         return probs @ jnp.asarray(signs, real) if qc.readout == "z" else probs
 
     def stage_params(i, t_b, t_s):
@@ -150,7 +150,7 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         if plan.prepare is not None:
             psi = plan.prepare(stage_params(0, t_b, t_s), batch)
         else:
-            psi = jnp.zeros((batch, 2**n), dtype).at[:, 0].set(1)
+            psi = jnp.zeros((batch, 2, 2**n), real).at[:, 0, 0].set(1)
         for start, period, reps in plan.runs:
             if start == 0 and plan.prepare is not None:
                 continue
@@ -216,12 +216,12 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
             return readout(psi), (t_b, t_s, psi)
         # Chunks small enough to stay in cache through all stages, instead of streaming the batch per stage.
         psi = jax.lax.map(lambda tb: forward(tb, t_s), chunks(t_b, plan.chunk))
-        out = readout(psi.reshape(-1, psi.shape[-1]))[:batch]
+        out = readout(psi.reshape((-1,) + psi.shape[2:]))[:batch]
         return out, (t_b, t_s, psi)
 
     def core_bwd(res, g):
         t_b, t_s, psi = res
-        if psi.ndim == 2:
+        if psi.ndim == 3:
             return backward(t_b, t_s, psi, g)
         parts = (chunks(t_b, plan.chunk), psi, chunks(g, plan.chunk))
         g_b, g_s = jax.lax.map(lambda a: backward(a[0], t_s, a[1], a[2]), parts)
