@@ -32,15 +32,33 @@ _AXES = "abcdefghijklmnopqrstuvwx"
 
 @dataclass(frozen=True)
 class StageKernels:
-    """Forward and adjoint kernels of a stage, and its number of parameters."""
+    """A stage as a product of factors (Kronecker blocks, a phase, a dense gate) applied in order.
 
-    apply: Kernel
-    adjoint: Kernel
+    ``mats(t)`` builds every factor's matrix from the stage's parameters (a phase factor's "matrix" is its
+    cos/sin table); ``factor(i, m, psi, adjoint)`` applies factor ``i`` (or its adjoint) with matrix ``m``. The
+    adjoint backward pass walks the factors one by one: it uncomputes the state before a factor and takes the
+    factor's matrix gradient from that state and the adjoint state after it, without re-running the stage.
+    """
+
+    mats: Callable[[jnp.ndarray], tuple]
+    factor: Callable[[int, jnp.ndarray, jnp.ndarray, bool], jnp.ndarray]
+    n_factors: int
     n_params: int
 
+    def apply(self, t: jnp.ndarray, psi: jnp.ndarray) -> jnp.ndarray:
+        """The stage applied to ``psi``."""
+        ms = self.mats(t)
+        for i in range(self.n_factors):
+            psi = self.factor(i, ms[i], psi, False)
+        return psi
 
-def _expi(x: jnp.ndarray, dtype) -> jnp.ndarray:
-    return lax.complex(jnp.cos(x), jnp.sin(x)).astype(dtype)
+    def adjoint(self, t: jnp.ndarray, psi: jnp.ndarray) -> jnp.ndarray:
+        """The stage's inverse applied to ``psi``."""
+        ms = self.mats(t)
+        for i in reversed(range(self.n_factors)):
+            psi = self.factor(i, ms[i], psi, True)
+        return psi
+
 
 
 class _MatrixBank:
@@ -150,21 +168,20 @@ def _local(stage: LocalStage, n: int, dtype, max_block: int) -> StageKernels:
     axes = _AXES[: len(shape)]
     real = all(_is_real(op) for op in stage.all_ops)
 
-    def contract(t, psi, adjoint):
-        mats = qubit_mats(t)
-        batch = "y" if t.ndim == 2 else ""
-        psi = psi.reshape((psi.shape[0], 2, *shape))
-        for j in active:
-            m = _kron(mats[..., all_blocks[j], :, :])
-            if adjoint:
-                m = jnp.swapaxes(m, -1, -2).conj()
-            out = axes[:j] + "Z" + axes[j + 1 :]
-            psi = _contract(m, psi, f"{batch}Z{axes[j]},yz{axes}->yz{out}", real)
+    def mats(t):
+        per_qubit = qubit_mats(t)
+        return tuple(_kron(per_qubit[..., all_blocks[j], :, :]) for j in active)
+
+    def factor(i, m, psi, adjoint):
+        j = active[i]
+        if adjoint:
+            m = jnp.swapaxes(m, -1, -2).conj()
+        batch = "y" if m.ndim == 3 else ""
+        out = axes[:j] + "Z" + axes[j + 1 :]
+        psi = _contract(m, psi.reshape((psi.shape[0], 2, *shape)), f"{batch}Z{axes[j]},yz{axes}->yz{out}", real)
         return psi.reshape(psi.shape[0], 2, -1)
 
-    return StageKernels(
-        lambda t, psi: contract(t, psi, False), lambda t, psi: contract(t, psi, True), _count_params(stage.all_ops)
-    )
+    return StageKernels(mats, factor, len(active), _count_params(stage.all_ops))
 
 
 def local_prepare(stage: LocalStage, n: int, dtype) -> Callable[[jnp.ndarray, int], jnp.ndarray]:
@@ -223,13 +240,16 @@ def _diag(stage: DiagStage, n: int, dtype) -> StageKernels:
                 total = total + _broadcast(local, op.qubits, n)
             return total.reshape(t.shape[:-1] + (2**n,))
 
-    def apply(t, psi, sign=1.0):
-        phi = sign * log_phase(t)
-        c, s = jnp.cos(phi), jnp.sin(phi)
+    def mats(t):
+        phi = log_phase(t)
+        return (jnp.stack([jnp.cos(phi), jnp.sin(phi)]),)
+
+    def factor(_, m, psi, adjoint):
+        c, s = m[0], -m[1] if adjoint else m[1]
         re, im = psi[:, 0], psi[:, 1]
         return jnp.stack([re * c - im * s, re * s + im * c], axis=1)
 
-    return StageKernels(apply, lambda t, psi: apply(t, psi, -1.0), len(param_ops))
+    return StageKernels(mats, factor, 1, len(param_ops))
 
 
 def _broadcast(local: jnp.ndarray, qubits: Sequence[int], n: int) -> jnp.ndarray:
@@ -247,8 +267,10 @@ def _dense(stage: DenseStage, n: int, dtype) -> StageKernels:
     bank = _MatrixBank([op], dtype)
     real = _is_real(op)
 
-    def contract(t, psi, adjoint):
-        m = bank(t)[..., 0, :, :]
+    def mats(t):
+        return (bank(t)[..., 0, :, :],)
+
+    def factor(_, m, psi, adjoint):
         if adjoint:
             m = jnp.swapaxes(m, -1, -2).conj()
         tensor = psi.reshape((psi.shape[0], 2) + (2,) * n)
@@ -256,13 +278,11 @@ def _dense(stage: DenseStage, n: int, dtype) -> StageKernels:
         gate_in = "".join(letters[q] for q in op.qubits)
         gate_out = string.ascii_uppercase[:k]
         out = "".join(gate_out[op.qubits.index(q)] if q in op.qubits else letters[q] for q in range(n))
-        batch = "y" if t.ndim == 2 else ""
+        batch = "y" if m.ndim == 3 else ""
         spec = f"{batch}{gate_out}{gate_in},yz{letters}->yz{out}"
         return _contract(m.reshape(m.shape[:-2] + (2,) * (2 * k)), tensor, spec, real).reshape(psi.shape)
 
-    return StageKernels(
-        lambda t, psi: contract(t, psi, False), lambda t, psi: contract(t, psi, True), int(op.param is not None)
-    )
+    return StageKernels(mats, factor, 1, int(op.param is not None))
 
 
 def stage_kernels(stage: Stage, n: int, dtype, max_block: int) -> StageKernels:

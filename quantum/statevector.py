@@ -168,8 +168,16 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         return psi
 
     def step_back(kern, t, psi, lam):
-        psi = kern.adjoint(t, psi)  # uncompute: the state before this stage
-        grad, lam = jax.vjp(kern.apply, t, psi)[1](lam)
+        """One stage of the adjoint pass: the state before the stage, the adjoint before it, and dL/dt."""
+        ms, mats_vjp = jax.vjp(kern.mats, t)
+        dms = [None] * kern.n_factors
+        for i in reversed(range(kern.n_factors)):
+            psi = kern.factor(i, ms[i], psi, True)  # uncompute: the state before this factor
+            # The matrix gradient from that state and the adjoint after the factor: one contraction over the
+            # batch, without re-running the factor (jax.vjp of the whole stage would recompute it).
+            (dms[i],) = jax.vjp(lambda m, i=i, psi=psi: kern.factor(i, m, psi, False), ms[i])[1](lam)
+            lam = kern.factor(i, ms[i], lam, True)
+        (grad,) = mats_vjp(tuple(dms))
         # Nothing else orders these: XLA may run the uncompute chain ahead, or defer a stage's gradient
         # reduction to the end, keeping state-sized buffers per stage alive (what the adjoint method avoids).
         return jax.lax.optimization_barrier((psi, lam, grad))
