@@ -85,7 +85,7 @@ class _MatrixBank:
     def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
         per_op = t @ jnp.asarray(self.select, t.dtype)  # fixed ops read 0 (and their freqs are 0)
         angles = per_op[..., None] * jnp.asarray(self.freqs, self.real) + jnp.asarray(self.phases, self.real)
-        return jnp.einsum("...ok,okij->...oij", _expi(angles, self.dtype), jnp.asarray(self.projectors, self.dtype))
+        return jnp.einsum("...ok,okij->...oij", lax.complex(jnp.cos(angles), jnp.sin(angles)).astype(self.dtype), jnp.asarray(self.projectors, self.dtype))
 
 
 def _count_params(ops: Sequence[LoweredOp]) -> int:
