@@ -23,6 +23,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from quantum.circuits import QnnCircuit
 from quantum.errors import CircuitTooLargeError, QuantumSpecError
@@ -31,6 +32,10 @@ from quantum.kernels import local_prepare, stage_kernels
 from quantum.lowering import lower_circuit
 
 QnnFunction = Callable[[jax.Array, jax.Array], jax.Array]
+# The name of the final state the backward pass starts from (``jax.ad_checkpoint.checkpoint_name``): a caller's
+# rematerialisation policy that saves it (``save_only_these_names(FINAL_STATE_NAME)``) keeps one state per circuit
+# call instead of re-running the whole circuit before its backward pass.
+FINAL_STATE_NAME = "quantum_final_state"
 # Live state-sized buffers at the peak of the backward pass (state, adjoint, two temporaries).
 _LIVE_STATES = 4
 
@@ -221,11 +226,11 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         batch = t_b.shape[0]
         if batch <= plan.chunk:
             psi = forward(t_b, t_s)
-            return readout(psi), (t_b, t_s, psi)
+            return readout(psi), (t_b, t_s, checkpoint_name(psi, FINAL_STATE_NAME))
         # Chunks small enough to stay in cache through all stages, instead of streaming the batch per stage.
         psi = jax.lax.map(lambda tb: forward(tb, t_s), chunks(t_b, plan.chunk))
         out = readout(psi.reshape((-1,) + psi.shape[2:]))[:batch]
-        return out, (t_b, t_s, psi)
+        return out, (t_b, t_s, checkpoint_name(psi, FINAL_STATE_NAME))
 
     def core_bwd(res, g):
         t_b, t_s, psi = res
