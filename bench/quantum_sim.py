@@ -78,20 +78,20 @@ def _layer_ops(layers: int):
     return ops
 
 
-def kernel_flops(batch: int, layers: int, backward: bool) -> tuple[float, float]:
+def kernel_flops(batch: int, layers: int, backward: bool, n_qubits: int = N_QUBITS) -> tuple[float, float]:
     """(kernel FLOPs, gate FLOPs) of our simulator on the QTHA circuit (module docstring says how)."""
     from quantum import SimulatorOptions
     from quantum.kernels import blocks
 
-    amps = batch * 2**N_QUBITS
-    block_sizes = [len(b) for b in blocks(N_QUBITS, SimulatorOptions().max_block_qubits)]
+    amps = batch * 2**n_qubits
+    block_sizes = [len(b) for b in blocks(n_qubits, SimulatorOptions().max_block_qubits)]
     # The encoding and the first RY layer form a product state (prepared per qubit, negligible); then per layer
     # a phase, an RY layer, a phase, and (but in the last layer) the next layer's first RY layer.
     ry_layers, phases = 2 * layers - 1, 2 * layers
     per_ry = sum(2 * 2 * amps * 2**b for b in block_sizes)
     stages = ry_layers * per_ry + phases * 6 * amps
-    gates = ry_layers * N_QUBITS * 8 * amps + phases * 6 * amps
-    readout = amps * (3 + 2 * N_QUBITS)
+    gates = ry_layers * n_qubits * 8 * amps + phases * 6 * amps
+    readout = amps * (3 + 2 * n_qubits)
     if backward:
         return 4 * stages + 2 * readout, 4 * gates + 2 * readout
     return stages + readout, gates + readout
