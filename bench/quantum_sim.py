@@ -78,6 +78,15 @@ def _layer_ops(layers: int):
     return ops
 
 
+def _pennylane_gates(qml, jnp, h, w, layers: int) -> list:
+    """The QTHA circuit's gates inside a PennyLane QNode (default.qubit or Lightning) and its <Z_i> readout."""
+    for i in range(N_QUBITS):
+        qml.RY(jnp.pi * jnp.tanh(h[i]), wires=i)
+    for gate, wires, k in _layer_ops(layers):
+        (qml.RY if gate == "ry" else qml.CRZ)(w[k], wires=list(wires))
+    return [qml.expval(qml.PauliZ(i)) for i in range(N_QUBITS)]
+
+
 def kernel_flops(batch: int, layers: int, backward: bool, n_qubits: int = N_QUBITS) -> tuple[float, float]:
     """(kernel FLOPs, gate FLOPs) of our simulator on the QTHA circuit (module docstring says how)."""
     from quantum import SimulatorOptions
@@ -143,16 +152,11 @@ def _catalyst(mode: str, batch: int, layers: int, repeats: int) -> dict:
     from catalyst import grad, qjit, vmap
 
     n = N_QUBITS
-    ops = _layer_ops(layers)
     dev = qml.device("lightning.qubit", wires=n)
 
     @qml.qnode(dev, diff_method="adjoint")
     def circuit(h, w):
-        for i in range(n):
-            qml.RY(jnp.pi * jnp.tanh(h[i]), wires=i)
-        for gate, wires, k in ops:
-            (qml.RY if gate == "ry" else qml.CRZ)(w[k], wires=list(wires))
-        return [qml.expval(qml.PauliZ(i)) for i in range(n)]
+        return _pennylane_gates(qml, jnp, h, w, layers)
 
     def loss(h, w):
         return jnp.sum(jnp.stack(circuit(h, w)) ** 2)
@@ -258,16 +262,11 @@ def _pennylane(mode: str, batch: int, layers: int, repeats: int) -> dict:
     import pennylane as qml  # lazily: an optional bench dependency
 
     n = N_QUBITS
-    ops = _layer_ops(layers)
     dev = qml.device("default.qubit", wires=n)
 
     @qml.qnode(dev, interface="jax")
     def circuit(h, w):
-        for i in range(n):
-            qml.RY(jnp.pi * jnp.tanh(h[i]), wires=i)
-        for gate, wires, k in ops:
-            (qml.RY if gate == "ry" else qml.CRZ)(w[k], wires=list(wires))
-        return [qml.expval(qml.PauliZ(i)) for i in range(n)]
+        return _pennylane_gates(qml, jnp, h, w, layers)
 
     qnn = jax.vmap(lambda h, w: jnp.stack(circuit(h, w)), in_axes=(0, None))
     x, w = (jnp.asarray(a) for a in _inputs(batch, 4 * n * layers))
