@@ -97,6 +97,15 @@ class DatabaseConfig(_Section):
     echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
 
 
+class ArtifactsConfig(_Section):
+    root: Path | None = Field(
+        default=None,
+        description="A directory every replica sees (a shared mount) where versions are published, each with its "
+        "digest manifest; each node verifies a version before use and keeps a verified copy under "
+        "<state_dir>/versions as a cache only. Empty: versions live in <state_dir>/versions (one host).",
+    )
+
+
 class MetricsConfig(_Section):
     enabled: bool = Field(default=True, description="Serve Prometheus metrics over HTTP.")
     host: str = Field(default="127.0.0.1", description="Listen address; loopback by default.")
@@ -449,6 +458,7 @@ class QthaConfig(BaseSettings):
 
     state_dir: Path = Field(default_factory=_default_state_dir, description="Database, versions, inbox.")
     database: DatabaseConfig = DatabaseConfig()
+    artifacts: ArtifactsConfig = ArtifactsConfig()
     metrics: MetricsConfig = MetricsConfig()
     console: ConsoleConfig = ConsoleConfig()
     model: ModelConfig = ModelConfig()

@@ -116,7 +116,11 @@ def build_runtime(
         metrics=metrics or QthaMetrics(new_registry(), version=_version(), backends=backends),
         notifier=notifier or Notifier.from_environment(),
         leadership=leadership,
-        registry=Registry(store, Layout(config.state_dir)),
+        registry=Registry(
+            store,
+            Layout(config.state_dir),
+            shared=None if config.artifacts.root is None else Layout(config.artifacts.root),
+        ),
         inbox=Inbox(
             config.inbox_dir,
             config.dataset_dir,

@@ -8,12 +8,13 @@ missing file on a state directory that is not shared means "not here", never "co
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.clock import FakeClock
+from agent.config import load_config
 from agent.cycle.machine import CycleRunner
 from agent.daemon.driver import PolicyCycleDriver
 from agent.daemon.lifecycle import build_runtime
@@ -26,22 +27,41 @@ from tests.support.standin_trainer import StandinTrainer, mean_gain_gate, standi
 pytestmark = pytest.mark.postgres
 
 
+HostsFactory = Callable[..., tuple[Runtime, Runtime]]
+
+
 @pytest.fixture
-def two_hosts(
+def make_hosts(
     tmp_path: Path, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Runtime, Runtime]]:
-    """Two runtimes ("host a", "host b") with separate state directories and one PostgreSQL database."""
+) -> Iterator[HostsFactory]:
+    """``make_hosts(shared=False, skew_s=None)``: two runtimes ("host a", "host b") with separate state directories
+    and one PostgreSQL database; ``shared``: both see one ``[artifacts] root``; ``skew_s``: fake clocks, host a's
+    running ``skew_s`` behind b's, so a still believes it leads when b may take over (a process paused past its
+    lease, as far as the others can tell)."""
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
         monkeypatch.delenv(name, raising=False)
-    url = postgres.fresh_url()
-    runtimes = []
-    for host in ("a", "b"):
-        config = fast_config(tmp_path / f"host-{host}", database={"url": url}, daemon={"replica_id": host})
-        runtimes.append(build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer())))
+    made: list[Runtime] = []
+
+    def make(*, shared: bool = False, skew_s: float | None = None) -> tuple[Runtime, Runtime]:
+        url = postgres.fresh_url()
+        extra = {"artifacts": {"root": str(tmp_path / "shared-artifacts")}} if shared else {}
+        for host, offset in (("a", 0.0), ("b", skew_s)):
+            clock = None
+            if skew_s is not None:
+                clock = FakeClock()
+                clock.advance(offset or 0.0)
+            config = fast_config(
+                tmp_path / f"host-{host}", database={"url": url}, daemon={"replica_id": host}, **extra
+            )
+            made.append(
+                build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()), clock=clock)
+            )
+        return made[-2], made[-1]
+
     try:
-        yield runtimes[0], runtimes[1]
+        yield make
     finally:
-        for rt in runtimes:
+        for rt in made:
             rt.store.close()
 
 
@@ -55,9 +75,9 @@ def _publish_and_promote(rt: Runtime, tmp_path: Path, version: str) -> None:
 
 @pytest.mark.parametrize("versions", [("v1", "v2"), ("v2",)])
 def test_a_second_host_without_the_files_leaves_the_good_champion_alone(
-    two_hosts: tuple[Runtime, Runtime], tmp_path: Path, versions: tuple[str, ...]
+    make_hosts: HostsFactory, tmp_path: Path, versions: tuple[str, ...]
 ) -> None:
-    a, b = two_hosts
+    a, b = make_hosts()
     assert a.leadership.tick()
     for version in versions:
         _publish_and_promote(a, tmp_path, version)
@@ -78,9 +98,9 @@ def test_a_second_host_without_the_files_leaves_the_good_champion_alone(
 
 
 def test_a_bad_local_copy_of_another_hosts_version_is_set_aside_not_rejected(
-    two_hosts: tuple[Runtime, Runtime], tmp_path: Path
+    make_hosts: HostsFactory, tmp_path: Path
 ) -> None:
-    a, b = two_hosts
+    a, b = make_hosts()
     assert a.leadership.tick()
     _publish_and_promote(a, tmp_path, "v1")
     copy = b.registry.layout.version_dir("v1")
@@ -95,9 +115,9 @@ def test_a_bad_local_copy_of_another_hosts_version_is_set_aside_not_rejected(
 
 
 def test_the_host_whose_store_holds_a_missing_champion_still_judges_it(
-    two_hosts: tuple[Runtime, Runtime], tmp_path: Path
+    make_hosts: HostsFactory, tmp_path: Path
 ) -> None:
-    a, _b = two_hosts
+    a, _b = make_hosts()
     assert a.leadership.tick()
     _publish_and_promote(a, tmp_path, "v1")
     _publish_and_promote(a, tmp_path, "v2")
@@ -109,35 +129,6 @@ def test_the_host_whose_store_holds_a_missing_champion_still_judges_it(
 # -- fencing: a leader whose lease was taken over cannot write what matters ---------------------------------------
 
 
-def _hosts_with_clocks(
-    tmp_path: Path, url: str, *, skew_s: float
-) -> tuple[Runtime, FakeClock, Runtime, FakeClock]:
-    """Host a's clock runs ``skew_s`` behind host b's: a still believes it leads when b may take over (a process
-    paused past its lease, as far as the others can tell)."""
-    made = []
-    for host, offset in (("a", 0.0), ("b", skew_s)):
-        clock = FakeClock()
-        clock.advance(offset)
-        config = fast_config(tmp_path / f"host-{host}", database={"url": url}, daemon={"replica_id": host})
-        made += [
-            build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()), clock=clock),
-            clock,
-        ]
-    return made[0], made[1], made[2], made[3]
-
-
-@pytest.fixture
-def skewed(tmp_path: Path, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    a, a_clock, b, b_clock = _hosts_with_clocks(tmp_path, postgres.fresh_url(), skew_s=10.0)  # ttl 3 s
-    try:
-        yield a, a_clock, b, b_clock
-    finally:
-        a.store.close()
-        b.store.close()
-
-
 def _source(tmp_path: Path, version: str) -> Path:
     src = tmp_path / f"src-{version}"
     src.mkdir()
@@ -146,9 +137,9 @@ def _source(tmp_path: Path, version: str) -> Path:
 
 
 def test_a_leader_whose_lease_was_taken_over_cannot_promote_roll_back_or_reject(
-    skewed: tuple, tmp_path: Path
+    make_hosts: HostsFactory, tmp_path: Path
 ) -> None:
-    a, _a_clock, b, _b_clock = skewed
+    a, b = make_hosts(skew_s=10.0)  # lease ttl 3 s
     assert a.leadership.tick()
     for version in ("v1", "v2", "v3"):
         a.registry.publish_candidate(
@@ -177,10 +168,11 @@ def test_a_leader_whose_lease_was_taken_over_cannot_promote_roll_back_or_reject(
     assert sorted(e.actor for e in b.store.audit.entries(kind=AuditKind.SERVE)) == ["a", "a", "b"]
 
 
-def test_a_stale_leaders_cycle_stops_at_its_next_transition_and_the_new_leader_finishes_it(
-    skewed: tuple, tmp_path: Path
+@pytest.mark.parametrize("shared", [False, True], ids=["own-state-dirs", "shared-artifacts"])
+def test_a_stale_leaders_cycle_stops_at_its_next_transition_and_the_new_leader_takes_it_over(
+    make_hosts: HostsFactory, tmp_path: Path, shared: bool
 ) -> None:
-    a, _a_clock, b, _b_clock = skewed
+    a, b = make_hosts(skew_s=10.0, shared=shared)  # lease ttl 3 s
     assert a.leadership.tick()
 
     class TakenOverWhileTraining(StandinTrainer):
@@ -200,7 +192,89 @@ def test_a_stale_leaders_cycle_stops_at_its_next_transition_and_the_new_leader_f
     adopted = runner_b.start()
     assert adopted is not None and adopted.id == cycle.id
     done = runner_b.resume(adopted)
+    assert done.candidate_id is not None
+    if shared:  # b verifies a's candidate in the shared store, evaluates and promotes it
+        assert done.state is CycleState.PROMOTED
+        assert b.store.champion.get().version_id == done.candidate_id
+        assert b.registry.serving() is not None
+        return
     # Host b cannot see a's candidate (separate state directories): the cycle fails, the candidate is not judged.
     assert done.state is CycleState.FAILED and "not on this host" in (done.error or "")
     assert b.store.versions.get(done.candidate_id).status is VersionStatus.CANDIDATE
     assert b.store.champion.get().version_id is None
+
+
+# -- a shared artifact store ([artifacts] root): published once, verified on every node, cached locally -----------
+
+
+def test_with_a_shared_artifact_root_every_host_serves_the_champion_from_a_verified_cache(
+    make_hosts: HostsFactory, tmp_path: Path
+) -> None:
+    a, b = make_hosts(shared=True)
+    assert a.leadership.tick()
+    _publish_and_promote(a, tmp_path, "v1")
+    _publish_and_promote(a, tmp_path, "v2")
+    shared = tmp_path / "shared-artifacts" / "versions"
+    assert sorted(p.name for p in shared.iterdir()) == ["v1", "v2"]
+    a.leadership.release()
+    assert b.leadership.tick()
+    b.cycles.resume(b)
+    assert b.store.champion.get().version_id == "v2"
+    served = b.registry.serving()
+    assert served is not None and served.version_id == "v2"
+    assert served.path == b.config.state_dir / "versions" / "v2"  # the local cache, not the shared mount
+    assert served.sha256 == b.store.versions.get("v2").sha256
+    assert (b.config.state_dir / "current").resolve() == served.path.resolve()
+    assert {v.status for v in b.store.versions.list()} == {VersionStatus.RETIRED, VersionStatus.CHAMPION}
+
+
+def test_a_bad_cache_copy_is_fetched_again_and_the_version_is_not_judged(
+    make_hosts: HostsFactory, tmp_path: Path
+) -> None:
+    a, b = make_hosts(shared=True)
+    assert a.leadership.tick()
+    _publish_and_promote(a, tmp_path, "v1")
+    a.leadership.release()
+    assert b.leadership.tick()
+    cached = b.registry.load("v1")
+    (cached.path / "adapter.safetensors").write_bytes(b"bit rot")
+    again = b.registry.load("v1")
+    assert (again.path / "adapter.safetensors").read_bytes() == b"v1" * 64
+    assert b.store.versions.get("v1").status is VersionStatus.CHAMPION
+    assert (
+        len(list((b.config.state_dir / "quarantine").iterdir())) == 1
+    )  # the bad copy, kept for a post-mortem
+
+
+def test_a_corrupt_shared_copy_is_judged_by_the_leader(make_hosts: HostsFactory, tmp_path: Path) -> None:
+    a, b = make_hosts(shared=True)
+    assert a.leadership.tick()
+    _publish_and_promote(a, tmp_path, "v1")
+    _publish_and_promote(a, tmp_path, "v2")
+    a.leadership.release()
+    shared_file = tmp_path / "shared-artifacts" / "versions" / "v2" / "adapter.safetensors"
+    shared_file.write_bytes(b"tampered" + shared_file.read_bytes()[8:])
+    assert b.leadership.tick()
+    b.cycles.resume(b)  # b's cache has no v2: it verifies the shared copy, which fails
+    assert b.store.champion.get().version_id == "v1"
+    assert b.store.versions.get("v2").status is VersionStatus.REJECTED
+    assert not shared_file.exists()  # quarantined in the shared store
+
+
+def test_the_embedded_default_has_no_shared_artifact_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    config = load_config(None, state_dir=str(tmp_path / "state"))
+    assert config.artifacts.root is None
+    rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    try:
+        assert rt.registry.shared is None
+        assert rt.leadership.tick()
+        _publish_and_promote(rt, tmp_path, "v1")
+        row = rt.store.versions.get("v1")
+        assert row.artifact_path == f"{rt.registry.store_id}:versions/v1"
+        assert (config.state_dir / "versions" / "v1").is_dir()
+    finally:
+        rt.store.close()
