@@ -20,7 +20,7 @@ from agent.daemon.driver import PolicyCycleDriver
 from agent.daemon.lifecycle import build_runtime
 from agent.daemon.runtime import Runtime
 from agent.store import AuditKind, CycleState, StaleEpochError, VersionStatus
-from tests.agent.conftest import PostgresServer
+from tests.support.postgres import PostgresServer
 from tests.agent.test_daemon import fast_config
 from tests.support.standin_trainer import StandinTrainer, mean_gain_gate, standin_recipe
 
