@@ -20,8 +20,8 @@ from agent.daemon.driver import PolicyCycleDriver
 from agent.daemon.lifecycle import build_runtime
 from agent.daemon.runtime import Runtime
 from agent.store import AuditKind, CycleState, StaleEpochError, VersionStatus
-from tests.support.postgres import PostgresServer
 from tests.agent.test_daemon import fast_config
+from tests.support.postgres import PostgresServer
 from tests.support.standin_trainer import StandinTrainer, mean_gain_gate, standin_recipe
 
 pytestmark = pytest.mark.postgres
