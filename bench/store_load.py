@@ -54,6 +54,7 @@ def _replica(
     *,
     stop: threading.Event,
     start: threading.Barrier,
+    done: threading.Barrier,
     interval_s: float,
     ttl_s: float,
     batch: int,
@@ -85,6 +86,7 @@ def _replica(
             write_ms.append((t2 - t1) * 1e3)
             if interval_s > 0:
                 stop.wait(interval_s)
+        done.wait()  # release only once every replica stopped ticking, or a standby would take over at the end
         leadership.release()
     finally:
         store.close()
@@ -93,6 +95,7 @@ def _replica(
 def run(url: str, replicas: int, *, seconds: float, interval_s: float, ttl_s: float, batch: int) -> Row:
     stop = threading.Event()
     start = threading.Barrier(replicas + 1)
+    done = threading.Barrier(replicas)
     lease_ms: list[float] = []
     write_ms: list[float] = []
     leaders: set[str] = set()
@@ -104,6 +107,7 @@ def run(url: str, replicas: int, *, seconds: float, interval_s: float, ttl_s: fl
             kwargs={
                 "stop": stop,
                 "start": start,
+                "done": done,
                 "interval_s": interval_s,
                 "ttl_s": ttl_s,
                 "batch": batch,

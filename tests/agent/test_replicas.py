@@ -7,6 +7,7 @@ missing file on a state directory that is not shared means "not here", never "co
 
 from __future__ import annotations
 
+import random
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -278,3 +279,95 @@ def test_the_embedded_default_has_no_shared_artifact_store(
         assert (config.state_dir / "versions" / "v1").is_dir()
     finally:
         rt.store.close()
+
+
+# -- many rounds: two daemons, separate state directories, one database, one shared artifact directory -------------
+
+ROUNDS, ROUNDS_LONG = 16, 200
+TTL_S = 3.0  # fast_config's lease_ttl_s
+
+
+def _rebuild(rt: Runtime, clock: FakeClock) -> Runtime:
+    """A restart of ``rt``'s daemon: a new runtime on the same config (state directory, database, replica id)."""
+    rt.leadership.release()
+    rt.store.close()
+    return build_runtime(rt.config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()), clock=clock)
+
+
+def _sync(clocks: dict[str, FakeClock]) -> None:
+    latest = max(c.now() for c in clocks.values())
+    for clock in clocks.values():
+        clock.advance((latest - clock.now()).total_seconds())
+
+
+def test_two_daemons_alternating_start_stop_takeover_rounds(
+    make_hosts: HostsFactory, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Rounds of clean stop, restart and takeover of a paused leader; each new leader runs its start-up
+    reconcile and promotes a new version. Never two current leaders, no good version ever rejected, every
+    promotion from the current term and every stale one refused. ``--long``: 200 rounds."""
+    rounds = ROUNDS_LONG if request.config.getoption("--long") else ROUNDS
+    rng = random.Random(18)
+    a, b = make_hosts(shared=True, skew_s=0.0)
+    hosts = {"a": a, "b": b}
+    clocks = {name: rt.clock for name, rt in hosts.items()}
+    assert all(isinstance(c, FakeClock) for c in clocks.values())
+    leader = "a"
+    assert a.leadership.tick()
+    a.cycles.resume(a)
+    promoted: list[str] = []
+    refused = 0
+    actions = [rng.choice(["stop", "restart", "takeover"]) for _ in range(rounds)]
+    for n, action in enumerate(actions):
+        other = "b" if leader == "a" else "a"
+        if action == "takeover":  # the leader is paused past its lease; the other host's clock says it expired
+            clocks[other].advance(TTL_S + 1)
+            assert hosts[other].leadership.tick()
+            stale = hosts[leader]
+            assert stale.leadership.is_leader()  # it still believes it leads
+            src = tmp_path / f"src-stale-{n}"
+            src.mkdir()
+            (src / "adapter.safetensors").write_bytes(f"stale {n}".encode() * 16)
+            stale.registry.publish_candidate(f"s{n:04d}", src, base_fingerprint="b", adapter_kind="qtha")
+            with pytest.raises(StaleEpochError):
+                stale.registry.promote(
+                    f"s{n:04d}", expected_epoch=stale.store.champion.get().epoch, actor=leader, reason="stale"
+                )
+            refused += 1
+            _sync(clocks)
+            assert not stale.leadership.tick()  # it learns it lost
+        else:
+            if action == "restart":
+                hosts[leader] = _rebuild(hosts[leader], clocks[leader])
+            else:
+                hosts[leader].leadership.release()
+            assert hosts[other].leadership.tick()
+        leader = other
+        rt = hosts[leader]
+        rt.cycles.resume(rt)  # start-up reconcile on the new leader: must not judge anything it cannot see
+        current = [name for name, h in hosts.items() if h.leadership.lease is not None and _current(h)]
+        assert current == [leader], f"round {n}: current leaders {current}"
+        _publish_and_promote(rt, tmp_path, f"r{n:04d}")
+        promoted.append(f"r{n:04d}")
+        assert rt.registry.serving() is not None and rt.registry.serving().version_id == f"r{n:04d}"
+        clocks[leader].advance(0.5)
+        _sync(clocks)
+    store = hosts[leader].store
+    statuses = {v.id: v.status for v in store.versions.list()}
+    assert VersionStatus.REJECTED not in statuses.values(), statuses
+    serves = [e for e in store.audit.entries(kind=AuditKind.SERVE)]
+    assert sorted(e.version_id for e in serves) == sorted(promoted)  # every move is a fenced, current-term one
+    assert not any(e.version_id and e.version_id.startswith("s") for e in serves)
+    assert refused == actions.count("takeover")
+    assert store.champion.get().version_id == promoted[-1]
+
+
+def _current(rt: Runtime) -> bool:
+    lease = rt.leadership.lease
+    if lease is None:
+        return False
+    try:
+        rt.store.leases.check(lease)
+    except StaleEpochError:
+        return False
+    return True
