@@ -1,0 +1,51 @@
+"""Cycles on a local multi-node Ray cluster (``[cluster]``, :class:`agent.child.remote.RayTrainer`).
+
+The cluster runs in a network namespace the test creates (``unshare --net``, only ``lo`` up): Ray binds the
+machine's own interface address by default and forcing 127.0.0.1 has hung upstream, so the namespace is what keeps
+every Ray component on loopback. Needs root (for ``unshare``) and Ray (the ``cluster`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.tools import skip_missing_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_cycle_trains_and_evaluates_on_ray_workers_and_survives_a_lost_node(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[cluster]'")
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        skip_missing_tool("root with unshare and ip (a private network namespace)", "run the suite as root")
+    out = tmp_path / "result.json"
+    script = (
+        "ip link set lo up && exec "
+        f"{sys.executable} -m tests.support.ray_cycle {out} {tmp_path}"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run(
+        ["unshare", "--net", "--", "sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    workers = set(result["workers"])
+    # 1. Training and both evaluations ran as Ray tasks on the worker nodes, never on the (zero-CPU) head.
+    cycle1 = result["cycle1"]
+    assert cycle1["state"] == "promoted"
+    assert [kind for kind, _ in cycle1["nodes"]] == ["train", "evaluate"]  # no champion yet: one evaluation
+    assert {node for _, node in cycle1["nodes"]} <= workers
+    # 2. The node training the second candidate was removed: the task ran again on the survivor.
+    cycle2 = result["cycle2"]
+    attempts = cycle2["train_attempts"]
+    assert result["killed"] == attempts[0]
+    assert len(attempts) == 2 and attempts[1] != attempts[0] and attempts[1] in workers
+    assert cycle2["state"] == "promoted", cycle2["error"]
+    assert result["champion_intact"]
