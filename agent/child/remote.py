@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import policies
+from agent.child.runner import ChildRunner
+from agent.child.trainer import ChildTrainer
+from agent.config import QthaConfig
 from agent.cycle.trainer import EvalOutcome, Progress, Trainer, TrainOutcome, latest_checkpoint
 
-__all__ = ["RayTrainer"]
+__all__ = ["RayTrainer", "WorkerChildTrainer"]
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +106,37 @@ class RayTrainer:
     def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
         outcome: EvalOutcome = self._run("evaluate", _evaluate_task, artifact_dir, version_id)
         return outcome
+
+
+class WorkerChildTrainer:
+    """The daemon's child-process trainer, built on the Ray worker from the configuration (which pickles; the
+    daemon's runner, store and observer do not). Training progress reaches the database when the task returns,
+    not step by step."""
+
+    def __init__(self, config: QthaConfig) -> None:
+        self.config = config
+        self._trainer: ChildTrainer | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "_trainer": None}
+
+    def _child(self) -> ChildTrainer:
+        if self._trainer is None:
+            self._trainer = ChildTrainer(self.config, ChildRunner())
+        return self._trainer
+
+    def train(
+        self,
+        recipe: policies.Recipe,
+        workdir: Path,
+        *,
+        resume_from: Path | None,
+        parent_dir: Path | None,
+        progress: Progress,
+    ) -> TrainOutcome:
+        return self._child().train(
+            recipe, workdir, resume_from=resume_from, parent_dir=parent_dir, progress=progress
+        )
+
+    def evaluate(self, artifact_dir: Path, *, version_id: str) -> EvalOutcome:
+        return self._child().evaluate(artifact_dir, version_id=version_id)

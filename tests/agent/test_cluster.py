@@ -49,3 +49,31 @@ def test_a_cycle_trains_and_evaluates_on_ray_workers_and_survives_a_lost_node(tm
     assert len(attempts) == 2 and attempts[1] != attempts[0] and attempts[1] in workers
     assert cycle2["state"] == "promoted", cycle2["error"]
     assert result["champion_intact"]
+
+
+_NO_RAY = """
+import sys
+from pathlib import Path
+from agent.cli.wiring import model_trainer
+from agent.config import load_config
+from agent.daemon.driver import PolicyCycleDriver
+from agent.daemon.lifecycle import build_runtime
+
+state = Path(sys.argv[1])
+for cluster in ({}, {"address": "ray://nowhere:10001"}):
+    rt = build_runtime(load_config(None, state_dir=str(state), cluster=cluster), cycles=PolicyCycleDriver(model_trainer))
+    trainer = model_trainer(rt)
+    print(type(trainer).__name__, "ray" in sys.modules)
+    rt.store.close()
+"""
+
+
+def test_the_embedded_default_does_not_import_ray_and_a_cluster_address_imports_it_only_when_used(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QTHA_")} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_RAY, str(tmp_path / "state")], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:2] == ["ChildTrainer False", "RayTrainer False"]
