@@ -27,8 +27,8 @@ def _read(conn: Connection, name: str) -> Lease | None:
     return None if row is None else _convert.lease(row)
 
 
-def check_fence(conn: Connection, lease: Lease | None, now: datetime, *, name: str = LEADER_LEASE) -> None:
-    """Refuses a write unless ``lease`` is the current, unexpired term of lease ``name``.
+def check_fence(conn: Connection, lease: Lease | None, now: datetime) -> None:
+    """Refuses a write unless ``lease`` is the current, unexpired term of its lease.
 
     Runs inside the write's transaction. On PostgreSQL the lease row is read ``FOR SHARE``: a takeover (an
     ``UPDATE`` of that row) waits until this write commits, and a write that starts after the takeover sees the
@@ -39,8 +39,11 @@ def check_fence(conn: Connection, lease: Lease | None, now: datetime, *, name: s
     """
     if lease is None:
         raise StaleEpochError("this process does not hold the leader lease; only the leader may write this")
-    row = conn.execute(select(_T).where(_T.c.name == name).with_for_update(read=True)).mappings().first()
-    current = None if row is None else _convert.lease(row)
+    row = conn.execute(select(_T).where(_T.c.name == lease.name).with_for_update(read=True)).mappings().first()
+    _refuse_unless_current(lease, None if row is None else _convert.lease(row), now, "write refused: ")
+
+
+def _refuse_unless_current(lease: Lease, current: Lease | None, now: datetime, prefix: str = "") -> None:
     if (
         current is None
         or current.epoch != lease.epoch
@@ -49,7 +52,7 @@ def check_fence(conn: Connection, lease: Lease | None, now: datetime, *, name: s
         or current.expires_at <= now
     ):
         raise StaleEpochError(
-            f"write refused: lease {name!r} epoch {lease.epoch} of {lease.holder!r} is no longer current (now "
+            f"{prefix}lease {lease.name!r} epoch {lease.epoch} of {lease.holder!r} is no longer current (now "
             f"epoch {current.epoch if current else '?'}, holder {current.holder if current else None!r}); "
             "stop acting as leader"
         )
@@ -141,15 +144,4 @@ class Leases(TableAccess):
 
     def check(self, lease: Lease) -> None:
         """Raises StaleEpochError unless ``lease`` is still the current, unexpired term."""
-        now = self._clock.now()
-        current = self.get(lease.name)
-        if (
-            current.epoch != lease.epoch
-            or current.holder != lease.holder
-            or current.expires_at is None
-            or current.expires_at <= now
-        ):
-            raise StaleEpochError(
-                f"lease {lease.name!r} epoch {lease.epoch} of {lease.holder!r} is no longer current "
-                f"(now epoch {current.epoch}, holder {current.holder!r}); stop acting as leader"
-            )
+        _refuse_unless_current(lease, self.get(lease.name), self._clock.now())

@@ -67,10 +67,9 @@ def make_hosts(
 
 
 def _publish_and_promote(rt: Runtime, tmp_path: Path, version: str) -> None:
-    src = tmp_path / f"src-{version}"
-    src.mkdir()
-    (src / "adapter.safetensors").write_bytes(version.encode() * 64)
-    rt.registry.publish_candidate(version, src, base_fingerprint="base", adapter_kind="qtha")
+    rt.registry.publish_candidate(
+        version, _source(tmp_path, version), base_fingerprint="base", adapter_kind="qtha"
+    )
     rt.registry.promote(version, expected_epoch=rt.store.champion.get().epoch, actor="test", reason="setup")
 
 
@@ -320,14 +319,14 @@ def test_two_daemons_alternating_start_stop_takeover_rounds(
     actions = [rng.choice(["stop", "restart", "takeover"]) for _ in range(rounds)]
     for n, action in enumerate(actions):
         other = "b" if leader == "a" else "a"
-        if action == "takeover":  # the leader is paused past its lease; the other host's clock says it expired
+        if (
+            action == "takeover"
+        ):  # the leader is paused past its lease; the other host's clock says it expired
             clocks[other].advance(TTL_S + 1)
             assert hosts[other].leadership.tick()
             stale = hosts[leader]
             assert stale.leadership.is_leader()  # it still believes it leads
-            src = tmp_path / f"src-stale-{n}"
-            src.mkdir()
-            (src / "adapter.safetensors").write_bytes(f"stale {n}".encode() * 16)
+            src = _source(tmp_path, f"s{n:04d}")
             stale.registry.publish_candidate(f"s{n:04d}", src, base_fingerprint="b", adapter_kind="qtha")
             with pytest.raises(StaleEpochError):
                 stale.registry.promote(
@@ -356,7 +355,9 @@ def test_two_daemons_alternating_start_stop_takeover_rounds(
     statuses = {v.id: v.status for v in store.versions.list()}
     assert VersionStatus.REJECTED not in statuses.values(), statuses
     serves = [e for e in store.audit.entries(kind=AuditKind.SERVE)]
-    assert sorted(e.version_id for e in serves) == sorted(promoted)  # every move is a fenced, current-term one
+    assert sorted(e.version_id for e in serves) == sorted(
+        promoted
+    )  # every move is a fenced, current-term one
     assert not any(e.version_id and e.version_id.startswith("s") for e in serves)
     assert refused == actions.count("takeover")
     assert store.champion.get().version_id == promoted[-1]
