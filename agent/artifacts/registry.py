@@ -425,6 +425,7 @@ class Registry:
         return copy
 
     def _refuse(self, row: ModelVersion, why: str, *, layout: Layout | None = None) -> None:
+        self.store.check_fence()  # only the current leader judges: a stale one must not move the files either
         artifacts.quarantine(layout or self.layout, row.id, reason=why)
         if row.status is not VersionStatus.CHAMPION:
             self.store.versions.reject(row.id, reason=why)

@@ -86,6 +86,13 @@ class Store:
         """
         self._db.fence = fence_for(token, self.clock)
 
+    def check_fence(self) -> None:
+        """Raises :class:`~agent.store.StaleEpochError` when the store is fenced and this process's lease term is not
+        current (no-op on an unfenced store): ask before an act that is no database write but a judgement (moving
+        a version's files to the quarantine)."""
+        with self._db.tx(write=False, fenced=True):
+            pass
+
     def schema_version(self) -> int:
         with self._db.tx(write=False) as conn:
             return _migrations.current_version(conn)

@@ -372,3 +372,17 @@ def _current(rt: Runtime) -> bool:
     except StaleEpochError:
         return False
     return True
+
+
+def test_a_host_that_does_not_lead_never_quarantines_a_shared_version(
+    make_hosts: HostsFactory, tmp_path: Path
+) -> None:
+    a, b = make_hosts(shared=True)
+    assert a.leadership.tick()
+    _publish_and_promote(a, tmp_path, "v1")
+    shared_file = tmp_path / "shared-artifacts" / "versions" / "v1" / "adapter.safetensors"
+    shared_file.write_bytes(b"tampered" + shared_file.read_bytes()[8:])
+    with pytest.raises(StaleEpochError):
+        b.registry.load("v1")  # b does not lead: it may not judge
+    assert shared_file.exists()
+    assert b.store.versions.get("v1").status is VersionStatus.CHAMPION
