@@ -32,7 +32,6 @@ from agent.serve.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
-    error_body,
 )
 from agent.serve.follower import Follower
 from agent.serve.metrics import CONTENT_TYPE, ServeMetrics
