@@ -19,10 +19,12 @@ from agent.serve import ServeParts, ServeProcess
 from agent.serve.engine import Delta, Event, Finished, Sampling, Served
 from agent.serve.errors import BadRequest, EngineUnavailable, QueueFull
 
+
 def expected_answer(version: str, messages: Sequence[Mapping[str, str]]) -> str:
     """What :class:`EchoEngine` of ``version`` answers (before max_tokens and stop strings cut it)."""
     last = [m["content"] for m in messages if m["role"] == "user"][-1]
     return f"{version}: {last[::-1]}"
+
 
 @dataclass
 class _Request:
@@ -34,6 +36,7 @@ class _Request:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
 
 class EchoEngine:
     """A stand-in engine (see the module docstring).
@@ -125,7 +128,10 @@ class EchoEngine:
             if self.gate is not None:
                 self.gate.wait()
             full = f"{self.version}: {r.prompt[::-1]}"
-            text, reason = full[: r.sampling.max_tokens], "length" if len(full) > r.sampling.max_tokens else "stop"
+            text, reason = (
+                full[: r.sampling.max_tokens],
+                "length" if len(full) > r.sampling.max_tokens else "stop",
+            )
             for s in r.sampling.stop:
                 if s in text:
                     text, reason = text[: text.index(s)], "stop"
@@ -144,6 +150,7 @@ class EchoEngine:
             with self._lock:
                 self._count -= 1
 
+
 def echo_loader(
     loaded: list[str] | None = None, *, broken: set[str] | frozenset[str] = frozenset(), **engine_kw: object
 ) -> Callable[[str | None, int], Served]:
@@ -159,10 +166,12 @@ def echo_loader(
 
     return load
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
 
 @contextmanager
 def running(parts: ServeParts, *, wait_ready: bool = True, timeout_s: float = 60.0) -> Iterator[str]:
@@ -184,5 +193,6 @@ def running(parts: ServeParts, *, wait_ready: bool = True, timeout_s: float = 60
         process.server.should_exit = True
         thread.join(30)
         process.close_parts()
+
 
 __all__ = ["EchoEngine", "echo_loader", "expected_answer", "free_port", "running"]
