@@ -150,8 +150,8 @@ class ModelLoader:
                 self._base = load_checkpoint(self._source)
             return self._base
 
-    def build_model(self, version_id: str | None) -> tuple[Any, Any]:
-        """``(model, tokenizer)`` of a version: the base with the version's adapter merged in where possible.
+    def adapted(self, version_id: str | None) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` of a version: a copy of the base with the version's adapter (not merged).
 
         Raises:
             ArtifactCorruptError, ArtifactMissingError: the artifact fails verification (nothing is loaded).
@@ -159,7 +159,7 @@ class ModelLoader:
         """
         from flax import nnx
 
-        from model import is_mergeable, load_adapter, merge_adapters
+        from model import load_adapter
 
         base = self.base()
         if version_id is None:
@@ -173,14 +173,21 @@ class ModelLoader:
             )
         adapted = nnx.clone(base.model)  # the cached base stays adapter-free for the next version
         load_adapter(adapted, artifact.path, base_fingerprint=base.fingerprint)
-        return (merge_adapters(adapted) if is_mergeable(adapted) else adapted), base.tokenizer
+        return adapted, base.tokenizer
+
+    def serving_model(self, version_id: str | None) -> tuple[Any, Any]:
+        """:meth:`adapted` with LoRA and weight-mode QTHA folded into the weights (activation mode as it is)."""
+        from model import is_mergeable, merge_adapters
+
+        adapted, tokenizer = self.adapted(version_id)
+        return (merge_adapters(adapted) if is_mergeable(adapted) else adapted), tokenizer
 
     def __call__(self, version_id: str | None, epoch: int) -> Served:
         from model import DecodeEngine, EngineConfig
 
         started = time.monotonic()
         name = version_id or BASE_VERSION
-        model, tokenizer = self.build_model(version_id)
+        model, tokenizer = self.serving_model(version_id)
         context = int(self.base().config.max_position_embeddings)
         capacity = min(context, self._limits.max_prompt_tokens + self._limits.max_tokens)
         engine = DecodeEngine(
