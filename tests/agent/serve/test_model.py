@@ -31,7 +31,7 @@ from tests.fixtures.tiny_model import write_tiny_hf
 from tests.model.adapter_helpers import randomise_adapters
 from tests.support.serve import running
 
-pytestmark = pytest.mark.skipif(not hasattr(model, "DecodeEngine"), reason="the decoding engine is not merged yet")
+needs_engine = pytest.mark.skipif(not hasattr(model, "DecodeEngine"), reason="the decoding engine is not merged yet")
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 PROMPTS = ("What is 12 plus 7?", "Tom has 5 apples.", "Hello, how are you today?", "The cat sat on the mat.")
@@ -78,7 +78,7 @@ def setup(tiny: TinyVersions, tmp_path: Path) -> Iterator[tuple[QthaConfig, Stor
         None,
         state_dir=tmp_path / "state",
         model={"source": str(tiny.base_dir)},
-        serve={"poll_interval_s": 0.1, "max_batch": 4, "max_prompt_tokens": 128, "max_tokens": 64},
+        serve={"poll_interval_s": 0.1, "max_batch": 4, "max_prompt_tokens": 128, "max_tokens": 64, "default_max_tokens": 32},
     )
     store = open_store(config.database_url)
     registry = Registry(store, Layout(config.state_dir))
@@ -107,6 +107,7 @@ def _promote(registry: Registry, version: str) -> None:
     registry.promote(version, expected_epoch=seen.epoch, actor="test", reason="test")
 
 
+@needs_engine
 def test_greedy_answers_equal_model_generate_plain_and_streamed(tiny: TinyVersions, setup) -> None:  # noqa: ANN001
     config, store, registry = setup
     expected = {"base": greedy(tiny, "base", PROMPTS), "v1": greedy(tiny, "v1", PROMPTS)}
@@ -141,6 +142,7 @@ def test_greedy_answers_equal_model_generate_plain_and_streamed(tiny: TinyVersio
         assert sampled[0] == sampled[1]
 
 
+@needs_engine
 def test_hot_swap_under_load_on_the_real_model(tiny: TinyVersions, setup) -> None:  # noqa: ANN001
     config, store, registry = setup
     _promote(registry, "v1")
@@ -155,6 +157,7 @@ def test_hot_swap_under_load_on_the_real_model(tiny: TinyVersions, setup) -> Non
         assert [a.text for a in mine] == [expected[a.prompt] for a in mine]
 
 
+@needs_engine
 def test_a_corrupt_new_champion_is_refused_and_the_old_keeps_serving(tiny: TinyVersions, setup) -> None:  # noqa: ANN001
     config, store, registry = setup
     _promote(registry, "v1")
