@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 
 _BATCH = 256
 _PRUNE_EVERY_S = 60.0
+# Text waiting in memory at most (a record can hold a prompt of up to serve.max_body_bytes).
+_MAX_QUEUED_CHARS = 64 * 2**20
+
+
+def _chars(record: UsageRecord) -> int:
+    return sum(len(str(m.get("content", ""))) for m in record.messages) + sum(len(a) for a in record.answers)
 
 
 class _Flush:
@@ -39,7 +45,7 @@ class UsageWriter:
         metrics: counts dropped records.
         retention_days: records older than this are pruned.
         max_bytes: the log's size cap.
-        capacity: records that may wait in memory.
+        capacity: records that may wait in memory (and at most 64 Mi characters of their text).
     """
 
     def __init__(
@@ -58,16 +64,29 @@ class UsageWriter:
         self._queue: queue.Queue[UsageRecord | _Flush | None] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
         self._last_prune = -float("inf")
+        self._queued_chars = 0
+        self._chars_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, record: UsageRecord) -> None:
         """Queues one record without blocking (dropped and counted when the queue is full)."""
+        size = _chars(record)
+        with self._chars_lock:
+            if self._queued_chars + size > _MAX_QUEUED_CHARS:
+                self._metrics.usage_dropped.inc()
+                return
+            self._queued_chars += size
         try:
             self._queue.put_nowait(record)
         except queue.Full:
+            self._forget(size)
             self._metrics.usage_dropped.inc()
+
+    def _forget(self, size: int) -> None:
+        with self._chars_lock:
+            self._queued_chars -= size
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Waits until the records queued before this call are committed; False on timeout."""
@@ -112,6 +131,7 @@ class UsageWriter:
     def _commit(self, batch: list[UsageRecord]) -> None:
         if not batch:
             return
+        self._forget(sum(_chars(r) for r in batch))
         try:
             self._store.usage.record_many(batch)
         except Exception:  # a database outage must not kill the writer; the records are lost and counted
