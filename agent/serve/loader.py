@@ -196,11 +196,7 @@ class ModelLoader:
             EngineConfig(max_slots=self._limits.max_batch, capacity=capacity, max_queue=self._limits.max_queue),
             name=name,
         )
+        engine.warmup()  # compiles every shape before the engine thread takes the cache over
         engine.start()
-        try:
-            engine.warmup()
-        except BaseException:
-            engine.stop()
-            raise
         log.info("loaded and warmed version %s in %.1f s", name, time.monotonic() - started)
         return Served(name, epoch, _EngineAdapter(engine))

@@ -31,6 +31,8 @@ from tests.fixtures.tiny_model import write_tiny_hf
 from tests.model.adapter_helpers import randomise_adapters
 from tests.support.serve import running
 
+pytestmark = pytest.mark.slow  # the tiny model loads, compiles and decodes for real: tens of seconds each
+
 needs_engine = pytest.mark.skipif(not hasattr(model, "DecodeEngine"), reason="the decoding engine is not merged yet")
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
