@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -111,11 +113,22 @@ class ServeProcess:
 
     def run(self) -> None:
         """Serves until SIGTERM or SIGINT, then closes every part."""
+        # uvicorn handles the stop signal (graceful shutdown), then restores the handler it found and raises the
+        # signal again. Finding a quiet handler here, the process goes on to close the engines and flush the
+        # usage log, and exits 0, instead of dying by the signal halfway.
+        quiet = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)} if quiet else {}
         self.start_parts()
         try:
             self.server.run()
         finally:
             self.close_parts()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    log.info("stop signal %d: finishing the shutdown", signum)
 
 
 def run_serve(config: QthaConfig, *, load: Loader | None = None) -> int:

@@ -8,6 +8,10 @@ registry exactly as the daemon publishes a candidate.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,7 @@ from model.adapters import LoraConfig, QthaAdapterConfig, inject_adapters
 from tests.agent.serve.test_hot_swap import drive_swaps
 from tests.fixtures.tiny_model import write_tiny_hf
 from tests.model.adapter_helpers import randomise_adapters
-from tests.support.serve import running
+from tests.support.serve import free_port, running
 
 pytestmark = pytest.mark.slow  # the tiny model loads, compiles and decodes for real: tens of seconds each
 
@@ -80,7 +84,7 @@ def setup(tiny: TinyVersions, tmp_path: Path) -> Iterator[tuple[QthaConfig, Stor
         None,
         state_dir=tmp_path / "state",
         model={"source": str(tiny.base_dir)},
-        serve={"poll_interval_s": 0.1, "max_batch": 4, "max_prompt_tokens": 128, "max_tokens": 64, "default_max_tokens": 32},
+        serve={"poll_interval_s": 0.1, "max_batch": 4, "max_prompt_tokens": 64, "max_tokens": 32, "default_max_tokens": 16},
     )
     store = open_store(config.database_url)
     registry = Registry(store, Layout(config.state_dir))
@@ -205,3 +209,49 @@ def test_export_refuses_activation_mode(tiny: TinyVersions, setup, tmp_path: Pat
     assert qtha(["export", "act", "--out", str(tmp_path / "out")]) == 3
     assert "activation" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
+
+
+@needs_engine
+def test_qtha_serve_process_answers_and_stops_cleanly_on_sigterm(tiny: TinyVersions, setup) -> None:  # noqa: ANN001
+    config, store, registry = setup
+    _promote(registry, "v1")
+    port = free_port()
+    env = {
+        **os.environ,
+        "QTHA_STATE_DIR": str(config.state_dir),
+        "QTHA_MODEL__SOURCE": config.model.source,
+        "QTHA_SERVE__PORT": str(port),
+        "QTHA_SERVE__MAX_PROMPT_TOKENS": "64",
+        "QTHA_SERVE__MAX_TOKENS": "32",
+        "QTHA_SERVE__DEFAULT_MAX_TOKENS": "16",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, process.communicate()[0].decode()[-3000:]
+            assert time.monotonic() < deadline, "qtha serve was not ready in time"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        prompt = PROMPTS[0]
+        reply = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "qtha", "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS,
+                  "temperature": 0},
+            timeout=60,
+        )
+        assert reply.json()["model"] == "v1"
+        assert reply.json()["choices"][0]["message"]["content"] == greedy(tiny, "v1", [prompt])[prompt]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 0, output[-3000:]
+    assert store.usage.get(reply.json()["id"]).version_id == "v1"  # the usage log was flushed on the way out
