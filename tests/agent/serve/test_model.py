@@ -37,8 +37,6 @@ from tests.support.serve import free_port, running
 
 pytestmark = pytest.mark.slow  # the tiny model loads, compiles and decodes for real: tens of seconds each
 
-needs_engine = pytest.mark.skipif(not hasattr(model, "DecodeEngine"), reason="the decoding engine is not merged yet")
-
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 PROMPTS = ("What is 12 plus 7?", "Tom has 5 apples.", "Hello, how are you today?", "The cat sat on the mat.")
 MAX_TOKENS = 24
@@ -113,7 +111,6 @@ def _promote(registry: Registry, version: str) -> None:
     registry.promote(version, expected_epoch=seen.epoch, actor="test", reason="test")
 
 
-@needs_engine
 def test_greedy_answers_equal_model_generate_plain_and_streamed(tiny: TinyVersions, setup) -> None:  # noqa: ANN001
     config, store, registry = setup
     expected = {"base": greedy(tiny, "base", PROMPTS), "v1": greedy(tiny, "v1", PROMPTS)}
@@ -148,7 +145,6 @@ def test_greedy_answers_equal_model_generate_plain_and_streamed(tiny: TinyVersio
         assert sampled[0] == sampled[1]
 
 
-@needs_engine
 def test_hot_swap_under_load_on_the_real_model(tiny: TinyVersions, setup) -> None:  # noqa: ANN001
     config, store, registry = setup
     _promote(registry, "v1")
@@ -163,7 +159,6 @@ def test_hot_swap_under_load_on_the_real_model(tiny: TinyVersions, setup) -> Non
         assert [a.text for a in mine] == [expected[a.prompt] for a in mine]
 
 
-@needs_engine
 def test_a_corrupt_new_champion_is_refused_and_the_old_keeps_serving(tiny: TinyVersions, setup) -> None:  # noqa: ANN001
     config, store, registry = setup
     _promote(registry, "v1")
@@ -211,7 +206,6 @@ def test_export_refuses_activation_mode(tiny: TinyVersions, setup, tmp_path: Pat
     assert not os.path.exists(tmp_path / "out")
 
 
-@needs_engine
 def test_qtha_serve_process_answers_and_stops_cleanly_on_sigterm(tiny: TinyVersions, setup) -> None:  # noqa: ANN001
     config, store, registry = setup
     _promote(registry, "v1")
