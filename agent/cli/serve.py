@@ -56,40 +56,22 @@ def export_command(
 ) -> None:
     """Write a version as a standalone model: LoRA or weight-mode QTHA folded into the base weights, as an HF
     directory (config.json, model.safetensors, tokenizer.json) or a GGUF file that other tools load."""
-    from agent.artifacts import ArtifactCorruptError, ArtifactMissingError, Layout
-    from agent.serve.loader import EngineLimits, ModelLoader
+    from agent.artifacts import ArtifactCorruptError, ArtifactMissingError
+    from agent.serve.export import ExportRefusedError, export_version
     from agent.store import NotFoundError, open_store
 
     cfg = read_config(config)
     store = open_store(cfg.database_url)
     try:
-        version_id: str | None = version
-        if version == "champion":
-            version_id = store.champion.get().version_id
-            if version_id is None:
-                typer.echo("no champion yet: exporting the base model", err=True)
-        elif version == "base":
-            version_id = None
-        loader = ModelLoader(
-            model_source=cfg.model.source,
-            layout=Layout(cfg.state_dir),
-            version_row=store.versions.get,
-            limits=EngineLimits(max_batch=1, max_queue=1, max_prompt_tokens=1, max_tokens=1),
-        )
-        try:
-            adapted, tokenizer = loader.adapted(version_id)
-        except NotFoundError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except (ArtifactCorruptError, ArtifactMissingError) as exc:
-            fail(f"cannot export {version}: {exc}")
+        written = export_version(cfg, store, version, out, format=format.value)
+    except NotFoundError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except (ArtifactCorruptError, ArtifactMissingError) as exc:
+        fail(f"cannot export {version}: {exc}")
+    except ExportRefusedError as exc:
+        fail(f"cannot export {version}: {exc}", EXIT_REFUSED)
+    except ValueError as exc:  # the output exists, or the format cannot describe this model
+        fail(f"cannot export {version}: {exc}", EXIT_USAGE)
     finally:
         store.close()
-    from model import ExportError, UnmergeableAdapterError, export_checkpoint
-
-    try:
-        written = export_checkpoint(adapted, tokenizer, out, format=format.value)
-    except UnmergeableAdapterError as exc:
-        fail(f"cannot export {version}: {exc}", EXIT_REFUSED)
-    except ExportError as exc:
-        fail(str(exc), EXIT_USAGE)
     typer.echo(f"exported {version} to {written}")

@@ -1,4 +1,4 @@
-"""The usage log and feedback tables (schema v2): round trip, feedback, retention by age and by size, migration."""
+"""The usage log and feedback tables (schema v3): round trip, feedback, retention by age and by size, migration."""
 
 from __future__ import annotations
 
@@ -79,20 +79,20 @@ def test_prune_by_age_then_by_size_drops_the_oldest_with_their_feedback(
     assert len(store.usage.feedback(request_id="r4")) == 1
 
 
-def test_a_v1_database_migrates_to_v2_keeping_its_rows(
+def test_a_v2_database_migrates_to_v3_keeping_its_rows(
     sqlite_url: str, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = create_store_engine(sqlite_url)
-    with monkeypatch.context() as patch:  # what a qtha of schema v1 created
-        patch.setattr(migrations, "STEPS", STEPS[:1])
-        patch.setattr(migrations, "LATEST_VERSION", 1)
-        assert migrations.migrate(Database(engine), fake_clock.now()) == 1
+    with monkeypatch.context() as patch:  # what a qtha of schema v2 created
+        patch.setattr(migrations, "STEPS", STEPS[:2])
+        patch.setattr(migrations, "LATEST_VERSION", 2)
+        assert migrations.migrate(Database(engine), fake_clock.now()) == 2
     with engine.begin() as conn:
         conn.execute(text("UPDATE champion SET epoch = 5 WHERE id = 1"))
     engine.dispose()
     store = open_store(sqlite_url, clock=fake_clock)
     try:
-        assert store.schema_version() == 2 and store.champion.get().epoch == 5
+        assert store.schema_version() == 3 and store.champion.get().epoch == 5
         store.usage.record_many([_record(store, "r1")])
         assert store.usage.get("r1").answers == ("hello",)
     finally:

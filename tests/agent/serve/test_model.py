@@ -249,3 +249,12 @@ def test_qtha_serve_process_answers_and_stops_cleanly_on_sigterm(tiny: TinyVersi
         output = process.communicate(timeout=120)[0].decode()
     assert process.returncode == 0, output[-3000:]
     assert store.usage.get(reply.json()["id"]).version_id == "v1"  # the usage log was flushed on the way out
+
+
+def test_export_refuses_to_overwrite(tiny: TinyVersions, setup, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    config, store, registry = setup
+    monkeypatch.setenv("QTHA_STATE_DIR", str(config.state_dir))
+    monkeypatch.setenv("QTHA_MODEL__SOURCE", config.model.source)
+    (tmp_path / "taken").mkdir()
+    assert qtha(["export", "base", "--out", str(tmp_path / "taken")]) == 2
+    assert "cannot export base" in capsys.readouterr().err
