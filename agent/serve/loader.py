@@ -154,16 +154,14 @@ class ModelLoader:
         """``(model, tokenizer)`` of a version: a copy of the base with the version's adapter (not merged).
 
         Raises:
+            NotFoundError: no such version row.
             ArtifactCorruptError, ArtifactMissingError: the artifact fails verification (nothing is loaded).
             model.AdapterArtifactError: the adapter does not fit the base.
         """
-        from flax import nnx
-
-        from model import load_adapter
-
-        base = self.base()
         if version_id is None:
+            base = self.base()
             return base.model, base.tokenizer
+        # The version is checked before the base loads: a bad one costs no model load.
         row = self._row(version_id)
         artifact = verify(self._layout, version_id)
         if artifact.sha256 != row.sha256:
@@ -171,6 +169,11 @@ class ModelLoader:
                 f"version {version_id!r}: artifact digest {artifact.sha256[:12]}… differs from the registered "
                 f"{row.sha256[:12]}…"
             )
+        from flax import nnx
+
+        from model import load_adapter
+
+        base = self.base()
         adapted = nnx.clone(base.model)  # the cached base stays adapter-free for the next version
         load_adapter(adapted, artifact.path, base_fingerprint=base.fingerprint)
         return adapted, base.tokenizer
