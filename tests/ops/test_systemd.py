@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.tools import find_tool, needs_tool
 
 ROOT = Path(__file__).resolve().parents[2]
