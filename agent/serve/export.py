@@ -47,6 +47,7 @@ def export_version(
         layout=Layout(config.state_dir),
         version_row=store.versions.get,
         limits=EngineLimits(max_batch=1, max_queue=1, max_prompt_tokens=1, max_tokens=1),  # no engine is built
+        simulator=config.quantum.backend,
     )
     adapted, tokenizer = loader.adapted(version_id)  # checks the version before anything heavy is imported
     from model import UnmergeableAdapterError, export_checkpoint

@@ -6,11 +6,12 @@ above it depends on ``model``'s types.
 
 LoRA and weight-mode QTHA adapters are input-independent: they are folded into the base weights once at load
 (ΔW computed once), and the engine runs a plain model. Activation-mode QTHA keeps its per-token circuit (on the
-default JAX simulator) and is served unmerged.
+JAX simulator, or qsim when ``quantum.backend = "qsim"``) and is served unmerged.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -124,6 +125,8 @@ class ModelLoader:
         layout: where version artifacts live.
         version_row: ``store.versions.get``; the artifact's digest must equal the row's sha256.
         limits: engine sizes.
+        simulator: where QTHA circuits run (``quantum.backend``): ``qsim``, or the JAX simulator for anything
+            else; serving never sends per-token circuits to a device (cost and latency per token).
     """
 
     def __init__(
@@ -133,11 +136,13 @@ class ModelLoader:
         layout: Layout,
         version_row: Callable[[str], ModelVersion],
         limits: EngineLimits,
+        simulator: str = "jax",
     ) -> None:
         self._source = model_source
         self._layout = layout
         self._row = version_row
         self._limits = limits
+        self._simulator = simulator
         self._base: Any = None
         self._base_lock = threading.Lock()
 
@@ -175,8 +180,15 @@ class ModelLoader:
 
         base = self.base()
         adapted = nnx.clone(base.model)  # the cached base stays adapter-free for the next version
-        load_adapter(adapted, artifact.path, base_fingerprint=base.fingerprint)
+        load_adapter(adapted, artifact.path, base_fingerprint=base.fingerprint, qnn_factory=self._qnn_factory())
         return adapted, base.tokenizer
+
+    def _qnn_factory(self) -> Callable[..., Any] | None:
+        if self._simulator != "qsim":
+            return None  # the JAX statevector simulator, load_adapter's default
+        import quantum
+
+        return functools.partial(quantum.make_qnn, backend=quantum.QsimBackend())
 
     def serving_model(self, version_id: str | None) -> tuple[Any, Any]:
         """:meth:`adapted` with LoRA and weight-mode QTHA folded into the weights (activation mode as it is)."""
