@@ -1,6 +1,6 @@
 """Loading a version into a decoding engine: verify its artifact, base + adapter, merge, start, warm.
 
-The only module of the server that imports ``model`` (and so jax); it also translates the model's exceptions
+With :mod:`agent.serve.export`, the only module of the server that imports ``model`` (and so jax); it translates the model's exceptions
 into the server's (:mod:`agent.serve.errors`) and its events into :mod:`agent.serve.engine`'s, so nothing
 above it depends on ``model``'s types.
 
