@@ -1,8 +1,8 @@
 """Loading a version into a decoding engine: verify its artifact, base + adapter, merge, start, warm.
 
-With :mod:`agent.serve.export`, the only module of the server that imports ``model`` (and so jax); it translates the model's exceptions
-into the server's (:mod:`agent.serve.errors`) and its events into :mod:`agent.serve.engine`'s, so nothing
-above it depends on ``model``'s types.
+With :mod:`agent.serve.export`, the only module of the server that imports ``model`` (and so jax). It
+translates the model's exceptions into the server's (:mod:`agent.serve.errors`) and its events into
+:mod:`agent.serve.engine`'s, so nothing above it depends on ``model``'s types.
 
 LoRA and weight-mode QTHA adapters are input-independent: they are folded into the base weights once at load
 (ΔW computed once), and the engine runs a plain model. Activation-mode QTHA keeps its per-token circuit (on the
