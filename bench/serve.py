@@ -206,7 +206,7 @@ def bench_llama_cpp(args: argparse.Namespace, gguf: Path) -> list[Level]:
     url = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", str(256 + args.max_tokens), "--n_threads", str(os.cpu_count() or 1),
+        "--n_ctx", str(256 + args.max_tokens), "--n_threads", str(args.llama_threads),
     ]
     return _bench_server("llama.cpp", command, dict(os.environ), f"{url}/v1/models", f"{url}/v1", "bench", args)
 
@@ -238,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF file both servers load (default: bundled SmolLM2)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--rounds", type=int, default=2, help="requests per client at each level (at least 8 total)")
+    parser.add_argument("--rounds", type=int, default=1, help="requests per client at each level (at least 8 total)")
+    parser.add_argument(
+        "--llama-threads", type=int, default=os.cpu_count() or 1,
+        help="llama.cpp's threads (on a busy machine 1 beats oversubscribing the cores)",
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--start-timeout-s", type=float, default=900.0)
     parser.add_argument("--servers", nargs="+", choices=["qtha", "llama.cpp"], default=["qtha", "llama.cpp"])
@@ -257,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     else:
         llama = bench_llama_cpp(args, args.gguf)
-    print(f"model: {args.gguf.name}, {args.max_tokens} tokens per answer, greedy, streamed; "
-          f"{os.cpu_count()} CPUs")
+    print(f"model: {args.gguf.name}, {args.max_tokens} tokens per answer, greedy, streamed; {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at the end; llama.cpp threads {args.llama_threads}")
     print(table(qtha, llama))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(lv) for lv in qtha + llama], indent=2))
