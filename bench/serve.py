@@ -207,6 +207,8 @@ def bench_llama_cpp(args: argparse.Namespace, gguf: Path) -> list[Level]:
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", str(256 + args.max_tokens), "--n_threads", str(args.llama_threads),
+        # By default each new request cuts the running one short: concurrent clients would get truncated answers.
+        "--interrupt_requests", "False",
     ]
     return _bench_server("llama.cpp", command, dict(os.environ), f"{url}/v1/models", f"{url}/v1", "bench", args)
 
