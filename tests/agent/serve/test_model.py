@@ -35,15 +35,7 @@ from tests.fixtures.tiny_model import write_tiny_hf
 from tests.model.adapter_helpers import randomise_adapters
 from tests.support.serve import free_port, running
 
-# The tiny model loads, compiles and decodes for real: tens of seconds each. They need the engine branch's
-# model/ (merge, export, DecodeEngine); until it is merged they skip and say so.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not all(hasattr(model, name) for name in ("DecodeEngine", "merge_adapters", "export_checkpoint")),
-        reason="model/ has no DecodeEngine, merge_adapters or export_checkpoint yet (branch engine, issue 14)",
-    ),
-]
+pytestmark = pytest.mark.slow  # the tiny model loads, compiles and decodes for real: tens of seconds each
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 PROMPTS = ("What is 12 plus 7?", "Tom has 5 apples.", "Hello, how are you today?", "The cat sat on the mat.")
