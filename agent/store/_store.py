@@ -17,6 +17,7 @@ from agent.store._db import Database, create_store_engine
 from agent.store._lease import Leases, fence_for
 from agent.store._observations import Decisions, Metrics
 from agent.store._operator import Commands, Overrides
+from agent.store._usage import Usage
 from agent.store._versions import Versions
 from agent.store.errors import DatabaseUnavailableError, DatabaseUrlError, SchemaTooNewError, StoreError
 from agent.store.records import Lease
@@ -37,6 +38,7 @@ class Store:
         commands: operator commands (:class:`~agent.store.Commands`).
         overrides: policy overrides (:class:`~agent.store.Overrides`).
         leases: the leader lease (:class:`~agent.store.Leases`).
+        usage: the server's usage log and feedback (:class:`~agent.store.Usage`).
 
     Example:
         >>> store = open_store("sqlite:///:memory:")
@@ -68,6 +70,7 @@ class Store:
         self.commands = Commands(self._db, self.clock)
         self.overrides = Overrides(self._db, self.clock)
         self.leases = Leases(self._db, self.clock)
+        self.usage = Usage(self._db, self.clock)
 
     @property
     def backend(self) -> str:
