@@ -101,6 +101,28 @@ class DatabaseConfig(_Section):
     echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
 
 
+class ArtifactsConfig(_Section):
+    root: Path | None = Field(
+        default=None,
+        description="A directory every replica sees (a shared mount) where versions are published, each with its "
+        "digest manifest; each node verifies a version before use and keeps a verified copy under "
+        "<state_dir>/versions as a cache only. Empty: versions live in <state_dir>/versions (one host).",
+    )
+
+
+class ClusterConfig(_Section):
+    address: str | None = Field(
+        default=None,
+        description="A Ray cluster (ray://head:10001 or head:6379): training and evaluation run there as Ray tasks, "
+        "the daemon stays the driver and keeps the lease. Every node must see the state directory's cycles/ and "
+        "[artifacts] root. Empty: local child processes (Ray is not imported).",
+    )
+    num_cpus: float = Field(default=1.0, gt=0, description="CPUs each Ray task requests.")
+    max_retries: int = Field(
+        default=2, ge=0, le=100, description="How often Ray reruns a task whose worker node was lost."
+    )
+
+
 class MetricsConfig(_Section):
     enabled: bool = Field(default=True, description="Serve Prometheus metrics over HTTP.")
     host: str = Field(default="127.0.0.1", description="Listen address; loopback by default.")
@@ -601,6 +623,8 @@ class QthaConfig(BaseSettings):
 
     state_dir: Path = Field(default_factory=_default_state_dir, description="Database, versions, inbox.")
     database: DatabaseConfig = DatabaseConfig()
+    artifacts: ArtifactsConfig = ArtifactsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     metrics: MetricsConfig = MetricsConfig()
     console: ConsoleConfig = ConsoleConfig()
     model: ModelConfig = ModelConfig()

@@ -206,13 +206,18 @@ def bench_llama_cpp(args: argparse.Namespace, gguf: Path) -> list[Level]:
     url = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", str(256 + args.max_tokens), "--n_threads", str(os.cpu_count() or 1),
+        "--n_ctx", str(256 + args.max_tokens), "--n_threads", str(args.llama_threads),
+        # By default each new request cuts the running one short: concurrent clients would get truncated answers.
+        "--interrupt_requests", "False",
     ]
     return _bench_server("llama.cpp", command, dict(os.environ), f"{url}/v1/models", f"{url}/v1", "bench", args)
 
 
 def table(qtha: list[Level], llama: list[Level]) -> str:
     by_c = {lv.concurrency: lv for lv in llama}
+    if not qtha:  # llama.cpp alone: show it in the qtha columns' place is wrong; list it plainly instead
+        return "\n".join(f"llama.cpp c={lv.concurrency}: {lv.tokens_per_s:.1f} tok/s, p50 {lv.latency_p50_s:.2f} s, "
+                         f"p99 {lv.latency_p99_s:.2f} s, ttft p50 {lv.ttft_p50_s:.3f} s" for lv in llama)
     lines = [
         "| clients | qtha tok/s | llama.cpp tok/s | ratio | qtha p50 / p99 latency (s) | llama.cpp p50 / p99 (s) "
         "| qtha TTFT p50 / p99 (s) | llama.cpp TTFT p50 / p99 (s) |",
@@ -235,26 +240,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF file both servers load (default: bundled SmolLM2)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--rounds", type=int, default=2, help="requests per client at each level (at least 8 total)")
+    parser.add_argument("--rounds", type=int, default=1, help="requests per client at each level (at least 8 total)")
+    parser.add_argument(
+        "--llama-threads", type=int, default=os.cpu_count() or 1,
+        help="llama.cpp's threads (on a busy machine 1 beats oversubscribing the cores)",
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--start-timeout-s", type=float, default=900.0)
-    parser.add_argument("--skip-llama-cpp", action="store_true")
+    parser.add_argument("--servers", nargs="+", choices=["qtha", "llama.cpp"], default=["qtha", "llama.cpp"])
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args(argv)
     if args.gguf is None:
         from model import bundled_path
 
         args.gguf = bundled_path("bundled:smollm2")
-    qtha = bench_qtha(args, args.gguf)
+    qtha = bench_qtha(args, args.gguf) if "qtha" in args.servers else []
     llama: list[Level] = []
-    if args.skip_llama_cpp:
+    if "llama.cpp" not in args.servers:
         pass
-    elif importlib.util.find_spec("llama_cpp") is None:
-        print("llama_cpp is not installed (pip install llama-cpp-python): no llama.cpp column", file=sys.stderr)
+    elif importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None:
+        print("llama.cpp's server is not installed (pip install 'llama-cpp-python[server]'): no llama.cpp column",
+              file=sys.stderr)
     else:
         llama = bench_llama_cpp(args, args.gguf)
-    print(f"model: {args.gguf.name}, {args.max_tokens} tokens per answer, greedy, streamed; "
-          f"{os.cpu_count()} CPUs")
+    print(f"model: {args.gguf.name}, {args.max_tokens} tokens per answer, greedy, streamed; {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at the end; llama.cpp threads {args.llama_threads}")
     print(table(qtha, llama))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(lv) for lv in qtha + llama], indent=2))

@@ -3,7 +3,7 @@
 * ``app`` — the HTTP API (chat completions, streamed or not; models; feedback; health; readiness; metrics).
 * ``follower`` — follows the champion row, loads a new version beside the old and swaps between requests.
 * ``loader`` — verifies a version's artifact, merges its adapter into the base and warms an engine; the only
-  module of the server that imports ``model``.
+  module of the server that imports ``model`` (with ``export``, ``qtha export``).
 * ``engine`` — the engine protocol the app speaks; ``errors`` — OpenAI-shaped refusals; ``schemas`` — strict
   request bodies; ``security`` — loopback by default, bearer token otherwise; ``metrics`` — ``qtha_serve_*``;
   ``usage`` — the usage log writer; ``server`` — wiring and the process.

@@ -37,8 +37,6 @@ def export_version(
         ExportRefusedError: activation-mode QTHA (no weight delta to fold).
         ValueError: ``out`` exists, an unknown format, or a tokenizer GGUF cannot describe (``model.ExportError``).
     """
-    from model import UnmergeableAdapterError, export_checkpoint
-
     version_id: str | None = version
     if version == "champion":
         version_id = store.champion.get().version_id
@@ -49,8 +47,11 @@ def export_version(
         layout=Layout(config.state_dir),
         version_row=store.versions.get,
         limits=EngineLimits(max_batch=1, max_queue=1, max_prompt_tokens=1, max_tokens=1),  # no engine is built
+        simulator=config.quantum.backend,
     )
-    adapted, tokenizer = loader.adapted(version_id)
+    adapted, tokenizer = loader.adapted(version_id)  # checks the version before anything heavy is imported
+    from model import UnmergeableAdapterError, export_checkpoint
+
     try:
         return Path(export_checkpoint(adapted, tokenizer, out, format=format))
     except UnmergeableAdapterError as exc:

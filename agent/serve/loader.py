@@ -1,16 +1,17 @@
 """Loading a version into a decoding engine: verify its artifact, base + adapter, merge, start, warm.
 
-The only module of the server that imports ``model`` (and so jax); it also translates the model's exceptions
-into the server's (:mod:`agent.serve.errors`) and its events into :mod:`agent.serve.engine`'s, so nothing
-above it depends on ``model``'s types.
+With :mod:`agent.serve.export`, the only module of the server that imports ``model`` (and so jax). It
+translates the model's exceptions into the server's (:mod:`agent.serve.errors`) and its events into
+:mod:`agent.serve.engine`'s, so nothing above it depends on ``model``'s types.
 
 LoRA and weight-mode QTHA adapters are input-independent: they are folded into the base weights once at load
 (ΔW computed once), and the engine runs a plain model. Activation-mode QTHA keeps its per-token circuit (on the
-default JAX simulator) and is served unmerged.
+JAX simulator, or qsim when ``quantum.backend = "qsim"``) and is served unmerged.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -124,6 +125,8 @@ class ModelLoader:
         layout: where version artifacts live.
         version_row: ``store.versions.get``; the artifact's digest must equal the row's sha256.
         limits: engine sizes.
+        simulator: where QTHA circuits run (``quantum.backend``): ``qsim``, or the JAX simulator for anything
+            else; serving never sends per-token circuits to a device (cost and latency per token).
     """
 
     def __init__(
@@ -133,11 +136,13 @@ class ModelLoader:
         layout: Layout,
         version_row: Callable[[str], ModelVersion],
         limits: EngineLimits,
+        simulator: str = "jax",
     ) -> None:
         self._source = model_source
         self._layout = layout
         self._row = version_row
         self._limits = limits
+        self._simulator = simulator
         self._base: Any = None
         self._base_lock = threading.Lock()
 
@@ -154,16 +159,14 @@ class ModelLoader:
         """``(model, tokenizer)`` of a version: a copy of the base with the version's adapter (not merged).
 
         Raises:
+            NotFoundError: no such version row.
             ArtifactCorruptError, ArtifactMissingError: the artifact fails verification (nothing is loaded).
             model.AdapterArtifactError: the adapter does not fit the base.
         """
-        from flax import nnx
-
-        from model import load_adapter
-
-        base = self.base()
         if version_id is None:
+            base = self.base()
             return base.model, base.tokenizer
+        # The version is checked before the base loads: a bad one costs no model load.
         row = self._row(version_id)
         artifact = verify(self._layout, version_id)
         if artifact.sha256 != row.sha256:
@@ -171,9 +174,21 @@ class ModelLoader:
                 f"version {version_id!r}: artifact digest {artifact.sha256[:12]}… differs from the registered "
                 f"{row.sha256[:12]}…"
             )
+        from flax import nnx
+
+        from model import load_adapter
+
+        base = self.base()
         adapted = nnx.clone(base.model)  # the cached base stays adapter-free for the next version
-        load_adapter(adapted, artifact.path, base_fingerprint=base.fingerprint)
+        load_adapter(adapted, artifact.path, base_fingerprint=base.fingerprint, qnn_factory=self._qnn_factory())
         return adapted, base.tokenizer
+
+    def _qnn_factory(self) -> Callable[..., Any] | None:
+        if self._simulator != "qsim":
+            return None  # the JAX statevector simulator, load_adapter's default
+        import quantum
+
+        return functools.partial(quantum.make_qnn, backend=quantum.QsimBackend())
 
     def serving_model(self, version_id: str | None) -> tuple[Any, Any]:
         """:meth:`adapted` with LoRA and weight-mode QTHA folded into the weights (activation mode as it is)."""

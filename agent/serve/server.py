@@ -167,6 +167,7 @@ def run_serve(config: QthaConfig, *, load: Loader | None = None) -> int:
                     max_prompt_tokens=config.serve.max_prompt_tokens,
                     max_tokens=config.serve.max_tokens,
                 ),
+                simulator=config.quantum.backend,
             )
         parts = build_parts(config, store=store, load=load)
         process = ServeProcess.create(parts, host=config.serve.host, port=config.serve.port)
