@@ -40,6 +40,7 @@ from .data import (
     tokenize_examples,
 )
 from .evaluate import EvalExample, EvalResult, ExampleResult, SliceSummary, evaluate
+from .export import ExportError, export_checkpoint
 from .generate import generate, generate_ids
 from .lm import CausalLM, KVCache, causal_lm_loss, token_nll
 from .math_problems import MathProblem, check_answer, extract_answer, generate_math_problems
@@ -50,6 +51,8 @@ from .train_state import TrainCheckpointError
 from .weights import CheckpointError, model_from_hf_tensors, weights_fingerprint
 
 __all__ = [
+    "ExportError",
+    "export_checkpoint",
     "adapted_modules",
     "merge_adapters",
     "is_mergeable",
