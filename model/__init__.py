@@ -39,6 +39,22 @@ from .data import (
     read_jsonl,
     tokenize_examples,
 )
+from .decoding import (
+    Choice,
+    DecodeEngine,
+    EngineClosedError,
+    EngineConfig,
+    EngineError,
+    GenerationResult,
+    InvalidRequestError,
+    PromptTooLongError,
+    QueueFullError,
+    RequestCancelledError,
+    RequestHandle,
+    SamplingParams,
+    StreamEvent,
+    Usage,
+)
 from .evaluate import EvalExample, EvalResult, ExampleResult, SliceSummary, evaluate
 from .export import ExportError, export_checkpoint
 from .generate import generate, generate_ids
@@ -51,6 +67,20 @@ from .train_state import TrainCheckpointError
 from .weights import CheckpointError, model_from_hf_tensors, weights_fingerprint
 
 __all__ = [
+    "Choice",
+    "DecodeEngine",
+    "EngineClosedError",
+    "EngineConfig",
+    "EngineError",
+    "GenerationResult",
+    "InvalidRequestError",
+    "PromptTooLongError",
+    "QueueFullError",
+    "RequestCancelledError",
+    "RequestHandle",
+    "SamplingParams",
+    "StreamEvent",
+    "Usage",
     "ExportError",
     "export_checkpoint",
     "adapted_modules",
