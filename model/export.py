@@ -138,7 +138,7 @@ def gguf_pre_tokenizer(tokenizer: Tokenizer) -> str:
         return p.get("type") == "ByteLevel"
 
     if is_byte_level(pre):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's spelling; "gpt2" is refused as an unknown pre-tokenizer
     parts = (pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else []
     if len(parts) == 2 and is_byte_level(parts[1]):
         first = parts[0]
@@ -150,7 +150,7 @@ def gguf_pre_tokenizer(tokenizer: Tokenizer) -> str:
         if pattern == _LLAMA3_SPLIT:
             return "llama-bpe"
     raise ExportError(
-        f"the tokenizer's pre-tokenizer {json.dumps(pre)[:200]} has no llama.cpp name (known: gpt2, smollm, qwen2, "
+        f"the tokenizer's pre-tokenizer {json.dumps(pre)[:200]} has no llama.cpp name (known: gpt-2, smollm, qwen2, "
         "llama-bpe); export as safetensors instead"
     )
 

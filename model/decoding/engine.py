@@ -217,8 +217,9 @@ class DecodeEngine:
             logits, self._cache = prefill(self._graphdef, self._state, self._cache, tokens, np.int32(1), np.int32(0))
             self._sample_first(logits, np.zeros(2, np.uint32), 0.0, 1.0)
             self._sample_first(logits, np.zeros(2, np.uint32), 1.0, 1.0)
-        for span in self.config.span_sizes():
-            out, self._cache = self._decode(span)
+        for rows in self.config.slot_sizes():
+            for span in self.config.span_sizes():
+                out, self._cache = self._decode(rows, span)
         jax.block_until_ready(out)
 
     def start(self) -> None:
@@ -398,10 +399,11 @@ class DecodeEngine:
         )
         return int(out[0])
 
-    def _decode(self, span: int):
+    def _decode(self, rows: int, span: int):
         return decode_chunk(
-            self._graphdef, self._state, self._cache, self._tokens, self._pos, self._keys, self._index,
-            self._temperature, self._top_p, span=span, steps=self.config.chunk_tokens, top_k=self.config.sample_top_k,
+            self._graphdef, self._state, self._cache, self._tokens[:rows], self._pos[:rows], self._keys[:rows],
+            self._index[:rows], self._temperature[:rows], self._top_p[:rows],
+            span=span, steps=self.config.chunk_tokens, top_k=self.config.sample_top_k,
         )
 
     def _step(self) -> None:
@@ -409,7 +411,8 @@ class DecodeEngine:
         live = [i for i, s in enumerate(self._active) if s is not None]
         need = int(self._pos[live].max()) + steps
         span = next((b for b in self.config.span_sizes() if b >= need), self.config.capacity)
-        out, self._cache = self._decode(span)
+        rows = next(b for b in self.config.slot_sizes() if b > max(live))
+        out, self._cache = self._decode(rows, span)
         out = np.asarray(out)
         touched = []
         for slot in live:

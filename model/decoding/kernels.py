@@ -90,8 +90,9 @@ def _prefill_forward(model, tokens: jax.Array, length: jax.Array, cache: SlotCac
 
 
 def _decode_forward(model, tokens: jax.Array, pos: jax.Array, cache: SlotCache, span: int):
-    """One token per slot: ``tokens [B]`` at positions ``pos [B]``; writes them into the cache and attends over the
-    first ``span`` positions. Returns logits ``[B, V]`` and the cache. Writes at ``pos >= capacity`` are dropped."""
+    """One token for each of the first ``B`` slots: ``tokens [B]`` at positions ``pos [B]``; writes them into the
+    cache and attends over the first ``span`` positions. Returns logits ``[B, V]`` and the cache. Writes at
+    ``pos >= capacity`` are dropped. Slots from ``B`` on are neither read nor written."""
     b = tokens.shape[0]
     inv_freq = jnp.asarray(inverse_frequencies(model.config))
     rows = jnp.arange(b)
@@ -105,7 +106,7 @@ def _decode_forward(model, tokens: jax.Array, pos: jax.Array, cache: SlotCache, 
         cv = cache.values[i].at[rows, pos].set(v[:, 0].astype(cache.values[i].dtype), mode="drop")
         keys.append(ck)
         values.append(cv)
-        x = x + _attend(attn, q, ck[:, :span], cv[:, :span], allowed)
+        x = x + _attend(attn, q, ck[:b, :span], cv[:b, :span], allowed)
         x = x + block.mlp(block.post_attention_layernorm(x))
     return _logits(model, x)[:, 0], SlotCache(tuple(keys), tuple(values))
 
@@ -145,6 +146,9 @@ def prefill(graphdef, state, cache: SlotCache, tokens, length, slot):
 def decode_chunk(graphdef, state, cache: SlotCache, tokens, pos, keys, index, temperature, top_p, *,
                  span: int, steps: int, top_k: int):
     """Decodes ``steps`` tokens for every slot in one compiled loop.
+
+    Only the first ``B`` slots (the length of ``tokens``) run: the engine keeps live sequences in the lowest slots
+    and picks ``B`` from a few buckets, so one request does not pay for a full batch.
 
     Args:
         tokens: ``[B]`` each slot's latest token (not yet in the cache), at position ``pos [B]``.

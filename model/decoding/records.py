@@ -109,6 +109,9 @@ class EngineConfig:
             ``None``: powers of two from 16 up to ``capacity``.
         span_buckets: how much of the cache the decode step attends over, chosen per chunk as the smallest that
             covers the longest active sequence. ``None``: powers of two from 64 up to ``capacity``.
+        slot_buckets: how many of the lowest slots a decode step runs, chosen per chunk as the smallest that
+            covers the highest live slot (ascending, ending at ``max_slots``). ``None``: 1, 4, 16, … (powers of
+            four) and ``max_slots``.
         sample_top_k: sampling (temperature > 0) draws among this many most likely tokens (then top_p); a full
             sort of a large vocabulary per step costs more than the forward pass on CPU.
     """
@@ -119,6 +122,7 @@ class EngineConfig:
     chunk_tokens: int = 8
     prefill_buckets: tuple[int, ...] | None = None
     span_buckets: tuple[int, ...] | None = None
+    slot_buckets: tuple[int, ...] | None = None
     sample_top_k: int = 256
 
     def __post_init__(self) -> None:
@@ -127,23 +131,26 @@ class EngineConfig:
                 raise ValueError(f"EngineConfig.{name}={getattr(self, name)}; it must be at least 1")
         if self.max_queue < 0:
             raise ValueError(f"EngineConfig.max_queue={self.max_queue}; it must be >= 0")
-        for name in ("prefill_buckets", "span_buckets"):
-            given = getattr(self, name)
-            if given is not None and (list(given) != sorted(set(given)) or given[-1] != self.capacity or given[0] < 1):
-                raise ValueError(f"EngineConfig.{name}={given}: ascending, positive, ending at capacity={self.capacity}")
+        for name, last in (("prefill_buckets", "capacity"), ("span_buckets", "capacity"), ("slot_buckets", "max_slots")):
+            given, end = getattr(self, name), getattr(self, last)
+            if given is not None and (list(given) != sorted(set(given)) or given[-1] != end or given[0] < 1):
+                raise ValueError(f"EngineConfig.{name}={given}: ascending, positive, ending at {last}={end}")
 
     def prefill_sizes(self) -> tuple[int, ...]:
-        return self.prefill_buckets or _powers_of_two(16, self.capacity)
+        return self.prefill_buckets or _powers(16, self.capacity, 2)
 
     def span_sizes(self) -> tuple[int, ...]:
-        return self.span_buckets or _powers_of_two(64, self.capacity)
+        return self.span_buckets or _powers(64, self.capacity, 2)
+
+    def slot_sizes(self) -> tuple[int, ...]:
+        return self.slot_buckets or _powers(1, self.max_slots, 4)
 
 
-def _powers_of_two(low: int, cap: int) -> tuple[int, ...]:
+def _powers(low: int, cap: int, base: int) -> tuple[int, ...]:
     out, size = [], low
     while size < cap:
         out.append(size)
-        size *= 2
+        size *= base
     return (*out, cap)
 
 

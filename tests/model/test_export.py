@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import ExportError, UnmergeableAdapterError, export_checkpoint, load_checkpoint
+from model import ExportError, UnmergeableAdapterError, export_checkpoint, generate_ids, load_checkpoint
 from model.adapters import LoraConfig, QthaAdapterConfig, inject_adapters
 from tests.fixtures.tiny_model import write_tiny_gguf, write_tiny_hf
 from tests.model.adapter_helpers import randomise_adapters, shared_qnn
@@ -69,7 +69,8 @@ def test_gguf_export_of_the_base_matches_an_independent_llama_cpp_style_writer(t
     for name in tb:
         assert ta[name].tensor_type == gguf.GGMLQuantizationType.F32
         np.testing.assert_array_equal(np.asarray(ta[name].data), np.asarray(tb[name].data), err_msg=name)
-    for key in ("general.architecture", "llama.block_count", "llama.attention.head_count_kv", "tokenizer.ggml.pre",
+    assert a.fields["tokenizer.ggml.pre"].contents() == "gpt-2"  # llama.cpp refuses the fixture's "gpt2"
+    for key in ("general.architecture", "llama.block_count", "llama.attention.head_count_kv",
                 "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
                 "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
         assert a.fields[key].contents() == b.fields[key].contents(), key
@@ -87,3 +88,28 @@ def test_activation_mode_and_taken_paths_are_refused(tiny_dir, tmp_path_factory)
     with pytest.raises(UnmergeableAdapterError, match="activation-mode"):
         export_checkpoint(loaded.model, loaded.tokenizer, out / "act.gguf", format="gguf")
     assert list(out.iterdir()) == []  # nothing half-written left behind
+
+
+def test_llama_cpp_loads_the_exported_gguf_and_decodes_our_greedy_tokens(tiny_dir, tmp_path_factory) -> None:
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (an sdist that compiles; `pip install .[llama]`)")
+    loaded = load_checkpoint(tiny_dir)
+    inject_adapters(loaded.model, LoraConfig(rank=4), rngs=nnx.Rngs(5))
+    randomise_adapters(loaded.model, scale=0.1)
+    out = export_checkpoint(loaded.model, loaded.tokenizer, tmp_path_factory.mktemp("llama") / "m.gguf",
+                            format="gguf")
+    tok = loaded.tokenizer
+    text = tok.apply_chat_template(PROMPT)
+    ids = tok.encode(text)
+    ours = generate_ids(loaded.model, [ids], max_new_tokens=8, stop_ids=[], pad_id=tok.pad_id)[0]
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=1, verbose=False)
+    try:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids  # its tokenizer agrees with ours
+        theirs = []
+        for token in llm.generate(ids, temp=0.0, top_k=1):
+            theirs.append(token)
+            if len(theirs) == len(ours):
+                break
+    finally:
+        llm.close()
+    assert theirs == ours
