@@ -101,8 +101,15 @@ class RequestHandle:
     # Engine side.
     def _emit(self, event: StreamEvent) -> None:
         self._events.put(event)
-        if self._listener is not None:
-            self._listener(event)
+        self._notify(event)
+
+    def _notify(self, item: StreamEvent | GenerationResult | BaseException) -> None:
+        if self._listener is None:
+            return
+        try:
+            self._listener(item)
+        except Exception:  # a listener that fails has lost its consumer: stop generating for it
+            self._cancel.set()
 
     def _finish(self, result: GenerationResult | None, error: BaseException | None) -> None:
         if self._done.is_set():
@@ -110,8 +117,7 @@ class RequestHandle:
         self._result, self._error = result, error
         self._done.set()
         self._events.put(_END)
-        if self._listener is not None:
-            self._listener(result if error is None else error)
+        self._notify(result if error is None else error)
 
 
 @dataclass(eq=False)  # identity semantics: requests are keys of dicts
@@ -291,7 +297,8 @@ class DecodeEngine:
                 ``i``-th stream, so choices differ and each is reproducible).
             request_id: names the request in events and results (default: a fresh id).
             on_event: called on the engine thread (keep it quick, never block) with each :class:`StreamEvent`,
-                then once with the :class:`GenerationResult` or the exception that ended the request.
+                then once with the :class:`GenerationResult` or the exception that ended the request. If it
+                raises, the request is cancelled (its consumer is gone).
 
         Raises:
             InvalidRequestError: an empty prompt, a token id outside the vocabulary, or ``n`` out of range.
@@ -366,7 +373,9 @@ class DecodeEngine:
         tokens = np.full((1, size), self.tokenizer.pad_id, np.int32)
         tokens[0, : len(req.prompt)] = req.prompt
         free = [i for i, s in enumerate(self._active) if s is None]
-        base_key = jax.random.key(req.seed)
+        # Any integer seed (negative, beyond 64 bits) maps onto threefry's two 32-bit key words.
+        word = req.seed % 2**64
+        base_key = jax.random.wrap_key_data(np.asarray([word >> 32, word & 0xFFFFFFFF], np.uint32))
         logits = None
         for index in range(req.n):
             slot = free[index]

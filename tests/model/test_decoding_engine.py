@@ -82,6 +82,22 @@ def test_seeded_sampling_is_reproducible_whatever_else_runs(engine) -> None:
     assert alone.choices[0].token_ids != alone.choices[1].token_ids  # each choice draws its own stream
     other = engine.submit(ids[0], SamplingParams(max_tokens=NEW, temperature=0.9, top_p=0.9, seed=99)).result(120)
     assert other.choices[0].token_ids != alone.choices[0].token_ids
+    # Seeds of any size or sign are accepted (OpenAI's seed is an arbitrary integer) and stay reproducible.
+    huge = SamplingParams(max_tokens=4, temperature=1.0, seed=-(2**70) - 3)
+    assert engine.submit(ids[0], huge).result(120).choices == engine.submit(ids[0], huge).result(120).choices
+
+
+def test_a_failing_listener_cancels_only_its_own_request(engine) -> None:
+    ids = _ids(engine)
+
+    def broken(event):
+        raise ConnectionError("client went away")
+
+    doomed = engine.submit(ids[0], SamplingParams(max_tokens=CONFIG.capacity), on_event=broken)
+    fine = engine.submit(ids[1], SamplingParams(max_tokens=NEW))
+    with pytest.raises(RequestCancelledError):
+        doomed.result(120)
+    assert len(fine.result(120).choices[0].token_ids) == NEW
 
 
 def test_tiny_top_p_is_greedy(engine) -> None:
