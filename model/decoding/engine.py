@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ..tokenizer import Tokenizer
-from .kernels import decode_chunk, empty_cache, prefill, sample_tokens
+from .kernels import decode_chunk, empty_cache, prefill, sample_tokens, split_model
 from .records import (
     Choice,
     EngineClosedError,
@@ -172,7 +172,7 @@ class DecodeEngine:
     ) -> None:
         self.config = config or EngineConfig()
         self.tokenizer = tokenizer
-        self._graphdef, self._state = nnx.split(model)
+        self._parts, self._weights = split_model(model)
         self._model_config = model.config
         self._cache = empty_cache(model.config, self.config.max_slots, self.config.capacity)
         self._stop_ids = frozenset(tokenizer.stop_ids)
@@ -220,7 +220,7 @@ class DecodeEngine:
             raise RuntimeError("warmup() must run before start(): the engine thread owns the cache once started")
         for size in self.config.prefill_sizes():
             tokens = np.zeros((1, size), np.int32)
-            logits, self._cache = prefill(self._graphdef, self._state, self._cache, tokens, np.int32(1), np.int32(0))
+            logits, self._cache = prefill(self._parts, self._weights, self._cache, tokens, np.int32(1), np.int32(0))
             self._sample_first(logits, np.zeros(2, np.uint32), 0.0, 1.0)
             self._sample_first(logits, np.zeros(2, np.uint32), 1.0, 1.0)
         for rows in self.config.slot_sizes():
@@ -381,11 +381,11 @@ class DecodeEngine:
             slot = free[index]
             if index == 0:
                 logits, self._cache = prefill(
-                    self._graphdef, self._state, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
+                    self._parts, self._weights, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
                 )
             else:  # the same prompt again: recompute rather than keep a copy routine per bucket
                 _, self._cache = prefill(
-                    self._graphdef, self._state, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
+                    self._parts, self._weights, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
                 )
             key = np.asarray(jax.random.key_data(jax.random.fold_in(base_key, index)), np.uint32)
             seq = _Sequence(req, index, TextStream(self.tokenizer.decode, req.params.stop), slot=slot)
@@ -410,7 +410,7 @@ class DecodeEngine:
 
     def _decode(self, rows: int, span: int):
         return decode_chunk(
-            self._graphdef, self._state, self._cache, self._tokens[:rows], self._pos[:rows], self._keys[:rows],
+            self._parts, self._weights, self._cache, self._tokens[:rows], self._pos[:rows], self._keys[:rows],
             self._index[:rows], self._temperature[:rows], self._top_p[:rows],
             span=span, steps=self.config.chunk_tokens, top_k=self.config.sample_top_k,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from flax import nnx
 
 from model import (
     DecodeEngine,
@@ -20,8 +21,10 @@ from model import (
     generate_ids,
     load_checkpoint,
 )
+from model.adapters import LoraConfig, QthaAdapterConfig, inject_adapters
 from model.decoding import kernels
 from tests.fixtures.tiny_model import write_tiny_hf
+from tests.model.adapter_helpers import randomise_adapters, shared_qnn
 
 PROMPTS = ["What is 12 plus 7?", "hi", "Tom has 5 apples and buys 3 more. How many apples does he have now?"]
 NEW = 12
@@ -202,3 +205,26 @@ def test_stop_fails_unfinished_requests_and_a_second_engine_compiles_nothing_new
     eng.stop()  # never started: the queued request ends with a clear error
     with pytest.raises(EngineClosedError, match="retry"):
         waiting.result(5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [LoraConfig(rank=2, targets=("layers.0.self_attn.q_proj",)),  # one block differs: blocks run unrolled
+     QthaAdapterConfig(n_qubits=2, n_layers=1, qnn_mode="activation", targets=("v_proj",))],  # scanned, per token
+    ids=["lora-one-layer", "qtha-activation"],
+)
+def test_unmerged_adapted_models_decode_as_generate_does(tmp_path_factory, config) -> None:
+    loaded = load_checkpoint(write_tiny_hf(tmp_path_factory.mktemp("adapted") / "tiny"))
+    inject_adapters(loaded.model, config, rngs=nnx.Rngs(2), qnn_factory=shared_qnn)
+    randomise_adapters(loaded.model, scale=0.5)
+    small = EngineConfig(max_slots=2, capacity=64, chunk_tokens=4, prefill_buckets=(64,), span_buckets=(64,))
+    eng = DecodeEngine(loaded.model, loaded.tokenizer, small)
+    eng.start()
+    try:
+        ids = _ids(eng, PROMPTS[:2])
+        tok = loaded.tokenizer
+        reference = generate_ids(loaded.model, ids, max_new_tokens=6, stop_ids=sorted(tok.stop_ids), pad_id=tok.pad_id)
+        handles = [eng.submit(p, SamplingParams(max_tokens=6)) for p in ids]
+        assert [list(h.result(300).choices[0].token_ids) for h in handles] == reference
+    finally:
+        eng.stop()
