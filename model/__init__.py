@@ -7,6 +7,7 @@ from .adapters import (
     LoraConfig,
     ParamCounts,
     QthaAdapterConfig,
+    adapted_modules,
     adapter_config,
     adapter_param_counts,
     count_adapter_params,
@@ -39,6 +40,22 @@ from .data import (
     read_jsonl,
     tokenize_examples,
 )
+from .decoding import (
+    Choice,
+    DecodeEngine,
+    EngineClosedError,
+    EngineConfig,
+    EngineError,
+    GenerationResult,
+    InvalidRequestError,
+    PromptTooLongError,
+    QueueFullError,
+    RequestCancelledError,
+    RequestHandle,
+    SamplingParams,
+    StreamEvent,
+    Usage,
+)
 from .evaluate import (
     EvalConfig,
     EvalExample,
@@ -49,16 +66,38 @@ from .evaluate import (
     SliceSummary,
     evaluate,
 )
+from .export import ExportError, export_checkpoint
 from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .generate import generate, generate_ids
 from .lm import CausalLM, KVCache, causal_lm_loss, token_nll
 from .math_problems import MathProblem, check_answer, extract_answer, generate_math_problems
+from .merge import UnmergeableAdapterError, is_mergeable, merge_adapters
 from .tokenizer import Tokenizer, TokenizerError, tokenizer_from_vocab
 from .train import Batch, CheckpointWriter, TrainConfig, TrainProgress, TrainResult, batch_schedule, train
 from .train_state import TrainCheckpointError
 from .weights import CheckpointError, model_from_hf_tensors, weights_fingerprint
 
 __all__ = [
+    "Choice",
+    "DecodeEngine",
+    "EngineClosedError",
+    "EngineConfig",
+    "EngineError",
+    "GenerationResult",
+    "InvalidRequestError",
+    "PromptTooLongError",
+    "QueueFullError",
+    "RequestCancelledError",
+    "RequestHandle",
+    "SamplingParams",
+    "StreamEvent",
+    "Usage",
+    "ExportError",
+    "export_checkpoint",
+    "adapted_modules",
+    "merge_adapters",
+    "is_mergeable",
+    "UnmergeableAdapterError",
     "AdapterArtifactError",
     "AdapterConfig",
     "AdapterError",
