@@ -122,7 +122,7 @@ def test_heldout_prompts_never_reach_the_pool():
     for p in pool:
         words = re.findall("[a-z0-9]+", p.prompt.lower())
         assert not {tuple(words[i : i + 8]) for i in range(len(words) - 7)} & held_grams
-    assert len(pool) > 200  # template wording shared by every problem is not an overlap; a problem's numbers are
+    assert len(pool) > 150  # template wording alone is no overlap (a shared small number with it is: ~40% go)
 
 
 def _stats(**kw) -> RoundStats:
