@@ -275,7 +275,20 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     qnn_factory = (
         None if qnn_backend is None else functools.partial(make_qnn, backend=qnn_backend, gradient=gradient)
     )
-    examples = _training_examples(payload, workdir.name, max(config.train.steps * config.batch_size, 64))
+    parent, resume_from = payload.get("parent_dir"), payload.get("resume_from")
+    si_metrics: dict[str, float] = {}
+    if recipe.method == "self-improve":
+        from agent.child.self_improve import self_improve_examples
+
+        heldout = [e.prompt for e in _heldout(payload)]
+        examples, si_metrics = self_improve_examples(
+            payload, recipe, loaded, Path(parent) if parent else None, heldout, workdir, ctx)
+        if recipe.from_base:  # ReST-EM: every round trains a fresh adapter on the base, not the champion's
+            parent = None
+        if len(examples) < config.batch_size:  # too few verified samples for one batch: repeat them
+            examples = examples * -(-config.batch_size // max(1, len(examples)))
+    else:
+        examples = _training_examples(payload, workdir.name, max(config.train.steps * config.batch_size, 64))
     data = tokenize_examples(loaded.tokenizer, examples, seq_len=seq_len)
 
     def progress(report: Any) -> None:
@@ -290,7 +303,6 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
             }
         )
 
-    parent, resume_from = payload.get("parent_dir"), payload.get("resume_from")
     try:
         run = finetune(
             loaded,
@@ -328,6 +340,10 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         raise Interrupted(f"stopped at step {result.steps_done} of {config.train.steps}; checkpoint at that step")
     if result.stopped_early:
         raise RuntimeError(f"training stopped early: {result.stopped_early} after {result.steps_done} steps")
+    if si_metrics:
+        from agent.child.self_improve import commit_round
+
+        commit_round(payload, workdir)
     finite = [x for x in result.losses if math.isfinite(x)]
     tail = finite[-max(1, len(finite) // 5) :] if finite else [math.nan]
     return {
@@ -342,6 +358,7 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
             "train_cpu_s": time.process_time() - cpu_started,
             "warm_start": 1.0 if run.warm_start else 0.0,
             **device_metrics,
+            **si_metrics,
         },
         "base_fingerprint": loaded.fingerprint,
         "adapter_kind": used.kind,
