@@ -8,9 +8,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from agent.clock import Clock
 from agent.store import _convert
-from agent.store._db import Database
+from agent.store._db import TableAccess
 from agent.store._tables import AuditRow
 from agent.store.records import AuditEntry, AuditKind, ServingInterval
 
@@ -44,12 +43,8 @@ def append(
     )
 
 
-class Audit:
+class Audit(TableAccess):
     """Read access to the audit log (entries are written by the operations they record)."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def note(
         self,

@@ -14,9 +14,8 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from agent.clock import Clock
 from agent.store import _audit, _convert
-from agent.store._db import PROMOTION_LOCK_KEY, Database
+from agent.store._db import PROMOTION_LOCK_KEY, TableAccess
 from agent.store._tables import AuditRow, ChampionRow, CycleRow, VersionRow
 from agent.store._versions import read_version
 from agent.store.errors import ChampionMovedError, ChampionPinnedError, StaleCycleError, VersionStateError
@@ -34,12 +33,8 @@ def read_champion(conn: Connection) -> ChampionState:
     return _convert.champion(conn.execute(select(_C).where(_C.c.id == 1)).mappings().one())
 
 
-class Champion:
+class Champion(TableAccess):
     """The single champion row, its epoch, the pin, and every move of it."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def get(self) -> ChampionState:
         with self._db.tx(write=False) as conn:

@@ -12,9 +12,8 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from agent.clock import Clock
 from agent.store import _convert
-from agent.store._db import Database
+from agent.store._db import TableAccess
 from agent.store._tables import CycleRow
 from agent.store.errors import CycleAlreadyRunningError, NotFoundError, StaleCycleError
 from agent.store.records import NON_TERMINAL_STATES, Cycle, CycleState
@@ -32,12 +31,8 @@ def _read(conn: Connection, cycle_id: int) -> Cycle:
     return _convert.cycle(row)
 
 
-class Cycles:
+class Cycles(TableAccess):
     """The ``cycles`` table."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def begin(
         self,

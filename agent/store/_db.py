@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from agent.clock import Clock
+
 # Keys of pg_advisory_xact_lock; arbitrary but fixed (the ASCII of "qtha" plus a small tag).
 PROMOTION_LOCK_KEY = 0x71746861_0001
 MIGRATION_LOCK_KEY = 0x71746861_0002
@@ -117,3 +119,11 @@ class Database:
                 if lock is not None and self.is_postgres:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
                 yield conn
+
+
+class TableAccess:
+    """Base of the store's per-table accessors: the database they read and write, the clock that stamps rows."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock

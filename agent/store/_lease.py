@@ -10,9 +10,8 @@ from datetime import timedelta
 
 from sqlalchemy import Connection, insert, select, update
 
-from agent.clock import Clock
 from agent.store import _convert
-from agent.store._db import LEASE_LOCK_KEY, Database
+from agent.store._db import LEASE_LOCK_KEY, TableAccess
 from agent.store._migrations import LEADER_LEASE
 from agent.store._tables import LeaseRow
 from agent.store.errors import LeaseHeldError, StaleEpochError
@@ -26,12 +25,8 @@ def _read(conn: Connection, name: str) -> Lease | None:
     return None if row is None else _convert.lease(row)
 
 
-class Leases:
+class Leases(TableAccess):
     """Leases by name; the daemon uses ``"leader"``."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def get(self, name: str = LEADER_LEASE) -> Lease:
         with self._db.tx(write=False) as conn:

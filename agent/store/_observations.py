@@ -10,9 +10,8 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 
-from agent.clock import Clock
 from agent.store import _convert
-from agent.store._db import Database
+from agent.store._db import TableAccess
 from agent.store._tables import DecisionRow, MetricRow
 from agent.store.errors import InvalidSampleError
 from agent.store.records import DecisionRecord, MetricSample
@@ -49,12 +48,8 @@ def check_sample(name: object, value: object, labels: Mapping[str, str] | None =
     return number
 
 
-class Metrics:
+class Metrics(TableAccess):
     """Recorded metric samples (the history that drift detection and dashboards read)."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def record(
         self,
@@ -145,12 +140,8 @@ class Metrics:
             return int(conn.execute(delete(_M).where(_M.c.at < at)).rowcount)
 
 
-class Decisions:
+class Decisions(TableAccess):
     """Every policy decision with its reasons and evidence."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def record(
         self,

@@ -9,9 +9,8 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from agent.clock import Clock
 from agent.store import _audit, _convert
-from agent.store._db import Database
+from agent.store._db import TableAccess
 from agent.store._tables import CommandRow, OverrideRow
 from agent.store.errors import NotFoundError
 from agent.store.records import AuditKind, OperatorCommand
@@ -25,12 +24,8 @@ def _by_key(conn: Connection, key: str) -> OperatorCommand | None:
     return None if row is None else _convert.command(row)
 
 
-class Commands:
+class Commands(TableAccess):
     """Commands the CLI queues and the daemon applies (pause, resume, cycle now, promote, rollback, pin)."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def submit(
         self, kind: str, args: Mapping[str, Any] | None = None, *, key: str, actor: str
@@ -111,12 +106,8 @@ class Commands:
             return command
 
 
-class Overrides:
+class Overrides(TableAccess):
     """A small key-value of operator policy overrides (e.g. ``paused``, ``promotion.min_gain``)."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def set(self, key: str, value: Any, *, actor: str, reason: str) -> None:
         """Sets ``key`` to the JSON-serialisable ``value`` (audited)."""

@@ -7,9 +7,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from agent.clock import Clock
 from agent.store import _convert
-from agent.store._db import Database
+from agent.store._db import TableAccess
 from agent.store._tables import VersionRow
 from agent.store.errors import NotFoundError, VersionStateError
 from agent.store.records import ModelVersion, VersionStatus
@@ -26,12 +25,8 @@ def read_version(conn: Connection, version_id: str) -> ModelVersion:
     return _convert.version(row)
 
 
-class Versions:
+class Versions(TableAccess):
     """The ``model_versions`` table. Champion status is only ever changed by :class:`~agent.store.Champion`."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
 
     def add(
         self,
