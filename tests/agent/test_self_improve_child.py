@@ -14,7 +14,7 @@ import pytest
 import model
 import policies
 from agent.child.entry import TaskContext
-from agent.child.self_improve import SelfImproveStoppedError, commit_round, self_improve_examples
+from agent.child.tasks import SelfImproveStoppedError, commit_round, self_improve_examples
 from tests.fixtures.tiny_model import write_tiny_hf
 
 RECIPE = dataclasses.replace(policies.PAPER_RECIPE, method="self-improve", samples_k=4, pool_prompts=12,
