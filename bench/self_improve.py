@@ -1,5 +1,7 @@
 """Self-improvement study (issue 17): accuracy per iteration of three arms on SmolLM2-135M-Instruct.
 
+Sampling appends ``model.MARKED_ANSWER_INSTRUCTION`` to the prompt; training pairs keep the bare question.
+
 (a) supervised: every iteration fine-tunes (continuing) on fresh generator problems *with* their worked solutions.
 (b) self-improvement from the base, no solutions: every iteration the current model samples k answers per generator
     question (solution removed), the marked-answer verifier keeps the correct ones (the generator's answer is the
@@ -18,7 +20,6 @@ end) writes REPORT-data.md and the plots from whatever has finished.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._self_improve_data import word_problems  # noqa: E402
 from model import (  # noqa: E402
+    MARKED_ANSWER_INSTRUCTION,
     ChatExample,
     DecodeEngine,
     EngineConfig,
@@ -59,9 +61,6 @@ from model.adapters import LoraConfig  # noqa: E402
 ARMS = ("a", "b", "c")
 ARM_NAMES = {"a": "(a) supervised on generator solutions", "b": "(b) self-improvement from the base, no solutions",
              "c": "(c) supervised, then self-improvement on differently phrased prompts"}
-# The sampled prompt asks for the marked answer (the verifier counts nothing else); the model is trained on the
-# plain question, so the instruction is distilled away and the evaluation sees the bare question.
-INSTRUCTION = "\n\nSolve it step by step, then finish with: The answer is <number>."
 
 
 def _log(msg: str) -> None:
@@ -120,8 +119,7 @@ def _train(base: Any, examples: list[ChatExample], warm: Path | None, out: Path,
             "loss_first": float(losses[0]), "loss_last": float(losses[-1])}
 
 
-def _sample(base: Any, adapter: Path | None, pool: list[PoolPrompt], plain: dict[str, str],
-            args: argparse.Namespace, seed: int) -> tuple[list[KeptSample], dict]:
+def _sample(base: Any, adapter: Path | None, pool: list[PoolPrompt], args: argparse.Namespace, seed: int) -> tuple[list[KeptSample], dict]:
     model = _model_with(base, adapter)
     model = merge_adapters(model) if adapter is not None and is_mergeable(model) else model
     engine = DecodeEngine(model, base.tokenizer, EngineConfig(max_slots=args.slots, capacity=320, max_queue=64))
@@ -129,12 +127,12 @@ def _sample(base: Any, adapter: Path | None, pool: list[PoolPrompt], plain: dict
     t0, w0 = time.process_time(), time.monotonic()
     try:
         samples = sample_pool(engine, pool, k=args.k, temperature=args.temperature, top_p=0.95,
-                              max_tokens=args.max_new_tokens, seed=seed,
+                              max_tokens=args.max_new_tokens, seed=seed, instruction=MARKED_ANSWER_INSTRUCTION,
                               progress=lambda d, t: _log(f"  sampled {d}/{t} prompts") if d % 32 == 0 else None)
     finally:
         engine.stop()
     result = verify_round(samples, threshold=args.agreement, max_paths=args.max_paths)
-    kept = [dataclasses.replace(k, prompt=plain[k.prompt_id]) for k in result.kept]
+    kept = list(result.kept)
     stats = result.stats.to_dict() | {"sample_cpu_s": time.process_time() - t0, "sample_wall_s": time.monotonic() - w0,
                                       "reasons": result.reasons,
                                       "tokens": sum(s.completion_tokens for s in samples)}
@@ -143,14 +141,13 @@ def _sample(base: Any, adapter: Path | None, pool: list[PoolPrompt], plain: dict
     return kept, stats
 
 
-def _pool(family: str, n: int, seed: int, held: list[str]) -> tuple[list[PoolPrompt], dict[str, str]]:
+def _pool(family: str, n: int, seed: int, held: list[str]) -> list[PoolPrompt]:
     if family == "generator":
         items = [(p.key, p.question, p.answer) for p in generate_math_problems(n, split="train", seed=seed,
                                                                                steps=(1, 2))]
     else:
         items = [(f"alt/{p.key}", p.question, p.answer) for p in word_problems("alternate", n, seed=seed)]
-    pool = disjoint_pool([PoolPrompt(i, q, a) for i, q, a in items], held)
-    return [dataclasses.replace(p, prompt=p.prompt + INSTRUCTION) for p in pool], {i: q for i, q, _ in items}
+    return disjoint_pool([PoolPrompt(i, q, a) for i, q, a in items], held)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -189,9 +186,9 @@ def run(args: argparse.Namespace) -> None:
                     record |= _train(base, [p.as_example() for p in problems], prev, adapter, args, seed)
                 else:
                     family = "generator" if arm == "b" else "alternate"
-                    pool, plain = _pool(family, args.pool, data_seed, held_text)
+                    pool = _pool(family, args.pool, data_seed, held_text)
                     sampler = prev if prev is not None and prev.exists() else None
-                    kept, stats = _sample(base, sampler, pool, plain, args, data_seed)
+                    kept, stats = _sample(base, sampler, pool, args, data_seed)
                     record["si"] = stats
                     record["kept"] = [k.to_dict() for k in kept]
                     mixed = build_training_set(kept, replay, replay_share=args.replay_share, seed=data_seed)

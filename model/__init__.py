@@ -73,6 +73,7 @@ from .lm import CausalLM, KVCache, causal_lm_loss, token_nll
 from .math_problems import MathProblem, check_answer, extract_answer, generate_math_problems
 from .merge import UnmergeableAdapterError, is_mergeable, merge_adapters
 from .self_improve import (
+    MARKED_ANSWER_INSTRUCTION,
     KeptSample,
     PoolPrompt,
     PromptSamples,
@@ -99,6 +100,7 @@ from .verify import (
 from .weights import CheckpointError, model_from_hf_tensors, weights_fingerprint
 
 __all__ = [
+    "MARKED_ANSWER_INSTRUCTION",
     "KeptSample",
     "PoolPrompt",
     "PromptSamples",

@@ -22,6 +22,7 @@ from .decoding import DecodeEngine, SamplingParams
 from .verify import RoundStats, SampleVerdict, distinct_n, equation_path, verify_samples
 
 __all__ = [
+    "MARKED_ANSWER_INSTRUCTION",
     "KeptSample",
     "PoolPrompt",
     "PromptSamples",
@@ -34,6 +35,11 @@ __all__ = [
 ]
 
 _WORD = re.compile(r"\w+")
+
+# Appended to a prompt when sampling (never when training): the verifier counts only a marked final answer, and a
+# model that was never shown the format rarely writes it unasked. Training pairs keep the bare prompt, so the
+# instruction is distilled away (the evaluation asks the bare question).
+MARKED_ANSWER_INSTRUCTION = "\n\nSolve it step by step, then finish with: The answer is <number>."
 
 
 @dataclass(frozen=True)
@@ -123,12 +129,14 @@ def sample_pool(
     max_tokens: int,
     seed: int,
     stop: tuple[str, ...] = (),
+    instruction: str = "",
     progress: Callable[[int, int], None] | None = None,
 ) -> list[PromptSamples]:
     """k samples per prompt through a started ``engine``, in batches that keep its queue below its bound.
 
     Prompt ``i`` is one request with ``n=k`` and seed ``(seed, i)``: the same pool, seed and champion draw the
-    same samples whatever else the engine runs.
+    same samples whatever else the engine runs. ``instruction`` is appended to each prompt as sent (e.g.
+    :data:`MARKED_ANSWER_INSTRUCTION`); the returned samples keep the bare prompt, the one to train on.
     """
     window = max(1, min(engine.config.max_queue, 2 * engine.config.max_slots // max(1, k) + 1))
     out: list[PromptSamples] = []
@@ -136,7 +144,7 @@ def sample_pool(
         batch = pool[start : start + window]
         handles = [
             engine.submit(
-                engine.chat_prompt([{"role": "user", "content": p.prompt}]),
+                engine.chat_prompt([{"role": "user", "content": p.prompt + instruction}]),
                 SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
                                seed=int(seed) * 1_000_003 + start + j),
                 n=k,

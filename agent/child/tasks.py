@@ -503,7 +503,15 @@ def self_improve_examples(
     Raises:
         SelfImproveStoppedError: collapse detected or no verified sample (the reason is the message).
     """
-    from model import ChatExample, KeptSample, build_training_set, collapse_reason, sample_pool, verify_round
+    from model import (
+        MARKED_ANSWER_INSTRUCTION,
+        ChatExample,
+        KeptSample,
+        build_training_set,
+        collapse_reason,
+        sample_pool,
+        verify_round,
+    )
 
     saved, round_file = workdir / TRAINING_SET, workdir / ROUND_FILE
     if saved.exists() and round_file.exists():
@@ -521,6 +529,7 @@ def self_improve_examples(
         samples = sample_pool(
             engine, pool, k=recipe.samples_k, temperature=recipe.temperature, top_p=recipe.top_p,
             max_tokens=int(payload.get("eval_max_new_tokens", 96)), seed=recipe.seed * 7919 + len(rounds),
+            instruction=MARKED_ANSWER_INSTRUCTION,
             progress=lambda done, total: ctx.emit({"event": "log", "message": f"self-improve sampled {done}/{total}"}),
         )
     finally:
