@@ -127,7 +127,7 @@ def _sample(base: Any, adapter: Path | None, pool: list[PoolPrompt], args: argpa
     t0, w0 = time.process_time(), time.monotonic()
     try:
         samples = sample_pool(engine, pool, k=args.k, temperature=args.temperature, top_p=0.95,
-                              max_tokens=args.max_new_tokens, seed=seed, instruction=MARKED_ANSWER_INSTRUCTION,
+                              max_tokens=args.sample_tokens or args.max_new_tokens, seed=seed, instruction=MARKED_ANSWER_INSTRUCTION,
                               progress=lambda d, t: _log(f"  sampled {d}/{t} prompts") if d % 32 == 0 else None)
     finally:
         engine.stop()
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> None:
                     pool = _pool(family, args.pool, data_seed, held_text)
                     sampler = prev if prev is not None and prev.exists() else None
                     kept, stats = _sample(base, sampler, pool, args, data_seed)
-                    record["si"] = stats
+                    record["si"] = stats | {"sample_tokens": args.sample_tokens or args.max_new_tokens}
                     record["kept"] = [k.to_dict() for k in kept]
                     mixed = build_training_set(kept, replay, replay_share=args.replay_share, seed=data_seed)
                     replay.extend(kept)
@@ -297,6 +297,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--sample-tokens", type=int, default=0, help="sampling budget (0: --max-new-tokens)")
     ap.add_argument("--eval-batch", type=int, default=64)
     ap.add_argument("--slots", type=int, default=16)
     ap.add_argument("--report", action="store_true", help="only write the report from finished steps")
