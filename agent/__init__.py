@@ -8,6 +8,8 @@ Layout (the folder tree is the architecture; imports flow downward in this list)
 * ``cycle/`` — the cycle's state machine and the trainer protocol it drives.
 * ``child/`` — the training/evaluation child process: the parent side, its entry point and the tasks it runs;
   the only part of ``agent/`` that imports ``model``, ``quantum`` or ``jax``.
+* ``console/`` — the operator's console: read-only pages of what the daemon did and why (served beside
+  ``/metrics``) and each finished cycle's report file; reads the store, writes nothing to it.
 * ``daemon/`` — lifecycle, runtime, scheduled jobs, operator commands, the policy driver and its inputs, leader
   lease, sd_notify, Prometheus metrics, metric sources, inbox, status.
 * ``cli/`` — the ``qtha`` command line and the production wiring.

@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 __all__ = [
     "ConfigError",
+    "ConsoleConfig",
     "DaemonConfig",
     "DataConfig",
     "EvaluationConfig",
@@ -100,6 +101,23 @@ class MetricsConfig(_Section):
     enabled: bool = Field(default=True, description="Serve Prometheus metrics over HTTP.")
     host: str = Field(default="127.0.0.1", description="Listen address; loopback by default.")
     port: int = Field(default=9464, ge=1, le=65535, description="Listen port, 1-65535.")
+
+
+class ConsoleConfig(_Section):
+    """The operator's console: read-only pages at ``/console`` on the metrics address (see agent/console/)."""
+
+    enabled: bool = Field(default=True, description="Serve /console next to /metrics (needs metrics.enabled).")
+    api_key_file: Path | None = Field(
+        default=None,
+        description="File whose first line is the bearer key the console asks for when metrics.host is not "
+        "loopback. Empty: the variable named by api_key_env.",
+    )
+    api_key_env: str = Field(
+        default="QTHA_SERVE_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding that key (the server's, so one key opens both). With no key "
+        "and a non-loopback metrics.host the console refuses every request.",
+    )
 
 
 class ModelConfig(_Section):
@@ -438,6 +456,7 @@ class QthaConfig(BaseSettings):
     state_dir: Path = Field(default_factory=_default_state_dir, description="Database, versions, inbox.")
     database: DatabaseConfig = DatabaseConfig()
     metrics: MetricsConfig = MetricsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     quantum: QuantumConfig = QuantumConfig()

@@ -35,7 +35,7 @@ from agent.cli.common import (
     fail,
     read_config,
 )
-from agent.config import ConfigError, QthaConfig
+from agent.config import ConfigError, QthaConfig, short_repr
 from agent.daemon import status as status_mod
 from agent.daemon.commands import validate_args
 from agent.daemon.inbox import InboxError, display_name, parse_examples, read_regular_file
@@ -272,6 +272,37 @@ def decisions(
     _print(data, as_json, "\n".join(lines) or "no decisions yet")
 
 
+@admin_app.command("report")
+def report(
+    cycle_id: Annotated[int, typer.Argument(metavar="CYCLE", help="The cycle number (`qtha history`).")],
+    config: ConfigOption = None,
+    open_it: Annotated[bool, typer.Option("--open", help="Open it in the default browser too.")] = False,
+) -> None:
+    """Print the path of a finished cycle's report (cycles/<n>/report.html), writing it if it is missing."""
+    from agent.console import report_path, write_cycle_report
+
+    cfg = read_config(config)
+    path = report_path(cfg.state_dir, cycle_id)
+    if not path.is_file():
+        with _store(cfg) as store:
+            try:
+                cycle = store.cycles.get(cycle_id)
+            except StoreError as exc:
+                fail(str(exc), EXIT_USAGE)
+            if not cycle.state.terminal:
+                fail(f"cycle {cycle_id} is still running ({cycle.state}); its report is written when it finishes")
+            try:
+                path = write_cycle_report(store, cfg.state_dir, cycle_id)
+            except OSError as exc:
+                fail(f"cannot write {path}: {exc}")
+    typer.echo(str(path.resolve()))
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            fail(f"no browser could be opened; open {path.resolve()} yourself")
+
+
 @policy_app.command("show")
 def policy_show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """The effective policy: the config file's [policy] with operator overrides on top."""
@@ -310,12 +341,17 @@ def resume(config: ConfigOption = None, key: KeyOption = None, wait: WaitOption 
     _submit(config, "resume", {}, key=key, wait=wait)
 
 
+_MAX_PAIR_VALUE = 200
+
+
 def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name:
-            fail(f"{what} {pair!r} must look like KEY=VALUE", EXIT_USAGE)
+            fail(f"{what} {short_repr(pair)} must look like KEY=VALUE", EXIT_USAGE)
+        if len(raw) > _MAX_PAIR_VALUE:  # no knob needs more; and the refusal must still fit on one line
+            fail(f"{what} {name[:40]}: the value has {len(raw)} characters; at most {_MAX_PAIR_VALUE}", EXIT_USAGE)
         try:
             out[name] = json.loads(raw)
         except (ValueError, RecursionError):  # not JSON (or a 5000-digit number): the text itself

@@ -11,6 +11,7 @@ Call :meth:`start`, :meth:`run` and :meth:`housekeeping` only while holding the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -45,7 +46,7 @@ from agent.store import (
     VersionStateError,
 )
 
-__all__ = ["CycleRunner", "candidate_id_for"]
+__all__ = ["REPORT_FILE", "CycleRunner", "candidate_id_for"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ Event = Callable[[str, Mapping[str, Any]], None]
 
 
 _CANDIDATE_ID = re.compile(r"^c(\d{6,})$")
+
+# A finished cycle's report (agent/console writes it) outlives the cycle's work files: housekeeping keeps it.
+REPORT_FILE = "report.html"
 
 
 def candidate_id_for(cycle_id: int) -> str:
@@ -204,7 +208,7 @@ class CycleRunner:
                     if include_active:
                         prune_checkpoints(workdir)
                     continue
-                shutil.rmtree(workdir, ignore_errors=True)
+                _clear_finished(workdir)
         return report
 
     def _cycle_running(self, cycle_id: str) -> bool:
@@ -401,6 +405,24 @@ class CycleRunner:
             evidence=json.loads(json.dumps(evidence, default=str)),
             cycle_id=cycle.id,
         )
+
+
+def _clear_finished(workdir: Path) -> None:
+    """Removes a finished cycle's work files (checkpoints, recipe), keeping its report; errors are left for the
+    next pass, as ``rmtree(ignore_errors=True)`` did."""
+    with contextlib.suppress(OSError):
+        if not workdir.is_dir() or workdir.is_symlink():
+            workdir.unlink()
+            return
+        for entry in workdir.iterdir():
+            if entry.name == REPORT_FILE and entry.is_file():
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
+        if not any(workdir.iterdir()):
+            workdir.rmdir()
 
 
 def _summary(decision: DecisionLike) -> str:

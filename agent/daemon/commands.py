@@ -53,10 +53,11 @@ def _cycle(rt: Runtime, args: Mapping[str, Any], actor: str, *, key: str) -> str
     if rt.paused():
         raise CommandRefused("the agent is paused; `qtha resume` first (a paused agent never starts a cycle)")
     recipe = dict(args.get("recipe") or {})
-    try:  # the CLI checked them, but a command row may come from an older CLI or a direct insert
+    try:  # the CLI checked it, but a row may come from an older CLI; the operator hears of it (`--wait`: exit 3)
         check_override(rt.config, recipe)
     except RecipeOverrideError as exc:
         raise CommandRefused(str(exc)) from None
+    # The planner checks it again against the learner's proposal, and refuses (audited) what does not fit there.
     rt.store.overrides.set(RUN_NOW_KEY, {"key": key, "recipe": recipe}, actor=actor, reason="cycle --now")
     rt.run_soon("consider")
     return "cycle requested: the trigger policy runs now (cooldown and quiet hours are overridden)"

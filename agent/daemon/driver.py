@@ -16,6 +16,7 @@ from typing import Any
 
 import policies
 from agent.artifacts.registry import HousekeepingReport
+from agent.console import write_report_quietly
 from agent.cycle.machine import CycleRunner
 from agent.cycle.trainer import CycleInterrupted, Trainer
 from agent.daemon.commands import RUN_NOW_KEY
@@ -174,6 +175,7 @@ class PolicyCycleDriver:
         if champion is not None:
             rt.metrics.set_champion(champion, rt.store.versions.get(champion).numeric_metrics())
         self.planner.tell(rt, cycle)
+        write_report_quietly(rt.store, rt.config.state_dir, cycle.id)  # cycles/<n>/report.html
         what = cycle.outcome or cycle.error or str(outcome)
         rt.set_status(f"idle: cycle {cycle.id} {outcome} ({what[:160]}); champion {champion or 'none'}")
 

@@ -15,7 +15,7 @@ from agent.cycle.trainer import EvalOutcome, Trainer
 from agent.daemon.policy_inputs import promotion_config
 from agent.daemon.runtime import Runtime
 
-__all__ = ["base_model_scores", "make_gate"]
+__all__ = ["base_model_scores", "make_gate", "paired_differences"]
 
 log = logging.getLogger("qtha.cycle")
 
@@ -51,15 +51,22 @@ def make_gate(
         against = champion
         if against is None and baseline is not None:
             against = baseline()
+        config = promotion_config(rt.policy())
         decision = policies.decide_promotion(
             evaluation(candidate),
             None if against is None else evaluation(against),
             now,
-            promotion_config(rt.policy()),
+            config,
             seed=rt.config.training.seed,
         )
         if against is not None:
-            compared = {"champion_mean": against.mean, "compared_with": against.version_id}
+            compared = {
+                "champion_mean": against.mean,
+                "compared_with": against.version_id,
+                # What the bootstrap resampled, kept so the console can draw the distribution behind the bound.
+                "differences": paired_differences(candidate, against),
+                "confidence": config.confidence,
+            }
             decision = policies.Decision(
                 decision.policy,
                 decision.action,
@@ -73,6 +80,12 @@ def make_gate(
         return decision
 
     return gate
+
+
+def paired_differences(candidate: EvalOutcome, champion: EvalOutcome) -> dict[str, float]:
+    """Candidate minus champion score per example id both scored (the pairs the promotion policy compares)."""
+    shared = sorted(candidate.scores.keys() & champion.scores.keys())
+    return {key: float(candidate.scores[key]) - float(champion.scores[key]) for key in shared}
 
 
 def base_model_scores(rt: Runtime, trainer: Trainer) -> EvalOutcome | None:

@@ -32,6 +32,7 @@ from agent.child.check import check_model
 from agent.child.runner import ChildRunner
 from agent.clock import Clock, SystemClock
 from agent.config import ConfigError, QthaConfig, load_config
+from agent.console import ConsoleApp, ConsoleKeyError, is_loopback, read_key
 from agent.daemon import jobs
 from agent.daemon.inbox import Inbox
 from agent.daemon.leader import Leadership, default_replica_id
@@ -39,12 +40,29 @@ from agent.daemon.metrics import MetricsServer, QthaMetrics, new_registry, serve
 from agent.daemon.preflight import HealthError, check_port, listen_error, prepare_state_dir, restrict_umask
 from agent.daemon.runtime import CycleDriver, Runtime
 from agent.daemon.sdnotify import Notifier, watchdog_interval_s
+from agent.daemon.status import read_daemon_status
 from agent.logs import configure_logging
 from agent.store import Store, open_store
 
 __all__ = ["Daemon", "HealthError", "build_runtime", "new_scheduler"]
 
 log = logging.getLogger("qtha.daemon")
+
+
+def _console(rt: Runtime) -> ConsoleApp:
+    """The read-only console served beside /metrics; its key only matters beyond loopback."""
+    cfg, host = rt.config.console, rt.config.metrics.host
+    try:
+        key = read_key(cfg.api_key_file, cfg.api_key_env, os.environ)
+    except ConsoleKeyError as exc:
+        raise HealthError(str(exc)) from None
+    if key is None and not is_loopback(host):
+        log.warning(
+            "metrics.host = %s is not loopback and the console has no key: /console refuses every request "
+            "(set console.api_key_file or $%s)", host, cfg.api_key_env
+        )
+    state_dir = rt.config.state_dir
+    return ConsoleApp(rt.store, daemon_status=lambda: read_daemon_status(state_dir), host=host, key=key)
 
 
 def new_scheduler() -> BackgroundScheduler:
@@ -193,11 +211,16 @@ class Daemon:
         health_probe(rt)
         metrics_cfg = rt.config.metrics
         if metrics_cfg.enabled:
+            console = _console(rt) if rt.config.console.enabled else None
             try:
-                self._server = serve(rt.metrics.registry, host=metrics_cfg.host, port=metrics_cfg.port)
+                self._server = serve(
+                    rt.metrics.registry, host=metrics_cfg.host, port=metrics_cfg.port, extra=console
+                )
             except OSError as exc:
                 raise listen_error(metrics_cfg.host, metrics_cfg.port, exc.__cause__ or exc) from exc
             log.info("metrics on http://%s:%d/metrics", metrics_cfg.host, self._server.port)
+            if console is not None:
+                log.info("console on http://%s:%d/console", metrics_cfg.host, self._server.port)
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         jobs.schedule_all(self.scheduler, rt)
         self.scheduler.start(paused=True)

@@ -15,14 +15,26 @@ Example:
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from threading import Thread
-from wsgiref.simple_server import WSGIServer
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 
-__all__ = ["CYCLE_OUTCOMES", "MetricsServer", "QthaMetrics", "new_registry", "render", "sample_names", "serve"]
+__all__ = [
+    "CYCLE_OUTCOMES",
+    "MetricsServer",
+    "QthaMetrics",
+    "RoutedApp",
+    "new_registry",
+    "render",
+    "sample_names",
+    "serve",
+]
 
 # Outcomes are initialised to zero so `increase(qtha_cycles_total[24h])` exists before the first cycle ends
 # (alert rules on absent series never fire).
@@ -205,16 +217,54 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
-def serve(registry: CollectorRegistry, *, host: str = "127.0.0.1", port: int = 9464) -> MetricsServer:
-    """Serves ``registry`` at ``http://host:port/metrics`` from a daemon thread (port 0 picks a free one).
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    # One slow client (a browser on the console) must not hold up Prometheus' scrape.
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass  # a scrape every few seconds would flood the daemon's log
+
+
+class RoutedApp(Protocol):
+    """A WSGI app served beside ``/metrics`` for the paths it ``handles`` (the operator's console)."""
+
+    def handles(self, path: str) -> bool: ...
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]: ...
+
+
+def _dispatch(metrics_app: Any, extra: RoutedApp | None) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if extra is not None and extra.handles(path):
+            return extra(environ, start_response)
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def serve(
+    registry: CollectorRegistry, *, host: str = "127.0.0.1", port: int = 9464, extra: RoutedApp | None = None
+) -> MetricsServer:
+    """Serves ``registry`` at ``http://host:port/metrics`` from a daemon thread (port 0 picks a free one), and
+    ``extra`` (the console) for the paths it handles.
 
     Raises:
         OSError: the port is taken; the message names the address so the operator can change ``metrics.port``.
     """
+    server_class = type(
+        "_Server", (_ThreadingServer,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET}
+    )
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        server = make_server(
+            host, port, _dispatch(make_wsgi_app(registry), extra), server_class, handler_class=_QuietHandler
+        )
     except OSError as exc:
         raise OSError(
             exc.errno, f"cannot serve metrics on {host}:{port} ({exc.strerror}); set metrics.port to a free port"
         ) from exc
+    thread = Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
     return MetricsServer(server, thread)

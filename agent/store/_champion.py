@@ -146,35 +146,21 @@ class Champion(TableAccess):
         artifact is unusable when no earlier champion is left to roll back to; the next cycle starts from the base.
 
         Raises:
-            ChampionMovedError, ChampionPinnedError: as for :meth:`promote` (an operator's pin holds).
+            ChampionMovedError: the epoch is no longer ``expected_epoch``.
         """
         with self._db.tx(lock=PROMOTION_LOCK_KEY) as conn:
             seen = self._check(conn, expected_epoch, actor=actor, automatic=False)
             if seen.version_id is None:
                 return seen
-            now = self._clock.now()
-            conn.execute(
-                update(_C)
-                .where(_C.c.id == 1, _C.c.epoch == seen.epoch)
-                .values(version_id=None, epoch=seen.epoch + 1, updated_at=now)
-            )
-            conn.execute(
-                update(_V)
-                .where(_V.c.id == seen.version_id, _V.c.status == VersionStatus.CHAMPION.value)
-                .values(status=VersionStatus.REJECTED.value)
-            )
-            _audit.append(
+            new = self._move(
                 conn,
-                at=now,
-                kind=AuditKind.SERVE,
+                seen,
+                None,
+                demote_to=VersionStatus.REJECTED,
                 actor=actor,
                 reason=reason,
-                version_id=None,
-                previous_id=seen.version_id,
-                epoch=seen.epoch + 1,
                 details={"base_model": True},
             )
-            new = read_champion(conn)
             if within is not None:
                 within(new)
             return new
@@ -226,18 +212,21 @@ class Champion(TableAccess):
         self,
         conn: Connection,
         seen: ChampionState,
-        target: ModelVersion,
+        target: ModelVersion | None,
         *,
         demote_to: VersionStatus,
         actor: str,
         reason: str,
         details: dict[str, Any],
     ) -> ChampionState:
+        """The epoch CAS, the demotion of the old champion, the promotion of ``target`` (None: the base model
+        serves) and the serve entry, in the caller's transaction."""
         now = self._clock.now()
+        target_id = target.id if target is not None else None
         moved = conn.execute(
             update(_C)
             .where(_C.c.id == 1, _C.c.epoch == seen.epoch)
-            .values(version_id=target.id, epoch=seen.epoch + 1, updated_at=now)
+            .values(version_id=target_id, epoch=seen.epoch + 1, updated_at=now)
         )
         if moved.rowcount != 1:  # unreachable under the lock; kept as the CAS's own guarantee
             raise ChampionMovedError(f"champion epoch moved from {seen.epoch} during {actor}'s move; retry")
@@ -247,18 +236,19 @@ class Champion(TableAccess):
                 .where(_V.c.id == seen.version_id, _V.c.status == VersionStatus.CHAMPION.value)
                 .values(status=demote_to.value)
             )
-        conn.execute(
-            update(_V)
-            .where(_V.c.id == target.id)
-            .values(status=VersionStatus.CHAMPION.value, was_champion=True)
-        )
+        if target_id is not None:
+            conn.execute(
+                update(_V)
+                .where(_V.c.id == target_id)
+                .values(status=VersionStatus.CHAMPION.value, was_champion=True)
+            )
         _audit.append(
             conn,
             at=now,
             kind=AuditKind.SERVE,
             actor=actor,
             reason=reason,
-            version_id=target.id,
+            version_id=target_id,
             previous_id=seen.version_id,
             epoch=seen.epoch + 1,
             details=details,

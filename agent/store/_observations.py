@@ -134,6 +134,11 @@ class Metrics(TableAccess):
             found = found[:limit]
         return found[::-1]
 
+    def names(self) -> list[str]:
+        """Every sample name recorded (sorted), so a reader can list the series without knowing them."""
+        with self._db.tx(write=False) as conn:
+            return sorted(str(n) for n in conn.execute(select(_M.c.name).distinct()).scalars())
+
     def delete_before(self, at: datetime) -> int:
         """Retention: deletes samples older than ``at``; returns how many."""
         with self._db.tx() as conn:

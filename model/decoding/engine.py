@@ -172,7 +172,7 @@ class DecodeEngine:
     ) -> None:
         self.config = config or EngineConfig()
         self.tokenizer = tokenizer
-        self._parts, self._weights = split_model(model)
+        self._parts, self._weights = split_model(model, scan=self.config.scan_layers)
         self._model_config = model.config
         self._cache = empty_cache(model.config, self.config.max_slots, self.config.capacity)
         self._stop_ids = frozenset(tokenizer.stop_ids)
@@ -444,7 +444,7 @@ class DecodeEngine:
             if seq.finish_reason is not None:
                 return
             seq.generated += 1
-            if token in self._stop_ids:
+            if token in self._stop_ids and not seq.request.params.ignore_eos:
                 seq.finish_reason = "stop"
                 return
             seq.text.push(token)

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,24 +101,56 @@ class Running:
         }
 
 
-@pytest.fixture
-def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
+def new_paused_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trainer: Callable[[Runtime], StandinTrainer]
+) -> Runtime:
+    """A runtime on a fresh state directory, paused, not started (a test may prepare state first)."""
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
         monkeypatch.delenv(name, raising=False)
-    config = fast_config(tmp_path / "state")
-    rt = build_runtime(config, cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    rt = build_runtime(fast_config(tmp_path / "state"), cycles=PolicyCycleDriver(trainer))
     # Paused from the start: with no champion the trigger would fire at election, before a test acts.
     rt.store.overrides.set("paused", True, actor="test", reason="fixture")
+    return rt
+
+
+def run_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trainer: Callable[[Runtime], StandinTrainer]
+) -> Iterator[Running]:
+    """An in-process daemon on a fresh state directory, paused, leading; stopped when the generator closes."""
+    rt = new_paused_runtime(tmp_path, monkeypatch, trainer)
+    try:
+        with started(rt) as handle:
+            yield handle
+    finally:
+        rt.store.close()
+
+
+@contextmanager
+def started(rt: Runtime) -> Iterator[Running]:
+    """Runs the daemon on ``rt`` in a thread until the block ends; yields once it leads."""
     daemon = Daemon(rt, loop_interval_s=0.1)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
-    handle = Running(daemon, rt, thread)
-    wait_for(lambda: rt.leadership.is_leader() and daemon.metrics_port, what="leadership")
-    yield handle
-    daemon.request_stop()
-    thread.join(timeout=30)
-    assert not thread.is_alive(), "daemon did not stop"
+    try:
+        wait_for(lambda: rt.leadership.is_leader() and daemon.metrics_port, what="leadership")
+        yield Running(daemon, rt, thread)
+    finally:
+        daemon.request_stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "daemon did not stop"
+
+
+@pytest.fixture
+def paused_rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    rt = new_paused_runtime(tmp_path, monkeypatch, lambda rt: StandinTrainer())
+    yield rt
     rt.store.close()
+
+
+@pytest.fixture
+def running(paused_rt: Runtime) -> Iterator[Running]:
+    with started(paused_rt) as handle:
+        yield handle
 
 
 def test_cycle_now_promotes_and_metrics_show_it(running: Running) -> None:
@@ -272,21 +305,13 @@ def test_policy_set_is_validated_and_applied(running: Running) -> None:
 
 
 def test_an_invalid_stored_override_is_ignored_with_a_warning_and_can_be_unset(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    paused_rt: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    rt = build_runtime(fast_config(tmp_path / "state"), cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    rt = paused_rt
     # As an older qtha (or a manual edit) could have stored them: each would have crashed every start before.
     for key, value in {"cooldown_s": float("inf"), "quiet_hours": [25, 99], "gone_key": 1, "staleness_h": 48}.items():
         rt.store.overrides.set(f"policy.{key}", value, actor="test", reason="legacy")
-    rt.store.overrides.set("paused", True, actor="test", reason="test")
-    daemon = Daemon(rt, loop_interval_s=0.1)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    handle = Running(daemon, rt, thread)
-    try:
-        wait_for(lambda: rt.leadership.is_leader(), what="leadership")
+    with started(rt) as handle:
         policy = rt.policy()
         assert (policy.cooldown_s, policy.quiet_hours, policy.staleness_h) == (0.0, None, 48.0)
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "override" in r.getMessage()]
@@ -296,19 +321,13 @@ def test_an_invalid_stored_override_is_ignored_with_a_warning_and_can_be_unset(
         for key in ("cooldown_s", "quiet_hours", "gone_key"):
             assert handle.applied(handle.submit("policy_unset", {"key": key})).ok
         assert set(rt.store.overrides.all()) == {"paused", "policy.staleness_h"}
-    finally:
-        daemon.request_stop()
-        thread.join(timeout=30)
-        rt.store.close()
 
 
 @pytest.mark.parametrize("versions", [("v1", "v2"), ("v1",)])
 def test_a_tampered_champion_at_start_is_replaced_logged_and_counted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, versions: tuple[str, ...]
+    paused_rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture, versions: tuple[str, ...]
 ) -> None:
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    rt = build_runtime(fast_config(tmp_path / "state"), cycles=PolicyCycleDriver(lambda rt: StandinTrainer()))
+    rt = paused_rt
     for epoch, version in enumerate(versions):
         src = tmp_path / f"src-{version}"
         src.mkdir()
@@ -317,23 +336,12 @@ def test_a_tampered_champion_at_start_is_replaced_logged_and_counted(
         rt.registry.promote(version, expected_epoch=epoch, actor="test", reason="setup")
     tampered = rt.config.state_dir / "versions" / versions[-1] / "adapter.safetensors"
     tampered.write_bytes(b"tampered" + tampered.read_bytes()[8:])
-    rt.store.overrides.set("paused", True, actor="test", reason="test")
-    daemon = Daemon(rt, loop_interval_s=0.1)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    handle = Running(daemon, rt, thread)
-    try:
-        wait_for(lambda: rt.leadership.is_leader() and daemon.metrics_port, what="leadership")
+    with started(rt) as handle:
         expected = versions[-2] if len(versions) > 1 else None
         wait_for(lambda: rt.store.champion.get().version_id == expected, what="champion replaced")
-        scraped = handle.scrape()
-        assert scraped[("qtha_rollbacks_total", ())] == 1.0
+        assert handle.scrape()[("qtha_rollbacks_total", ())] == 1.0
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert any(("rolled back to v1" if expected else "serving the base model") in w for w in warnings)
-    finally:
-        daemon.request_stop()
-        thread.join(timeout=30)
-        rt.store.close()
 
 
 def test_inbox_file_is_ingested_or_quarantined(running: Running) -> None:
@@ -441,7 +449,8 @@ def test_housekeeping_removes_finished_cycle_work(running: Running) -> None:
     assert (rt.config.state_dir / "cycles" / "1").is_dir()
     wait_for(lambda: rt.cycles.housekeeping(rt) is not None, what="the driver's lock released")
     jobs.housekeeping(rt)  # the job itself: idempotent
-    assert not (rt.config.state_dir / "cycles" / "1").exists()
+    # The work files (checkpoints, recipe) went; the cycle's report (agent/console) stays.
+    assert [p.name for p in (rt.config.state_dir / "cycles" / "1").iterdir()] == ["report.html"]
     assert (rt.config.state_dir / "current").resolve().name == rt.store.champion.get().version_id
 
 

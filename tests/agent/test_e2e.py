@@ -18,6 +18,7 @@ from agent.cycle.trainer import checkpoint_step, latest_checkpoint
 from agent.store import open_store
 from tests.agent.test_e2e_support import DaemonProcess, free_port, qtha, qtha_json, wait_for, write_config
 from tests.fixtures.tiny_model import write_tiny_hf
+from tests.support.browser import Chromium, assert_clean_load, find_chromium
 
 
 @pytest.fixture
@@ -152,5 +153,33 @@ def test_operator_story(setup: tuple[Path, Path, int], tmp_path: Path) -> None:
         assert daemon.metric("qtha_champion_info", version="c000001") == 1.0
         versions = {v["id"]: v["status"] for v in qtha_json(config, "versions")}
         assert versions == {"c000001": "champion", "c000002": "rejected"}
+        _console_in_a_browser(config, state, port)
     finally:
         assert daemon.stop(timeout=90) == 0
+
+
+def _console_in_a_browser(config: Path, state: Path, port: int) -> None:
+    """The operator's console over the real daemon's metrics port, and each cycle's report file: in headless
+    Chromium when it is installed (screenshots to $QTHA_CONSOLE_SCREENSHOTS when set), over plain HTTP otherwise."""
+    import urllib.request
+
+    reports = [Path(qtha(config, "report", str(n)).stdout.strip()) for n in (1, 2)]
+    assert reports == [state / "cycles" / "1" / "report.html", state / "cycles" / "2" / "report.html"]
+    base = f"http://127.0.0.1:{port}"
+    page = urllib.request.urlopen(f"{base}/console", timeout=30).read().decode()
+    assert 'class="big">c000001<' in page and 'href="/console/cycles/2"' in page
+    if find_chromium() is None:
+        return
+    out = Path(os.environ.get("QTHA_CONSOLE_SCREENSHOTS") or state / "screenshots")
+    with Chromium() as browser:
+        front = browser.open(f"{base}/console")
+        assert_clean_load(front, base)
+        assert "c000001" in front.text and "rollback" in front.text
+        browser.screenshot(out / "tiny-console.png")
+        card = browser.open(f"{base}/console/cycles/2")
+        assert_clean_load(card, base)
+        assert "Cycle 2" in card.text and "train loss" in card.text and "promote" in card.text
+        assert browser.evaluate("document.querySelectorAll('svg rect.bar').length") >= 1
+        browser.screenshot(out / "tiny-cycle-2.png")
+        saved = browser.open(reports[0].as_uri())
+        assert saved.errors == [] and "Cycle 1" in saved.text

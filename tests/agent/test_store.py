@@ -403,8 +403,10 @@ def test_metric_samples_filter_by_time_and_labels(store: Store, fake_clock: Fake
         0.7,
     ]
     assert [s.value for s in store.metrics.samples("eval_accuracy", limit=1)] == [0.7]
+    assert store.metrics.names() == ["eval_accuracy", "eval_loss"]  # each name once, sorted
     assert store.metrics.delete_before(t0 + timedelta(seconds=90)) == 3
     assert [s.value for s in store.metrics.samples("eval_accuracy")] == [0.7]
+    assert store.metrics.names() == ["eval_accuracy"]
 
 
 @pytest.mark.parametrize(

@@ -141,12 +141,14 @@ def test_an_end_of_turn_token_stops_a_choice_and_counts_as_a_completion_token(ti
         free = eng.submit(prompt, SamplingParams(max_tokens=NEW)).result(120).choices[0].token_ids
         eng._stop_ids = frozenset({free[3]})
         result = eng.submit(prompt, SamplingParams(max_tokens=NEW)).result(120)
+        through = eng.submit(prompt, SamplingParams(max_tokens=NEW, ignore_eos=True)).result(120)
     finally:
         eng.stop()
     cut = free.index(free[3])
     assert result.choices[0].token_ids == free[:cut]
     assert result.choices[0].finish_reason == "stop"
     assert result.usage.completion_tokens == cut + 1
+    assert through.choices[0].token_ids == free and through.choices[0].finish_reason == "length"
 
 
 def test_limits_and_errors_name_the_field(engine) -> None:
@@ -209,15 +211,16 @@ def test_stop_fails_unfinished_requests_and_a_second_engine_compiles_nothing_new
 
 @pytest.mark.parametrize(
     "config",
-    [LoraConfig(rank=2, targets=("layers.0.self_attn.q_proj",)),  # one block differs: blocks run unrolled
+    [LoraConfig(rank=2, targets=("layers.0.self_attn.q_proj",)),  # one block differs: unrolled even with scan
      QthaAdapterConfig(n_qubits=2, n_layers=1, qnn_mode="activation", targets=("v_proj",))],  # scanned, per token
     ids=["lora-one-layer", "qtha-activation"],
 )
-def test_unmerged_adapted_models_decode_as_generate_does(tmp_path_factory, config) -> None:
+def test_unmerged_adapted_models_decode_as_generate_does_with_scanned_layers(tmp_path_factory, config) -> None:
     loaded = load_checkpoint(write_tiny_hf(tmp_path_factory.mktemp("adapted") / "tiny"))
     inject_adapters(loaded.model, config, rngs=nnx.Rngs(2), qnn_factory=shared_qnn)
     randomise_adapters(loaded.model, scale=0.5)
-    small = EngineConfig(max_slots=2, capacity=64, chunk_tokens=4, prefill_buckets=(64,), span_buckets=(64,))
+    small = EngineConfig(max_slots=2, capacity=64, chunk_tokens=4, prefill_buckets=(64,), span_buckets=(64,),
+                         scan_layers=True)
     eng = DecodeEngine(loaded.model, loaded.tokenizer, small)
     eng.start()
     try:

@@ -22,7 +22,9 @@ from agent.cycle.trainer import (
     CycleInterrupted,
     EvalOutcome,
     GateDecision,
+    NullObserver,
     Progress,
+    TrainingObserver,
     TrainOutcome,
     checkpoint_step,
     save_checkpoint,
@@ -68,11 +70,19 @@ class StandinTrainer:
         task_seed: draws the true weights and the data (same for every cycle).
         dim: number of features.
         stop_after_steps: for tests — raise :class:`CycleInterrupted` after this many steps of one call.
+        observer: told each step's training loss, as the child trainer tells the daemon's observer.
     """
 
     fingerprint = "standin-linear"
 
-    def __init__(self, *, task_seed: int = 0, dim: int = 8, stop_after_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        task_seed: int = 0,
+        dim: int = 8,
+        stop_after_steps: int | None = None,
+        observer: TrainingObserver | None = None,
+    ) -> None:
         rng = np.random.default_rng(task_seed)
         w_true = rng.normal(size=dim)
         x = rng.normal(size=(96, dim))
@@ -80,6 +90,7 @@ class StandinTrainer:
         self._data = _Data(x[:64], y[:64], x[64:], y[64:])
         self.dim = dim
         self.stop_after_steps = stop_after_steps
+        self.observer = observer or NullObserver()
         self.train_calls = 0
 
     def train(
@@ -106,6 +117,10 @@ class StandinTrainer:
             rows = np.random.default_rng([seed, step]).choice(len(x), size=batch, replace=False)
             grad = 2.0 * x[rows].T @ (x[rows] @ w - y[rows]) / batch
             w = w - lr * grad
+            batch_loss = float(np.mean((x[rows] @ w - y[rows]) ** 2))
+            self.observer.training_step(
+                workdir.name, step=step, total=steps, loss=batch_loss, new_steps=1, new_nonfinite=0
+            )
             ckpt = None
             if step % every == 0 or step == steps:
                 ckpt = save_checkpoint(workdir, step, lambda d, w=w: np.save(d / _WEIGHTS, w))
