@@ -141,3 +141,25 @@ def test_collapse_detection_stops_a_round_with_its_reason():
     assert "0 verified" in collapse_reason(_stats(used=0), None, None)
     # distinct-3 of identical solutions collapses towards 0.
     assert distinct_n([GOOD] * 20) < 0.5 * distinct_n([GOOD, "Step 1: 3 * 4 = 12. The answer is 12."])
+
+
+@pytest.mark.slow  # compiles the engine (~1 min on the shared machine)
+def test_sample_pool_draws_k_seeded_samples_per_prompt_through_the_engine(tmp_path):
+    from model import MARKED_ANSWER_INSTRUCTION, DecodeEngine, EngineConfig, load_checkpoint, sample_pool
+    from tests.fixtures.tiny_model import write_tiny_hf
+
+    loaded = load_checkpoint(write_tiny_hf(tmp_path / "tiny"))
+    engine = DecodeEngine(loaded.model, loaded.tokenizer, EngineConfig(max_slots=8, capacity=128, max_queue=8))
+    engine.start()
+    pool = [PoolPrompt(f"p{i}", f"Tom has {i} apples.", i) for i in range(5)]
+    try:
+        draw = [sample_pool(engine, pool, k=3, temperature=1.0, top_p=0.9, max_tokens=5, seed=7,
+                            instruction=MARKED_ANSWER_INSTRUCTION) for _ in range(2)]
+        other = sample_pool(engine, pool, k=3, temperature=1.0, top_p=0.9, max_tokens=5, seed=8)
+    finally:
+        engine.stop()
+    first = draw[0]
+    assert [s.prompt for s in first] == pool  # the bare prompt is kept, the instruction only sent
+    assert all(len(s.texts) == 3 == len(s.finished) for s in first)
+    assert draw[0] == draw[1] and other != first  # same seed, same samples; another seed, others
+    assert all(s.completion_tokens <= 15 for s in first)
