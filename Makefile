@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench-install lint clean-state
+.PHONY: run serve test install bench-install lint clean-state
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/qtha daemon
+
+# The champion behind an OpenAI-compatible API on 127.0.0.1:8000 (serve.host/serve.port), beside `make run`.
+serve: $(STAMP)
+	$(BIN)/qtha serve
 
 # .ci/tools installs or locates the real tools the tests use (promtool into $(BIN), PostgreSQL, systemd-analyze,
 # pyqpanda3) and prints one line per tool it cannot get; with CI=true a missing tool fails the run.

@@ -12,5 +12,7 @@ Layout (the folder tree is the architecture; imports flow downward in this list)
   ``/metrics``) and each finished cycle's report file; reads the store, writes nothing to it.
 * ``daemon/`` — lifecycle, runtime, scheduled jobs, operator commands, the policy driver and its inputs, leader
   lease, sd_notify, Prometheus metrics, metric sources, inbox, status.
+* ``serve/`` — ``qtha serve``: the champion behind an OpenAI-compatible API, hot-swapped on promotion; its
+  ``loader`` is, with ``child/``, the only part of ``agent/`` that imports ``model``.
 * ``cli/`` — the ``qtha`` command line and the production wiring.
 """

@@ -42,6 +42,7 @@ __all__ = [
     "QuantumConfig",
     "RecipeBoundsConfig",
     "SchedulerConfig",
+    "ServeConfig",
     "TrainingConfig",
     "load_config",
     "short_repr",
@@ -95,6 +96,28 @@ class DatabaseConfig(_Section):
         "PostgreSQL: postgresql+psycopg://user@host/db.",
     )
     echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
+
+
+class ArtifactsConfig(_Section):
+    root: Path | None = Field(
+        default=None,
+        description="A directory every replica sees (a shared mount) where versions are published, each with its "
+        "digest manifest; each node verifies a version before use and keeps a verified copy under "
+        "<state_dir>/versions as a cache only. Empty: versions live in <state_dir>/versions (one host).",
+    )
+
+
+class ClusterConfig(_Section):
+    address: str | None = Field(
+        default=None,
+        description="A Ray cluster (ray://head:10001 or head:6379): training and evaluation run there as Ray tasks, "
+        "the daemon stays the driver and keeps the lease. Every node must see the state directory's cycles/ and "
+        "[artifacts] root. Empty: local child processes (Ray is not imported).",
+    )
+    num_cpus: float = Field(default=1.0, gt=0, description="CPUs each Ray task requests.")
+    max_retries: int = Field(
+        default=2, ge=0, le=100, description="How often Ray reruns a task whose worker node was lost."
+    )
 
 
 class MetricsConfig(_Section):
@@ -406,6 +429,60 @@ class ObserveConfig(_Section):
     timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one query.")
 
 
+class ServeConfig(_Section):
+    """``qtha serve``: the champion behind an OpenAI-compatible HTTP API (see agent/serve/)."""
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Listen address; loopback by default. Any other address needs an API key (api_key_file or "
+        "the api_key_env variable).",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="Listen port, 1-65535.")
+    api_key_file: Path | None = Field(
+        default=None, description="File whose first line is the bearer token clients must send. Empty: none."
+    )
+    api_key_env: str = Field(
+        default="QTHA_SERVE_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the bearer token (read when api_key_file is empty).",
+    )
+    poll_interval_s: float = Field(
+        default=2.0, gt=0, le=5, description="How often the champion epoch is read (a promotion serves within it)."
+    )
+    max_body_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    max_prompt_tokens: int = Field(
+        default=2048, ge=1, description="Longer rendered prompts are refused with 413 (the model's context caps it)."
+    )
+    max_tokens: int = Field(default=512, ge=1, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(default=128, ge=1, description="max_tokens of a request that gives none.")
+    max_n: int = Field(default=4, ge=1, description="Largest n (choices per request).")
+    max_batch: int = Field(default=16, ge=1, description="Sequences decoded together in one forward pass.")
+    max_queue: int = Field(
+        default=64, ge=1, description="Requests waiting for a decoding slot; more are refused with 429."
+    )
+    max_connections: int = Field(
+        default=256, ge=1, description="Open connections; beyond it the server answers 503 at once."
+    )
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="A request still running after this is cancelled (504)."
+    )
+    usage_log: bool = Field(
+        default=True, description="Record every request and answer in the usage log (false: opt out)."
+    )
+    usage_content: bool = Field(
+        default=True,
+        description="Keep messages and answers in the usage log (false: only sizes, timings and settings).",
+    )
+    usage_retention_days: float = Field(
+        default=30.0, gt=0, description="Usage records (and their feedback) older than this are deleted."
+    )
+    usage_max_mb: float = Field(
+        default=256.0, gt=0, description="Size cap of the usage log; the oldest records go first."
+    )
+
+
 class DaemonConfig(_Section):
     check_model: bool = Field(
         default=True,
@@ -455,6 +532,8 @@ class QthaConfig(BaseSettings):
 
     state_dir: Path = Field(default_factory=_default_state_dir, description="Database, versions, inbox.")
     database: DatabaseConfig = DatabaseConfig()
+    artifacts: ArtifactsConfig = ArtifactsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     metrics: MetricsConfig = MetricsConfig()
     console: ConsoleConfig = ConsoleConfig()
     model: ModelConfig = ModelConfig()
@@ -467,6 +546,7 @@ class QthaConfig(BaseSettings):
     observe: ObserveConfig = ObserveConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     daemon: DaemonConfig = DaemonConfig()
+    serve: ServeConfig = ServeConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
@@ -484,6 +564,15 @@ class QthaConfig(BaseSettings):
             raise ValueError(
                 f"quantum.max_cost_per_cycle needs the device's prices for backend = {q.backend!r}: set "
                 "quantum.price_per_job and/or quantum.price_per_shot (otherwise the cap never binds)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _serve_limits(self) -> QthaConfig:
+        if self.serve.default_max_tokens > self.serve.max_tokens:
+            raise ValueError(
+                f"serve.default_max_tokens = {self.serve.default_max_tokens} exceeds serve.max_tokens = "
+                f"{self.serve.max_tokens}; lower it or raise max_tokens"
             )
         return self
 

@@ -2,7 +2,12 @@
 (weight and activation modes) on q_proj + v_proj, same batch and sequence length.
 
 Each arm runs in its own process, so its peak RSS is its own. Prints a table with the QTHA/LoRA step-time ratio
-(target ≤ 1.5) and trainable-parameter ratio (target ≤ 0.24); ``--json`` for machines.
+(target ≤ 1.5) and trainable-parameter ratio (target ≤ 0.24), activation mode's step against weight mode's
+(target ≤ 3×), and a roofline line for activation mode: the circuit FLOPs of a step (every adapted module
+simulates one circuit per token, forward and adjoint backward, counted as ``bench/quantum_sim.py`` counts them;
+per-block remat keeps the circuits' final states, so no circuit runs twice), the rate the step achieved on them,
+the float32 GEMM rate measured in the same run, and the step time that rate would allow (weight mode's step plus
+the circuit FLOPs at the GEMM rate). ``--json`` for machines.
 
     .venv/bin/python bench/finetune.py                                  # all three arms
     .venv/bin/python bench/finetune.py --arms lora qtha-weight --steps 20 --json
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -74,6 +80,36 @@ def run_arm(arm: str, *, steps: int, batch: int, seq_len: int, seed: int) -> Row
     )
 
 
+def _gemm_gflops() -> float:
+    """The float32 GEMM rate of this machine now, measured the way bench/quantum_sim.py measures it."""
+    cmd = [sys.executable, str(Path(__file__).with_name("quantum_sim.py")), "--worker", "gemm", "gemm", "4096", "0", "5"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["gflops"]
+
+
+def roofline(rows: list[Row], batch: int, seq_len: int, gemm_gflops: float) -> dict[str, float] | None:
+    """Activation mode's circuit FLOPs per step, the rate achieved on them, and the step time the GEMM rate allows."""
+    from bench.quantum_sim import kernel_flops
+    from model.adapters import QthaAdapterConfig
+
+    by_arm = {r.arm: r for r in rows}
+    act, weight = by_arm.get("qtha-activation"), by_arm.get("qtha-weight")
+    if act is None:
+        return None
+    config = QthaAdapterConfig(qnn_mode="activation")
+    modules = 2 * 30  # q_proj and v_proj of SmolLM2-135M's 30 layers
+    flops, gate_flops = kernel_flops(batch * seq_len, config.n_layers, True, config.n_qubits)
+    step_flops = modules * flops
+    out = {"circuit_gflop_per_step": step_flops / 1e9, "gate_gflop_per_step": modules * gate_flops / 1e9,
+           "achieved_gflops": step_flops / act.step_s / 1e9, "gemm_gflops": gemm_gflops}
+    if weight is not None:
+        out["circuit_share_gflops"] = step_flops / max(act.step_s - weight.step_s, 1e-9) / 1e9
+        out["roofline_step_s"] = weight.step_s + step_flops / (gemm_gflops * 1e9)
+        out["vs_weight"] = act.step_s / weight.step_s
+        out["roofline_vs_weight"] = out["roofline_step_s"] / weight.step_s
+    return out
+
+
 def _in_subprocess(arm: str, args: argparse.Namespace) -> Row:
     cmd = [sys.executable, __file__, "--arm-worker", arm, "--batch", str(args.batch), "--seq-len",
            str(args.seq_len), "--seed", str(args.seed), "--steps",
@@ -117,16 +153,29 @@ def main(argv: list[str] | None = None) -> int:
         row = run_arm(args.arm_worker, steps=args.steps, batch=args.batch, seq_len=args.seq_len, seed=args.seed)
         print(json.dumps(asdict(row)))
         return 0
+    load = os.getloadavg()[0]
     rows = [_in_subprocess(arm, args) for arm in args.arms]
     ratios = _ratios(rows)
+    roof = roofline(rows, args.batch, args.seq_len, _gemm_gflops()) if "qtha-activation" in args.arms else None
+    load_line = f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)"
     if args.json:
-        print(json.dumps({"args": vars(args), "rows": [asdict(r) for r in rows], "vs_lora": ratios}, indent=1))
+        print(json.dumps({"args": vars(args), "rows": [asdict(r) for r in rows], "vs_lora": ratios,
+                          "activation_roofline": roof, "load": load_line}, indent=1))
         return 0
+    print(load_line)
     print(f"SmolLM2-135M, q_proj+v_proj, batch {args.batch}×{args.seq_len}, float32, per-block remat")
     print(_table(rows))
     for arm, r in ratios.items():
         print(f"{arm}: step time ×{r['step_time_ratio']:.2f} of LoRA (target ≤ 1.5), "
               f"trainable parameters ×{r['param_ratio']:.3f} of LoRA (target ≤ 0.24)")
+    if roof is not None:
+        print(f"qtha-activation roofline: {roof['circuit_gflop_per_step']:.0f} GFLOP of circuit kernels per step "
+              f"({roof['gate_gflop_per_step']:.0f} gate-by-gate), {roof['achieved_gflops']:.1f} GFLOP/s over the whole "
+              f"step, float32 GEMM {roof['gemm_gflops']:.1f} GFLOP/s")
+        if "roofline_step_s" in roof:
+            print(f"qtha-activation step ×{roof['vs_weight']:.2f} of weight mode (target ≤ 3); circuits ran at "
+                  f"{roof['circuit_share_gflops']:.1f} GFLOP/s beyond weight mode's step; at the GEMM rate the step "
+                  f"would take {roof['roofline_step_s']:.2f} s (×{roof['roofline_vs_weight']:.2f} of weight mode)")
     return 0
 
 

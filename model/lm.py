@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from quantum import FINAL_STATE_NAME
+
 from .config import LMConfig
 from .rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 
@@ -20,6 +22,10 @@ LayerCache = tuple[jax.Array, jax.Array, jax.Array]
 """One layer's view of a :class:`KVCache` during decoding: its keys, its values, and the filled length."""
 LayerKV = tuple[jax.Array, jax.Array]
 """One layer's keys and values after a decoding step (to write back into the cache)."""
+
+# Per-block rematerialisation recomputes a block in the backward pass, but keeps the final state of any circuit
+# the block simulates (QTHA activation mode): re-running a circuit costs more than the rest of the block.
+_REMAT_POLICY = jax.checkpoint_policies.save_only_these_names(FINAL_STATE_NAME)
 
 
 class KVCache(NamedTuple):
@@ -133,6 +139,27 @@ def _run_block(block: DecoderBlock, x: jax.Array, cos: jax.Array, sin: jax.Array
     return block(x, cos, sin, key_mask, cache)
 
 
+def _common_graphdef(blocks: nnx.List) -> nnx.GraphDef | None:
+    """The blocks' shared structure, or None when they differ (e.g. adapters on some layers only)."""
+    graphdefs = [nnx.graphdef(block) for block in blocks]
+    return graphdefs[0] if graphdefs and all(g == graphdefs[0] for g in graphdefs) else None
+
+
+def _scan_blocks(
+    graphdef: nnx.GraphDef, blocks: nnx.List, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array,
+    remat: bool,
+) -> jax.Array:
+    """The blocks applied in order as one ``lax.scan`` over their stacked variables (forward only: nothing in a
+    block is written during a forward pass without a cache, so the stacked copies need not be written back)."""
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(block) for block in blocks])
+
+    def body(x, state):
+        y, _ = nnx.merge(graphdef, state)(x, cos, sin, key_mask, None)
+        return y, None
+
+    return jax.lax.scan(jax.checkpoint(body, policy=_REMAT_POLICY) if remat else body, x, stacked)[0]
+
+
 class CausalLM(nnx.Module):
     """Decoder-only causal language model (float32).
 
@@ -168,6 +195,7 @@ class CausalLM(nnx.Module):
         cache: KVCache | None = None,
         remat: bool = False,
         last_only: bool = False,
+        scan_layers: bool = False,
     ) -> jax.Array | tuple[jax.Array, KVCache]:
         """Next-token logits.
 
@@ -183,6 +211,10 @@ class CausalLM(nnx.Module):
             remat: recompute each block in the backward pass (``jax.checkpoint``) to save training memory.
             last_only: project only the last position to the vocabulary (``[B, 1, vocab]``): a generation prefill
                 needs nothing else, and the vocabulary projection of every prompt token is a large waste.
+            scan_layers: run the blocks as one ``lax.scan`` over their stacked variables (without a cache, when
+                every block has the same structure), so the block, adapters included, is compiled once instead of
+                once per layer: what makes per-token circuits (QTHA activation mode) compile in seconds. Stacking
+                copies the blocks' weights each call (~0.4 GB for SmolLM2-135M), so it is off by default.
 
         Returns:
             float32 logits ``[B, T, vocab]`` (``[B, 1, vocab]`` with ``last_only``); with a cache,
@@ -202,9 +234,12 @@ class CausalLM(nnx.Module):
                 positions = jnp.maximum(jax.lax.dynamic_slice_in_dim(before, start, t, axis=1), 0)
         cos, sin = rotary_cos_sin(jnp.asarray(inverse_frequencies(self.config)), positions)
         x = self.embed_tokens(tokens).astype(jnp.float32)
-        block_fn = nnx.remat(_run_block) if remat else _run_block
+        block_fn = nnx.remat(_run_block, policy=_REMAT_POLICY) if remat else _run_block
         new_keys, new_values = [], []
-        for i, block in enumerate(self.layers):
+        graphdef = _common_graphdef(self.layers) if scan_layers and cache is None else None
+        if graphdef is not None:
+            x = _scan_blocks(graphdef, self.layers, x, cos, sin, key_mask, remat)
+        for i, block in enumerate(self.layers if graphdef is None else ()):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i], start)
             x, kv = block_fn(block, x, cos, sin, key_mask, layer_cache)
             if kv is not None:

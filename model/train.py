@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .adapters import AdapterParam, adapter_config, refresh_qnn_cores
+from .adapters import AdapterParam, adapter_config, has_token_circuits, refresh_qnn_cores
 from .data import TokenizedData
 from .lm import causal_lm_loss
 from .train_state import CheckpointState, load_train_checkpoint, save_train_checkpoint
@@ -214,7 +214,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def _loss(model: nnx.Module, batch: Batch, remat: bool) -> jax.Array:
     refresh_qnn_cores(model)  # weight-mode QTHA: every module's circuit in one batched, differentiable call
-    logits = model(batch.inputs, attention_mask=batch.attention_mask, remat=remat)
+    logits = model(batch.inputs, attention_mask=batch.attention_mask, remat=remat, scan_layers=has_token_circuits(model))
     return causal_lm_loss(logits, batch.targets, batch.loss_mask)
 
 

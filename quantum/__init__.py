@@ -102,10 +102,11 @@ from quantum.shift import (
     shifted_rows,
     split_occurrences,
 )
-from quantum.statevector import QnnFunction, SimulatorOptions, compile_circuit
+from quantum.statevector import FINAL_STATE_NAME, QnnFunction, SimulatorOptions, compile_circuit
 
 __all__ = [
     # circuits and simulation
+    "FINAL_STATE_NAME",
     "SUPPORTED_GATES",
     "CircuitSpec",
     "CircuitTooLargeError",

@@ -23,6 +23,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from quantum.circuits import QnnCircuit
 from quantum.errors import CircuitTooLargeError, QuantumSpecError
@@ -31,6 +32,10 @@ from quantum.kernels import local_prepare, stage_kernels
 from quantum.lowering import lower_circuit
 
 QnnFunction = Callable[[jax.Array, jax.Array], jax.Array]
+# The name of the final state the backward pass starts from (``jax.ad_checkpoint.checkpoint_name``): a caller's
+# rematerialisation policy that saves it (``save_only_these_names(FINAL_STATE_NAME)``) keeps one state per circuit
+# call instead of re-running the whole circuit before its backward pass.
+FINAL_STATE_NAME = "quantum_final_state"
 # Live state-sized buffers at the peak of the backward pass (state, adjoint, two temporaries).
 _LIVE_STATES = 4
 
@@ -132,7 +137,7 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
     signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1)
 
     def readout(psi):
-        probs = (psi.real**2 + psi.imag**2).astype(real)
+        probs = psi[:, 0] ** 2 + psi[:, 1] ** 2
         return probs @ jnp.asarray(signs, real) if qc.readout == "z" else probs
 
     def stage_params(i, t_b, t_s):
@@ -150,7 +155,7 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         if plan.prepare is not None:
             psi = plan.prepare(stage_params(0, t_b, t_s), batch)
         else:
-            psi = jnp.zeros((batch, 2**n), dtype).at[:, 0].set(1)
+            psi = jnp.zeros((batch, 2, 2**n), real).at[:, 0, 0].set(1)
         for start, period, reps in plan.runs:
             if start == 0 and plan.prepare is not None:
                 continue
@@ -168,8 +173,16 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         return psi
 
     def step_back(kern, t, psi, lam):
-        psi = kern.adjoint(t, psi)  # uncompute: the state before this stage
-        grad, lam = jax.vjp(kern.apply, t, psi)[1](lam)
+        """One stage of the adjoint pass: the state before the stage, the adjoint before it, and dL/dt."""
+        ms, mats_vjp = jax.vjp(kern.mats, t)
+        dms = [None] * kern.n_factors
+        for i in reversed(range(kern.n_factors)):
+            psi = kern.factor(i, ms[i], psi, True)  # uncompute: the state before this factor
+            # The matrix gradient from that state and the adjoint after the factor: one contraction over the
+            # batch, without re-running the factor (jax.vjp of the whole stage would recompute it).
+            (dms[i],) = jax.vjp(lambda m, i=i, psi=psi: kern.factor(i, m, psi, False), ms[i])[1](lam)
+            lam = kern.factor(i, ms[i], lam, True)
+        (grad,) = mats_vjp(tuple(dms))
         # Nothing else orders these: XLA may run the uncompute chain ahead, or defer a stage's gradient
         # reduction to the end, keeping state-sized buffers per stage alive (what the adjoint method avoids).
         return jax.lax.optimization_barrier((psi, lam, grad))
@@ -213,15 +226,15 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         batch = t_b.shape[0]
         if batch <= plan.chunk:
             psi = forward(t_b, t_s)
-            return readout(psi), (t_b, t_s, psi)
+            return readout(psi), (t_b, t_s, checkpoint_name(psi, FINAL_STATE_NAME))
         # Chunks small enough to stay in cache through all stages, instead of streaming the batch per stage.
         psi = jax.lax.map(lambda tb: forward(tb, t_s), chunks(t_b, plan.chunk))
-        out = readout(psi.reshape(-1, psi.shape[-1]))[:batch]
-        return out, (t_b, t_s, psi)
+        out = readout(psi.reshape((-1,) + psi.shape[2:]))[:batch]
+        return out, (t_b, t_s, checkpoint_name(psi, FINAL_STATE_NAME))
 
     def core_bwd(res, g):
         t_b, t_s, psi = res
-        if psi.ndim == 2:
+        if psi.ndim == 3:
             return backward(t_b, t_s, psi, g)
         parts = (chunks(t_b, plan.chunk), psi, chunks(g, plan.chunk))
         g_b, g_s = jax.lax.map(lambda a: backward(a[0], t_s, a[1], a[2]), parts)

@@ -9,7 +9,7 @@ from tests.support.tools import MISSING_TOOL, strict
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--long", action="store_true", default=False, help="chaos suite: many more kills (tests/agent/test_chaos.py)"
+        "--long", action="store_true", default=False, help="more rounds: chaos kills (tests/agent/test_chaos.py), replica takeovers (tests/agent/test_replicas.py)"
     )
 
 

@@ -9,6 +9,7 @@ from agent.artifacts.layout import (
     Artifact,
     ArtifactCorruptError,
     ArtifactMissingError,
+    ArtifactNotHereError,
     Layout,
 )
 from agent.artifacts.registry import HousekeepingReport, Registry
@@ -18,6 +19,7 @@ __all__ = [
     "Artifact",
     "ArtifactCorruptError",
     "ArtifactMissingError",
+    "ArtifactNotHereError",
     "HousekeepingReport",
     "Layout",
     "Registry",

@@ -5,6 +5,8 @@ Layout under the state directory::
     versions/<id>/          a published version: the trainer's files + artifact.json (sha256 of every file)
     versions/.tmp-*         being written or deleted; never read, removed by housekeeping
     quarantine/<id>-<hex>/  artifacts that failed verification, kept for a post-mortem
+    store-id                this artifact store's identity (random, written once): a version row records the
+                            store it was published to, so a replica tells "not on this host" from "corrupt"
     current -> versions/<id>   the serving pointer, a relative symlink replaced atomically
 
 A version directory appears only by ``rename`` of a fully written and fsynced temporary directory, so a crash
@@ -34,6 +36,7 @@ __all__ = [
     "Artifact",
     "ArtifactCorruptError",
     "ArtifactMissingError",
+    "ArtifactNotHereError",
     "Layout",
     "clean_pointer_temporaries",
     "clean_temporaries",
@@ -44,6 +47,7 @@ __all__ = [
     "read_current",
     "clear_current",
     "remove_version",
+    "store_identity",
     "verify",
     "version_ids_on_disk",
 ]
@@ -54,6 +58,7 @@ TMP_PREFIX = ".tmp-"
 _CURRENT_TMP_PREFIX = ".current.tmp-"
 _VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK = 1 << 20
+STORE_ID_NAME = "store-id"
 
 
 class ArtifactCorruptError(ValueError):
@@ -62,6 +67,12 @@ class ArtifactCorruptError(ValueError):
 
 class ArtifactMissingError(FileNotFoundError):
     """A version directory does not exist."""
+
+
+class ArtifactNotHereError(ArtifactMissingError):
+    """A version was published to another artifact store (another host's state directory) and this host has no
+    intact copy: it is "not here", which says nothing about the version itself. Never reject or quarantine a
+    version for it; share an artifact store (``[artifacts] root``) or run where the version was published."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,10 @@ class Layout:
     @property
     def current(self) -> Path:
         return self.state_dir / "current"
+
+    @property
+    def store_id_file(self) -> Path:
+        return self.state_dir / STORE_ID_NAME
 
     def version_dir(self, version_id: str) -> Path:
         _check_id(version_id)
@@ -108,6 +123,25 @@ def _check_id(version_id: str) -> None:
             f"invalid version id {version_id!r}: use 1-128 letters, digits, '.', '_' or '-', not starting "
             "with '.' or '-'"
         )
+
+
+def store_identity(layout: Layout) -> str:
+    """This artifact store's identity, created on first use (``O_EXCL``, so concurrent first users agree)."""
+    layout.ensure()
+    try:
+        fd = os.open(layout.store_id_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        found = layout.store_id_file.read_text(encoding="utf-8").strip()
+        if found:
+            return found
+        # A crash between create and write left it empty: nothing can have recorded an empty id, so rewrite it.
+        fd = os.open(layout.store_id_file, os.O_WRONLY | os.O_TRUNC)
+    identity = secrets.token_hex(8)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(identity + "\n")
+    fsync_path(layout.store_id_file)
+    fsync_path(layout.state_dir)
+    return identity
 
 
 def digest_of(files: Mapping[str, str]) -> str:

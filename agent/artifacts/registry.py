@@ -5,6 +5,12 @@ move swaps the symlink while the promotion lock is held (inside the CAS transact
 epoch order even with several writers; a crash between the swap and the commit is repaired by :meth:`reconcile`
 at start-up. An artifact is verified (sha256) before it may serve; a corrupt one is quarantined and refused, and
 the champion keeps serving.
+
+Replicas on separate hosts share the database but not necessarily the files. Each version row records the
+artifact store it was published to (``artifact_path`` is ``<store id>:versions/<id>``); only a registry whose
+store is that one may judge the version (reject, quarantine, roll back or retire over it, prune it). Elsewhere a
+missing or bad local copy is "not here" (:class:`ArtifactNotHereError`): the copy is set aside, the shared rows
+are left alone. Rows written before store ids existed (a plain ``versions/<id>``) are judged as before.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.artifacts import layout as artifacts
-from agent.artifacts.layout import Artifact, ArtifactCorruptError, ArtifactMissingError, Layout
+from agent.artifacts.layout import (
+    Artifact,
+    ArtifactCorruptError,
+    ArtifactMissingError,
+    ArtifactNotHereError,
+    Layout,
+)
 from agent.store import AuditKind, ChampionState, ModelVersion, Store, VersionStateError, VersionStatus
 
 __all__ = ["HousekeepingReport", "Registry"]
@@ -37,12 +49,40 @@ class Registry:
 
     Args:
         store: the database.
-        layout: where artifacts live (``Layout(state_dir)``).
+        layout: where artifacts live (``Layout(state_dir)``); with ``shared``, this host's cache of verified copies
+            (``current`` always points into it).
+        shared: the artifact store every replica sees (``[artifacts] root``): versions are published there and
+            copied into ``layout`` after verification. None: ``layout`` is the store (one host).
     """
 
-    def __init__(self, store: Store, layout: Layout) -> None:
+    def __init__(self, store: Store, layout: Layout, *, shared: Layout | None = None) -> None:
         self.store = store
         self.layout = layout
+        self.shared = shared
+        self._store_id: str | None = None
+        self._shared_id: str | None = None
+
+    @property
+    def store_id(self) -> str:
+        """This registry's artifact store identity (read or created on first use, not in the constructor)."""
+        if self._store_id is None:
+            self._store_id = artifacts.store_identity(self.layout)
+        return self._store_id
+
+    @property
+    def shared_id(self) -> str | None:
+        """The shared artifact store's identity (None without one)."""
+        if self.shared is not None and self._shared_id is None:
+            self._shared_id = artifacts.store_identity(self.shared)
+        return self._shared_id
+
+    def holds(self, row: ModelVersion) -> bool:
+        """Whether ``row`` was published to an artifact store this registry sees (so this registry may judge it)."""
+        published_to = _published_to(row)
+        return published_to is None or published_to in (self.store_id, self.shared_id)
+
+    def _publishing(self) -> tuple[Layout, str]:
+        return (self.layout, self.store_id) if self.shared is None else (self.shared, str(self.shared_id))
 
     # -- publication -------------------------------------------------------------------------------------------
 
@@ -62,8 +102,9 @@ class Registry:
 
         Idempotent (publishing and registering are), so a resumed cycle can repeat it after a crash.
         """
+        target, target_id = self._publishing()
         art = artifacts.publish(
-            self.layout,
+            target,
             version_id,
             source_dir,
             metadata={
@@ -77,7 +118,7 @@ class Registry:
             base_fingerprint=base_fingerprint,
             adapter_kind=adapter_kind,
             adapter_config=adapter_config,
-            artifact_path=str(art.path.relative_to(self.layout.state_dir)),
+            artifact_path=f"{target_id}:{art.path.relative_to(target.state_dir).as_posix()}",
             sha256=art.sha256,
             parent_id=parent_id,
             metrics=metrics,
@@ -90,8 +131,14 @@ class Registry:
         Raises:
             ArtifactCorruptError: files or digest differ; the artifact is quarantined and a candidate rejected.
             ArtifactMissingError: the directory is gone.
+            ArtifactNotHereError: the version lives in another artifact store and this host has no intact copy
+                (a bad local copy is set aside; the version's row is left alone).
         """
         row = self.store.versions.get(version_id)
+        if self.shared is not None and _published_to(row) == self.shared_id:
+            return self._load_shared(row)
+        if not self.holds(row):
+            return self._load_copy(row)
         try:
             art = artifacts.verify(self.layout, version_id)
             if art.sha256 != row.sha256:
@@ -114,6 +161,9 @@ class Registry:
             return None
         try:
             return self.load(version_id)
+        except ArtifactNotHereError as exc:
+            log.warning("not serving %s on this host: %s", version_id, exc)
+            return None
         except (ArtifactCorruptError, ArtifactMissingError):
             state = self.reconcile(actor="serving check")
             return None if state.version_id is None else self.load(state.version_id)
@@ -161,6 +211,10 @@ class Registry:
             if target is not None:
                 try:
                     self.load(target.id)
+                except ArtifactNotHereError as exc:  # cannot verify it here; it may be perfectly good
+                    raise VersionStateError(
+                        f"cannot roll back to {target.id!r} from this host: {exc}"
+                    ) from exc
                 except ArtifactCorruptError:
                     continue  # load() quarantined and rejected it; the next rollback_target() skips it
                 except ArtifactMissingError as exc:
@@ -187,12 +241,18 @@ class Registry:
     def reconcile(self, *, actor: str = "reconcile") -> ChampionState:
         """Makes ``current`` agree with the champion row, and the champion's artifact intact.
 
-        A corrupt or missing champion artifact is quarantined and the previous intact champion serves instead.
+        A corrupt or missing champion artifact is quarantined and the previous intact champion serves instead —
+        but only when this registry's store holds the champion: a champion published to another host's store
+        that is not here is left champion (``current`` is cleared here; nothing is rejected).
         """
         state = self.store.champion.get()
         if state.version_id is not None:
             try:
                 self.load(state.version_id)
+            except ArtifactNotHereError as exc:
+                log.warning("champion %s is not on this host, serving nothing here: %s", state.version_id, exc)
+                artifacts.clear_current(self.layout)
+                return state
             except (ArtifactCorruptError, ArtifactMissingError) as exc:
                 return self._replace_unusable(state, f"champion artifact unusable: {exc}", actor=actor)
         return self.store.champion.hold(self._point_if_needed)
@@ -243,7 +303,8 @@ class Registry:
         """
         in_use = in_use or (lambda _version_id: False)
         tmp_in_use = None if all_temporaries else in_use
-        temporaries = [p.name for p in artifacts.clean_temporaries(self.layout, in_use=tmp_in_use)]
+        layouts = [self.layout] if self.shared is None else [self.layout, self.shared]
+        temporaries = [p.name for where in layouts for p in artifacts.clean_temporaries(where, in_use=tmp_in_use)]
         pointer_tmps: list[Path] = []
         self.store.champion.hold(
             lambda _state: pointer_tmps.extend(artifacts.clean_pointer_temporaries(self.layout))
@@ -256,12 +317,16 @@ class Registry:
         if champion is not None:
             keep.add(champion)
         orphans = []
-        for version_id in artifacts.version_ids_on_disk(self.layout):
-            if version_id in known or version_id in keep or in_use(version_id):
-                continue
-            if self.store.versions.find(version_id) is None:  # re-read: it may have been registered meanwhile
-                artifacts.remove_version(self.layout, version_id)
-                orphans.append(version_id)
+        for where in layouts:
+            for version_id in artifacts.version_ids_on_disk(where):
+                if version_id in known or version_id in keep or in_use(version_id):
+                    continue
+                if self.store.versions.find(version_id) is None:  # re-read: it may have been registered meanwhile
+                    artifacts.remove_version(where, version_id)
+                    orphans.append(version_id)
+        for version in rows:  # cache copies of versions pruned elsewhere (by another node's housekeeping)
+            if version.pruned and self.shared is not None:
+                artifacts.remove_version(self.layout, version.id)
         live = [v for v in rows if not v.pruned]
         keep |= {v.id for v in live[-keep_last:]} if keep_last > 0 else set()
         keep |= {v.id for v in live if v.was_champion}
@@ -269,8 +334,11 @@ class Registry:
         for version in live:
             if version.id not in keep and not in_use(version.id):
                 artifacts.remove_version(self.layout, version.id)
-                self.store.versions.mark_pruned(version.id)
-                pruned.append(version.id)
+                if self.holds(version):
+                    if self.shared is not None and _published_to(version) == self.shared_id:
+                        artifacts.remove_version(self.shared, version.id)  # elsewhere only a local copy went; its own store decides the row
+                    self.store.versions.mark_pruned(version.id)
+                    pruned.append(version.id)
         return HousekeepingReport(
             temporaries=tuple(temporaries),
             orphans=tuple(orphans),
@@ -307,8 +375,64 @@ class Registry:
         if state.version_id is not None and artifacts.read_current(self.layout) != state.version_id:
             artifacts.point_current(self.layout, state.version_id)
 
-    def _refuse(self, row: ModelVersion, why: str) -> None:
-        artifacts.quarantine(self.layout, row.id, reason=why)
+    def _load_copy(self, row: ModelVersion) -> Artifact:
+        """A verified local copy of a version published to another store; anything else is "not here"."""
+        try:
+            art = artifacts.verify(self.layout, row.id)
+        except ArtifactMissingError:
+            raise ArtifactNotHereError(
+                f"version {row.id!r} was published to artifact store {_published_to(row)}, not this host's "
+                f"({self.store_id}, {self.layout.state_dir}); share [artifacts] root between replicas"
+            ) from None
+        except ArtifactCorruptError as exc:
+            why = f"local copy unusable: {exc}"
+        else:
+            if art.sha256 == row.sha256:
+                return art
+            why = f"local copy digest {art.sha256[:12]}… differs from the registered {row.sha256[:12]}…"
+        artifacts.quarantine(self.layout, row.id, reason=why)  # our copy only; the version's row is not ours
+        raise ArtifactNotHereError(f"version {row.id!r}: {why}; the copy was set aside")
+
+    def _load_shared(self, row: ModelVersion) -> Artifact:
+        """The verified cache copy of a version in the shared store, refreshed from the shared copy (verified
+        first) when it is missing or bad. A bad cache copy is only set aside; a bad shared copy is judged."""
+        try:
+            cached = artifacts.verify(self.layout, row.id)
+            if cached.sha256 == row.sha256:
+                return cached
+            why = f"digest {cached.sha256[:12]}… differs from the registered {row.sha256[:12]}…"
+        except ArtifactMissingError:
+            why = ""
+        except ArtifactCorruptError as exc:
+            why = str(exc)
+        if why:
+            artifacts.quarantine(self.layout, row.id, reason=f"cache copy unusable, fetched again: {why}")
+        assert self.shared is not None  # only called with a shared store
+        try:
+            source = artifacts.verify(self.shared, row.id)
+            if source.sha256 != row.sha256:
+                raise ArtifactCorruptError(
+                    f"version {row.id!r}: shared artifact digest {source.sha256[:12]}… differs from the registered "
+                    f"{row.sha256[:12]}…"
+                )
+        except ArtifactCorruptError as exc:
+            self._refuse(row, str(exc), layout=self.shared)
+            raise
+        copy = artifacts.publish(self.layout, row.id, source.path, metadata=source.metadata)
+        if copy.sha256 != row.sha256:  # the shared files changed while we copied them
+            artifacts.quarantine(self.layout, row.id, reason="shared files changed during the copy")
+            raise ArtifactCorruptError(f"version {row.id!r}: the shared files changed while being copied; retry")
+        return copy
+
+    def _refuse(self, row: ModelVersion, why: str, *, layout: Layout | None = None) -> None:
+        self.store.check_fence()  # only the current leader judges: a stale one must not move the files either
+        artifacts.quarantine(layout or self.layout, row.id, reason=why)
         if row.status is not VersionStatus.CHAMPION:
             self.store.versions.reject(row.id, reason=why)
         self.store.audit.note(AuditKind.QUARANTINE, version_id=row.id, actor="registry", reason=why)
+
+
+def _published_to(row: ModelVersion) -> str | None:
+    """The store id in ``row.artifact_path`` (``<store id>:versions/<id>``); None for a row without one."""
+    head, sep, _rest = row.artifact_path.partition(":")
+    return head if sep and head else None

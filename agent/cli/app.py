@@ -22,6 +22,7 @@ from agent.cli.common import (
     read_config,
 )
 from agent.cli.replay import replay_command
+from agent.cli.serve import export_command, serve_command
 from agent.daemon.preflight import restrict_umask
 
 __all__ = ["EXIT_FAILURE", "EXIT_LOCKED", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "app", "main"]
@@ -30,6 +31,8 @@ app = typer.Typer(help="qtha: autonomous QTHA fine-tuning daemon and its admin C
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("replay")(replay_command)
+app.command("serve")(serve_command)
+app.command("export")(export_command)
 app.add_typer(admin_app)  # daemon, status, versions, history, decisions, overrides, ingest, observe
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.child.trainer import ChildTrainer
+from agent.cycle.trainer import Trainer
 from agent.daemon.driver import PolicyCycleDriver
 from agent.daemon.lifecycle import run_daemon
 from agent.daemon.runtime import Runtime
@@ -13,8 +14,19 @@ from agent.daemon.training_observer import DaemonTrainingObserver
 __all__ = ["model_trainer", "run"]
 
 
-def model_trainer(rt: Runtime) -> ChildTrainer:
-    """The trainer of the daemon: ``model/`` in a child process, progress into the database and metrics."""
+def model_trainer(rt: Runtime) -> Trainer:
+    """The trainer of the daemon: ``model/`` in a child process, progress into the database and metrics; with
+    ``[cluster] address``, the same child trainer on the Ray cluster's nodes (Ray imported only then)."""
+    cluster = rt.config.cluster
+    if cluster.address:
+        from agent.child.remote import RayTrainer, WorkerChildTrainer
+
+        return RayTrainer(
+            WorkerChildTrainer(rt.config),
+            address=cluster.address,
+            num_cpus=cluster.num_cpus,
+            max_retries=cluster.max_retries,
+        )
     return ChildTrainer(
         lambda: rt.config, rt.runner, observer=DaemonTrainingObserver(rt.store, rt.metrics, rt.set_status)
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import policies
-from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError
+from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError, ArtifactNotHereError
 from agent.artifacts.registry import HousekeepingReport, Registry
 from agent.cycle.plan import CyclePlan
 from agent.cycle.trainer import (
@@ -42,6 +42,7 @@ from agent.store import (
     CycleState,
     NotFoundError,
     StaleCycleError,
+    StaleEpochError,
     Store,
     VersionStateError,
 )
@@ -172,13 +173,16 @@ class CycleRunner:
         except StaleCycleError:
             log.warning("cycle %s was taken over by another owner; stopped working on it", cycle.id)
             return self.store.cycles.get(cycle.id)
+        except StaleEpochError as exc:  # our lease term ended: the store refused the write; the next leader adopts
+            log.warning("cycle %s: stopped, this process no longer leads: %s", cycle.id, exc)
+            return self.store.cycles.get(cycle.id)
         except Exception as exc:  # a failed step fails the cycle, with its reason, and the daemon goes on
             log.exception("cycle %s failed in %s", cycle.id, cycle.state)
             try:
                 cycle = self.store.cycles.fail(
                     cycle.id, owner=self.owner, error=f"{cycle.state}: {type(exc).__name__}: {exc}"
                 )
-            except StaleCycleError:  # adopted by another owner meanwhile: its business now
+            except (StaleCycleError, StaleEpochError):  # adopted meanwhile, or we lost the lease: not ours
                 return self.store.cycles.get(cycle.id)
         self._event("end", {"cycle": cycle.id, "state": str(cycle.state)})
         return cycle
@@ -299,6 +303,8 @@ class CycleRunner:
         assert cycle.candidate_id is not None  # set by the TRAIN → VALIDATE transition
         try:
             candidate = self.registry.load(cycle.candidate_id)
+        except ArtifactNotHereError as exc:  # published to another host's store: no verdict on the candidate
+            return self._advance(cycle, CycleState.FAILED, error=f"candidate not on this host: {exc}")
         except (ArtifactCorruptError, ArtifactMissingError) as exc:
             return self._advance(cycle, CycleState.REJECTED, outcome=f"candidate artifact refused: {exc}")
         cand_eval = self.trainer.evaluate(candidate.path, version_id=cycle.candidate_id)

@@ -100,19 +100,27 @@ def build_runtime(
     prepare_state_dir(config.state_dir)
     store = store or open_store(config.database_url, clock=clock, echo=config.database.echo)
     backends = tuple(dict.fromkeys(("jax", config.quantum.backend)))
+    leadership = Leadership(
+        store.leases,
+        config.daemon.replica_id or default_replica_id(),
+        ttl_s=config.scheduler.lease_ttl_s,
+        clock=clock,
+    )
+    # Every write that matters (champion moves, cycle state, judging a version) carries this term's epoch: a
+    # leader that lost the lease (paused past its expiry, partitioned) has its late writes refused by the store.
+    store.fence_writes(lambda: leadership.lease)
     return Runtime(
         config=config,
         store=store,
         clock=clock,
         metrics=metrics or QthaMetrics(new_registry(), version=_version(), backends=backends),
         notifier=notifier or Notifier.from_environment(),
-        leadership=Leadership(
-            store.leases,
-            config.daemon.replica_id or default_replica_id(),
-            ttl_s=config.scheduler.lease_ttl_s,
-            clock=clock,
+        leadership=leadership,
+        registry=Registry(
+            store,
+            Layout(config.state_dir),
+            shared=None if config.artifacts.root is None else Layout(config.artifacts.root),
         ),
-        registry=Registry(store, Layout(config.state_dir)),
         inbox=Inbox(
             config.inbox_dir,
             config.dataset_dir,

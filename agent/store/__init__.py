@@ -11,6 +11,7 @@ from agent.store._migrations import LATEST_VERSION, LEADER_LEASE
 from agent.store._observations import Decisions, Metrics, check_sample
 from agent.store._operator import Commands, Overrides
 from agent.store._store import Store, open_store, safe_url
+from agent.store._usage import Usage
 from agent.store._versions import Versions
 from agent.store.errors import (
     ChampionMovedError,
@@ -34,11 +35,13 @@ from agent.store.records import (
     Cycle,
     CycleState,
     DecisionRecord,
+    Feedback,
     Lease,
     MetricSample,
     ModelVersion,
     OperatorCommand,
     ServingInterval,
+    UsageRecord,
     VersionStatus,
 )
 
@@ -62,6 +65,7 @@ __all__ = [
     "Cycles",
     "DecisionRecord",
     "Decisions",
+    "Feedback",
     "Lease",
     "LeaseHeldError",
     "Leases",
@@ -77,6 +81,8 @@ __all__ = [
     "StaleEpochError",
     "Store",
     "StoreError",
+    "Usage",
+    "UsageRecord",
     "Versions",
     "VersionStateError",
     "VersionStatus",

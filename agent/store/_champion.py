@@ -73,7 +73,7 @@ class Champion(TableAccess):
             VersionStateError: the version is rejected, pruned or already champion.
             StaleCycleError: ``cycle_id`` is not in state PROMOTE.
         """
-        with self._db.tx(lock=PROMOTION_LOCK_KEY) as conn:
+        with self._db.tx(lock=PROMOTION_LOCK_KEY, fenced=True) as conn:
             seen = self._check(conn, expected_epoch, actor=actor, automatic=automatic)
             target = read_version(conn, version_id)
             self._check_target(target, seen)
@@ -121,7 +121,7 @@ class Champion(TableAccess):
             ChampionMovedError, ChampionPinnedError: as for :meth:`promote`.
             VersionStateError: there is no earlier champion to return to.
         """
-        with self._db.tx(lock=PROMOTION_LOCK_KEY) as conn:
+        with self._db.tx(lock=PROMOTION_LOCK_KEY, fenced=True) as conn:
             seen = self._check(conn, expected_epoch, actor=actor, automatic=automatic)
             target = self._rollback_target(conn, seen)
             if target is None:
@@ -148,7 +148,7 @@ class Champion(TableAccess):
         Raises:
             ChampionMovedError: the epoch is no longer ``expected_epoch``.
         """
-        with self._db.tx(lock=PROMOTION_LOCK_KEY) as conn:
+        with self._db.tx(lock=PROMOTION_LOCK_KEY, fenced=True) as conn:
             seen = self._check(conn, expected_epoch, actor=actor, automatic=False)
             if seen.version_id is None:
                 return seen
@@ -168,7 +168,7 @@ class Champion(TableAccess):
     def set_pinned(self, pinned: bool, *, actor: str, reason: str) -> ChampionState:
         """Pins (freezes against automatic promotion) or unpins the champion; audited."""
         now = self._clock.now()
-        with self._db.tx(lock=PROMOTION_LOCK_KEY) as conn:
+        with self._db.tx(lock=PROMOTION_LOCK_KEY, fenced=True) as conn:
             seen = read_champion(conn)
             conn.execute(update(_C).where(_C.c.id == 1).values(pinned=pinned, updated_at=now))
             _audit.append(

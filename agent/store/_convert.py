@@ -19,10 +19,12 @@ from agent.store.records import (
     Cycle,
     CycleState,
     DecisionRecord,
+    Feedback,
     Lease,
     MetricSample,
     ModelVersion,
     OperatorCommand,
+    UsageRecord,
     VersionStatus,
 )
 
@@ -67,3 +69,15 @@ decision = _converter(DecisionRecord, reasons=_tuple, evidence=frozen)
 audit = _converter(AuditEntry, kind=AuditKind, details=frozen)
 command = _converter(OperatorCommand, args=frozen, ok=_optional_bool)
 lease = _converter(Lease, epoch=int)
+usage = _converter(
+    UsageRecord,
+    messages=_tuple,
+    answers=tuple,
+    finish_reasons=tuple,
+    sampling=frozen,
+    latency_s=float,
+    status=int,
+    prompt_tokens=int,
+    completion_tokens=int,
+)
+feedback = _converter(Feedback)

@@ -50,7 +50,7 @@ class Cycles(TableAccess):
         """
         now = self._clock.now()
         try:
-            with self._db.tx() as conn:
+            with self._db.tx(fenced=True) as conn:
                 result = conn.execute(
                     insert(_T).values(
                         state=CycleState.OBSERVE.value,
@@ -124,7 +124,7 @@ class Cycles(TableAccess):
             values["recipe"] = dict(values["recipe"])
         if to_state.terminal:
             values.update(running=None, finished_at=now)
-        with self._db.tx() as conn:
+        with self._db.tx(fenced=True) as conn:
             moved = conn.execute(
                 update(_T)
                 .where(_T.c.id == cycle_id, _T.c.state == from_state.value, _T.c.owner == owner)
@@ -140,7 +140,7 @@ class Cycles(TableAccess):
 
     def fail(self, cycle_id: int, *, owner: str, error: str) -> Cycle:
         """Closes a non-terminal cycle as FAILED with ``error`` (whatever state it was in)."""
-        with self._db.tx() as conn:
+        with self._db.tx(fenced=True) as conn:
             current = _read(conn, cycle_id)
         if current.state.terminal:
             return current
@@ -154,7 +154,7 @@ class Cycles(TableAccess):
         Raises:
             StaleCycleError: the cycle is terminal or its owner is no longer ``expected_owner``.
         """
-        with self._db.tx() as conn:
+        with self._db.tx(fenced=True) as conn:
             moved = conn.execute(
                 update(_T)
                 .where(_T.c.id == cycle_id, _T.c.running.is_not(None), _owner_is(expected_owner))

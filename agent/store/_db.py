@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -100,24 +100,30 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # Set by Store.fence_writes(): checks, inside a fenced transaction, that the writer still leads.
+        self.fence: Callable[[Connection], None] | None = None
 
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
     @contextmanager
-    def tx(self, *, write: bool = True, lock: int | None = None) -> Iterator[Connection]:
+    def tx(self, *, write: bool = True, lock: int | None = None, fenced: bool = False) -> Iterator[Connection]:
         """A transaction that commits on success and rolls back on any exception.
 
         Args:
             write: take the SQLite write lock at BEGIN (all writers should).
             lock: on PostgreSQL, a ``pg_advisory_xact_lock`` key held until the transaction ends.
+            fenced: a write that matters (promotion, rollback, cycle state, judging a version): when the store
+                is fenced, it commits only while the writer's lease term is current (StaleEpochError otherwise).
         """
         with self.engine.connect() as conn:
             conn.execution_options(qtha_write=write)
             with conn.begin():
                 if lock is not None and self.is_postgres:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+                if fenced and self.fence is not None:
+                    self.fence(conn)
                 yield conn
 
 

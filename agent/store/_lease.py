@@ -6,10 +6,12 @@ renew (:class:`StaleEpochError`); the epoch lets other writers reject its late w
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, insert, select, update
 
+from agent.clock import Clock
 from agent.store import _convert
 from agent.store._db import LEASE_LOCK_KEY, TableAccess
 from agent.store._migrations import LEADER_LEASE
@@ -23,6 +25,42 @@ _T = LeaseRow.__table__  # type: ignore[attr-defined]
 def _read(conn: Connection, name: str) -> Lease | None:
     row = conn.execute(select(_T).where(_T.c.name == name)).mappings().first()
     return None if row is None else _convert.lease(row)
+
+
+def check_fence(conn: Connection, lease: Lease | None, now: datetime) -> None:
+    """Refuses a write unless ``lease`` is the current, unexpired term of its lease.
+
+    Runs inside the write's transaction. On PostgreSQL the lease row is read ``FOR SHARE``: a takeover (an
+    ``UPDATE`` of that row) waits until this write commits, and a write that starts after the takeover sees the
+    new epoch, so writes land in lease-term order. SQLite's write lock serializes everything anyway.
+
+    Raises:
+        StaleEpochError: not leading (``lease`` is None), or the lease moved on or expired.
+    """
+    if lease is None:
+        raise StaleEpochError("this process does not hold the leader lease; only the leader may write this")
+    row = conn.execute(select(_T).where(_T.c.name == lease.name).with_for_update(read=True)).mappings().first()
+    _refuse_unless_current(lease, None if row is None else _convert.lease(row), now, "write refused: ")
+
+
+def _refuse_unless_current(lease: Lease, current: Lease | None, now: datetime, prefix: str = "") -> None:
+    if (
+        current is None
+        or current.epoch != lease.epoch
+        or current.holder != lease.holder
+        or current.expires_at is None
+        or current.expires_at <= now
+    ):
+        raise StaleEpochError(
+            f"{prefix}lease {lease.name!r} epoch {lease.epoch} of {lease.holder!r} is no longer current (now "
+            f"epoch {current.epoch if current else '?'}, holder {current.holder if current else None!r}); "
+            "stop acting as leader"
+        )
+
+
+def fence_for(token: Callable[[], Lease | None], clock: Clock) -> Callable[[Connection], None]:
+    """The in-transaction check of a store fenced by ``token`` (this process's current lease, None if none)."""
+    return lambda conn: check_fence(conn, token(), clock.now())
 
 
 class Leases(TableAccess):
@@ -106,15 +144,4 @@ class Leases(TableAccess):
 
     def check(self, lease: Lease) -> None:
         """Raises StaleEpochError unless ``lease`` is still the current, unexpired term."""
-        now = self._clock.now()
-        current = self.get(lease.name)
-        if (
-            current.epoch != lease.epoch
-            or current.holder != lease.holder
-            or current.expires_at is None
-            or current.expires_at <= now
-        ):
-            raise StaleEpochError(
-                f"lease {lease.name!r} epoch {lease.epoch} of {lease.holder!r} is no longer current "
-                f"(now epoch {current.epoch}, holder {current.holder!r}); stop acting as leader"
-            )
+        _refuse_unless_current(lease, self.get(lease.name), self._clock.now())

@@ -13,7 +13,14 @@ from datetime import datetime
 from sqlalchemy import Connection, insert, inspect, select, text, update
 
 from agent.store._db import MIGRATION_LOCK_KEY, Database
-from agent.store._tables import SCHEMA_V1_TABLES, ChampionRow, CycleRow, LeaseRow, SchemaVersionRow
+from agent.store._tables import (
+    SCHEMA_V1_TABLES,
+    SCHEMA_V3_TABLES,
+    ChampionRow,
+    CycleRow,
+    LeaseRow,
+    SchemaVersionRow,
+)
 from agent.store.errors import SchemaTooNewError
 
 Step = Callable[[Connection, datetime], None]
@@ -66,8 +73,14 @@ def _v2_cycle_plan_and_held(conn: Connection, now: datetime) -> None:
         conn.execute(update(cycles).where(cycles.c.id == row.id).values(recipe=recipe, plan=plan, state=state))
 
 
+def _v3_usage(conn: Connection, now: datetime) -> None:
+    # The server's usage log and its feedback (issue 14); new tables only, so older rows are untouched.
+    for table in SCHEMA_V3_TABLES:
+        table.__table__.create(conn)  # type: ignore[attr-defined]
+
+
 # Ordered; index i holds the step that brings the schema to version i + 1. Append only, never edit a step.
-STEPS: tuple[Step, ...] = (_v1_initial, _v2_cycle_plan_and_held)
+STEPS: tuple[Step, ...] = (_v1_initial, _v2_cycle_plan_and_held, _v3_usage)
 LATEST_VERSION = len(STEPS)
 
 

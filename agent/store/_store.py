@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
@@ -12,11 +14,13 @@ from agent.store._audit import Audit
 from agent.store._champion import Champion
 from agent.store._cycles import Cycles
 from agent.store._db import Database, create_store_engine
-from agent.store._lease import Leases
+from agent.store._lease import Leases, fence_for
 from agent.store._observations import Decisions, Metrics
 from agent.store._operator import Commands, Overrides
+from agent.store._usage import Usage
 from agent.store._versions import Versions
 from agent.store.errors import DatabaseUnavailableError, DatabaseUrlError, SchemaTooNewError, StoreError
+from agent.store.records import Lease
 
 
 class Store:
@@ -34,6 +38,7 @@ class Store:
         commands: operator commands (:class:`~agent.store.Commands`).
         overrides: policy overrides (:class:`~agent.store.Overrides`).
         leases: the leader lease (:class:`~agent.store.Leases`).
+        usage: the server's usage log and feedback (:class:`~agent.store.Usage`).
 
     Example:
         >>> store = open_store("sqlite:///:memory:")
@@ -65,6 +70,7 @@ class Store:
         self.commands = Commands(self._db, self.clock)
         self.overrides = Overrides(self._db, self.clock)
         self.leases = Leases(self._db, self.clock)
+        self.usage = Usage(self._db, self.clock)
 
     @property
     def backend(self) -> str:
@@ -74,6 +80,21 @@ class Store:
     @property
     def engine(self) -> Engine:
         return self._db.engine
+
+    def fence_writes(self, token: Callable[[], Lease | None]) -> None:
+        """From now on, the writes that matter (champion moves and pin, cycle transitions, rejecting or pruning a
+        version) commit only while ``token()`` is the current leader term; otherwise they raise
+        :class:`~agent.store.StaleEpochError` and change nothing. ``token`` returns this process's lease (None when
+        it does not lead). A store that is never fenced (tools, tests, a single process) writes as before.
+        """
+        self._db.fence = fence_for(token, self.clock)
+
+    def check_fence(self) -> None:
+        """Raises :class:`~agent.store.StaleEpochError` when the store is fenced and this process's lease term is not
+        current (no-op on an unfenced store): ask before an act that is no database write but a judgement (moving
+        a version's files to the quarantine)."""
+        with self._db.tx(write=False, fenced=True):
+            pass
 
     def schema_version(self) -> int:
         with self._db.tx(write=False) as conn:

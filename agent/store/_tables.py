@@ -1,4 +1,4 @@
-"""SQLModel table definitions (schema version 1). Private: only the store's modules use them.
+"""SQLModel table definitions (schema version 3). Private: only the store's modules use them.
 
 The tables live in their own SQLAlchemy registry, so nothing else that defines SQLModel tables can leak into
 our migrations. A change to a table here must come with a new migration step in ``_migrations.py``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Integer, String, text
+from sqlalchemy import JSON, Column, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import registry
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -192,6 +192,44 @@ class OverrideRow(_Base, table=True):
     updated_at: datetime = _time()
 
 
+class UsageRow(_Base, table=True):
+    """Schema v3: one served request and its answers (written by ``qtha serve``, read by the daemon).
+
+    ``seq`` orders records by arrival and drives the size cap; ``size_bytes`` is the record's approximate
+    serialized size, so the cap can be enforced without measuring the database file.
+    """
+
+    __tablename__ = "usage_log"
+    __table_args__ = (Index("usage_version_time", "version_id", "at"),)
+    seq: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    at: datetime = _time(index=True)
+    version_id: str = Field(max_length=128)
+    status: int = Field(default=200)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    messages: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    answers: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    finish_reasons: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    sampling: dict[str, Any] = _json()
+    latency_s: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
+    ttft_s: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    prompt_tokens: int = Field(default=0)
+    completion_tokens: int = Field(default=0)
+    size_bytes: int = Field(default=0)
+
+
+class FeedbackRow(_Base, table=True):
+    """Schema v3: a score or a correct answer given for a served request (several per request allowed)."""
+
+    __tablename__ = "usage_feedback"
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    version_id: str = Field(max_length=128, index=True)
+    at: datetime = _time(index=True)
+    score: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    correct_answer: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
 METADATA = _Base.metadata
 SCHEMA_V1_TABLES = (
     VersionRow,
@@ -204,3 +242,4 @@ SCHEMA_V1_TABLES = (
     LeaseRow,
     OverrideRow,
 )
+SCHEMA_V3_TABLES = (UsageRow, FeedbackRow)

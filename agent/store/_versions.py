@@ -102,7 +102,7 @@ class Versions(TableAccess):
         Raises:
             VersionStateError: the version is the champion (roll back instead).
         """
-        with self._db.tx() as conn:
+        with self._db.tx(fenced=True) as conn:
             current = read_version(conn, version_id)
             if current.status is VersionStatus.CHAMPION:
                 raise VersionStateError(
@@ -130,7 +130,7 @@ class Versions(TableAccess):
         Raises:
             VersionStateError: the version is or was champion (those artifacts are always kept).
         """
-        with self._db.tx() as conn:
+        with self._db.tx(fenced=True) as conn:
             current = read_version(conn, version_id)
             if current.was_champion:
                 raise VersionStateError(

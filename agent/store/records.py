@@ -18,11 +18,13 @@ __all__ = [
     "Cycle",
     "CycleState",
     "DecisionRecord",
+    "Feedback",
     "Lease",
     "MetricSample",
     "ModelVersion",
     "OperatorCommand",
     "ServingInterval",
+    "UsageRecord",
     "VersionStatus",
 ]
 
@@ -187,3 +189,38 @@ class ChampionState:
     epoch: int
     pinned: bool
     updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One served request: what was asked, what the version answered, how long it took.
+
+    ``messages`` and ``answers`` are empty when the server runs with ``serve.usage_content = false``;
+    ``status`` is the HTTP status sent (a request cut short by a timeout or a disconnect still has one).
+    """
+
+    request_id: str
+    at: datetime
+    version_id: str
+    status: int
+    error: str | None
+    messages: tuple[Mapping[str, Any], ...]
+    answers: tuple[str, ...]
+    finish_reasons: tuple[str, ...]
+    sampling: Mapping[str, Any]
+    latency_s: float
+    ttft_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A client's judgement of a served request: a score, a correct answer, or both."""
+
+    id: int
+    request_id: str
+    version_id: str
+    at: datetime
+    score: float | None
+    correct_answer: str | None

@@ -38,6 +38,7 @@ __all__ = [
     "qtha_circuit_spec",
     "qtha_param_count",
     "qtha_rank",
+    "has_token_circuits",
     "refresh_qnn_cores",
     "resolve_bond_dim",
 ]
@@ -294,3 +295,9 @@ def refresh_qnn_cores(model: nnx.Module) -> int:
         for adapter, p in zip(adapters, probs, strict=True):
             adapter.probs[...] = p
     return sum(len(a) for a in groups.values())
+
+
+def has_token_circuits(model: nnx.Module) -> bool:
+    """Whether any module runs a per-token circuit (activation mode): then the model should run its layers as
+    one scan (``CausalLM(..., scan_layers=True)``), so the circuit compiles once rather than once per module."""
+    return any(isinstance(node, QthaAdapter) and node.mode == "activation" for _, node in nnx.iter_graph(model))

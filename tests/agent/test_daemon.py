@@ -328,6 +328,7 @@ def test_a_tampered_champion_at_start_is_replaced_logged_and_counted(
     paused_rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture, versions: tuple[str, ...]
 ) -> None:
     rt = paused_rt
+    assert rt.leadership.tick()  # champion moves are fenced by the leader lease (issue 18)
     for epoch, version in enumerate(versions):
         src = tmp_path / f"src-{version}"
         src.mkdir()

@@ -53,7 +53,7 @@ def _champions(store: Store) -> list[str]:
 
 
 def test_fresh_database_is_migrated_and_seeded(store: Store) -> None:
-    assert store.schema_version() == LATEST_VERSION == 2
+    assert store.schema_version() == LATEST_VERSION == 3
     champion = store.champion.get()
     assert (champion.version_id, champion.epoch, champion.pinned) == (None, 0, False)
     assert store.leases.get().epoch == 0 and store.leases.get().holder is None
@@ -76,7 +76,7 @@ def test_newer_schema_is_refused_with_a_clear_message(store_url: str, fake_clock
             text("INSERT INTO schema_version (version, applied_at) VALUES (7, :t)"), {"t": datetime.now()}
         )
     engine.dispose()
-    with pytest.raises(SchemaTooNewError, match=r"schema version 7 is newer .* \(up to 2\); upgrade qtha"):
+    with pytest.raises(SchemaTooNewError, match=r"schema version 7 is newer .* \(up to 3\); upgrade qtha"):
         open_store(store_url, clock=fake_clock)
 
 
@@ -91,7 +91,9 @@ def test_v2_moves_the_planners_bookkeeping_out_of_the_recipe_and_marks_held_cycl
     engine = create_engine(store_url)
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE cycles DROP COLUMN plan"))
-        conn.execute(text("DELETE FROM schema_version WHERE version = 2"))
+        conn.execute(text("DELETE FROM schema_version WHERE version >= 2"))
+        conn.execute(text("DROP TABLE usage_feedback"))
+        conn.execute(text("DROP TABLE usage_log"))
         conn.execute(
             text("UPDATE cycles SET state = 'rejected', outcome = 'held for an operator: x', recipe = :r"),
             {"r": json.dumps({"steps": 3, "_trial": 4, "_planned_cpu_s": 90.0, "_cpu_calibration": 2.0})},
@@ -99,7 +101,7 @@ def test_v2_moves_the_planners_bookkeeping_out_of_the_recipe_and_marks_held_cycl
     engine.dispose()
     store = open_store(store_url, clock=fake_clock)
     cycle = store.cycles.get(held.id)
-    assert store.schema_version() == 2
+    assert store.schema_version() == LATEST_VERSION
     assert dict(cycle.recipe) == {"steps": 3}
     assert dict(cycle.plan) == {"trial": 4, "planned_cpu_s": 90.0, "cpu_calibration": 2.0, "source": "learner"}
     assert cycle.state is CycleState.HELD and cycle.state.terminal
@@ -129,7 +131,7 @@ def test_concurrent_first_start_ups_migrate_once(store_url: str, fake_clock: Fak
     stores, errors = _open_concurrently(store_url, fake_clock)
     assert errors == [] and len(stores) == 3
     with stores[0].engine.connect() as conn:
-        assert conn.execute(text("SELECT version FROM schema_version")).scalars().all() == [1, 2]
+        assert conn.execute(text("SELECT version FROM schema_version")).scalars().all() == [1, 2, 3]
         assert conn.execute(text("SELECT count(*) FROM champion")).scalar() == 1
     for s in stores:
         s.close()
