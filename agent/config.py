@@ -429,6 +429,12 @@ class RecipeBoundsConfig(_Section):
     max_steps: int = Field(default=200, ge=1, description="Upper bound of proposed steps.")
     max_qubits: int = Field(default=10, ge=1, le=16, description="Upper bound of proposed qubits.")
     max_layers: int = Field(default=10, ge=1, description="Upper bound of proposed layers.")
+    methods: list[Literal["supervised", "self-improve"]] = Field(
+        default_factory=lambda: ["supervised"],
+        min_length=1,
+        description="How the learner may get training data: supervised (reference responses) and/or self-improve "
+        "(verified samples of the champion; see the recipe's method field).",
+    )
 
 
 class EvaluationConfig(_Section):

@@ -72,12 +72,52 @@ from .generate import generate, generate_ids
 from .lm import CausalLM, KVCache, causal_lm_loss, token_nll
 from .math_problems import MathProblem, check_answer, extract_answer, generate_math_problems
 from .merge import UnmergeableAdapterError, is_mergeable, merge_adapters
+from .self_improve import (
+    MARKED_ANSWER_INSTRUCTION,
+    KeptSample,
+    PoolPrompt,
+    PromptSamples,
+    RoundResult,
+    build_training_set,
+    disjoint_pool,
+    prompt_hash,
+    sample_pool,
+    verify_round,
+)
 from .tokenizer import Tokenizer, TokenizerError, tokenizer_from_vocab
 from .train import Batch, CheckpointWriter, TrainConfig, TrainProgress, TrainResult, batch_schedule, train
 from .train_state import TrainCheckpointError
+from .verify import (
+    RoundStats,
+    SampleVerdict,
+    collapse_reason,
+    degenerate,
+    distinct_n,
+    equation_path,
+    marked_answer,
+    verify_samples,
+)
 from .weights import CheckpointError, model_from_hf_tensors, weights_fingerprint
 
 __all__ = [
+    "MARKED_ANSWER_INSTRUCTION",
+    "KeptSample",
+    "PoolPrompt",
+    "PromptSamples",
+    "RoundResult",
+    "build_training_set",
+    "disjoint_pool",
+    "prompt_hash",
+    "sample_pool",
+    "verify_round",
+    "RoundStats",
+    "SampleVerdict",
+    "collapse_reason",
+    "degenerate",
+    "distinct_n",
+    "equation_path",
+    "marked_answer",
+    "verify_samples",
     "Choice",
     "DecodeEngine",
     "EngineClosedError",

@@ -24,6 +24,7 @@ __all__ = ["BackendOption", "CostEstimate", "CostModel", "Recipe", "calibrate_cp
 
 AdapterKind = Literal["qtha", "lora"]
 QnnMode = Literal["weight", "activation"]
+Method = Literal["supervised", "self-improve"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,17 @@ class Recipe:
         batch_size: sequences per optimizer step.
         seq_len: tokens per sequence (longer examples are cut).
         seed: the training run's root seed (adapter init, data order).
+        method: ``"supervised"`` (train on the data's reference responses) or ``"self-improve"`` (the champion
+            samples answers to prompts alone; only verified samples are trained on — STaR / ReST-EM).
+        samples_k: self-improve: samples drawn per prompt.
+        temperature, top_p: self-improve: the sampling settings.
+        agreement: self-improve: where no answer is known, the majority answer's share of the k samples needed to
+            accept it as a pseudo-label, in (0, 1].
+        replay_share: self-improve: share of the training set drawn from earlier cycles' verified samples, [0, 1).
+        from_base: self-improve: train a fresh adapter from the base model (ReST-EM) instead of continuing the
+            champion's.
+        pool_prompts: self-improve: prompts sampled per cycle.
+        max_paths: self-improve: distinct reasoning paths kept per prompt.
 
     A recipe is the whole "how" of a cycle: it travels from the planner through the store to the training child
     as :meth:`to_dict` and comes back with :meth:`from_dict`, which refuses unknown fields and wrong types.
@@ -62,8 +74,18 @@ class Recipe:
     batch_size: int = 4
     seq_len: int = 128
     seed: int = 0
+    method: Method = "supervised"
+    samples_k: int = 8
+    temperature: float = 0.8
+    top_p: float = 0.95
+    agreement: float = 0.6
+    replay_share: float = 0.2
+    from_base: bool = False
+    pool_prompts: int = 32
+    max_paths: int = 4
 
     def __post_init__(self) -> None:
+        self._check_self_improve()
         if self.adapter == "qtha":
             if (
                 self.qnn_mode not in ("weight", "activation")
@@ -95,6 +117,26 @@ class Recipe:
         if not self.backend:
             raise PolicyInputError("Recipe backend is empty; name a backend (e.g. jax)")
 
+    def _check_self_improve(self) -> None:
+        if self.method not in ("supervised", "self-improve"):
+            raise PolicyInputError(f"Recipe.method = {_shown(self.method)}; use 'supervised' or 'self-improve'")
+        for name, low in (("samples_k", 1), ("pool_prompts", 1), ("max_paths", 1)):
+            if getattr(self, name) < low:
+                raise PolicyInputError(f"Recipe {name} = {getattr(self, name)} must be >= {low}")
+        if self.samples_k > 16:
+            raise PolicyInputError(f"Recipe samples_k = {self.samples_k} must be <= 16 (the engine's slots)")
+        checks = (
+            ("temperature", 0.0 <= self.temperature <= 2.0, "[0, 2]"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "(0, 1]"),
+            ("agreement", 0.0 < self.agreement <= 1.0, "(0, 1]"),
+            ("replay_share", 0.0 <= self.replay_share < 1.0, "[0, 1)"),
+        )
+        for name, ok, interval in checks:
+            if not ok:  # NaN fails every comparison, so it lands here too
+                raise PolicyInputError(f"Recipe {name} = {_shown(getattr(self, name))} must lie in {interval}")
+        if not isinstance(self.from_base, bool):
+            raise PolicyInputError(f"Recipe from_base = {_shown(self.from_base)} must be true or false")
+
     @property
     def kind(self) -> str:
         """``"qtha-weight"``, ``"qtha-activation"`` or ``"lora"`` (the search space's adapter choices)."""
@@ -115,6 +157,20 @@ class Recipe:
             "batch_size": self.batch_size,
             "seq_len": self.seq_len,
             "seed": self.seed,
+        } | (self._self_improve_dict() if self.method == "self-improve" else {})
+
+    def _self_improve_dict(self) -> dict[str, Any]:
+        """The self-improvement fields; a supervised recipe's dict leaves them out (it is what it always was)."""
+        return {
+            "method": self.method,
+            "samples_k": self.samples_k,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "agreement": self.agreement,
+            "replay_share": self.replay_share,
+            "from_base": self.from_base,
+            "pool_prompts": self.pool_prompts,
+            "max_paths": self.max_paths,
         }
 
     @classmethod
@@ -143,7 +199,9 @@ class Recipe:
         return cls(**values)
 
 
-_INT_FIELDS = ("qubits", "layers", "bond_dim", "rank", "steps", "batch_size", "seq_len", "seed")
+_INT_FIELDS = ("qubits", "layers", "bond_dim", "rank", "steps", "batch_size", "seq_len", "seed", "samples_k",
+               "pool_prompts", "max_paths")
+_FLOAT_FIELDS = ("learning_rate", "temperature", "top_p", "agreement", "replay_share")
 
 
 def _shown(value: Any) -> str:
@@ -160,10 +218,14 @@ def _parse_field(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not integral:
             raise PolicyInputError(f"recipe field {name!r} = {_shown(value)} must be an integer")
         return int(value)
-    if name == "learning_rate":
+    if name in _FLOAT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise PolicyInputError(f"recipe field 'learning_rate' = {_shown(value)} must be a number")
+            raise PolicyInputError(f"recipe field {name!r} = {_shown(value)} must be a number")
         return float(value)
+    if name == "from_base":
+        if not isinstance(value, bool):
+            raise PolicyInputError(f"recipe field 'from_base' = {_shown(value)} must be true or false")
+        return value
     if name == "targets":
         if isinstance(value, str) or not isinstance(value, list | tuple):
             raise PolicyInputError(f"recipe field 'targets' = {_shown(value)} must be a list of module names")
@@ -219,6 +281,8 @@ class CostModel:
         modules: adapted modules (SmolLM2: 30 blocks x q/v = 60).
         tokens_per_step: tokens per batch (4 x 128).
         sampler_cpu_s_per_circuit: local CPU to build, submit and read back one circuit on a sampler.
+        sample_cpu_s_per_token: self-improvement: CPU per sampled token through the batched decoding engine.
+        sample_tokens: self-improvement: tokens budgeted per sample (the sampling budget, max_tokens).
     """
 
     base_step_cpu_s: float = 1.4
@@ -229,6 +293,8 @@ class CostModel:
     modules: int = 60
     tokens_per_step: int = 512
     sampler_cpu_s_per_circuit: float = 1e-4
+    sample_cpu_s_per_token: float = 0.01
+    sample_tokens: int = 96
 
 
 @dataclass(frozen=True)
@@ -259,16 +325,21 @@ def estimate_cost(recipe: Recipe, backend: BackendOption, model: CostModel = Cos
     if backend.name != recipe.backend:
         raise PolicyInputError(f"recipe runs on {recipe.backend!r} but backend {backend.name!r} was given")
     base = model.base_step_cpu_s * (1.0 + (model.qtha_overhead if recipe.adapter == "qtha" else 0.0))
+    # Self-improvement first samples k answers per prompt: CPU the cycle spends whatever the steps (a fixed charge).
+    sampling = (
+        recipe.pool_prompts * recipe.samples_k * model.sample_tokens * model.sample_cpu_s_per_token
+        if recipe.method == "self-improve" else 0.0
+    )
     instances = circuit_instances_per_step(recipe, model)
     if instances == 0 or backend.kind == "simulator":
         scale = 2.0 ** (recipe.qubits - model.reference_qubits) * recipe.layers / model.reference_layers
-        cpu = recipe.steps * (base + instances * model.circuit_cpu_s * scale)
+        cpu = recipe.steps * (base + instances * model.circuit_cpu_s * scale) + sampling
         return CostEstimate(Spend(cpu_seconds=cpu))
     circuits = recipe.steps * instances * (1 + 12 * recipe.qubits * recipe.layers)
     shots = circuits * backend.shots
     money = circuits * backend.money_per_circuit + shots * backend.money_per_shot
     queue = math.ceil(circuits / backend.batch_size) * backend.queue_s_per_batch
-    cpu = recipe.steps * base + circuits * model.sampler_cpu_s_per_circuit
+    cpu = recipe.steps * base + circuits * model.sampler_cpu_s_per_circuit + sampling
     return CostEstimate(Spend(cpu_seconds=cpu, shots=shots, money=money), queue_seconds=queue)
 
 
@@ -306,6 +377,7 @@ def calibrate_cpu(
             base_step_cpu_s=model.base_step_cpu_s * factor,
             circuit_cpu_s=model.circuit_cpu_s * factor,
             sampler_cpu_s_per_circuit=model.sampler_cpu_s_per_circuit * factor,
+            sample_cpu_s_per_token=model.sample_cpu_s_per_token * factor,
         ),
         factor,
     )

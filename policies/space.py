@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 _KINDS = ("qtha-weight", "qtha-activation", "lora")
+_METHODS = ("supervised", "self-improve")
 
 # The paper's configuration (arXiv 2503.12790): QTHA on q_proj/v_proj, 10 qubits, 10 layers. Bond dimension,
 # learning rate and steps are ours (the paper does not state them here); the daemon's config overrides them.
@@ -60,6 +61,8 @@ class SearchSpace:
         steps: log-uniform integer range.
         backends: where QTHA circuits may run; LoRA runs on the first simulator among them.
         targets: module-name patterns that receive adapters.
+        methods: how a cycle gets its training data, among ``"supervised"`` and ``"self-improve"`` (the learner
+            chooses between them only when both are listed; a one-method space is the space it always was).
     """
 
     adapters: tuple[str, ...] = _KINDS
@@ -71,8 +74,11 @@ class SearchSpace:
     steps: tuple[int, int] = (10, 200)
     backends: tuple[BackendOption, ...] = (BackendOption(name="jax"),)
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    methods: tuple[str, ...] = ("supervised",)
 
     def __post_init__(self) -> None:
+        if not self.methods or any(m not in _METHODS for m in self.methods):
+            raise PolicyInputError(f"SearchSpace.methods = {self.methods!r}; choose among {_METHODS}")
         if not self.adapters or any(a not in _KINDS for a in self.adapters):
             raise PolicyInputError(f"SearchSpace.adapters = {self.adapters!r}; choose among {_KINDS}")
         for name in ("qubits", "layers", "bond_dims", "ranks", "steps", "learning_rate"):
@@ -116,7 +122,7 @@ def space_fingerprint(space: SearchSpace) -> str:
         "learning_rate": space.learning_rate,
         "steps": space.steps,
         "backends": [b.name for b in space.backends],
-    }
+    } | ({"methods": space.methods} if space.methods != ("supervised",) else {})
     text = json.dumps(jsonable(fields), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -137,6 +143,8 @@ def recipe_params(recipe: Recipe) -> dict[str, Any]:
         params["backend"] = recipe.backend
     else:
         params["rank"] = recipe.rank
+    if recipe.method != "supervised":
+        params["method"] = recipe.method
     return params
 
 
@@ -148,6 +156,8 @@ def recipe_distributions(space: SearchSpace, kind: str) -> dict[str, optuna.dist
         "learning_rate": optuna.distributions.FloatDistribution(*space.learning_rate, log=True),
         "steps": optuna.distributions.IntDistribution(*space.steps, log=True),
     }
+    if len(space.methods) > 1:
+        dists["method"] = optuna.distributions.CategoricalDistribution(list(space.methods))
     if kind == "lora":
         return dists | {"rank": optuna.distributions.IntDistribution(*space.ranks)}
     low, high = space.qubits
@@ -195,6 +205,7 @@ def make_recipe(
     bond_dim: int = 0,
     rank: int = 0,
     backend: str | None = None,
+    method: str = "supervised",
 ) -> Recipe:
     """A recipe of adapter ``kind``; LoRA always runs on the space's first simulator."""
     lora = kind == "lora"
@@ -209,6 +220,7 @@ def make_recipe(
         steps=steps,
         backend=space.simulator.name if lora or backend is None else backend,
         targets=space.targets,
+        method=method,  # type: ignore[arg-type]
     )
 
 

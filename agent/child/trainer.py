@@ -24,6 +24,7 @@ from agent.child.runner import ChildOutcome, ChildRunner
 from agent.config import QthaConfig
 from agent.cycle.trainer import (
     CycleInterrupted,
+    DataRefusedError,
     EvalOutcome,
     NullObserver,
     Progress,
@@ -68,6 +69,7 @@ def task_config(config: QthaConfig) -> dict[str, Any]:
         # The [quantum] section as given: file paths and the key's variable name, never the key itself.
         "quantum": config.quantum.model_dump(mode="json"),
         "jax_cache_dir": str(config.state_dir / "jax-cache"),
+        "self_improve_dir": str(config.state_dir / "self-improve"),
     }
 
 
@@ -112,6 +114,7 @@ class ChildTrainer:
     ) -> TrainOutcome:
         cycle = workdir.name
         seen = {"steps": 0, "nonfinite": 0}
+        rounds: list[dict[str, Any]] = []  # the self-improvement round's numbers, when the recipe samples
 
         def on_event(event: dict[str, Any]) -> None:
             kind = event.get("event")
@@ -132,6 +135,10 @@ class ChildTrainer:
                 progress(int(event["step"]), Path(event["path"]))
             elif kind == "quantum":
                 self._quantum(event)
+            elif kind == "self_improve":
+                rounds.append(event)
+                log.info("cycle %s: self-improve drew %d samples, verified %d, used %d (%s)", cycle,
+                         int(event["si_drawn"]), int(event["si_verified"]), int(event["si_used"]), event.get("reasons"))
             elif kind == "log":
                 log.info("cycle %s: %s", cycle, event.get("message"))
 
@@ -151,6 +158,9 @@ class ChildTrainer:
             on_event=on_event,
             timeout_s=self.config.daemon.train_timeout_s,
         )
+        if outcome.status == "failed" and rounds and rounds[-1].get("stopped"):
+            numbers = {k: float(v) for k, v in rounds[-1].items() if k.startswith("si_")}
+            raise DataRefusedError(str(rounds[-1]["stopped"]), numbers)
         result = self._result(outcome, what=f"training of cycle {cycle}")
         return TrainOutcome(
             artifact_dir=Path(result["artifact_dir"]),

@@ -27,6 +27,7 @@ from agent.artifacts.registry import HousekeepingReport, Registry
 from agent.cycle.plan import CyclePlan
 from agent.cycle.trainer import (
     CycleInterrupted,
+    DataRefusedError,
     DecisionLike,
     EvalOutcome,
     PromotionGate,
@@ -279,13 +280,17 @@ class CycleRunner:
             self._event(
                 "train", {"cycle": cycle.id, "resume_from": str(resume_from) if resume_from else None}
             )
-            outcome = self.trainer.train(
-                policies.Recipe.from_dict(cycle.recipe),
-                workdir,
-                resume_from=resume_from,
-                parent_dir=parent_dir,
-                progress=lambda step, ckpt: self._progress(cycle, step, ckpt),
-            )
+            try:
+                outcome = self.trainer.train(
+                    policies.Recipe.from_dict(cycle.recipe),
+                    workdir,
+                    resume_from=resume_from,
+                    parent_dir=parent_dir,
+                    progress=lambda step, ckpt: self._progress(cycle, step, ckpt),
+                )
+            except DataRefusedError as exc:  # the cycle fails with the reason; the log says what was sampled
+                self._record_self_improve(cycle, exc.metrics, stopped=str(exc))
+                raise
             self.registry.publish_candidate(
                 version_id,
                 outcome.artifact_dir,
@@ -296,6 +301,8 @@ class CycleRunner:
                 metrics={**outcome.metrics, "steps": outcome.steps},
                 cycle_id=cycle.id,
             )
+            if "si_drawn" in outcome.metrics:
+                self._record_self_improve(cycle, outcome.metrics)
             self._event("published", {"cycle": cycle.id, "version": version_id})
         return self._advance(cycle, CycleState.VALIDATE, candidate_id=version_id)
 
@@ -386,6 +393,24 @@ class CycleRunner:
         # Fencing: stop training at once if another process adopted this cycle meanwhile.
         if self.store.cycles.get(cycle.id).owner != self.owner:
             raise StaleCycleError(f"cycle {cycle.id} was adopted by another owner during training")
+
+    def _record_self_improve(self, cycle: Cycle, metrics: Mapping[str, float], *, stopped: str | None = None) -> None:
+        """The decision log's line for a self-improvement round: how many samples were drawn, verified, used (and
+        why the round stopped, when its safeguards stopped it)."""
+        m = {k: v for k, v in metrics.items() if k.startswith("si_")}
+        message = (f"{int(m['si_drawn'])} samples drawn, {int(m['si_verified'])} verified, {int(m['si_used'])} used "
+                   f"(+{int(m.get('si_replayed', 0))} replayed) from {int(m['si_prompts'])} prompts; "
+                   f"pass@k {m['si_pass_at_k']:.2f}, distinct-3 {m['si_distinct3']:.2f}, "
+                   f"sampling {m['si_sampling_cpu_s']:.0f} CPU-s")
+        reasons = [{"code": "verified_samples", "kind": "fired" if stopped is None else "note", "message": message}]
+        if stopped is not None:
+            reasons.append({"code": "collapse", "kind": "suppressed", "message": stopped})
+        self.store.decisions.record(
+            "self-improve", "train" if stopped is None else "stop",
+            reasons=reasons,
+            evidence={k.removeprefix("si_"): v for k, v in m.items()},
+            cycle_id=cycle.id,
+        )
 
     def _record(
         self, cycle: Cycle, decision: DecisionLike, cand: EvalOutcome, champ: EvalOutcome | None

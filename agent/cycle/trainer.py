@@ -23,6 +23,7 @@ from agent.files import fsync_path
 __all__ = [
     "CHECKPOINTS",
     "CycleInterrupted",
+    "DataRefusedError",
     "EvalOutcome",
     "GateDecision",
     "NullObserver",
@@ -44,6 +45,16 @@ _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 class CycleInterrupted(Exception):  # noqa: N818 — it is a signal to stop, not an error
     """Raised by a trainer that stopped on request after writing a checkpoint; the cycle stays resumable."""
+
+
+class DataRefusedError(RuntimeError):
+    """Training refused its data before it started: a self-improvement round stopped by its safeguards (collapse,
+    nothing verified). ``metrics`` holds the round's numbers (``si_drawn``, ``si_verified``, ``si_used``, …) for
+    the decision log; the message is the reason."""
+
+    def __init__(self, reason: str, metrics: Mapping[str, float]) -> None:
+        super().__init__(reason)
+        self.metrics = dict(metrics)
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,7 @@ def recipe_config(
         steps=(max(1, min(cold.steps, section.max_steps) // 2), section.max_steps),
         backends=(option,) if option.kind == "simulator" else (policies.BackendOption(name="jax"), option),
         targets=config.model.targets,
+        methods=tuple(dict.fromkeys(section.methods)),
     )
     return policies.RecipeConfig(space=space, cold_start=cold, cost_model=cost_model or policies.CostModel())
 

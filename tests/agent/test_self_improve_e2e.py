@@ -1,0 +1,66 @@
+"""``qtha cycle --now --recipe method=self-improve`` end to end on the tiny model, with real processes.
+
+The tiny random model never writes a marked answer, so the round's safeguards must stop the cycle before training:
+the cycle fails with the reason, and the decision log shows how many samples were drawn, verified and used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.store import open_store
+from tests.agent.test_e2e_support import DaemonProcess, free_port, qtha, qtha_json, wait_for, write_config
+from tests.fixtures.tiny_model import write_tiny_hf
+
+
+@pytest.mark.slow
+def test_self_improve_cycle_samples_verifies_and_logs(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    port = free_port()
+    config = write_config(
+        tmp_path / "qtha.toml",
+        {
+            "state_dir": str(state),
+            "metrics": {"host": "127.0.0.1", "port": port},
+            "model": {"source": str(write_tiny_hf(tmp_path / "tiny"))},
+            "training": {"steps": 2, "seq_len": 128, "batch_size": 2, "learning_rate": 0.01},
+            "evaluation": {"examples": 4, "max_new_tokens": 8, "batch_size": 4},
+            "policy": {"cooldown_s": 0.0},
+            "scheduler": {"commands_interval_s": 0.3, "consider_interval_s": 1.0, "ingest_interval_s": 0.5,
+                          "lease_ttl_s": 5.0, "evaluate_interval_s": 3600.0},
+            "daemon": {"stop_timeout_s": 60.0},
+        },
+    )
+    store = open_store(f"sqlite:///{state / 'qtha.db'}")
+    store.overrides.set("paused", True, actor="test", reason="self-improve e2e")
+    store.close()
+    recipe = {"method": "self-improve", "samples_k": 2, "pool_prompts": 3, "temperature": 1.0}
+    args = [arg for k, v in recipe.items() for arg in ("--recipe", f"{k}={v}")]
+    qtha(config, "resume")
+    assert "queued cycle" in qtha(config, "cycle", "--now", *args).stdout
+    daemon = DaemonProcess(config, port, tmp_path / "daemon.log").start()
+    try:
+        cycle = wait_for(
+            lambda: next((c for c in qtha_json(config, "history")["cycles"] if c["id"] == 1 and c["state"] in
+                          ("failed", "promoted", "rejected", "held")), None),
+            timeout=400,
+            what=f"cycle 1 finished\n{daemon.log()[-3000:]}",
+        )
+    finally:
+        daemon.stop()
+    assert cycle["state"] == "failed" and "self-improve stopped: collapse" in cycle["error"], cycle
+    store = open_store(f"sqlite:///{state / 'qtha.db'}")
+    try:
+        (decision,) = store.decisions.list(kind="self-improve", cycle_id=1)
+        assert decision.action == "stop"
+        assert decision.evidence["drawn"] == 6.0 and decision.evidence["verified"] == 0.0
+        assert decision.evidence["used"] == 0.0 and decision.evidence["sampling_cpu_s"] > 0
+        assert "6 samples drawn, 0 verified, 0 used" in " ".join(r["message"] for r in decision.reasons)
+        assert store.cycles.get(1).recipe["method"] == "self-improve"
+    finally:
+        store.close()
+    # A stopped round leaves nothing behind for the next cycles to replay.
+    assert not (state / "self-improve" / "verified.jsonl").exists()
