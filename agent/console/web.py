@@ -12,13 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.access import MIN_KEY_CHARS, is_loopback, read_bearer_key
 from agent.console.pages import CSP, render_console, render_cycle, render_error
 from agent.console.signals import SignalSource
 from agent.console.view import load_console, load_cycle
@@ -28,8 +28,6 @@ __all__ = ["MIN_KEY_CHARS", "ConsoleApp", "ConsoleKeyError", "is_loopback", "rea
 
 log = logging.getLogger("qtha.console")
 
-# Shorter keys are guessable; refuse them rather than give a false sense of protection (as the server does).
-MIN_KEY_CHARS = 16
 
 _CYCLE = re.compile(r"^/console/cycles/(\d{1,12})/?$")
 
@@ -40,38 +38,13 @@ class ConsoleKeyError(ValueError):
     """The console's key cannot be read or is too short (the message names the setting to change)."""
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def read_key(key_file: Path | None, key_env: str, environ: Mapping[str, str]) -> str | None:
     """The console's key: the first line of ``key_file`` if set, else ``environ[key_env]``, else None.
 
     Raises:
         ConsoleKeyError: the file is unreadable or empty, or the key is shorter than 16 characters.
     """
-    if key_file is not None:
-        try:
-            lines = Path(key_file).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ConsoleKeyError(f"console.api_key_file {key_file} cannot be read: {exc}") from None
-        key, where = (lines[0].strip() if lines else ""), f"console.api_key_file {key_file}"
-    else:
-        key, where = environ.get(key_env, "").strip(), f"environment variable {key_env}"
-        if not key:
-            return None
-    if len(key) < MIN_KEY_CHARS:
-        raise ConsoleKeyError(
-            f"the console key from {where} has {len(key)} characters; use at least {MIN_KEY_CHARS} "
-            "(e.g. `openssl rand -hex 32`)"
-        )
-    return key
+    return read_bearer_key(key_file, key_env, environ, setting="console.api_key_file", error=ConsoleKeyError)
 
 
 class ConsoleApp:

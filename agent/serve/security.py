@@ -7,30 +7,18 @@ is compared in constant time (``hmac.compare_digest``) so its bytes cannot be gu
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 
+from agent.access import is_loopback, read_bearer_key
 from agent.serve.errors import Unauthorized
 
 __all__ = ["BearerAuth", "ServeSetupError", "check_exposure", "is_loopback", "read_api_key"]
 
-# Shorter tokens are guessable; refuse them rather than give a false sense of protection.
-MIN_KEY_CHARS = 16
 
 
 class ServeSetupError(ValueError):
     """The server cannot start as configured (the message names the key to change)."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def read_api_key(api_key_file: Path | None, api_key_env: str, environ: Mapping[str, str]) -> str | None:
@@ -39,24 +27,7 @@ def read_api_key(api_key_file: Path | None, api_key_env: str, environ: Mapping[s
     Raises:
         ServeSetupError: the file is unreadable or empty, or the token is shorter than 16 characters.
     """
-    if api_key_file is not None:
-        try:
-            lines = Path(api_key_file).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ServeSetupError(f"serve.api_key_file {api_key_file} cannot be read: {exc}") from None
-        key = lines[0].strip() if lines else ""
-        where = f"serve.api_key_file {api_key_file}"
-    else:
-        key = environ.get(api_key_env, "").strip()
-        where = f"environment variable {api_key_env}"
-        if not key:
-            return None
-    if len(key) < MIN_KEY_CHARS:
-        raise ServeSetupError(
-            f"the API key from {where} has {len(key)} characters; use at least {MIN_KEY_CHARS} "
-            "(e.g. `openssl rand -hex 32`)"
-        )
-    return key
+    return read_bearer_key(api_key_file, api_key_env, environ, setting="serve.api_key_file", error=ServeSetupError)
 
 
 def check_exposure(host: str, api_key: str | None) -> None:
