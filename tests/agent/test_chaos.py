@@ -22,6 +22,7 @@ the run time follows the machine's load.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -118,7 +119,9 @@ def _phase(store: Store, state: Path) -> str:
 def _integrity(path: Path) -> str:
     if not path.exists():
         return "ok"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+    # Read-write on purpose: after a SIGKILL the file may have a hot journal, which the next opener must roll back
+    # (recovery, as the daemon's next start does); a read-only connection cannot and fails with "readonly database".
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
