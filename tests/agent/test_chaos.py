@@ -42,6 +42,9 @@ from tests.fixtures.tiny_model import write_tiny_hf
 
 SEED = 20261202
 KILLS, KILLS_LONG = 30, 120
+# A restart settles once its lease is won, the interrupted cycle adopted and the old child gone; a rerun here saw one
+# restart take over 120 s on a loaded machine (0 violations), so allow more before calling it a failure.
+SETTLE_S = 300
 REPLICA = "chaos"
 PHASES = ("idle", "plan", "train", "checkpoint", "validate", "promote")
 TARGETS = ("daemon", "daemon", "child", "both")
@@ -203,7 +206,7 @@ def test_sigkill_of_daemon_and_child_keeps_every_invariant(
     order: list[str] = []
     try:
         while sum(kills.values()) < kills_wanted:
-            wait_for(lambda d=daemon: _settled(store, state, d), timeout=120, what=f"settled\n{daemon.log()[-3000:]}")
+            wait_for(lambda d=daemon: _settled(store, state, d), timeout=SETTLE_S, what=f"settled\n{daemon.log()[-3000:]}")
             assert daemon.proc is not None
             n = sum(kills.values())
             violations += [f"before kill {n + 1}: {p}" for p in check_invariants(state, store, daemon.proc.pid)]
@@ -236,7 +239,7 @@ def test_sigkill_of_daemon_and_child_keeps_every_invariant(
                 f"{len(violations)} violations so far, {time.monotonic() - started:.0f} s",
                 flush=True,
             )
-        wait_for(lambda: _settled(store, state, daemon), timeout=120, what=f"settled\n{daemon.log()[-3000:]}")
+        wait_for(lambda: _settled(store, state, daemon), timeout=SETTLE_S, what=f"settled\n{daemon.log()[-3000:]}")
         assert daemon.proc is not None
         violations += [f"after the last kill: {p}" for p in check_invariants(state, store, daemon.proc.pid)]
     finally:  # the counts are printed even when the run is cut short (a timeout on a loaded machine)
