@@ -82,6 +82,11 @@ class PayloadTooLarge(ApiError):
     code = "too_long"
 
 
+def _retry_soon(self: ApiError) -> dict[str, str]:
+    """The headers of a refusal the client should retry in a second (queue full, not ready)."""
+    return {"retry-after": "1"}
+
+
 class QueueFull(ApiError):
     """429: every decoding slot is busy and the queue is full; retry after a moment."""
 
@@ -89,8 +94,7 @@ class QueueFull(ApiError):
     type = "rate_limit_error"
     code = "queue_full"
 
-    def headers(self) -> dict[str, str]:
-        return {"retry-after": "1"}
+    headers = _retry_soon
 
 
 class EngineUnavailable(ApiError):
@@ -100,8 +104,7 @@ class EngineUnavailable(ApiError):
     type = "server_error"
     code = "unavailable"
 
-    def headers(self) -> dict[str, str]:
-        return {"retry-after": "1"}
+    headers = _retry_soon
 
 
 class RequestTimeout(ApiError):
