@@ -282,7 +282,8 @@ def test_the_embedded_default_has_no_shared_artifact_store(
 
 # -- many rounds: two daemons, separate state directories, one database, one shared artifact directory -------------
 
-ROUNDS, ROUNDS_LONG = 16, 200
+# Issue 18 asks for 200 rounds: 21 s on an idle 2-core machine, about 60 s under a load of 5, so they are the default.
+ROUNDS, ROUNDS_LONG = 200, 1000
 TTL_S = 3.0  # fast_config's lease_ttl_s
 
 
@@ -304,7 +305,7 @@ def test_two_daemons_alternating_start_stop_takeover_rounds(
 ) -> None:
     """Rounds of clean stop, restart and takeover of a paused leader; each new leader runs its start-up
     reconcile and promotes a new version. Never two current leaders, no good version ever rejected, every
-    promotion from the current term and every stale one refused. ``--long``: 200 rounds."""
+    promotion from the current term and every stale one refused. 200 rounds (issue 18); ``--long``: 1000."""
     rounds = ROUNDS_LONG if request.config.getoption("--long") else ROUNDS
     rng = random.Random(18)
     a, b = make_hosts(shared=True, skew_s=0.0)
@@ -361,6 +362,8 @@ def test_two_daemons_alternating_start_stop_takeover_rounds(
     assert not any(e.version_id and e.version_id.startswith("s") for e in serves)
     assert refused == actions.count("takeover")
     assert store.champion.get().version_id == promoted[-1]
+    counts = {a: actions.count(a) for a in ("stop", "restart", "takeover")}
+    print(f"{rounds} rounds {counts}: {len(promoted)} promotions, {refused} stale promotions refused")
 
 
 def _current(rt: Runtime) -> bool:
