@@ -190,8 +190,11 @@ def _status_text(data: dict[str, Any]) -> str:
         lines.append(f"last cycle {last['id']}: {last['state']} — {last['outcome'] or _first_line(last['error'])}")
     leader = data["leader"]
     lines.append(f"leader: {leader['holder'] or 'none'} (epoch {leader['epoch']})")
-    daemon_status = data["daemon"]
-    if daemon_status:
+    daemon_status, replica = data["daemon"], data.get("replica")
+    if replica and replica["role"] == "standby":  # the role, fresh from the lease, says all the status line would
+        leads = f"{replica['leader']} leads (epoch {replica['epoch']})" if replica["leader"] else "no one leads now"
+        lines.append(f"this replica: {replica['name']} is a standby, idle by design: {leads}; it {replica['does']}")
+    elif daemon_status:
         lines.append(f"daemon: {daemon_status['status']} (at {daemon_status['at']})")
     if data["pending_commands"]:
         lines.append("queued: " + ", ".join(c["kind"] for c in data["pending_commands"]))

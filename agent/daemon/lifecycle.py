@@ -43,7 +43,7 @@ from agent.daemon.metrics import MetricsServer, QthaMetrics, new_registry, serve
 from agent.daemon.preflight import HealthError, check_port, listen_error, prepare_state_dir, restrict_umask
 from agent.daemon.runtime import CycleDriver, Runtime
 from agent.daemon.sdnotify import Notifier, watchdog_interval_s
-from agent.daemon.status import read_daemon_status
+from agent.daemon.status import STOPPED, read_daemon_status, standby_text
 from agent.logs import configure_logging
 from agent.store import Store, open_store
 
@@ -256,11 +256,17 @@ class Daemon:
             self._signals.reload.clear()
             self.reload()
         leading = rt.leadership.tick()
-        rt.metrics.set_leader(leading)
+        seen = rt.leadership.lease if leading else rt.leadership.other
+        rt.metrics.set_leader(leading, epoch=None if seen is None else seen.epoch)
         if leading and not self._was_leader:
             self._on_elected()
         elif not leading and self._was_leader:
             self._on_deposed()
+        if not leading and rt.leadership.other is not None:
+            # Who leads at which epoch, kept current from the lease the failed acquisition read (no extra query).
+            text = standby_text(rt.replica, rt.leadership.other)
+            if text != rt.status:
+                rt.set_status(text)
         self._was_leader = leading
         self._ping_watchdog()
         return leading
@@ -302,6 +308,7 @@ class Daemon:
             log.info("asked the training child to checkpoint (up to %.0f s)", stop_s)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        rt.set_status(STOPPED)  # before the release: a standby taking over then writes its own status after it
         rt.leadership.release()
         rt.metrics.set_leader(False)
         if self._server is not None:

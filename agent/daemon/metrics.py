@@ -106,6 +106,12 @@ class QthaMetrics:
             "qtha_nonfinite_steps", "Training steps skipped for a non-finite loss or gradient.", registry=r
         )
         self.is_leader = Gauge("qtha_leader", "1 while this daemon holds the leader lease.", registry=r)
+        self.leader_epoch = Gauge(
+            "qtha_leader_epoch",
+            "Epoch of the leader lease as this daemon last saw it: its own term while leading, the leader's while "
+            "standby (0 before any).",
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "qtha_breaker_open", "1 while the circuit breaker suppresses cycles after repeated failures.", registry=r
         )
@@ -174,8 +180,11 @@ class QthaMetrics:
     def set_breaker_open(self, is_open: bool) -> None:
         self.breaker_open.set(1 if is_open else 0)
 
-    def set_leader(self, leader: bool) -> None:
+    def set_leader(self, leader: bool, *, epoch: int | None = None) -> None:
+        """``qtha_leader``, and ``qtha_leader_epoch`` when an epoch was seen (kept otherwise)."""
         self.is_leader.set(1 if leader else 0)
+        if epoch is not None:
+            self.leader_epoch.set(epoch)
 
     # --- reading back (status output and tests) -------------------------------------------------------------
     def value(self, sample: str, /, **labels: str) -> float | None:

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.store import Cycle, DecisionRecord, ModelVersion, Store
+from agent.store import Cycle, DecisionRecord, Lease, ModelVersion, Store
 
 __all__ = [
     "STATUS_FILE",
@@ -21,6 +21,8 @@ __all__ = [
     "decision_dict",
     "history",
     "read_daemon_status",
+    "replica_dict",
+    "standby_text",
     "status",
     "version_dict",
     "versions",
@@ -28,6 +30,13 @@ __all__ = [
 ]
 
 STATUS_FILE = "daemon-status.json"
+STOPPED = "stopped"
+
+# What a standby does, said wherever its role is shown (status file, `qtha status`, console, systemd STATUS=).
+STANDBY_DOES = (
+    "runs no jobs (idle by design) and takes over, reading the champion and any unfinished cycle from the "
+    "database, when the leader's lease expires or is released"
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -47,6 +56,35 @@ def read_daemon_status(state_dir: Path) -> dict[str, Any] | None:
         return json.loads((state_dir / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def standby_text(replica: str, leader: Lease | None) -> str:
+    """A standby's status line: that it is one, who leads at which epoch, and what it does meanwhile."""
+    if leader is None or leader.holder is None:
+        return f"standby: waiting for the leader lease as {replica}"
+    return f"standby, idle by design: {leader.holder} leads (epoch {leader.epoch}); {replica} {STANDBY_DOES}"
+
+
+def replica_dict(daemon: dict[str, Any] | None, lease: Lease, *, leader_alive: bool) -> dict[str, Any] | None:
+    """The role of the daemon whose status file this state directory holds, from the lease in the database
+    (not the file's own flag, which is written only when the status changes): leader, standby or stopped."""
+    if daemon is None:
+        return None
+    name = daemon.get("replica")
+    if daemon.get("status") == STOPPED:
+        role = STOPPED
+    elif leader_alive and lease.holder == name:
+        role = "leader"
+    else:
+        role = "standby"
+    return {
+        "name": name,
+        "role": role,
+        "idle_by_design": role == "standby",
+        "leader": lease.holder if leader_alive else None,
+        "epoch": lease.epoch,
+        "does": STANDBY_DOES if role == "standby" else None,
+    }
 
 
 def version_dict(version: ModelVersion) -> dict[str, Any]:
@@ -121,6 +159,7 @@ def status(store: Store, state_dir: Path) -> dict[str, Any]:
     now = store.clock.now()
     leader_alive = lease.holder is not None and lease.expires_at is not None and lease.expires_at > now
     overrides = store.overrides.all()
+    daemon = read_daemon_status(state_dir)
     current = None
     if active is not None:
         current = cycle_dict(active) | {"progress": _training_progress(store, active)}
@@ -141,7 +180,8 @@ def status(store: Store, state_dir: Path) -> dict[str, Any]:
             "epoch": lease.epoch,
             "expires_at": _iso(lease.expires_at) if leader_alive else None,
         },
-        "daemon": read_daemon_status(state_dir),
+        "daemon": daemon,
+        "replica": replica_dict(daemon, lease, leader_alive=leader_alive),
         "pending_commands": [
             {"key": c.key, "kind": c.kind, "args": dict(c.args), "actor": c.actor, "at": _iso(c.created_at)}
             for c in store.commands.pending()

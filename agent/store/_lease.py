@@ -88,7 +88,8 @@ class Leases(TableAccess):
             if live and current.holder != holder:
                 raise LeaseHeldError(
                     f"lease {name!r} is held by {current.holder!r} (epoch {current.epoch}) until "
-                    f"{current.expires_at:%Y-%m-%d %H:%M:%S} UTC; stay standby and retry after it expires"
+                    f"{current.expires_at:%Y-%m-%d %H:%M:%S} UTC; stay standby and retry after it expires",
+                    current=current,
                 )
             moved = conn.execute(
                 update(_T)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.store.records import Lease
+
 __all__ = [
     "ChampionMovedError",
     "ChampionPinnedError",
@@ -56,7 +61,16 @@ class StaleEpochError(StoreError):
 
 
 class LeaseHeldError(StoreError):
-    """The leader lease is held by another live holder."""
+    """The leader lease is held by another live holder.
+
+    Attributes:
+        current: the holder's lease as read (None when it changed hands during the attempt): a standby shows who
+            leads without reading the lease again.
+    """
+
+    def __init__(self, message: str, *, current: Lease | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class InvalidSampleError(StoreError, ValueError):

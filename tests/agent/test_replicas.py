@@ -7,19 +7,25 @@ missing file on a state directory that is not shared means "not here", never "co
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from typer.testing import CliRunner
 
+from agent.cli.app import app
 from agent.clock import FakeClock
 from agent.config import load_config
 from agent.cycle.machine import CycleRunner
 from agent.daemon.driver import PolicyCycleDriver
-from agent.daemon.lifecycle import build_runtime
+from agent.daemon.lifecycle import Daemon, build_runtime
 from agent.daemon.runtime import Runtime
+from agent.daemon.status import STANDBY_DOES
 from agent.store import AuditKind, CycleState, StaleEpochError, VersionStatus
 from tests.agent.test_daemon import fast_config
 from tests.support.postgres import PostgresServer
@@ -389,3 +395,54 @@ def test_a_host_that_does_not_lead_never_quarantines_a_shared_version(
         b.registry.load("v1")  # b does not lead: it may not judge
     assert shared_file.exists()
     assert b.store.versions.get("v1").status is VersionStatus.CHAMPION
+
+
+# -- a standby says what it is: idle by design, who leads at which epoch, what it does -------------------------
+
+
+def test_a_standby_says_in_status_console_and_metrics_that_it_is_idle_by_design(
+    make_hosts: HostsFactory, tmp_path: Path
+) -> None:
+    a, b = make_hosts()
+    a.store.overrides.set("paused", True, actor="test", reason="this test is about roles, not cycles")
+    daemons = {"a": Daemon(a, loop_interval_s=0.1), "b": Daemon(b, loop_interval_s=0.1)}
+
+    def qtha_status(host: str) -> tuple[str, dict[str, Any]]:
+        rt = {"a": a, "b": b}[host]
+        path = tmp_path / f"qtha-{host}.toml"
+        path.write_text(f'state_dir = "{rt.config.state_dir}"\n[database]\nurl = "{rt.config.database_url}"\n')
+        text, data = (CliRunner().invoke(app, ["status", "--config", str(path), *j]) for j in ([], ["--json"]))
+        assert text.exit_code == 0 and data.exit_code == 0, text.output + data.output
+        return text.output, json.loads(data.output)
+
+    try:
+        for daemon in daemons.values():
+            daemon.start()
+        assert daemons["a"].step() and not daemons["b"].step()
+        epoch = a.leadership.epoch
+        text, data = qtha_status("b")
+        assert data["replica"] == {
+            "name": "b", "role": "standby", "idle_by_design": True, "leader": "a", "epoch": epoch,
+            "does": STANDBY_DOES,
+        }
+        assert f"this replica: b is a standby, idle by design: a leads (epoch {epoch}); it runs no jobs" in text
+        assert "takes over" in text and "when the leader's lease expires or is released" in text
+        assert b.metrics.value("qtha_leader") == 0 and b.metrics.value("qtha_leader_epoch") == epoch
+        console = httpx.get(f"http://127.0.0.1:{daemons['b'].metrics_port}/console", timeout=10).text
+        assert f"standby, idle by design: a leads (epoch {epoch})" in console
+        text, data = qtha_status("a")
+        assert data["replica"]["role"] == "leader" and not data["replica"]["idle_by_design"]
+        assert f"leader: a (epoch {epoch})" in text and "daemon: " in text and "standby" not in text
+        assert a.metrics.value("qtha_leader") == 1 and a.metrics.value("qtha_leader_epoch") == epoch
+        # a stops cleanly: b takes over at once and says so; a's host says it is stopped.
+        daemons["a"].shutdown()
+        assert daemons["b"].step()
+        text, data = qtha_status("b")
+        assert data["replica"]["role"] == "leader" and f"leader: b (epoch {epoch + 1})" in text
+        assert "standby" not in text
+        assert b.metrics.value("qtha_leader_epoch") == epoch + 1
+        text, data = qtha_status("a")
+        assert data["replica"]["role"] == "stopped" and "daemon: stopped" in text
+    finally:
+        for daemon in daemons.values():
+            daemon.shutdown()
