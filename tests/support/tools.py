@@ -1,4 +1,4 @@
-"""Tests that need a real tool (promtool, systemd-analyze, PostgreSQL, pyqpanda3) skip through these helpers.
+"""Tests that need a real tool (promtool, systemd-analyze, haproxy, PostgreSQL, pyqpanda3) skip through these helpers.
 
 Locally a missing tool skips with one line saying how to get it (``make test`` runs ``.ci/tools`` first, which
 installs what it can). Under ``CI=true`` the root conftest turns such a skip into a failure, so CI cannot stay green
@@ -25,9 +25,11 @@ def strict() -> bool:
 
 
 def find_tool(name: str) -> str | None:
-    """``name`` on PATH or beside this interpreter (``.ci/tools`` puts promtool into the virtualenv's bin/)."""
-    beside = Path(sys.executable).with_name(name)
-    return shutil.which(name) or (str(beside) if os.access(beside, os.X_OK) else None)
+    """``name`` on PATH, beside this interpreter (``.ci/tools`` puts promtool into the virtualenv's bin/) or in
+    /usr/sbin (Debian installs daemons such as haproxy there, outside a plain user's PATH)."""
+    found = shutil.which(name)
+    places = (Path(sys.executable).with_name(name), Path("/usr/sbin") / name)
+    return found or next((str(p) for p in places if os.access(p, os.X_OK)), None)
 
 
 def _reason(name: str, how: str) -> str:
