@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import openai
+
 from agent.serve import ServeParts, ServeProcess
 from agent.serve.engine import Delta, Event, Finished, Sampling, Served
 from agent.serve.errors import BadRequest, EngineUnavailable, QueueFull
@@ -167,6 +169,24 @@ def echo_loader(
     return load
 
 
+def complete(client: openai.OpenAI, prompt: str, *, max_tokens: int, stream: bool) -> tuple[set[str], str, str]:
+    """One greedy chat completion through the official client, streamed or not: ``(the model names its chunks or
+    reply gave, the x-qtha-version header, the text)``."""
+    messages = [{"role": "user", "content": prompt}]
+    if stream:
+        with client.chat.completions.with_streaming_response.create(
+            model="qtha", messages=messages, max_tokens=max_tokens, temperature=0, stream=True
+        ) as raw:
+            chunks = list(raw.parse())
+            header = raw.headers["x-qtha-version"]
+        return {c.model for c in chunks}, header, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    response = client.chat.completions.with_raw_response.create(
+        model="qtha", messages=messages, max_tokens=max_tokens, temperature=0
+    )
+    reply = response.parse()
+    return {reply.model}, response.headers["x-qtha-version"], reply.choices[0].message.content or ""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -195,4 +215,4 @@ def running(parts: ServeParts, *, wait_ready: bool = True, timeout_s: float = 60
         process.close_parts()
 
 
-__all__ = ["EchoEngine", "echo_loader", "expected_answer", "free_port", "running"]
+__all__ = ["EchoEngine", "complete", "echo_loader", "expected_answer", "free_port", "running"]

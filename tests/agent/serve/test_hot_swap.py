@@ -16,7 +16,7 @@ import openai
 from agent.serve import ServeParts
 from agent.store import Store
 from tests.agent.serve.conftest import MakeParts, promote
-from tests.support.serve import echo_loader, expected_answer, running
+from tests.support.serve import complete, echo_loader, expected_answer, running
 
 
 @dataclass(frozen=True)
@@ -48,26 +48,10 @@ def drive_swaps(
         while not stop.is_set():
             prompt = f"question {worker}-{i}"
             i += 1
-            messages = [{"role": "user", "content": prompt}]
             try:
-                if worker % 2:
-                    with client.chat.completions.with_streaming_response.create(
-                        model="qtha", messages=messages, max_tokens=max_tokens, temperature=0, stream=True
-                    ) as raw:
-                        chunks = list(raw.parse())
-                        header = raw.headers["x-qtha-version"]
-                    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-                    versions = {c.model for c in chunks}
-                    assert len(versions) == 1, versions
-                    answers.append(Answer(prompt, versions.pop(), header, text))
-                else:
-                    raw = client.chat.completions.with_raw_response.create(
-                        model="qtha", messages=messages, max_tokens=max_tokens, temperature=0
-                    )
-                    reply = raw.parse()
-                    answers.append(
-                        Answer(prompt, reply.model, raw.headers["x-qtha-version"], reply.choices[0].message.content)
-                    )
+                versions, header, text = complete(client, prompt, max_tokens=max_tokens, stream=bool(worker % 2))
+                assert len(versions) == 1, versions
+                answers.append(Answer(prompt, versions.pop(), header, text))
             except BaseException as exc:  # every failure is collected and fails the test
                 failures.append(exc)
 

@@ -29,7 +29,7 @@ from agent.store import Store, open_store
 from tests.agent.serve.test_model import TinyVersions, tiny  # noqa: F401 (tiny is a fixture)
 from tests.ops.test_haproxy import CFG, HAPROXY, needs_haproxy
 from tests.support.postgres import PostgresServer
-from tests.support.serve import free_port
+from tests.support.serve import complete, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -149,20 +149,9 @@ def replicas(
 def ask(base_url: str, prompt: str, *, stream: bool = False) -> tuple[str, str, str]:
     """One greedy completion through the official client: ``(model, x-qtha-version header, text)``."""
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
-    messages = [{"role": "user", "content": prompt}]
-    if stream:
-        with client.chat.completions.with_streaming_response.create(
-            model="qtha", messages=messages, max_tokens=MAX_TOKENS, temperature=0, stream=True
-        ) as raw:
-            chunks = list(raw.parse())
-            header = raw.headers["x-qtha-version"]
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        return chunks[0].model, header, text
-    raw = client.chat.completions.with_raw_response.create(
-        model="qtha", messages=messages, max_tokens=MAX_TOKENS, temperature=0
-    )
-    reply = raw.parse()
-    return reply.model, raw.headers["x-qtha-version"], reply.choices[0].message.content or ""
+    models, header, text = complete(client, prompt, max_tokens=MAX_TOKENS, stream=stream)
+    assert len(models) == 1, models
+    return models.pop(), header, text
 
 
 def test_two_replicas_follow_a_promotion_together(replicas: Replicas) -> None:
