@@ -18,16 +18,40 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agent.artifacts import ArtifactCorruptError, Layout
-from agent.artifacts.layout import verify
+from agent.artifacts import ArtifactCorruptError, ArtifactMissingError, Layout
+from agent.artifacts.layout import Artifact, publish, verify
 from agent.serve.engine import Delta, Event, Finished, Handle, Sampling, Served
 from agent.serve.errors import BadRequest, EngineUnavailable, PayloadTooLarge, QueueFull
 from agent.serve.follower import BASE_VERSION
 from agent.store import ModelVersion
 
-__all__ = ["EngineLimits", "ModelLoader"]
+__all__ = ["EngineLimits", "Fetch", "ModelLoader", "fetch_from"]
 
 log = logging.getLogger(__name__)
+
+
+# Copies a version this host lacks into its cache, verified: ``(version_id, sha256) -> Artifact``.
+Fetch = Callable[[str, str], Artifact]
+
+
+def fetch_from(shared: Layout, cache: Layout) -> Fetch:
+    """A :data:`Fetch` from the shared artifact store (``[artifacts] root``): a serving replica on a host of its own
+    copies the champion into ``<state_dir>/versions`` once. It only reads the shared copy and never judges it: a
+    bad one is refused like any version that does not load (the leader judges it)."""
+
+    def fetch(version_id: str, sha256: str) -> Artifact:
+        source = verify(shared, version_id)
+        if source.sha256 != sha256:
+            raise ArtifactCorruptError(
+                f"version {version_id!r}: shared artifact digest {source.sha256[:12]}… differs from the registered "
+                f"{sha256[:12]}…"
+            )
+        try:
+            return publish(cache, version_id, source.path, metadata=source.metadata)
+        except OSError:  # another process of this host installed it meanwhile (the rename found it there)
+            return verify(cache, version_id)
+
+    return fetch
 
 
 class EngineLimits:
@@ -127,6 +151,7 @@ class ModelLoader:
         limits: engine sizes.
         simulator: where QTHA circuits run (``quantum.backend``): ``qsim``, or the JAX simulator for anything
             else; serving never sends per-token circuits to a device (cost and latency per token).
+        fetch: fetches a version missing from ``layout`` (a replica on a host of its own; :func:`fetch_from`).
     """
 
     def __init__(
@@ -137,8 +162,10 @@ class ModelLoader:
         version_row: Callable[[str], ModelVersion],
         limits: EngineLimits,
         simulator: str = "jax",
+        fetch: Fetch | None = None,
     ) -> None:
         self._source = model_source
+        self._fetch = fetch
         self._layout = layout
         self._row = version_row
         self._limits = limits
@@ -168,7 +195,13 @@ class ModelLoader:
             return base.model, base.tokenizer
         # The version is checked before the base loads: a bad one costs no model load.
         row = self._row(version_id)
-        artifact = verify(self._layout, version_id)
+        try:
+            artifact = verify(self._layout, version_id)
+        except ArtifactMissingError:
+            if self._fetch is None:
+                raise
+            artifact = self._fetch(version_id, row.sha256)
+            log.info("fetched version %s from the shared artifact store", version_id)
         if artifact.sha256 != row.sha256:
             raise ArtifactCorruptError(
                 f"version {version_id!r}: artifact digest {artifact.sha256[:12]}… differs from the registered "

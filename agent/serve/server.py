@@ -155,11 +155,13 @@ def run_serve(config: QthaConfig, *, load: Loader | None = None) -> int:
     store = open_store(config.database_url, clock=SystemClock(), echo=config.database.echo)
     try:
         if load is None:
-            from agent.serve.loader import EngineLimits, ModelLoader
+            from agent.serve.loader import EngineLimits, ModelLoader, fetch_from
 
+            layout = Layout(config.state_dir)
+            root = config.artifacts.root
             load = ModelLoader(
                 model_source=config.model.source,
-                layout=Layout(config.state_dir),
+                layout=layout,
                 version_row=store.versions.get,
                 limits=EngineLimits(
                     max_batch=config.serve.max_batch,
@@ -168,6 +170,7 @@ def run_serve(config: QthaConfig, *, load: Loader | None = None) -> int:
                     max_tokens=config.serve.max_tokens,
                 ),
                 simulator=config.quantum.backend,
+                fetch=None if root is None else fetch_from(Layout(root), layout),
             )
         parts = build_parts(config, store=store, load=load)
         process = ServeProcess.create(parts, host=config.serve.host, port=config.serve.port)

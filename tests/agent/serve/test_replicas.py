@@ -1,9 +1,9 @@
-"""Serving replicas: two real ``qtha serve`` processes on the tiny model follow the champion through one PostgreSQL
-database and swap together on a promotion; the sample HAProxy (ops/haproxy/qtha-serve.cfg, as shipped) spreads
-requests over them and keeps requests off a replica whose ``/readyz`` says it is not ready.
+"""Serving replicas: two real ``qtha serve`` processes on the tiny model, each with a state directory of its own (as
+on separate hosts), follow the champion through one PostgreSQL database, fetch it from the shared artifact store
+(``[artifacts] root``) and swap together on a promotion; the sample HAProxy (ops/haproxy/qtha-serve.cfg, as
+shipped) spreads requests over them and keeps requests off a replica whose ``/readyz`` says it is not ready.
 
-Both replicas share one state directory here (the versions' files); replicas on other hosts read them from the
-shared artifact store (``[artifacts] root``). CPU is kept small: a handful of completions of a few tokens.
+CPU is kept small: a handful of completions of a few tokens.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Replica:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    state_dir: Path
 
     @property
     def url(self) -> str:
@@ -97,18 +98,17 @@ def replicas(
     """Two ``qtha serve`` processes on one database, both ready on v1."""
     root = tmp_path_factory.mktemp("serve-replicas")
     url = postgres.fresh_url()
-    state = root / "state"
-    state.mkdir()
     store = open_store(url)
-    registry = Registry(store, Layout(state))
+    # The daemon that published the versions (its own cache and the shared store); the replicas start empty.
+    registry = Registry(store, Layout(root / "publisher"), shared=Layout(root / "shared"))
     for version, path in tiny.adapters.items():
         registry.publish_candidate(version, path, base_fingerprint=tiny.fingerprint, adapter_kind="lora")
     group = Replicas(store, registry, [])
     group.promote("v1")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QTHA_")}
     env |= {
-        "QTHA_STATE_DIR": str(state),
         "QTHA_DATABASE__URL": url,
+        "QTHA_ARTIFACTS__ROOT": str(root / "shared"),
         "QTHA_MODEL__SOURCE": str(tiny.base_dir),
         "QTHA_SERVE__POLL_INTERVAL_S": "0.5",
         "QTHA_SERVE__MAX_BATCH": "2",
@@ -123,11 +123,11 @@ def replicas(
             with log.open("wb") as out:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "agent.cli", "serve"],
-                    env=env | {"QTHA_SERVE__PORT": str(port)},
+                    env=env | {"QTHA_SERVE__PORT": str(port), "QTHA_STATE_DIR": str(root / f"host-{name}")},
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )
-            group.replicas.append(Replica(name, port, process, log))
+            group.replicas.append(Replica(name, port, process, log, root / f"host-{name}"))
         for replica in group.replicas:
             wait_until(
                 lambda r=replica: r.ready_version() == "v1", timeout=READY_S, interval=0.5,
@@ -174,6 +174,9 @@ def test_two_replicas_follow_a_promotion_together(replicas: Replicas) -> None:
     after = {r.name: ask(r.url, "Tom has 5 apples.") for r in (a, b)}
     assert after["a"] == after["b"] and after["a"][:2] == ("v2", "v2")
     assert after["a"][2] != before["a"][2]  # the adapters differ: so do the answers
+    for r in (a, b):  # each fetched both versions into its own cache, verified
+        assert sorted(p.name for p in (r.state_dir / "versions").iterdir()) == ["v1", "v2"]
+        assert "fetched version v2 from the shared artifact store" in r.output()
 
 
 # -- the sample load balancer in front of them --------------------------------------------------------------------
