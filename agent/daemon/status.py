@@ -34,8 +34,8 @@ STOPPED = "stopped"
 
 # What a standby does, said wherever its role is shown (status file, `qtha status`, console, systemd STATUS=).
 STANDBY_DOES = (
-    "runs no jobs (idle by design) and takes over, reading the champion and any unfinished cycle from the "
-    "database, when the leader's lease expires or is released"
+    "runs no jobs and takes over, reading the champion and any unfinished cycle from the database, when the "
+    "leader's lease expires or is released"
 )
 
 
