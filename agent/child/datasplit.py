@@ -4,7 +4,9 @@ An example is held out when the first 32 bits of its content digest fall below `
 the same example lands on the same side in every cycle and on every machine, whatever file it came in, so
 nothing held out is ever trained on. Its slice is the line's ``slice`` field, or, when the line has none, the
 inbox file it arrived in (``20260101T000000000000-a1b2c3d4-orders.jsonl`` → ``orders``). The held-out example's
-id is ``<slice>/inbox-<digest prefix>``: the gate reads the slice before the first ``/``.
+id is ``<slice>/inbox-<digest prefix>``: the gate reads the slice before the first ``/``. A prompt-only row (no
+answer) has nothing to be scored against: it is never held out, only sampled on (self-improvement), and is kept
+apart in :attr:`InboxSplit.prompts`.
 
 Example:
     >>> from agent.daemon.inbox import Example
@@ -32,10 +34,12 @@ _QUEUED = re.compile(r"^[0-9a-f]{8}-")  # `qtha ingest`'s unique prefix
 
 @dataclass(frozen=True, slots=True)
 class InboxSplit:
-    """``train``: examples to train on; ``heldout``: ``(id, slice, example)`` never trained on, sorted by id."""
+    """``train``: answered examples that may be trained on; ``heldout``: ``(id, slice, example)`` never trained on,
+    sorted by id; ``prompts``: prompt-only rows (no answer: never held out, never supervised)."""
 
     train: tuple[Example, ...]
     heldout: tuple[tuple[str, str, Example], ...]
+    prompts: tuple[Example, ...] = ()
 
 
 def is_held_out(example: Example, fraction: float) -> bool:
@@ -56,15 +60,18 @@ def slice_of(example: Example, dataset_file: str) -> str:
 def split_inbox(dataset_dir: Path, *, heldout_fraction: float) -> InboxSplit:
     """Splits every accepted inbox example (see the module docstring)."""
     train: list[Example] = []
+    prompts: list[Example] = []
     heldout: dict[str, tuple[str, str, Example]] = {}
     for path, example in iter_dataset(dataset_dir):
-        if is_held_out(example, heldout_fraction):
+        if example.answer is None:
+            prompts.append(example)
+        elif is_held_out(example, heldout_fraction):
             name = slice_of(example, path.name)
             key = f"{name}/inbox-{example.digest[:12]}"
             heldout[key] = (key, name, example)
         else:
             train.append(example)
-    return InboxSplit(tuple(train), tuple(heldout[k] for k in sorted(heldout)))
+    return InboxSplit(tuple(train), tuple(heldout[k] for k in sorted(heldout)), tuple(prompts))
 
 
 def dataset_fingerprint(dataset_dir: Path) -> str:

@@ -18,7 +18,6 @@ import functools
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,8 @@ import policies
 from agent.child.datasplit import split_inbox
 from agent.child.entry import Interrupted, TaskContext
 from agent.cycle.trainer import save_checkpoint
+from agent.daemon.inbox import final_answer
+from agent.daemon.usage_pool import USAGE_POOL
 from agent.files import fsync_path
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "commit_round",
     "evaluate",
     "hardware_options",
+    "heldout_prompts",
     "self_improve_examples",
     "train",
 ]
@@ -223,9 +225,11 @@ def _training_examples(payload: dict[str, Any], cycle: str, count: int) -> list[
         examples = [p.as_example() for p in generate_math_problems(count, split="train", seed=seed)]
     else:
         examples = [ChatExample(p.prompt, p.response) for p in _dialogues(payload, "train")]
-    # The inbox's held-out share (stable hash) is never trained on: it is part of the held-out pool.
+    # The inbox's held-out share (stable hash) is never trained on: it is part of the held-out pool. In the maths
+    # task a final answer without working is no solution to copy: it is a self-improvement prompt (see _pool).
     split = split_inbox(Path(payload["dataset_dir"]), heldout_fraction=float(payload["heldout_fraction"]))
-    inbox = [ChatExample(e.prompt, e.answer) for e in split.train]
+    maths = payload["task"] == "maths"
+    inbox = [ChatExample(e.prompt, e.answer or "") for e in split.train if not (maths and e.kind == "final-answer")]
     return inbox + examples
 
 
@@ -251,7 +255,7 @@ def _heldout(payload: dict[str, Any]) -> list[Any]:
     split = split_inbox(Path(payload["dataset_dir"]), heldout_fraction=float(payload["heldout_fraction"]))
     maths = payload["task"] == "maths"
     inbox = [
-        EvalExample(key, e.prompt, e.answer, slice_, _integer(e.answer) if maths else None)
+        EvalExample(key, e.prompt, e.answer or "", slice_, _integer(e.answer or "") if maths else None)
         for key, slice_, e in split.heldout
     ]
     cap = int(payload.get("eval_inbox_max", len(inbox)))
@@ -322,7 +326,7 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     parent, resume_from = payload.get("parent_dir"), payload.get("resume_from")
     si_metrics: dict[str, float] = {}
     if recipe.method == "self-improve":
-        heldout = [e.prompt for e in _heldout(payload)]
+        heldout = heldout_prompts(payload)
         examples, si_metrics = self_improve_examples(
             payload, recipe, loaded, Path(parent) if parent else None, heldout, workdir, ctx)
         if recipe.from_base:  # ReST-EM: every round trains a fresh adapter on the base, not the champion's
@@ -509,15 +513,16 @@ def check(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 
 # ---- self-improvement (a recipe with method = "self-improve") ------------------------------------------------
-# The champion samples answers to prompts alone; only verified samples are trained on. Pool: this cycle's generator
-# questions (train split, without their solutions; the generator's answer is the known answer) and inbox rows whose
-# answer is a bare integer (a final answer without working), minus every prompt that overlaps the held-out set
-# (model.disjoint_pool). Sampling runs the champion (the parent adapter, merged when it can be) through
-# model.DecodeEngine, the server's decoding code. The round's kept samples and statistics are appended to
+# The champion samples answers to prompts alone; only verified samples are trained on. Pool (at most the recipe's
+# pool_prompts, real prompts first): prompts real traffic sent (the serving usage log, exported by the daemon into
+# the cycle's USAGE_POOL file; feedback's correct_answer is the known answer), the inbox's prompt-only rows and
+# final-answer rows (the answer is the known answer), then this cycle's generator questions (train split, without
+# their solutions; the generator's answer is the known answer) — every source minus every prompt that overlaps the
+# held-out pool (model.disjoint_pool). Sampling runs the champion (the parent adapter, merged when it can be)
+# through model.DecodeEngine, the server's decoding code. The round's kept samples and statistics are appended to
 # <state>/self-improve/ once the candidate is trained: later cycles replay the samples and compare their
 # statistics with this round's (collapse detection).
 
-_BARE_INT = re.compile(r"\s*(-?\d+)\s*\.?\s*")
 TRAINING_SET = "self-improve.jsonl"
 ROUND_FILE = "self-improve-round.json"
 
@@ -526,21 +531,83 @@ class SelfImproveStoppedError(RuntimeError):
     """The round was stopped before training (collapse detected, or nothing verified); the message says why."""
 
 
-def _pool(payload: dict[str, Any], recipe: policies.Recipe, cycle: str, heldout: list[str]) -> list[Any]:
+def heldout_prompts(payload: dict[str, Any]) -> list[str]:
+    """Every prompt an evaluation may score: the whole held-out pool the scheduled windows draw from (not only the
+    gate's fixed set), every inbox held-out example, and the smoke test's probes. None is ever sampled for
+    training."""
+    size = max(int(payload["eval_examples"]), int(payload.get("eval_pool_examples", 0)))
+    everything = _heldout({**payload, "eval_window": None, "eval_examples": size, "eval_inbox_max": 2**31})
+    return [e.prompt for e in everything] + [prompt for _, prompt in probe_prompts(payload)]
+
+
+def _known(answer: str | None) -> int | None:
+    """A known answer given as text (feedback's correct_answer): a bare integer or a marked final answer."""
+    from model import marked_answer
+
+    if not answer:
+        return None
+    found = final_answer(answer)
+    return found if found is not None else marked_answer(answer.strip())
+
+
+def _real_prompts(payload: dict[str, Any], workdir: Path) -> dict[str, list[Any]]:
+    """Prompts from real sources, by source: the usage log (as the daemon exported it for this cycle) and the
+    inbox (only its training share: the held-out share is part of the held-out pool and is never sampled)."""
+    from model import PoolPrompt, prompt_hash
+
+    usage = []
+    exported = workdir / USAGE_POOL
+    if exported.exists():
+        for line in exported.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                usage.append(PoolPrompt(str(row["prompt_id"]), row["prompt"], _known(row.get("correct_answer"))))
+    split = split_inbox(Path(payload["dataset_dir"]), heldout_fraction=float(payload["heldout_fraction"]))
+    inbox = [
+        PoolPrompt(f"inbox/{prompt_hash(row.prompt)[:12]}", row.prompt, final_answer(row.answer or ""))
+        for row in (*split.train, *split.prompts)
+        if row.kind != "solved"  # a worked solution is a supervised example, not a prompt to work out
+    ]
+    return {"usage": usage, "inbox": inbox}
+
+
+def _pool(payload: dict[str, Any], recipe: policies.Recipe, workdir: Path, heldout: list[str]) -> tuple[
+        list[Any], dict[str, float]]:
+    """This cycle's pool and where its prompts came from (``si_pool_*``): real prompts first (a seeded subset when
+    there are more than ``pool_prompts``, those with a known answer first), generated ones to fill."""
+    import numpy as np
+
     from model import PoolPrompt, disjoint_pool, generate_math_problems, prompt_hash
 
+    cycle = workdir.name
     seed = int(payload["data_seed"]) * 100_003 + (int(cycle) if cycle.isdigit() else 0)
-    pool = []
-    if payload["task"] == "maths":
-        pool = [PoolPrompt(p.key, p.question, p.answer)
-                for p in generate_math_problems(recipe.pool_prompts, split="train", seed=seed)]
-    # Only the inbox's training share: its held-out share is part of the held-out pool and is never sampled.
-    split = split_inbox(Path(payload["dataset_dir"]), heldout_fraction=float(payload["heldout_fraction"]))
-    for row in split.train:
-        found = _BARE_INT.fullmatch(row.answer)
-        if found:  # an inbox row with only its final answer: a prompt the champion must work out itself
-            pool.append(PoolPrompt(f"inbox/{prompt_hash(row.prompt)[:12]}", row.prompt, int(found.group(1))))
-    return disjoint_pool(pool, heldout)
+    sources = _real_prompts(payload, workdir)
+    real: dict[str, tuple[str, Any]] = {}  # prompt hash -> (source, prompt); a known answer wins a duplicate
+    for source, prompts in sources.items():
+        for p in prompts:
+            key = prompt_hash(p.prompt)
+            if key not in real or (real[key][1].answer is None and p.answer is not None):
+                real[key] = (source, p)
+    offered = len(real)
+    kept = {prompt_hash(p.prompt) for p in disjoint_pool([p for _, p in real.values()], heldout)}
+    candidates = [real[k] for k in sorted(real) if k in kept]
+    order = np.random.default_rng([int(payload["data_seed"]), int(cycle) if cycle.isdigit() else 0]).permutation(
+        len(candidates))
+    chosen = sorted((candidates[i] for i in order), key=lambda sp: sp[1].answer is None)[: recipe.pool_prompts]
+    problems = []
+    if payload["task"] == "maths" and len(chosen) < recipe.pool_prompts:
+        problems = [PoolPrompt(p.key, p.question, p.answer)
+                    for p in generate_math_problems(recipe.pool_prompts - len(chosen), split="train", seed=seed)]
+    generated = disjoint_pool(problems, heldout)
+    pool = [p for _, p in chosen] + generated
+    counts = {
+        "si_pool_usage": float(sum(source == "usage" for source, _ in chosen)),
+        "si_pool_inbox": float(sum(source == "inbox" for source, _ in chosen)),
+        "si_pool_generated": float(len(generated)),
+        "si_pool_known_answers": float(sum(p.answer is not None for p in pool)),
+        "si_pool_heldout_removed": float(offered - len(candidates) + len(problems) - len(generated)),
+    }
+    return pool, counts
 
 
 def _history(state: Path) -> tuple[list[Any], list[Any]]:
@@ -588,6 +655,7 @@ def self_improve_examples(
         MARKED_ANSWER_INSTRUCTION,
         ChatExample,
         KeptSample,
+        RoundStats,
         build_training_set,
         collapse_reason,
         sample_pool,
@@ -600,9 +668,13 @@ def self_improve_examples(
         return [ChatExample(r["prompt"], r["response"]) for r in rows], json.loads(round_file.read_text())["metrics"]
     state = Path(payload["self_improve_dir"])
     replay, rounds = _history(state)
-    pool = _pool(payload, recipe, workdir.name, heldout)
+    pool, sources = _pool(payload, recipe, workdir, heldout)
     if not pool:
-        raise SelfImproveStoppedError("self-improve: the prompt pool is empty after removing held-out overlaps")
+        nothing = {f"si_{k}": 0.0 for k in RoundStats(0, 0, 0, 0, 0.0, 0.0, 0.0).to_dict()}
+        metrics = nothing | sources | {"si_sampling_cpu_s": 0.0, "si_sampling_wall_s": 0.0}
+        stopped = "self-improve stopped: the prompt pool is empty after removing held-out overlaps"
+        ctx.emit({"event": "self_improve", **metrics, "reasons": {}, "stopped": stopped})
+        raise SelfImproveStoppedError(stopped)
     cpu0, wall0 = time.process_time(), time.monotonic()
     engine = _sampler(loaded, parent)
     engine.start()
@@ -622,7 +694,7 @@ def self_improve_examples(
         "si_sampling_wall_s": time.monotonic() - wall0,
         "si_completion_tokens": float(sum(s.completion_tokens for s in samples)),
         "si_from_base": 1.0 if recipe.from_base else 0.0,
-    }
+    } | sources
     reason = collapse_reason(stats, rounds[0] if rounds else None, rounds[-1] if rounds else None)
     stopped = None if reason is None else (
         f"self-improve stopped: {reason} (drawn {stats.drawn}, verified {stats.verified}, used {stats.used})")

@@ -253,7 +253,7 @@ def history(
 def decisions(
     config: ConfigOption = None,
     as_json: JsonOption = False,
-    kind: Annotated[str | None, typer.Option(help="trigger, recipe, promotion or rollback.")] = None,
+    kind: Annotated[str | None, typer.Option(help="trigger, recipe, promotion, rollback or self-improve.")] = None,
     limit: Annotated[int, typer.Option(min=1)] = 20,
 ) -> None:
     """Policy decisions with every reason and the evidence behind them."""

@@ -5,7 +5,8 @@ Every transition is committed (a compare-and-swap on state and owner) before the
 so a killed process leaves the cycle in a well-defined state. On start-up, :meth:`CycleRunner.start` adopts an
 interrupted cycle and returns it for :meth:`CycleRunner.resume` (training continues from its newest checkpoint),
 or closes it as FAILED with the reason once it has been interrupted too often — never leaves it dangling. The
-promotion itself closes the cycle in the same transaction as the champion CAS.
+promotion itself closes the cycle in the same transaction as the champion CAS. A self-improvement round whose
+safeguards refuse its samples (collapse, nothing verified) goes TRAIN → REJECTED with the reason, no candidate.
 
 Call :meth:`start`, :meth:`run` and :meth:`housekeeping` only while holding the leader lease.
 """
@@ -288,9 +289,9 @@ class CycleRunner:
                     parent_dir=parent_dir,
                     progress=lambda step, ckpt: self._progress(cycle, step, ckpt),
                 )
-            except DataRefusedError as exc:  # the cycle fails with the reason; the log says what was sampled
+            except DataRefusedError as exc:  # a safeguard refused the data (collapse): a verdict, not a crash
                 self._record_self_improve(cycle, exc.metrics, stopped=str(exc))
-                raise
+                return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {exc}")
             self.registry.publish_candidate(
                 version_id,
                 outcome.artifact_dir,
@@ -399,7 +400,9 @@ class CycleRunner:
         why the round stopped, when its safeguards stopped it)."""
         m = {k: v for k, v in metrics.items() if k.startswith("si_")}
         message = (f"{int(m['si_drawn'])} samples drawn, {int(m['si_verified'])} verified, {int(m['si_used'])} used "
-                   f"(+{int(m.get('si_replayed', 0))} replayed) from {int(m['si_prompts'])} prompts; "
+                   f"(+{int(m.get('si_replayed', 0))} replayed) from {int(m['si_prompts'])} prompts "
+                   f"({int(m.get('si_pool_usage', 0))} usage log, {int(m.get('si_pool_inbox', 0))} inbox, "
+                   f"{int(m.get('si_pool_generated', 0))} generated); "
                    f"pass@k {m['si_pass_at_k']:.2f}, distinct-3 {m['si_distinct3']:.2f}, "
                    f"sampling {m['si_sampling_cpu_s']:.0f} CPU-s")
         reasons = [{"code": "verified_samples", "kind": "fired" if stopped is None else "note", "message": message}]

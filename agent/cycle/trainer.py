@@ -50,7 +50,8 @@ class CycleInterrupted(Exception):  # noqa: N818 — it is a signal to stop, not
 class DataRefusedError(RuntimeError):
     """Training refused its data before it started: a self-improvement round stopped by its safeguards (collapse,
     nothing verified). ``metrics`` holds the round's numbers (``si_drawn``, ``si_verified``, ``si_used``, …) for
-    the decision log; the message is the reason."""
+    the decision log; the message is the reason. The cycle ends REJECTED with it (a verdict on the recipe's data,
+    not a crash: the breaker does not count it)."""
 
     def __init__(self, reason: str, metrics: Mapping[str, float]) -> None:
         super().__init__(reason)

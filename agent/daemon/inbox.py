@@ -7,8 +7,16 @@ fsynced and renamed into the dataset before the inbox file is removed.
 
 Accepted line format (one JSON object per line, separated by ``\n``; blank lines are ignored)::
 
-    {"prompt": "What is 12 plus 7?", "answer": "19"}
+    {"prompt": "What is 12 plus 7?", "answer": "12 + 7 = 19. The answer is 19."}
     {"prompt": "...", "response": "...", "slice": "dialogue"}   # "response" is accepted for "answer"
+    {"prompt": "Tom has 3 boxes of 12 pens. How many pens?", "answer": "36"}   # a final answer only
+    {"prompt": "A train leaves at 9 and arrives at 11. How long?"}             # a prompt only
+
+Three kinds of row (:attr:`Example.kind`): a worked answer (``"solved"``) is a supervised example; an answer that is
+a bare integer (``"final-answer"``) and a row without an answer (``"prompt"``) carry no solution to copy: in the
+maths task they are prompts for self-improvement (the champion works them out and only verified answers are
+trained on, the final answer being the known answer), never supervised rows. A final-answer row may be held out
+and scored like any answered row; a prompt-only row has nothing to score and is never held out.
 
 Files whose names start with ``.`` or end in ``.tmp`` / ``.part`` are still being written and are left alone
 (write elsewhere and rename into the inbox, or use ``qtha ingest FILE``). A file written in place is taken only
@@ -28,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +53,7 @@ __all__ = [
     "Inbox",
     "InboxError",
     "display_name",
+    "final_answer",
     "iter_dataset",
     "parse_examples",
     "read_examples",
@@ -70,21 +80,39 @@ class InboxError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One training example, normalised (``response`` becomes ``answer``)."""
+    """One inbox row, normalised (``response`` becomes ``answer``; ``None``: a prompt-only row)."""
 
     prompt: str
-    answer: str
+    answer: str | None
     slice: str = "inbox"
 
     @property
+    def kind(self) -> str:
+        """``"prompt"`` (no answer), ``"final-answer"`` (the answer is a bare integer: no working) or ``"solved"``."""
+        if self.answer is None:
+            return "prompt"
+        return "final-answer" if final_answer(self.answer) is not None else "solved"
+
+    @property
     def digest(self) -> str:
-        # Whitespace at the ends is not a different example.
-        key = json.dumps([self.prompt.strip(), self.answer.strip()], ensure_ascii=False)
-        return hashlib.sha256(key.encode("utf-8")).hexdigest()
+        # Whitespace at the ends is not a different example; a prompt-only row is not its prompt with any answer.
+        key = [self.prompt.strip()] + ([] if self.answer is None else [self.answer.strip()])
+        return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode("utf-8")).hexdigest()
 
     def to_json(self) -> str:
         # ASCII escapes: no raw U+2028/U+0085/U+2029 that a line splitter could cut, whatever reads the file.
-        return json.dumps({"prompt": self.prompt, "answer": self.answer, "slice": self.slice}, ensure_ascii=True)
+        row = {"prompt": self.prompt} | ({} if self.answer is None else {"answer": self.answer})
+        return json.dumps(row | {"slice": self.slice}, ensure_ascii=True)
+
+
+_FINAL_ANSWER = re.compile(r"\s*(-?\d{1,3}(?:,\d{3})+|-?\d+)\s*\.?\s*")
+
+
+def final_answer(answer: str) -> int | None:
+    """The integer an answer consists of (``"19"``, ``" -4. "``, ``"1,200"``), or None when it holds more than a
+    bare integer (a worked solution, a sentence, a decimal)."""
+    found = _FINAL_ANSWER.fullmatch(answer)
+    return None if found is None else int(found.group(1).replace(",", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +154,10 @@ _DECODER = json.JSONDecoder(
 )
 
 
-def _text(number: int, key: str, value: object, *, max_chars: int) -> str:
+def _text(number: int, key: str, value: object, *, max_chars: int, absent: str = "") -> str:
     if not isinstance(value, str) or not value.strip():
-        raise InboxError(f"line {number}: '{key}' must be a non-empty string, got {value!r:.80}")
+        hint = f" ({absent})" if absent and value is None else ""
+        raise InboxError(f"line {number}: '{key}' must be a non-empty string, got {value!r:.80}{hint}")
     if len(value) > max_chars:
         raise InboxError(f"line {number}: '{key}' has {len(value)} characters; the limit is {max_chars}")
     try:
@@ -155,7 +184,7 @@ def _parse_line(number: int, line: str, *, max_chars: int) -> Example:
     except ValueError as exc:  # int() limits and the like
         raise InboxError(f"line {number}: unreadable JSON value ({str(exc)[:120]})") from None
     if not isinstance(obj, dict):
-        raise InboxError(f"line {number}: expected a JSON object with 'prompt' and 'answer', got {type(obj).__name__}")
+        raise InboxError(f"line {number}: expected a JSON object with 'prompt' (and 'answer'), got {type(obj).__name__}")
     unknown = sorted(set(obj) - _ALLOWED_KEYS)
     if unknown:
         shown = [display_name(k)[:40] for k in unknown[:5]]
@@ -163,7 +192,10 @@ def _parse_line(number: int, line: str, *, max_chars: int) -> Example:
     if "answer" in obj and "response" in obj:
         raise InboxError(f"line {number}: give 'answer' or 'response', not both")
     prompt = _text(number, "prompt", obj.get("prompt"), max_chars=max_chars)
-    answer = _text(number, "answer", obj.get("answer", obj.get("response")), max_chars=max_chars)
+    key = "response" if "response" in obj else "answer"
+    # No answer at all: a prompt-only row (self-improvement works it out); an answer that is there must be text.
+    answer = _text(number, key, obj[key], max_chars=max_chars, absent="leave the key out for a prompt-only row") \
+        if key in obj else None
     slice_name = _text(number, "slice", obj.get("slice", "inbox"), max_chars=_MAX_SLICE_CHARS)
     if "id" in obj and (isinstance(obj["id"], bool) or not isinstance(obj["id"], str | int)):
         raise InboxError(f"line {number}: 'id' must be a string or an integer, got {obj['id']!r:.80}")
@@ -261,7 +293,7 @@ def iter_dataset(dataset_dir: Path) -> Iterator[tuple[Path, Example]]:
         for line in path.read_text(encoding="utf-8").split("\n"):
             if line.strip():
                 obj = json.loads(line)
-                yield path, Example(prompt=obj["prompt"], answer=obj["answer"], slice=obj.get("slice", "inbox"))
+                yield path, Example(prompt=obj["prompt"], answer=obj.get("answer"), slice=obj.get("slice", "inbox"))
 
 
 

@@ -25,6 +25,7 @@ from agent.daemon.policy_inputs import (
     cold_start_recipe,
     cycle_records,
     cycle_spend,
+    data_refused,
     recipe_config,
     run_settings,
 )
@@ -137,6 +138,8 @@ class Planner:
                 evidence = found[-1].evidence
                 cand, champ = evidence.get("candidate_mean"), evidence.get("champion_mean")
                 gain = None if cand is None else float(cand) - float(champ if champ is not None else 0.0)
+            elif data_refused(rt.store, cycle):  # a recipe whose samples collapsed: it gained nothing, at a cost
+                gain = 0.0
         outcome = policies.RecipeOutcome(gain=gain, spend=cycle_spend(rt.store, cycle))
         config = recipe_config(rt.config)
         try:

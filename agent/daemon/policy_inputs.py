@@ -19,12 +19,13 @@ import policies
 from agent.config import ConfigError, PolicyConfig, QthaConfig, short_repr
 from agent.cycle.plan import CyclePlan
 from agent.series import SERIES
-from agent.store import Cycle, Store
+from agent.store import Cycle, CycleState, Store
 
 __all__ = [
     "OVERRIDE_PREFIX",
     "cycle_outcome",
     "cycle_records",
+    "data_refused",
     "resolve_policy",
     "rollback_inputs",
     "trigger_history",
@@ -227,7 +228,19 @@ def cycle_spend(store: Store, cycle: Cycle) -> policies.Spend:
     """
     measured = measured_cpu_s(store, cycle)
     planned = CyclePlan.from_dict(cycle.plan).planned
+    if measured is None and data_refused(store, cycle):  # stopped before training: it spent its sampling time
+        found = store.decisions.list(kind="self-improve", cycle_id=cycle.id, limit=1)
+        measured = float(found[-1].evidence.get("sampling_cpu_s", 0.0))
     return planned if measured is None else dataclasses.replace(planned, cpu_seconds=measured)
+
+
+def data_refused(store: Store, cycle: Cycle) -> bool:
+    """Whether a self-improvement round's safeguards stopped the cycle before training (it ended REJECTED with
+    no candidate, its decision log's ``self-improve`` entry says ``stop``)."""
+    if cycle.state is not CycleState.REJECTED or cycle.candidate_id is not None:
+        return False
+    found = store.decisions.list(kind="self-improve", cycle_id=cycle.id, limit=1)
+    return bool(found) and found[-1].action == "stop"
 
 
 def cycle_outcome(cycle: Cycle) -> policies.CycleOutcome:

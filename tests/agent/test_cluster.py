@@ -63,7 +63,7 @@ state = Path(sys.argv[1])
 for cluster in ({}, {"address": "ray://nowhere:10001"}):
     rt = build_runtime(load_config(None, state_dir=str(state), cluster=cluster), cycles=PolicyCycleDriver(model_trainer))
     trainer = model_trainer(rt)
-    print(type(trainer).__name__, "ray" in sys.modules)
+    print(type(trainer.inner).__name__, "ray" in sys.modules)  # the usage-pool wrapper around it
     rt.store.close()
 """
 
