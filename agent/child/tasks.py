@@ -594,18 +594,27 @@ def _pool(payload: dict[str, Any], recipe: policies.Recipe, workdir: Path, heldo
     order = np.random.default_rng([int(payload["data_seed"]), int(cycle) if cycle.isdigit() else 0]).permutation(
         len(candidates))
     chosen = sorted((candidates[i] for i in order), key=lambda sp: sp[1].answer is None)[: recipe.pool_prompts]
-    problems = []
-    if payload["task"] == "maths" and len(chosen) < recipe.pool_prompts:
-        problems = [PoolPrompt(p.key, p.question, p.answer)
-                    for p in generate_math_problems(recipe.pool_prompts - len(chosen), split="train", seed=seed)]
-    generated = disjoint_pool(problems, heldout)
+    need = recipe.pool_prompts - len(chosen) if payload["task"] == "maths" else 0
+    # The generator is prefix-stable per seed: draw spares, so prompts dropped for held-out overlap are replaced.
+    problems = [PoolPrompt(p.key, p.question, p.answer)
+                for p in generate_math_problems(2 * need + 8, split="train", seed=seed)] if need > 0 else []
+    allowed = {id(p) for p in disjoint_pool(problems, heldout)}
+    generated: list[Any] = []
+    skipped = 0
+    for p in problems:
+        if len(generated) == need:
+            break
+        if id(p) in allowed:
+            generated.append(p)
+        else:
+            skipped += 1
     pool = [p for _, p in chosen] + generated
     counts = {
         "si_pool_usage": float(sum(source == "usage" for source, _ in chosen)),
         "si_pool_inbox": float(sum(source == "inbox" for source, _ in chosen)),
         "si_pool_generated": float(len(generated)),
         "si_pool_known_answers": float(sum(p.answer is not None for p in pool)),
-        "si_pool_heldout_removed": float(offered - len(candidates) + len(problems) - len(generated)),
+        "si_pool_heldout_removed": float(offered - len(candidates) + skipped),
     }
     return pool, counts
 
