@@ -96,9 +96,13 @@ def test_ingest_validates_and_drops_into_the_inbox(config: Path, tmp_path: Path)
         len(inbox) == 1 and inbox[0].name.endswith("-good.jsonl") and inbox[0].read_text() == good.read_text()
     )
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "x"}\n')
+    bad.write_text('{"prompt": "x", "answer": null}\n')
     code, out = run(config, "ingest", str(bad))
-    assert code == 1 and "line 1: 'answer' must be a non-empty string" in out
+    assert code == 1 and "line 1: 'answer' must be a non-empty string" in out and "prompt-only" in out
+    prompts = tmp_path / "prompts.jsonl"  # prompts alone (self-improvement works them out)
+    prompts.write_text('{"prompt": "x"}\n{"prompt": "What is 3 times 4?", "answer": "12"}\n')
+    code, out = run(config, "ingest", str(prompts))
+    assert code == 0 and "queued 2 examples" in out
     assert run(config, "ingest", str(tmp_path / "missing.jsonl"))[0] == 2
 
 

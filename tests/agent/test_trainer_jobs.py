@@ -90,8 +90,12 @@ def test_heldout_sets_are_fixed_and_disjoint_from_training(tmp_path) -> None:  #
     train = _training_examples(payload, "3", 50)
     heldout_prompts = {e.prompt for e in first}
     assert len(train) == 50 and not heldout_prompts & {e.prompt for e in train}
-    (tmp_path / "x.jsonl").write_text('{"prompt": "inbox question", "answer": "42", "slice": "inbox"}\n')
-    assert _training_examples(payload, "3", 50)[0].response == "42"  # ingested data joins the training set
+    (tmp_path / "x.jsonl").write_text('{"prompt": "inbox question", "answer": "6 * 7 = 42. The answer is 42."}\n'
+                                      '{"prompt": "bare question", "answer": "42"}\n')
+    trained = _training_examples(payload, "3", 50)
+    assert trained[0].response == "6 * 7 = 42. The answer is 42."  # ingested data joins the training set
+    # ...but a final answer without working is no solution to copy: a self-improvement prompt instead.
+    assert "bare question" not in {e.prompt for e in trained} and len(trained) == 51
     dialogue = _heldout({**payload, "task": "dialogue", "eval_examples": 5})
     assert [e.example_id for e in dialogue] == [f"dialogue/{i:04d}" for i in range(5)]
     assert all(e.answer is None for e in dialogue)
