@@ -681,9 +681,9 @@ def self_improve_examples(
     if not pool:
         nothing = {f"si_{k}": 0.0 for k in RoundStats(0, 0, 0, 0, 0.0, 0.0, 0.0).to_dict()}
         metrics = nothing | sources | {"si_sampling_cpu_s": 0.0, "si_sampling_wall_s": 0.0}
-        stopped = "self-improve stopped: the prompt pool is empty after removing held-out overlaps"
-        ctx.emit({"event": "self_improve", **metrics, "reasons": {}, "stopped": stopped})
-        raise SelfImproveStoppedError(stopped)
+        empty = "self-improve stopped: the prompt pool is empty after removing held-out overlaps"
+        ctx.emit({"event": "self_improve", **metrics, "reasons": {}, "stopped": empty})
+        raise SelfImproveStoppedError(empty)
     cpu0, wall0 = time.process_time(), time.monotonic()
     engine = _sampler(loaded, parent)
     engine.start()
