@@ -10,6 +10,7 @@ from these sections.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -102,12 +103,25 @@ class DatabaseConfig(_Section):
 
 
 class ArtifactsConfig(_Section):
-    root: Path | None = Field(
+    root: str | None = Field(
         default=None,
-        description="A directory every replica sees (a shared mount) where versions are published, each with its "
-        "digest manifest; each node verifies a version before use and keeps a verified copy under "
-        "<state_dir>/versions as a cache only. Empty: versions live in <state_dir>/versions (one host).",
+        description="Where versions are published for every replica, each with its digest manifest: a directory "
+        "every host mounts, or an object-store URL through fsspec (s3://bucket/qtha with s3fs installed, gs://, "
+        "file:///…; pip install 'qtha[objectstore]'). Each node verifies a version before use and keeps a verified "
+        "copy under <state_dir>/versions as a cache only. Empty: versions live in <state_dir>/versions (one host).",
     )
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            if "://" in value and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://.", value):
+                raise ValueError("a URL needs a protocol and a location (s3://bucket/prefix), or give a directory")
+        return value
 
 
 class ClusterConfig(_Section):

@@ -25,9 +25,9 @@ import secrets
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any
+from typing import IO, Any
 
 from agent.files import fsync_path
 
@@ -41,6 +41,9 @@ __all__ = [
     "clean_pointer_temporaries",
     "clean_temporaries",
     "digest_of",
+    "install",
+    "manifest_bytes",
+    "parse_manifest",
     "point_current",
     "publish",
     "quarantine",
@@ -160,6 +163,59 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def copy_hashing(source: IO[bytes], dest: IO[bytes]) -> str:
+    """Copies ``source`` to ``dest`` in chunks and returns the sha256 of the bytes copied (one read, no second pass:
+    the digest is of exactly what was written)."""
+    h = hashlib.sha256()
+    while chunk := source.read(_CHUNK):
+        h.update(chunk)
+        dest.write(chunk)
+    return h.hexdigest()
+
+
+def manifest_bytes(version_id: str, files: Mapping[str, str], metadata: Mapping[str, Any] | None) -> bytes:
+    """The ``artifact.json`` of a version: format, id, overall digest, per-file sha256 and metadata."""
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version_id": version_id,
+        "sha256": digest_of(files),
+        "files": dict(files),
+        "metadata": dict(metadata or {}),
+    }
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
+def parse_manifest(data: bytes, version_id: str, *, where: str) -> tuple[dict[str, str], str, dict[str, Any]]:
+    """``(files, sha256, metadata)`` of a manifest read from ``where`` (a path or URL, for the message).
+
+    Every listed name must be a plain relative path (no ``..``, no absolute path, not the manifest itself): a
+    manifest from a store other hosts write to is input, and a name must never escape the version directory.
+
+    Raises:
+        ArtifactCorruptError: unreadable, inconsistent, or a name that is not a plain relative path.
+    """
+    try:
+        manifest = json.loads(data)
+        files = {str(k): str(v) for k, v in dict(manifest["files"]).items()}
+        recorded = str(manifest["sha256"])
+        metadata = dict(manifest.get("metadata") or {})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactCorruptError(f"version {version_id!r}: unreadable {MANIFEST_NAME} in {where}: {exc}") from None
+    for name in files:
+        parts = PurePosixPath(name).parts
+        if not parts or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts) or (
+            name == MANIFEST_NAME
+        ):
+            raise ArtifactCorruptError(
+                f"version {version_id!r}: {MANIFEST_NAME} in {where} lists {name!r}, not a plain relative path"
+            )
+    if digest_of(files) != recorded:
+        raise ArtifactCorruptError(
+            f"version {version_id!r}: {MANIFEST_NAME} in {where}: its digest does not match its file list"
+        )
+    return files, recorded, metadata
+
+
 
 def _files_under(root: Path) -> list[str]:
     return sorted(
@@ -203,27 +259,100 @@ def publish(
         shutil.copyfile(Path(source_dir) / name, dest)
         fsync_path(dest)
         files[name] = _sha256_file(dest)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "version_id": version_id,
-        "sha256": digest_of(files),
-        "files": files,
-        "metadata": dict(metadata or {}),
-    }
+    _seal(layout, tmp, target, manifest_bytes(version_id, files, metadata))
+    return Artifact(
+        version_id,
+        target,
+        digest_of(files),
+        MappingProxyType(files),
+        MappingProxyType(dict(metadata or {})),
+    )
+
+
+def _seal(layout: Layout, tmp: Path, target: Path, manifest: bytes) -> None:
+    """Writes the manifest into the fully written ``tmp``, fsyncs it and every directory below ``tmp``, and renames
+    ``tmp`` to ``target`` (then fsyncs ``versions/`` so the rename survives a crash)."""
     manifest_path = tmp / MANIFEST_NAME
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    manifest_path.write_bytes(manifest)
     fsync_path(manifest_path)
     for sub in sorted({p.parent for p in tmp.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
         fsync_path(sub)
     os.rename(tmp, target)
     fsync_path(layout.versions)
+
+
+def install(
+    layout: Layout,
+    version_id: str,
+    manifest: bytes,
+    open_file: Callable[[str], IO[bytes]],
+    *,
+    where: str,
+    expected_sha256: str | None = None,
+) -> Artifact:
+    """Copies a version published elsewhere (another directory, an object store) into ``versions/<id>/``.
+
+    Every file listed in ``manifest`` is read once through ``open_file(name)`` into ``versions/.tmp-<id>-<hex>/``
+    while its sha256 is computed, and compared with the manifest; only when all match is the directory sealed and
+    renamed into place, so a bad or half-read copy never becomes a version here. Files the manifest does not list
+    are not copied. If the version appeared here meanwhile (a concurrent fetch), that copy is verified and used.
+
+    Args:
+        manifest: the ``artifact.json`` bytes as stored at ``where``.
+        open_file: opens a listed file of the source for binary reading.
+        where: the source's path or URL, for messages.
+        expected_sha256: the digest the version was registered with; a manifest with another refuses the copy
+            before anything is read.
+
+    Raises:
+        ArtifactCorruptError: the manifest is unreadable or differs from ``expected_sha256``, or a file is missing
+            or differs from its manifest entry (the message names the file and says what to do).
+    """
+    target = layout.version_dir(version_id)
+    files, recorded, metadata = parse_manifest(manifest, version_id, where=where)
+    if expected_sha256 is not None and recorded != expected_sha256:
+        raise ArtifactCorruptError(
+            f"version {version_id!r}: the manifest in {where} has digest {recorded[:12]}…, the version was "
+            f"registered with {expected_sha256[:12]}…: {_ALTERED}"
+        )
+    layout.ensure()
+    tmp = layout.versions / f"{TMP_PREFIX}{version_id}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        for name, expected in sorted(files.items()):
+            dest = tmp / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open_file(name) as source, dest.open("wb") as out:
+                    actual = copy_hashing(source, out)
+            except FileNotFoundError:
+                raise ArtifactCorruptError(
+                    f"version {version_id!r}: {name} is listed in its manifest but missing from {where}: {_ALTERED}"
+                ) from None
+            if actual != expected:
+                raise ArtifactCorruptError(
+                    f"version {version_id!r}: {name} in {where} has sha256 {actual[:12]}…, its manifest says "
+                    f"{expected[:12]}…: {_ALTERED}"
+                )
+            fsync_path(dest)
+        try:
+            _seal(layout, tmp, target, manifest)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            return verify(layout, version_id)  # a concurrent fetch installed it first
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return Artifact(
-        version_id,
-        target,
-        manifest["sha256"],
-        MappingProxyType(files),
-        MappingProxyType(dict(metadata or {})),
+        version_id, target, recorded, MappingProxyType(files), MappingProxyType(metadata)
     )
+
+
+_ALTERED = (
+    "the stored copy was altered after publication (published versions are immutable: check what writes to "
+    "[artifacts] root); it is refused and set aside, the champion keeps serving"
+)
 
 
 def verify(layout: Layout, version_id: str) -> Artifact:
@@ -237,11 +366,10 @@ def verify(layout: Layout, version_id: str) -> Artifact:
     if not path.is_dir():
         raise ArtifactMissingError(f"artifact of version {version_id!r} is missing at {path}")
     try:
-        manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
-        files = dict(manifest["files"])
-        recorded = str(manifest["sha256"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        data = (path / MANIFEST_NAME).read_bytes()
+    except OSError as exc:
         raise ArtifactCorruptError(f"version {version_id!r}: unreadable {MANIFEST_NAME}: {exc}") from None
+    files, recorded, metadata = parse_manifest(data, version_id, where=str(path))
     present = _files_under(path)
     if sorted(files) != present:
         raise ArtifactCorruptError(
@@ -253,15 +381,7 @@ def verify(layout: Layout, version_id: str) -> Artifact:
             raise ArtifactCorruptError(
                 f"version {version_id!r}: {name} has sha256 {actual[:12]}…, manifest says {expected[:12]}…"
             )
-    if digest_of(files) != recorded:
-        raise ArtifactCorruptError(f"version {version_id!r}: manifest digest does not match its file list")
-    return Artifact(
-        version_id,
-        path,
-        recorded,
-        MappingProxyType(files),
-        MappingProxyType(dict(manifest.get("metadata") or {})),
-    )
+    return Artifact(version_id, path, recorded, MappingProxyType(files), MappingProxyType(metadata))
 
 
 def quarantine(layout: Layout, version_id: str, *, reason: str) -> Path | None:

@@ -29,6 +29,7 @@ from agent.artifacts.layout import (
     ArtifactNotHereError,
     Layout,
 )
+from agent.artifacts.shared import DirectoryStore, SharedStore
 from agent.store import AuditKind, ChampionState, ModelVersion, Store, VersionStateError, VersionStatus
 
 __all__ = ["HousekeepingReport", "Registry"]
@@ -51,11 +52,12 @@ class Registry:
         store: the database.
         layout: where artifacts live (``Layout(state_dir)``); with ``shared``, this host's cache of verified copies
             (``current`` always points into it).
-        shared: the artifact store every replica sees (``[artifacts] root``): versions are published there and
-            copied into ``layout`` after verification. None: ``layout`` is the store (one host).
+        shared: the artifact store every replica sees (``[artifacts] root``, a directory or an object-store URL:
+            :func:`agent.artifacts.shared.open_shared`): versions are published there and copied into ``layout``
+            after verification. None: ``layout`` is the store (one host).
     """
 
-    def __init__(self, store: Store, layout: Layout, *, shared: Layout | None = None) -> None:
+    def __init__(self, store: Store, layout: Layout, *, shared: SharedStore | None = None) -> None:
         self.store = store
         self.layout = layout
         self.shared = shared
@@ -73,7 +75,7 @@ class Registry:
     def shared_id(self) -> str | None:
         """The shared artifact store's identity (None without one)."""
         if self.shared is not None and self._shared_id is None:
-            self._shared_id = artifacts.store_identity(self.shared)
+            self._shared_id = self.shared.identity()
         return self._shared_id
 
     def holds(self, row: ModelVersion) -> bool:
@@ -81,8 +83,10 @@ class Registry:
         published_to = _published_to(row)
         return published_to is None or published_to in (self.store_id, self.shared_id)
 
-    def _publishing(self) -> tuple[Layout, str]:
-        return (self.layout, self.store_id) if self.shared is None else (self.shared, str(self.shared_id))
+    def _publishing(self) -> tuple[SharedStore, str]:
+        if self.shared is None:
+            return DirectoryStore(self.layout), self.store_id
+        return self.shared, str(self.shared_id)
 
     # -- publication -------------------------------------------------------------------------------------------
 
@@ -103,8 +107,7 @@ class Registry:
         Idempotent (publishing and registering are), so a resumed cycle can repeat it after a crash.
         """
         target, target_id = self._publishing()
-        art = artifacts.publish(
-            target,
+        sha256 = target.publish(
             version_id,
             source_dir,
             metadata={
@@ -118,8 +121,8 @@ class Registry:
             base_fingerprint=base_fingerprint,
             adapter_kind=adapter_kind,
             adapter_config=adapter_config,
-            artifact_path=f"{target_id}:{art.path.relative_to(target.state_dir).as_posix()}",
-            sha256=art.sha256,
+            artifact_path=f"{target_id}:versions/{version_id}",
+            sha256=sha256,
             parent_id=parent_id,
             metrics=metrics,
             cycle_id=cycle_id,
@@ -303,8 +306,8 @@ class Registry:
         """
         in_use = in_use or (lambda _version_id: False)
         tmp_in_use = None if all_temporaries else in_use
-        layouts = [self.layout] if self.shared is None else [self.layout, self.shared]
-        temporaries = [p.name for where in layouts for p in artifacts.clean_temporaries(where, in_use=tmp_in_use)]
+        places: list[SharedStore] = [DirectoryStore(self.layout)] + ([] if self.shared is None else [self.shared])
+        temporaries = [name for where in places for name in where.clean_temporaries(in_use=tmp_in_use)]
         pointer_tmps: list[Path] = []
         self.store.champion.hold(
             lambda _state: pointer_tmps.extend(artifacts.clean_pointer_temporaries(self.layout))
@@ -317,12 +320,12 @@ class Registry:
         if champion is not None:
             keep.add(champion)
         orphans = []
-        for where in layouts:
-            for version_id in artifacts.version_ids_on_disk(where):
+        for where in places:
+            for version_id in where.version_ids():
                 if version_id in known or version_id in keep or in_use(version_id):
                     continue
                 if self.store.versions.find(version_id) is None:  # re-read: it may have been registered meanwhile
-                    artifacts.remove_version(where, version_id)
+                    where.remove_version(version_id)
                     orphans.append(version_id)
         for version in rows:  # cache copies of versions pruned elsewhere (by another node's housekeeping)
             if version.pruned and self.shared is not None:
@@ -336,7 +339,7 @@ class Registry:
                 artifacts.remove_version(self.layout, version.id)
                 if self.holds(version):
                     if self.shared is not None and _published_to(version) == self.shared_id:
-                        artifacts.remove_version(self.shared, version.id)  # elsewhere only a local copy went; its own store decides the row
+                        self.shared.remove_version(version.id)  # elsewhere only a local copy went; its own store decides the row
                     self.store.versions.mark_pruned(version.id)
                     pruned.append(version.id)
         return HousekeepingReport(
@@ -408,25 +411,18 @@ class Registry:
         if why:
             artifacts.quarantine(self.layout, row.id, reason=f"cache copy unusable, fetched again: {why}")
         assert self.shared is not None  # only called with a shared store
-        try:
-            source = artifacts.verify(self.shared, row.id)
-            if source.sha256 != row.sha256:
-                raise ArtifactCorruptError(
-                    f"version {row.id!r}: shared artifact digest {source.sha256[:12]}… differs from the registered "
-                    f"{row.sha256[:12]}…"
-                )
+        try:  # verified file by file into a temporary directory of the cache, renamed into place only when intact
+            return self.shared.fetch(row.id, self.layout, expected_sha256=row.sha256)
         except ArtifactCorruptError as exc:
-            self._refuse(row, str(exc), layout=self.shared)
+            self._refuse(row, str(exc), shared=True)
             raise
-        copy = artifacts.publish(self.layout, row.id, source.path, metadata=source.metadata)
-        if copy.sha256 != row.sha256:  # the shared files changed while we copied them
-            artifacts.quarantine(self.layout, row.id, reason="shared files changed during the copy")
-            raise ArtifactCorruptError(f"version {row.id!r}: the shared files changed while being copied; retry")
-        return copy
 
-    def _refuse(self, row: ModelVersion, why: str, *, layout: Layout | None = None) -> None:
+    def _refuse(self, row: ModelVersion, why: str, *, shared: bool = False) -> None:
         self.store.check_fence()  # only the current leader judges: a stale one must not move the files either
-        artifacts.quarantine(layout or self.layout, row.id, reason=why)
+        if shared and self.shared is not None:
+            self.shared.quarantine(row.id, reason=why)
+        else:
+            artifacts.quarantine(self.layout, row.id, reason=why)
         if row.status is not VersionStatus.CHAMPION:
             self.store.versions.reject(row.id, reason=why)
         self.store.audit.note(AuditKind.QUARANTINE, version_id=row.id, actor="registry", reason=why)

@@ -30,6 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.artifacts.layout import Layout
 from agent.artifacts.registry import Registry
+from agent.artifacts.shared import open_shared
 from agent.child.check import check_model
 from agent.child.runner import ChildRunner
 from agent.clock import Clock, SystemClock
@@ -122,7 +123,7 @@ def build_runtime(
         registry=Registry(
             store,
             Layout(config.state_dir),
-            shared=None if config.artifacts.root is None else Layout(config.artifacts.root),
+            shared=None if config.artifacts.root is None else open_shared(config.artifacts.root),
         ),
         inbox=Inbox(
             config.inbox_dir,
