@@ -42,16 +42,18 @@ def make_hosts(
     tmp_path: Path, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[HostsFactory]:
     """``make_hosts(shared=False, skew_s=None)``: two runtimes ("host a", "host b") with separate state directories
-    and one PostgreSQL database; ``shared``: both see one ``[artifacts] root``; ``skew_s``: fake clocks, host a's
-    running ``skew_s`` behind b's, so a still believes it leads when b may take over (a process paused past its
-    lease, as far as the others can tell)."""
+    and one PostgreSQL database; ``shared``: both see one ``[artifacts] root``, the directory ``shared-artifacts``
+    (True or "dir") or that directory as a ``file://`` URL opened through fsspec ("url"); ``skew_s``: fake clocks,
+    host a's running ``skew_s`` behind b's, so a still believes it leads when b may take over (a process paused past
+    its lease, as far as the others can tell)."""
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "QTHA_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     made: list[Runtime] = []
 
-    def make(*, shared: bool = False, skew_s: float | None = None) -> tuple[Runtime, Runtime]:
+    def make(*, shared: bool | str = False, skew_s: float | None = None) -> tuple[Runtime, Runtime]:
         url = postgres.fresh_url()
-        extra = {"artifacts": {"root": str(tmp_path / "shared-artifacts")}} if shared else {}
+        root = tmp_path / "shared-artifacts"
+        extra = {"artifacts": {"root": root.as_uri() if shared == "url" else str(root)}} if shared else {}
         for host, offset in (("a", 0.0), ("b", skew_s)):
             clock = None
             if skew_s is not None:
@@ -174,7 +176,7 @@ def test_a_leader_whose_lease_was_taken_over_cannot_promote_roll_back_or_reject(
     assert sorted(e.actor for e in b.store.audit.entries(kind=AuditKind.SERVE)) == ["a", "a", "b"]
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["own-state-dirs", "shared-artifacts"])
+@pytest.mark.parametrize("shared", [False, "dir", "url"], ids=["own-state-dirs", "shared-artifacts", "shared-url"])
 def test_a_stale_leaders_cycle_stops_at_its_next_transition_and_the_new_leader_takes_it_over(
     make_hosts: HostsFactory, tmp_path: Path, shared: bool
 ) -> None:
@@ -213,10 +215,11 @@ def test_a_stale_leaders_cycle_stops_at_its_next_transition_and_the_new_leader_t
 # -- a shared artifact store ([artifacts] root): published once, verified on every node, cached locally -----------
 
 
+@pytest.mark.parametrize("shared", ["dir", "url"])
 def test_with_a_shared_artifact_root_every_host_serves_the_champion_from_a_verified_cache(
-    make_hosts: HostsFactory, tmp_path: Path
+    make_hosts: HostsFactory, tmp_path: Path, shared: str
 ) -> None:
-    a, b = make_hosts(shared=True)
+    a, b = make_hosts(shared=shared)
     assert a.leadership.tick()
     _publish_and_promote(a, tmp_path, "v1")
     _publish_and_promote(a, tmp_path, "v2")
@@ -234,10 +237,11 @@ def test_with_a_shared_artifact_root_every_host_serves_the_champion_from_a_verif
     assert {v.status for v in b.store.versions.list()} == {VersionStatus.RETIRED, VersionStatus.CHAMPION}
 
 
+@pytest.mark.parametrize("shared", ["dir", "url"])
 def test_a_bad_cache_copy_is_fetched_again_and_the_version_is_not_judged(
-    make_hosts: HostsFactory, tmp_path: Path
+    make_hosts: HostsFactory, tmp_path: Path, shared: str
 ) -> None:
-    a, b = make_hosts(shared=True)
+    a, b = make_hosts(shared=shared)
     assert a.leadership.tick()
     _publish_and_promote(a, tmp_path, "v1")
     a.leadership.release()
@@ -252,8 +256,11 @@ def test_a_bad_cache_copy_is_fetched_again_and_the_version_is_not_judged(
     )  # the bad copy, kept for a post-mortem
 
 
-def test_a_corrupt_shared_copy_is_judged_by_the_leader(make_hosts: HostsFactory, tmp_path: Path) -> None:
-    a, b = make_hosts(shared=True)
+@pytest.mark.parametrize("shared", ["dir", "url"])
+def test_a_corrupt_shared_copy_is_judged_by_the_leader(
+    make_hosts: HostsFactory, tmp_path: Path, shared: str
+) -> None:
+    a, b = make_hosts(shared=shared)
     assert a.leadership.tick()
     _publish_and_promote(a, tmp_path, "v1")
     _publish_and_promote(a, tmp_path, "v2")
@@ -306,15 +313,16 @@ def _sync(clocks: dict[str, FakeClock]) -> None:
         clock.advance((latest - clock.now()).total_seconds())
 
 
+@pytest.mark.parametrize("shared", ["dir", "url"])
 def test_two_daemons_alternating_start_stop_takeover_rounds(
-    make_hosts: HostsFactory, tmp_path: Path, request: pytest.FixtureRequest
+    make_hosts: HostsFactory, tmp_path: Path, request: pytest.FixtureRequest, shared: str
 ) -> None:
     """Rounds of clean stop, restart and takeover of a paused leader; each new leader runs its start-up
     reconcile and promotes a new version. Never two current leaders, no good version ever rejected, every
     promotion from the current term and every stale one refused. 200 rounds (issue 18); ``--long``: 1000."""
     rounds = ROUNDS_LONG if request.config.getoption("--long") else ROUNDS
     rng = random.Random(18)
-    a, b = make_hosts(shared=True, skew_s=0.0)
+    a, b = make_hosts(shared=shared, skew_s=0.0)
     hosts = {"a": a, "b": b}
     clocks = {name: rt.clock for name, rt in hosts.items()}
     assert all(isinstance(c, FakeClock) for c in clocks.values())
@@ -383,10 +391,11 @@ def _current(rt: Runtime) -> bool:
     return True
 
 
+@pytest.mark.parametrize("shared", ["dir", "url"])
 def test_a_host_that_does_not_lead_never_quarantines_a_shared_version(
-    make_hosts: HostsFactory, tmp_path: Path
+    make_hosts: HostsFactory, tmp_path: Path, shared: str
 ) -> None:
-    a, b = make_hosts(shared=True)
+    a, b = make_hosts(shared=shared)
     assert a.leadership.tick()
     _publish_and_promote(a, tmp_path, "v1")
     shared_file = tmp_path / "shared-artifacts" / "versions" / "v1" / "adapter.safetensors"
