@@ -15,7 +15,7 @@ from agent.artifacts.layout import (
     Layout,
 )
 from agent.artifacts.registry import HousekeepingReport, Registry
-from agent.artifacts.shared import DirectoryStore, SharedStore, open_shared
+from agent.artifacts.shared import DirectoryStore, SharedStore, local_copy, open_shared
 
 __all__ = [
     "MANIFEST_NAME",
@@ -28,5 +28,6 @@ __all__ = [
     "Layout",
     "Registry",
     "SharedStore",
+    "local_copy",
     "open_shared",
 ]

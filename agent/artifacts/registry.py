@@ -29,7 +29,7 @@ from agent.artifacts.layout import (
     ArtifactNotHereError,
     Layout,
 )
-from agent.artifacts.shared import DirectoryStore, SharedStore
+from agent.artifacts.shared import DirectoryStore, SharedStore, local_copy
 from agent.store import AuditKind, ChampionState, ModelVersion, Store, VersionStateError, VersionStatus
 
 __all__ = ["HousekeepingReport", "Registry"]
@@ -397,22 +397,11 @@ class Registry:
         raise ArtifactNotHereError(f"version {row.id!r}: {why}; the copy was set aside")
 
     def _load_shared(self, row: ModelVersion) -> Artifact:
-        """The verified cache copy of a version in the shared store, refreshed from the shared copy (verified
-        first) when it is missing or bad. A bad cache copy is only set aside; a bad shared copy is judged."""
-        try:
-            cached = artifacts.verify(self.layout, row.id)
-            if cached.sha256 == row.sha256:
-                return cached
-            why = f"digest {cached.sha256[:12]}… differs from the registered {row.sha256[:12]}…"
-        except ArtifactMissingError:
-            why = ""
-        except ArtifactCorruptError as exc:
-            why = str(exc)
-        if why:
-            artifacts.quarantine(self.layout, row.id, reason=f"cache copy unusable, fetched again: {why}")
+        """The verified cache copy of a version in the shared store (see :func:`local_copy`): a bad cache copy is
+        only set aside and fetched again; a bad shared copy is judged."""
         assert self.shared is not None  # only called with a shared store
-        try:  # verified file by file into a temporary directory of the cache, renamed into place only when intact
-            return self.shared.fetch(row.id, self.layout, expected_sha256=row.sha256)
+        try:
+            return local_copy(self.layout, self.shared, row.id, expected_sha256=row.sha256)
         except ArtifactCorruptError as exc:
             self._refuse(row, str(exc), shared=True)
             raise

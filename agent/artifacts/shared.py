@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from agent.artifacts import layout as artifacts
 from agent.artifacts.layout import Artifact, ArtifactCorruptError, ArtifactMissingError, Layout
 
-__all__ = ["DirectoryStore", "SharedStore", "is_url", "open_shared"]
+__all__ = ["DirectoryStore", "SharedStore", "is_url", "local_copy", "open_shared"]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -87,6 +87,31 @@ def open_shared(root: str | Path) -> SharedStore:
 
         return ObjectStore(str(root))
     return DirectoryStore(Layout(Path(root)))
+
+
+def local_copy(cache: Layout, shared: SharedStore, version_id: str, *, expected_sha256: str) -> Artifact:
+    """This node's verified copy of a version published to ``shared``: the cache copy when it verifies and has the
+    registered digest, else fetched again (a bad cache copy is moved to the cache's quarantine first). Judges
+    nothing: a bad shared copy raises, and only the leader's registry rejects the version for it. For any process
+    that needs a version's files on this node (the daemon's registry, ``qtha serve``, a Ray worker).
+
+    Raises:
+        ArtifactMissingError: the shared store has no such version.
+        ArtifactCorruptError: the shared copy differs from its manifest or from ``expected_sha256``.
+    """
+    try:
+        cached = artifacts.verify(cache, version_id)
+        if cached.sha256 == expected_sha256:
+            return cached
+        why = f"digest {cached.sha256[:12]}… differs from the registered {expected_sha256[:12]}…"
+    except ArtifactMissingError:
+        why = ""
+    except ArtifactCorruptError as exc:
+        why = str(exc)
+    if why:
+        artifacts.quarantine(cache, version_id, reason=f"cache copy unusable, fetched again: {why}")
+    # Verified file by file into a temporary directory of the cache, renamed into place only when intact.
+    return shared.fetch(version_id, cache, expected_sha256=expected_sha256)
 
 
 class DirectoryStore:

@@ -21,7 +21,7 @@ from agent.artifacts import layout as artifacts
 from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError, Layout
 from agent.artifacts.objectstore import ObjectStore
 from agent.artifacts.registry import Registry
-from agent.artifacts.shared import DirectoryStore, open_shared
+from agent.artifacts.shared import DirectoryStore, local_copy, open_shared
 from agent.config import load_config
 from agent.store import AuditKind, Store, VersionStatus
 
@@ -291,3 +291,21 @@ def test_a_plain_directory_root_does_not_import_fsspec(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_serving_node_gets_a_verified_local_copy_and_judges_nothing(
+    sqlite_store: Store, tmp_path: Path, url: str
+) -> None:
+    a = _host(sqlite_store, tmp_path, "a", url)
+    _publish(a, tmp_path, "v1")
+    _publish(a, tmp_path, "v2")
+    cache, shared = Layout(tmp_path / "serve-host"), ObjectStore(url)
+    rows = {v: sqlite_store.versions.get(v) for v in ("v1", "v2")}
+    art = local_copy(cache, shared, "v1", expected_sha256=rows["v1"].sha256)
+    assert art.path == cache.versions / "v1" and local_copy(cache, shared, "v1", expected_sha256=art.sha256) == art
+    _tamper(url, "v2")
+    with pytest.raises(ArtifactCorruptError, match="adapter.safetensors"):
+        local_copy(cache, shared, "v2", expected_sha256=rows["v2"].sha256)
+    assert shared.version_ids() == ["v1", "v2"]  # left where it is: the leader judges it
+    assert sqlite_store.versions.get("v2").status is VersionStatus.CANDIDATE
+    assert artifacts.version_ids_on_disk(cache) == ["v1"]
