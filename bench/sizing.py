@@ -167,6 +167,12 @@ def measure_daemon(
                 ("evaluate job (champion)", lambda: jobs.evaluate_champion(rt)),
                 ("housekeeping job", lambda: jobs.housekeeping(rt)),
             ]
+            steps_to_measure.append((  # what the model trainer's observer writes per reported step (not the stand-in)
+                "train_loss sample (per step)",
+                lambda: rt.store.metrics.record(
+                    "train_loss", 0.5, source="trainer", labels={"cycle": "1", "step": "1", "of": "60"}
+                ),
+            ))
             for what, step in steps_to_measure:
                 step()  # once to warm caches (the first run of a job may create rows)
                 with counter.measure(what) as count:
