@@ -312,8 +312,8 @@ def install(
     files, recorded, metadata = parse_manifest(manifest, version_id, where=where)
     if expected_sha256 is not None and recorded != expected_sha256:
         raise ArtifactCorruptError(
-            f"version {version_id!r}: the manifest in {where} has digest {recorded[:12]}…, the version was "
-            f"registered with {expected_sha256[:12]}…: {_ALTERED}"
+            f"version {version_id!r}: the manifest in {where} has digest {recorded[:12]}…, which differs from the "
+            f"registered {expected_sha256[:12]}…: {_ALTERED}"
         )
     layout.ensure()
     tmp = layout.versions / f"{TMP_PREFIX}{version_id}-{secrets.token_hex(4)}"

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agent.artifacts import ArtifactCorruptError, ArtifactMissingError, Layout
-from agent.artifacts.layout import Artifact, publish, verify
+from agent.artifacts import ArtifactCorruptError, ArtifactMissingError, DirectoryStore, Layout, SharedStore
+from agent.artifacts.layout import Artifact, verify
 from agent.serve.engine import Delta, Event, Finished, Handle, Sampling, Served
 from agent.serve.errors import BadRequest, EngineUnavailable, PayloadTooLarge, QueueFull
 from agent.serve.follower import BASE_VERSION
@@ -34,22 +34,16 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[str, str], Artifact]
 
 
-def fetch_from(shared: Layout, cache: Layout) -> Fetch:
-    """A :data:`Fetch` from the shared artifact store (``[artifacts] root``): a serving replica on a host of its own
-    copies the champion into ``<state_dir>/versions`` once. It only reads the shared copy and never judges it: a
-    bad one is refused like any version that does not load (the leader judges it)."""
+def fetch_from(shared: SharedStore | Layout, cache: Layout) -> Fetch:
+    """A :data:`Fetch` from the shared artifact store (``[artifacts] root``, a directory or an object-store URL:
+    :func:`agent.artifacts.open_shared`): a serving replica on a host of its own copies the champion into
+    ``<state_dir>/versions`` once, every file checked against the manifest before the copy is renamed into place
+    (another process of this host installing it first is fine). It only reads the shared copy and never judges it:
+    a bad one is refused like any version that does not load (the leader judges it)."""
+    store = DirectoryStore(shared) if isinstance(shared, Layout) else shared
 
     def fetch(version_id: str, sha256: str) -> Artifact:
-        source = verify(shared, version_id)
-        if source.sha256 != sha256:
-            raise ArtifactCorruptError(
-                f"version {version_id!r}: shared artifact digest {source.sha256[:12]}… differs from the registered "
-                f"{sha256[:12]}…"
-            )
-        try:
-            return publish(cache, version_id, source.path, metadata=source.metadata)
-        except OSError:  # another process of this host installed it meanwhile (the rename found it there)
-            return verify(cache, version_id)
+        return store.fetch(version_id, cache, expected_sha256=sha256)
 
     return fetch
 

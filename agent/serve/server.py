@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from agent.artifacts import Layout
+from agent.artifacts import Layout, open_shared
 from agent.clock import Clock, SystemClock
 from agent.config import QthaConfig
 from agent.logs import configure_logging
@@ -170,7 +170,7 @@ def run_serve(config: QthaConfig, *, load: Loader | None = None) -> int:
                     max_tokens=config.serve.max_tokens,
                 ),
                 simulator=config.quantum.backend,
-                fetch=None if root is None else fetch_from(Layout(root), layout),
+                fetch=None if root is None else fetch_from(open_shared(root), layout),
             )
         parts = build_parts(config, store=store, load=load)
         process = ServeProcess.create(parts, host=config.serve.host, port=config.serve.port)

@@ -48,11 +48,15 @@ def test_another_process_installing_it_first_is_fine(
 ) -> None:
     shared, cache, sha = stores
     fetch = fetch_from(shared, cache)
-    import agent.serve.loader as loader
+    import agent.artifacts.layout as layout
 
-    def racing_publish(layout: Layout, version_id: str, source: Path, **kw: object):  # type: ignore[no-untyped-def]
-        publish(layout, version_id, source, **kw)  # the other process wins the rename
-        raise OSError(39, "Directory not empty")
+    real_seal = layout._seal
 
-    monkeypatch.setattr(loader, "publish", racing_publish)
+    def racing_seal(into: Layout, tmp: Path, target: Path, manifest: bytes) -> None:
+        monkeypatch.setattr(layout, "_seal", real_seal)  # the other process seals as usual...
+        publish(into, "v1", shared.version_dir("v1"))  # ...and wins the rename
+        real_seal(into, tmp, target, manifest)
+
+    monkeypatch.setattr(layout, "_seal", racing_seal)
     assert fetch("v1", sha).sha256 == sha
+    assert [p.name for p in cache.versions.iterdir()] == ["v1"]  # our temporary copy is gone
