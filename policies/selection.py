@@ -245,7 +245,7 @@ def _choose(
         elif gate.action is not Action.REJECT and chosen is not None:
             how = "passed" if gate.action is Action.PROMOTE else "was held by"
             why = (
-                f"{how} the corrected gate, but {candidates[chosen].version} was chosen "
+                f"{how} the {'corrected ' if compared else ''}gate, but {candidates[chosen].version} was chosen "
                 f"({_gain_text(gains[chosen], compared)} against {_gain_text(gains[i], compared)}); at most one "
                 "candidate is promoted"
             )
