@@ -89,6 +89,10 @@ def test_three_candidates_train_at_once_and_at_most_one_is_promoted(store: Store
     [selection] = [d for d in decisions if d.kind == "selection"]
     assert selection.action == "promote" and selection.evidence["correction"] == "holm"
     assert selection.evidence["winner"] == champion and len(selection.evidence["candidates"]) == 3
+    # The console's card of the cycle shows the chosen candidate's promotion decision, whatever the order recorded.
+    from agent.console.view import load_cycle
+
+    assert load_cycle(store, cycle.id).promotion.evidence["candidate"] == champion  # type: ignore[union-attr]
     # Each trained in its own directory inside the cycle's.
     workdir = state_dir / "cycles" / str(cycle.id)
     assert (workdir / "recipe.json").exists() and (workdir / "candidate-3" / "recipe.json").exists()
