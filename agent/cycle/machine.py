@@ -386,7 +386,9 @@ class CycleRunner:
         trained = [c for c in candidates if c.state is CandidateState.TRAINED]
         if not trained:
             failures = "; ".join(f"{c.slot}: {c.outcome}" for c in candidates)
-            return self._advance(cycle, CycleState.FAILED, error=f"all {len(candidates)} candidates failed: {failures}")
+            return self._advance(
+                cycle, CycleState.FAILED, error=f"all {len(candidates)} candidates failed: {failures}"[:8000]
+            )
         return self._advance(cycle, CycleState.VALIDATE, candidate_id=trained[0].version_id)
 
     def _candidate(self, cycle: Cycle, slot: int, state: CandidateState, **fields: Any) -> None:
@@ -453,7 +455,8 @@ class CycleRunner:
                 self._candidate(cycle, candidate.slot, CandidateState.FAILED,
                                 outcome=f"evaluation failed: {type(result).__name__}: {result}")
         if not judged:
-            return self._advance(cycle, CycleState.FAILED, error=f"none of the {len(candidates)} candidates could be judged")
+            why = "; ".join(f"{c.slot}: {c.outcome}" for c in self.store.candidates.of_cycle(cycle.id))
+            return self._advance(cycle, CycleState.FAILED, error=f"no candidate could be judged: {why}"[:8000])
         selection = self.selector([e for _c, e in judged], champ_eval, self.store.clock.now())
         verdicts = {v.version: v for v in selection.verdicts}
         for candidate, cand_eval in judged:
@@ -477,7 +480,7 @@ class CycleRunner:
             evidence=json.loads(json.dumps(dict(selection.decision.evidence), default=str)),
             cycle_id=cycle.id,
         )
-        action, summary = str(selection.decision.action), _summary(selection.decision)
+        action, summary = str(selection.decision.action), _summary(selection.decision)[:3900]  # a 4096-char column
         if action == "promote":
             after = CycleState.CANARY if self.canary is not None else CycleState.PROMOTE
             return self._advance(
