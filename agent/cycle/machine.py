@@ -436,6 +436,8 @@ class CycleRunner:
                 loaded.append((candidate, self.registry.load(candidate.version_id).path))
             except (ArtifactNotHereError, ArtifactCorruptError, ArtifactMissingError) as exc:
                 self._candidate(cycle, candidate.slot, CandidateState.FAILED, outcome=f"artifact refused: {exc}")
+        if not loaded:
+            return self._unjudged(cycle)
         results = fan_out(
             [None, *loaded],
             lambda item: self._evaluate_champion() if item is None else self.trainer.evaluate(
@@ -455,8 +457,7 @@ class CycleRunner:
                 self._candidate(cycle, candidate.slot, CandidateState.FAILED,
                                 outcome=f"evaluation failed: {type(result).__name__}: {result}")
         if not judged:
-            why = "; ".join(f"{c.slot}: {c.outcome}" for c in self.store.candidates.of_cycle(cycle.id))
-            return self._advance(cycle, CycleState.FAILED, error=f"no candidate could be judged: {why}"[:8000])
+            return self._unjudged(cycle)
         selection = self.selector([e for _c, e in judged], champ_eval, self.store.clock.now())
         verdicts = {v.version: v for v in selection.verdicts}
         for candidate, cand_eval in judged:
@@ -491,6 +492,10 @@ class CycleRunner:
                 cycle, CycleState.HELD, candidate_id=selection.winner, outcome=f"held for an operator: {summary}"
             )
         return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {summary}")
+
+    def _unjudged(self, cycle: Cycle) -> Cycle:
+        why = "; ".join(f"{c.slot}: {c.outcome}" for c in self.store.candidates.of_cycle(cycle.id))
+        return self._advance(cycle, CycleState.FAILED, error=f"no candidate could be judged: {why}"[:8000])
 
     def _canary(self, cycle: Cycle) -> Cycle:
         assert cycle.candidate_id is not None and self.canary is not None

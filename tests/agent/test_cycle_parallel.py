@@ -158,3 +158,22 @@ def test_several_candidates_need_a_selector(store: Store, state_dir: Path) -> No
     with pytest.raises(ValueError, match="selector"):
         runner.run(trigger_reasons=["t"], recipe=standin_recipe(), more=_more(standin_recipe(seed=1)))
     assert store.cycles.list() == []
+
+
+def test_fan_out_runs_at_once_and_the_most_serious_stop_wins() -> None:
+    from agent.cycle.parallel import cycle_stopper, fan_out
+    from agent.store import StaleEpochError
+
+    barrier = threading.Barrier(3, timeout=30)
+
+    def work(i: int) -> int:
+        barrier.wait()  # breaks (an error, not a hang) unless all three run at the same time
+        if i == 1:
+            raise CycleInterrupted("stop")
+        if i == 2:
+            raise StaleEpochError("lease lost")
+        return i
+
+    results = fan_out([0, 1, 2], work, name="t")
+    assert results[0] == 0 and isinstance(results[1], CycleInterrupted) and isinstance(results[2], StaleEpochError)
+    assert cycle_stopper(results) is results[2] and cycle_stopper([0, RuntimeError("one candidate")]) is None
