@@ -376,6 +376,10 @@ class CycleRunner:
         for candidate, result in zip(pending, results, strict=True):
             if isinstance(result, str):
                 self._candidate(cycle, candidate.slot, CandidateState.TRAINED, version_id=result)
+            elif isinstance(result, DataRefusedError):  # a verdict on the recipe's data: it gained nothing, at a cost
+                evidence = {"gain": 0.0, "sampling_cpu_s": float(result.metrics.get("si_sampling_cpu_s", 0.0))}
+                self._candidate(cycle, candidate.slot, CandidateState.REJECTED, outcome=f"rejected: {result}",
+                                evidence=evidence)
             elif not isinstance(result, CycleInterrupted):  # interrupted: still planned, trains on resume
                 log.warning("cycle %s candidate %s failed to train: %s", cycle.id, candidate.slot, result)
                 self._candidate(cycle, candidate.slot, CandidateState.FAILED,
@@ -386,6 +390,8 @@ class CycleRunner:
         trained = [c for c in candidates if c.state is CandidateState.TRAINED]
         if not trained:
             failures = "; ".join(f"{c.slot}: {c.outcome}" for c in candidates)
+            if all(c.state is CandidateState.REJECTED for c in candidates):  # every round's data was refused
+                return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {failures}"[:3900])
             return self._advance(
                 cycle, CycleState.FAILED, error=f"all {len(candidates)} candidates failed: {failures}"[:8000]
             )

@@ -182,9 +182,12 @@ def candidates_of(store: Store, cycle: Cycle) -> list[CycleCandidate]:
 
 
 def candidate_spend(store: Store, candidate: CycleCandidate) -> policies.Spend:
-    """What one of several candidates of a cycle cost: the CPU-seconds its training measured, else its plan's."""
+    """What one of several candidates of a cycle cost: the CPU-seconds its training measured (or, when its
+    self-improvement data was refused before training, its sampling's), else its plan's."""
     planned = CyclePlan.from_dict(candidate.plan).planned
     measured = _trained_cpu_s(store, candidate.version_id)
+    if measured is None and isinstance(candidate.evidence.get("sampling_cpu_s"), int | float):
+        measured = float(candidate.evidence["sampling_cpu_s"])
     return planned if measured is None else dataclasses.replace(planned, cpu_seconds=measured)
 
 

@@ -116,6 +116,30 @@ def test_a_failed_candidate_is_recorded_and_the_others_are_judged(store: Store, 
     assert failed.version_id is None and chosen.state is CandidateState.CHOSEN
 
 
+def test_a_refused_self_improvement_round_is_that_candidates_verdict(store: Store, state_dir: Path) -> None:
+    from agent.cycle.trainer import DataRefusedError
+
+    _champion(store, state_dir)
+    metrics = {"si_drawn": 8, "si_verified": 0, "si_used": 0, "si_prompts": 4, "si_pass_at_k": 0.0,
+               "si_distinct3": 0.1, "si_sampling_cpu_s": 12.0}
+
+    class RefusesSeed5(StandinTrainer):
+        def train(self, recipe: policies.Recipe, *args: Any, **kwargs: Any) -> Any:
+            if recipe.seed == 5:
+                raise DataRefusedError("nothing verified: collapse", metrics)
+            return super().train(recipe, *args, **kwargs)
+
+    cycle = _runner(store, state_dir, RefusesSeed5(task_seed=1, slots=2)).run(
+        trigger_reasons=["test"], recipe=standin_recipe(seed=5), more=_more(standin_recipe(steps=40))
+    )
+    assert cycle.state is CycleState.PROMOTED and cycle.candidate_id == "c000002-2"
+    refused = store.candidates.of_cycle(cycle.id)[0]
+    assert refused.state is CandidateState.REJECTED and "collapse" in (refused.outcome or "")
+    assert dict(refused.evidence) == {"gain": 0.0, "sampling_cpu_s": 12.0}  # told to the learner: no gain, at a cost
+    [stop] = store.decisions.list(kind="self-improve", cycle_id=cycle.id)
+    assert stop.action == "stop"
+
+
 def test_all_candidates_failing_fails_the_cycle_with_each_reason(store: Store, state_dir: Path) -> None:
     class Fails(StandinTrainer):
         def train(self, *args: Any, **kwargs: Any) -> Any:
