@@ -135,6 +135,15 @@ class ClusterConfig(_Section):
     max_retries: int = Field(
         default=2, ge=0, le=100, description="How often Ray reruns a task whose worker node was lost."
     )
+    parallel_candidates: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Most candidate recipes one cycle trains at once, 1-16 (each a learner trial and a Ray task of "
+        "num_cpus CPUs). A cycle trains as many as the cluster's free CPUs and today's budget allow, up to this; "
+        "the gate compares each with the champion under Holm's correction and promotes at most one. Local child "
+        "processes train one at a time, so without an address this stays 1 in effect.",
+    )
 
 
 class MetricsConfig(_Section):

@@ -28,7 +28,7 @@ import numpy as np
 from .decision import Action, Decision, PolicyInputError, Reason, ReasonKind, require_aware
 from .records import Evaluation
 
-__all__ = ["PromotionConfig", "decide_promotion", "paired_bootstrap_lcb"]
+__all__ = ["PromotionConfig", "decide_promotion", "paired_bootstrap_lcb", "paired_bootstrap_p"]
 
 _F, _S, _N = ReasonKind.FIRED, ReasonKind.SUPPRESSED, ReasonKind.NOTE
 
@@ -87,9 +87,40 @@ def paired_bootstrap_lcb(
         >>> paired_bootstrap_lcb(np.full(10, 0.1))
         0.1
     """
+    diffs = _differences(differences)
+    means = _bootstrap_means(diffs, n_resamples, seed)
+    # Identical differences must give exactly their value, not a sum's rounding of it.
+    if np.all(diffs == diffs[0]):
+        return float(diffs[0])
+    return float(np.quantile(means, 1.0 - confidence, method="lower"))
+
+
+def paired_bootstrap_p(differences: np.ndarray, *, n_resamples: int = 2000, seed: int = 0) -> float:
+    """One-sided bootstrap p-value of "no gain": the share of resampled means of the paired differences that
+    are at most zero (the same resamples as :func:`paired_bootstrap_lcb` with the same seed, so the bound at
+    confidence ``1 - a`` is above zero about exactly when this is below ``a``). Multiple-comparison corrections
+    rank candidates by it (:func:`policies.select_candidate`).
+
+    Example:
+        >>> paired_bootstrap_p(np.full(10, 0.1)), paired_bootstrap_p(np.zeros(10))
+        (0.0, 1.0)
+    """
+    diffs = _differences(differences)
+    if np.all(diffs == diffs[0]):  # no sampling variation: certain either way
+        return 0.0 if diffs[0] > 0 else 1.0
+    means = _bootstrap_means(diffs, n_resamples, seed)
+    return float(np.count_nonzero(means <= 0.0) / n_resamples)
+
+
+def _differences(differences: np.ndarray) -> np.ndarray:
     diffs = np.asarray(differences, dtype=np.float64)
     if diffs.ndim != 1 or diffs.size == 0:
         raise PolicyInputError(f"need a non-empty 1-D array of differences, got shape {diffs.shape}")
+    return diffs
+
+
+def _bootstrap_means(diffs: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """``n_resamples`` means of ``diffs`` resampled with replacement by ``numpy.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples)
     chunk = max(1, 2_000_000 // diffs.size)  # bound memory to ~16 MB of indices at a time
@@ -97,10 +128,7 @@ def paired_bootstrap_lcb(
         stop = min(n_resamples, start + chunk)
         idx = rng.integers(0, diffs.size, size=(stop - start, diffs.size))
         means[start:stop] = diffs[idx].mean(axis=1)
-    # Identical differences must give exactly their value, not a sum's rounding of it.
-    if np.all(diffs == diffs[0]):
-        return float(diffs[0])
-    return float(np.quantile(means, 1.0 - confidence, method="lower"))
+    return means
 
 
 def _paired(candidate: Evaluation, champion: Evaluation) -> tuple[list[str], np.ndarray, list[str]]:
@@ -243,7 +271,7 @@ def decide_promotion(
         Reason(
             "bootstrap_lcb",
             _F if significant else _S,
-            f"{config.confidence:.0%} lower bound of the mean gain {lcb:+.4g} {'>' if significant else '<='} 0",
+            f"{_percent(config.confidence)} lower bound of the mean gain {lcb:+.4g} {'>' if significant else '<='} 0",
         )
     )
     slices_ok, small, slice_evidence = _slice_checks(diffs, slices, config, reasons)
@@ -258,3 +286,9 @@ def decide_promotion(
     else:
         action = Action.PROMOTE
     return Decision("promotion", action, now, tuple(reasons), evidence)
+
+
+def _percent(share: float) -> str:
+    """``0.95`` as ``95%``; a corrected level such as ``1 - 0.05/3`` as ``98.33%`` rather than a rounded ``98%``."""
+    whole = f"{share:.0%}"
+    return whole if abs(round(share * 100) - share * 100) < 1e-9 else f"{share:.2%}"

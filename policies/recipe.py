@@ -54,6 +54,7 @@ __all__ = [
     "RecipeProposal",
     "SearchSpace",
     "propose_recipe",
+    "propose_recipes",
     "record_operator_recipe",
     "record_recipe_outcome",
     "withdraw_proposal",
@@ -152,7 +153,7 @@ def study_name_for(config: RecipeConfig) -> str:
     return f"{config.study_name}-{space_fingerprint(config.space)}"
 
 
-def _load_study(storage: Any, config: RecipeConfig, seed: int) -> optuna.Study:
+def _load_study(storage: Any, config: RecipeConfig, seed: int, *, parallel: bool = False) -> optuna.Study:
     name = study_name_for(config)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -167,6 +168,8 @@ def _load_study(storage: Any, config: RecipeConfig, seed: int) -> optuna.Study:
             multivariate=True,
             group=True,
             n_startup_trials=config.startup_trials,
+            # Several trials asked at once: count the running ones as poor results, so they are not repeated.
+            constant_liar=parallel,
         )
     return study
 
@@ -207,8 +210,38 @@ def propose_recipe(
         The proposal; its estimated spend never exceeds ``budget_left``. Trials left running by an earlier
         proposal whose outcome was never recorded (a crashed cycle) are marked failed first.
     """
+    return propose_recipes(budget_left, count=1, now=now, storage=storage, config=config, seed=seed)[0]
+
+
+def propose_recipes(
+    budget_left: Spend,
+    *,
+    count: int,
+    now: datetime,
+    storage: Any,
+    config: RecipeConfig = RecipeConfig(),
+    seed: int = 0,
+) -> tuple[RecipeProposal, ...]:
+    """Proposes up to ``count`` recipes for candidates trained at once in one cycle (one trial each).
+
+    The first is :func:`propose_recipe`'s. Each further one is asked from the same study while the earlier trials
+    still run; with more than one, TPE's constant liar counts the running trials as poor results, so the next
+    proposal looks elsewhere instead of repeating them. Together the proposals' estimates fit ``budget_left``:
+    a further proposal must fit what the earlier ones left, and the first that finds nothing affordable in
+    ``max_asks`` asks ends the list (no cheapest-recipe fallback: a second copy of the cheapest recipe would
+    spend a slot on a duplicate).
+
+    Returns:
+        One to ``count`` proposals; only the first can be a ``skip`` (then it is the only one). Every proposed
+        trial awaits its outcome (:func:`record_recipe_outcome`), whether its candidate wins or not.
+
+    Raises:
+        PolicyInputError: ``count`` is below 1.
+    """
     require_aware("now", now)
-    study = _load_study(storage, config, seed)
+    if count < 1:
+        raise PolicyInputError(f"propose_recipes count = {count}; ask for at least one recipe")
+    study = _load_study(storage, config, seed, parallel=count > 1)
     reasons: list[Reason] = []
     trials = study.get_trials(deepcopy=False)
     abandoned = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
@@ -223,8 +256,47 @@ def propose_recipe(
     if complete:
         leader = max(complete, key=lambda t: (t.value, -t.number))
         evidence |= {"best_score": leader.value, "best_trial": leader.number}
+    first = _first_proposal(study, bool(trials), budget_left, now, reasons, evidence, complete, config)
+    proposals = [first]
+    left = budget_left
+    while first.estimate is not None and len(proposals) < count:
+        left = _minus(left, proposals[-1].estimate.spend)  # type: ignore[union-attr]  # PROPOSE has an estimate
+        more = _another(study, left, now, len(proposals) + 1, count, complete, evidence, config)
+        if more is None:
+            break
+        proposals.append(more)
+    return tuple(proposals)
 
-    if not trials:
+
+def _minus(left: Spend, used: Spend) -> Spend:
+    return Spend(
+        max(0.0, left.cpu_seconds - used.cpu_seconds), max(0, left.shots - used.shots), max(0.0, left.money - used.money)
+    )
+
+
+def _learned(complete: list[optuna.trial.FrozenTrial], evidence: dict[str, Any], config: RecipeConfig) -> Reason:
+    phase = "random exploration" if len(complete) < config.startup_trials else "TPE model"
+    best = (
+        f"; best score so far {evidence['best_score']:.4g} (trial {evidence['best_trial']})"
+        if complete
+        else ""
+    )
+    return Reason(
+        "learned", _F, f"{phase} after {len(complete)} completed cycles (startup {config.startup_trials}){best}"
+    )
+
+
+def _first_proposal(
+    study: optuna.Study,
+    had_trials: bool,
+    budget_left: Spend,
+    now: datetime,
+    reasons: list[Reason],
+    evidence: dict[str, Any],
+    complete: list[optuna.trial.FrozenTrial],
+    config: RecipeConfig,
+) -> RecipeProposal:
+    if not had_trials:
         recipe, changes = cold_start(config.space, config.cold_start, budget_left, config.cost_model)
         if recipe is not None:
             study.enqueue_trial(recipe_params(recipe))
@@ -257,19 +329,7 @@ def propose_recipe(
                 reasons.append(
                     Reason("over_budget_discarded", _N, f"{rejected} proposals exceeded the budget")
                 )
-            phase = "random exploration" if len(complete) < config.startup_trials else "TPE model"
-            best = (
-                f"; best score so far {evidence['best_score']:.4g} (trial {evidence['best_trial']})"
-                if complete
-                else ""
-            )
-            reasons.append(
-                Reason(
-                    "learned",
-                    _F,
-                    f"{phase} after {len(complete)} completed cycles (startup {config.startup_trials}){best}",
-                )
-            )
+            reasons.append(_learned(complete, evidence, config))
             return _proposed(study, trial, recipe, budget_left, now, reasons, evidence, config)
         _fail(study, trial, "over budget")
         rejected += 1
@@ -290,6 +350,42 @@ def propose_recipe(
         Reason("fallback_cheapest", _F, "the cheapest recipe of the space (smallest sizes, fewest steps)")
     )
     return _proposed(study, trial, fallback[0], budget_left, now, reasons, evidence, config)
+
+
+def _another(
+    study: optuna.Study,
+    left: Spend,
+    now: datetime,
+    slot: int,
+    count: int,
+    complete: list[optuna.trial.FrozenTrial],
+    history: dict[str, Any],
+    config: RecipeConfig,
+) -> RecipeProposal | None:
+    """The ``slot``-th proposal of one cycle, fitting what the earlier ones ``left``; ``None`` when none does."""
+    evidence: dict[str, Any] = {
+        "budget_left": left,
+        "completed_trials": len(complete),
+        **{k: history[k] for k in ("best_score", "best_trial") if k in history},
+        "slot": slot,
+    }
+    for rejected in range(config.max_asks):
+        trial = study.ask()
+        recipe = suggest_recipe(trial, config.space)
+        estimate = estimate_in(config.space, recipe, config.cost_model)
+        if estimate.spend.fits_within(left):
+            reasons = [
+                Reason(
+                    "parallel_candidate",
+                    _N,
+                    f"candidate {slot} of up to {count} trained at once, asked while the earlier ones' trials run"
+                    + (f"; {rejected} proposals exceeded what they left of the budget" if rejected else ""),
+                ),
+                _learned(complete, evidence, config),
+            ]
+            return _proposed(study, trial, recipe, left, now, reasons, evidence, config)
+        _fail(study, trial, "over budget")
+    return None
 
 
 def _proposed(

@@ -89,6 +89,13 @@ class RayTrainer:
         log.info("%s ran on Ray node %s", kind, node[:12])
         return result
 
+    def free_slots(self) -> int:
+        """How many tasks of ``num_cpus`` CPUs the cluster could start now (its free CPUs over ``num_cpus``, at
+        least 1): what caps the candidates a cycle trains at once (``[cluster] parallel_candidates``; the cycle
+        calls :meth:`train` from one thread per candidate, each call one task)."""
+        free = float(self._ray().available_resources().get("CPU", 0.0))
+        return max(1, int(free // self.num_cpus))
+
     def train(
         self,
         recipe: policies.Recipe,

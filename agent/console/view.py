@@ -146,11 +146,11 @@ def load_console(
     versions = store.versions.list()
     by_id = {v.id: v for v in versions}
     cycles = store.cycles.list(limit=max_cycles)
-    promotions = {
-        d.cycle_id: d
-        for d in store.decisions.list(kind="promotion", limit=max_cycles * 2)
-        if d.cycle_id is not None
-    }
+    candidate_of = {c.id: c.candidate_id for c in cycles}
+    promotions: dict[int, DecisionRecord] = {}
+    for d in store.decisions.list(kind="promotion", limit=max_cycles * 2):
+        if d.cycle_id is not None and _of_candidate(d, candidate_of.get(d.cycle_id), promotions.get(d.cycle_id)):
+            promotions[d.cycle_id] = d
     since = None if signals_window is None else now - signals_window
     return ConsoleView(
         now=now,
@@ -177,7 +177,10 @@ def load_cycle(store: Store, cycle_id: int, *, sources: Sequence[SignalSource] |
     cycle = store.cycles.get(cycle_id)
     now = store.clock.now()
     own = store.decisions.list(cycle_id=cycle.id)
-    promotion = next((d for d in reversed(own) if d.kind == "promotion"), None)
+    promotion = None
+    for d in own:
+        if d.kind == "promotion" and _of_candidate(d, cycle.candidate_id, promotion):
+            promotion = d
     candidate = store.versions.find(cycle.candidate_id) if cycle.candidate_id else None
     series = read_series(store, sources if sources is not None else default_sources(), since=cycle.started_at)
     return CycleCard(
@@ -193,6 +196,15 @@ def load_cycle(store: Store, cycle_id: int, *, sources: Sequence[SignalSource] |
         canary_decisions=tuple(d for d in own if d.kind.startswith("canary")),
         now=now,
     )
+
+
+def _of_candidate(decision: DecisionRecord, candidate_id: str | None, kept: DecisionRecord | None) -> bool:
+    """Whether ``decision`` (a later promotion decision of the same cycle) replaces ``kept``: the newest one, except
+    that in a cycle with several candidates one about the cycle's own candidate is never replaced by another's."""
+    def mine(d: DecisionRecord) -> bool:
+        return d.evidence.get("candidate") == candidate_id
+
+    return kept is None or mine(decision) or not mine(kept)
 
 
 def cycle_exists(store: Store, cycle_id: int) -> bool:

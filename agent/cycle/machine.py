@@ -8,6 +8,11 @@ or closes it as FAILED with the reason once it has been interrupted too often �
 promotion itself closes the cycle in the same transaction as the champion CAS. A self-improvement round whose
 safeguards refuse its samples (collapse, nothing verified) goes TRAIN → REJECTED with the reason, no candidate.
 
+A cycle may train several candidates at once (``more`` in :meth:`CycleRunner.run`, see
+:mod:`agent.cycle.parallel`): each has its own slot, work directory and version id, trains in a thread of its
+own, and the injected selection gate judges all of them together and chooses at most one, which goes on to the
+canary and the promotion as a single candidate would. A cycle with one candidate runs exactly as before.
+
 Call :meth:`start`, :meth:`run` and :meth:`housekeeping` only while holding the leader lease.
 """
 
@@ -25,6 +30,7 @@ from typing import Any
 import policies
 from agent.artifacts.layout import ArtifactCorruptError, ArtifactMissingError, ArtifactNotHereError
 from agent.artifacts.registry import HousekeepingReport, Registry
+from agent.cycle.parallel import SelectionGate, cycle_stopper, fan_out, verdict_evidence
 from agent.cycle.plan import CyclePlan
 from agent.cycle.trainer import (
     CycleInterrupted,
@@ -37,10 +43,12 @@ from agent.cycle.trainer import (
     prune_checkpoints,
 )
 from agent.store import (
+    CandidateState,
     ChampionMovedError,
     ChampionPinnedError,
     ChampionState,
     Cycle,
+    CycleCandidate,
     CycleState,
     NotFoundError,
     StaleCycleError,
@@ -49,7 +57,7 @@ from agent.store import (
     VersionStateError,
 )
 
-__all__ = ["REPORT_FILE", "CycleRunner", "candidate_id_for"]
+__all__ = ["REPORT_FILE", "CycleRunner", "candidate_id_for", "candidate_workdir"]
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +66,24 @@ Event = Callable[[str, Mapping[str, Any]], None]
 Canary = Callable[[Cycle], str]
 
 
-_CANDIDATE_ID = re.compile(r"^c(\d{6,})$")
+_CANDIDATE_ID = re.compile(r"^c(\d{6,})(?:-\d+)?$")
 
 # A finished cycle's report (agent/console writes it) outlives the cycle's work files: housekeeping keeps it.
 REPORT_FILE = "report.html"
 
 
-def candidate_id_for(cycle_id: int) -> str:
-    """The version id a cycle's candidate gets (fixed, so a resumed cycle republishes under the same id)."""
-    return f"c{cycle_id:06d}"
+def candidate_id_for(cycle_id: int, slot: int = 1) -> str:
+    """The version id a cycle's candidate gets (fixed, so a resumed cycle republishes under the same id):
+    ``c000042`` for the first (the only one of most cycles), ``c000042-2``, ``c000042-3``, … for further candidates
+    trained at once."""
+    base = f"c{cycle_id:06d}"
+    return base if slot == 1 else f"{base}-{slot}"
+
+
+def candidate_workdir(cycle_workdir: Path, slot: int) -> Path:
+    """Where a candidate trains: the cycle's work directory for the first, ``candidate-<slot>/`` inside it for the
+    others (inside, so housekeeping keeps it while the cycle runs and clears it with the rest)."""
+    return cycle_workdir if slot == 1 else cycle_workdir / f"candidate-{slot}"
 
 
 def _no_event(_name: str, _fields: Mapping[str, Any]) -> None:
@@ -91,6 +108,8 @@ class CycleRunner:
         keep_last: retention for housekeeping (newest versions kept besides every champion).
         on_event: called with ``(name, fields)`` at every transition and checkpoint (logging, metrics, tests).
         canary: judges a candidate that passed the gate on live traffic before it is promoted (None: no canary).
+        selector: judges the candidates of a cycle that trains several at once, with a correction for the
+            multiple comparisons, and chooses at most one (needed only for such cycles).
     """
 
     def __init__(
@@ -105,6 +124,7 @@ class CycleRunner:
         keep_last: int = 5,
         on_event: Event | None = None,
         canary: Canary | None = None,
+        selector: SelectionGate | None = None,
     ) -> None:
         self.registry = registry
         self.store: Store = registry.store
@@ -116,6 +136,7 @@ class CycleRunner:
         self.keep_last = keep_last
         self._event = on_event or _no_event
         self.canary = canary
+        self.selector = selector
 
     # -- entry points ------------------------------------------------------------------------------------------
 
@@ -147,19 +168,34 @@ class CycleRunner:
         return adopted
 
     def run(
-        self, *, trigger_reasons: Sequence[str], recipe: policies.Recipe, plan: CyclePlan | None = None
+        self,
+        *,
+        trigger_reasons: Sequence[str],
+        recipe: policies.Recipe,
+        plan: CyclePlan | None = None,
+        more: Sequence[tuple[policies.Recipe, CyclePlan]] = (),
     ) -> Cycle:
         """Runs one new cycle to its end and returns it (terminal, or non-terminal if interrupted).
 
+        Args:
+            recipe, plan: the cycle's candidate (the first, when there are several).
+            more: further candidates trained at the same time (each one's recipe and plan, e.g. another trial of
+                the learner); the cycle's plan then reserves the planned spend of all of them.
+
         Raises:
             CycleAlreadyRunningError: another cycle is not finished.
+            ValueError: several candidates but no selector to judge them together.
         """
+        plan = plan or CyclePlan()
+        if more and self.selector is None:
+            raise ValueError("a cycle with several candidates needs a selector (CycleRunner(selector=...))")
         cycle = self.store.cycles.begin(
             owner=self.owner,
             trigger_reasons=trigger_reasons,
             recipe=recipe.to_dict(),
-            plan=(plan or CyclePlan()).to_dict(),
+            plan=plan.reserving([p for _, p in more]).to_dict(),
             backend=recipe.backend,
+            candidates=[(r.to_dict(), p.to_dict()) for r, p in [(recipe, plan), *more]] if more else (),
         )
         self._event("begin", {"cycle": cycle.id})
         return self.resume(cycle)
@@ -217,7 +253,8 @@ class CycleRunner:
             for workdir in self.workdirs.iterdir():
                 if self._cycle_running(workdir.name):
                     if include_active:
-                        prune_checkpoints(workdir)
+                        for candidate in (workdir, *workdir.glob("candidate-*")):
+                            prune_checkpoints(candidate)
                     continue
                 _clear_finished(workdir)
         return report
@@ -266,32 +303,50 @@ class CycleRunner:
         )
 
     def _plan(self, cycle: Cycle) -> Cycle:
-        workdir = self._workdir(cycle)
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "recipe.json").write_text(json.dumps(dict(cycle.recipe), sort_keys=True), encoding="utf-8")
+        recipes = [(1, cycle.recipe)] + [(c.slot, c.recipe) for c in self.store.candidates.of_cycle(cycle.id)[1:]]
+        for slot, recipe in recipes:
+            workdir = candidate_workdir(self._workdir(cycle), slot)
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "recipe.json").write_text(json.dumps(dict(recipe), sort_keys=True), encoding="utf-8")
         return self._advance(cycle, CycleState.TRAIN)
 
     def _train(self, cycle: Cycle) -> Cycle:
-        version_id = candidate_id_for(cycle.id)
+        candidates = self.store.candidates.of_cycle(cycle.id)
+        if candidates:
+            return self._train_all(cycle, candidates)
+        try:
+            version_id = self._train_candidate(cycle, 1, policies.Recipe.from_dict(cycle.recipe))
+        except DataRefusedError as exc:  # a safeguard refused the data (collapse): a verdict, not a crash
+            return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {exc}")
+        return self._advance(cycle, CycleState.VALIDATE, candidate_id=version_id)
+
+    def _train_candidate(self, cycle: Cycle, slot: int, recipe: policies.Recipe) -> str:
+        """Trains and publishes one candidate unless it is published already; returns its version id.
+
+        Raises:
+            DataRefusedError: a self-improvement safeguard refused the data (recorded in the decision log).
+        """
+        version_id = candidate_id_for(cycle.id, slot)
         if self.store.versions.find(version_id) is None:
-            workdir = self._workdir(cycle)
+            workdir = candidate_workdir(self._workdir(cycle), slot)
             workdir.mkdir(parents=True, exist_ok=True)
             resume_from = latest_checkpoint(workdir)
             parent_dir = self._parent_dir(cycle)
+            which = {"slot": slot} if slot > 1 else {}
             self._event(
-                "train", {"cycle": cycle.id, "resume_from": str(resume_from) if resume_from else None}
+                "train", {"cycle": cycle.id, **which, "resume_from": str(resume_from) if resume_from else None}
             )
             try:
                 outcome = self.trainer.train(
-                    policies.Recipe.from_dict(cycle.recipe),
+                    recipe,
                     workdir,
                     resume_from=resume_from,
                     parent_dir=parent_dir,
                     progress=lambda step, ckpt: self._progress(cycle, step, ckpt),
                 )
-            except DataRefusedError as exc:  # a safeguard refused the data (collapse): a verdict, not a crash
+            except DataRefusedError as exc:
                 self._record_self_improve(cycle, exc.metrics, stopped=str(exc))
-                return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {exc}")
+                raise
             self.registry.publish_candidate(
                 version_id,
                 outcome.artifact_dir,
@@ -305,9 +360,51 @@ class CycleRunner:
             if "si_drawn" in outcome.metrics:
                 self._record_self_improve(cycle, outcome.metrics)
             self._event("published", {"cycle": cycle.id, "version": version_id})
-        return self._advance(cycle, CycleState.VALIDATE, candidate_id=version_id)
+        return version_id
+
+    def _train_all(self, cycle: Cycle, candidates: list[CycleCandidate]) -> Cycle:
+        """Trains the candidates not trained yet at once; each that fails is recorded and the others go on."""
+        pending = [c for c in candidates if c.state is CandidateState.PLANNED]
+        results = fan_out(
+            pending,
+            lambda c: self._train_candidate(cycle, c.slot, policies.Recipe.from_dict(c.recipe)),
+            name=f"cycle-{cycle.id}-train",
+        )
+        stop = cycle_stopper(results)
+        if isinstance(stop, StaleCycleError | StaleEpochError):
+            raise stop  # not ours any more: write nothing
+        for candidate, result in zip(pending, results, strict=True):
+            if isinstance(result, str):
+                self._candidate(cycle, candidate.slot, CandidateState.TRAINED, version_id=result)
+            elif isinstance(result, DataRefusedError):  # a verdict on the recipe's data: it gained nothing, at a cost
+                evidence = {"gain": 0.0, "sampling_cpu_s": float(result.metrics.get("si_sampling_cpu_s", 0.0))}
+                self._candidate(cycle, candidate.slot, CandidateState.REJECTED, outcome=f"rejected: {result}",
+                                evidence=evidence)
+            elif not isinstance(result, CycleInterrupted):  # interrupted: still planned, trains on resume
+                log.warning("cycle %s candidate %s failed to train: %s", cycle.id, candidate.slot, result)
+                self._candidate(cycle, candidate.slot, CandidateState.FAILED,
+                                outcome=f"training failed: {type(result).__name__}: {result}")
+        if stop is not None:
+            raise stop
+        candidates = self.store.candidates.of_cycle(cycle.id)
+        trained = [c for c in candidates if c.state is CandidateState.TRAINED]
+        if not trained:
+            failures = "; ".join(f"{c.slot}: {c.outcome}" for c in candidates)
+            if all(c.state is CandidateState.REJECTED for c in candidates):  # every round's data was refused
+                return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {failures}"[:3900])
+            return self._advance(
+                cycle, CycleState.FAILED, error=f"all {len(candidates)} candidates failed: {failures}"[:8000]
+            )
+        return self._advance(cycle, CycleState.VALIDATE, candidate_id=trained[0].version_id)
+
+    def _candidate(self, cycle: Cycle, slot: int, state: CandidateState, **fields: Any) -> None:
+        self.store.candidates.update(cycle.id, slot, owner=self.owner, state=state, **fields)
+        self._event("candidate", {"cycle": cycle.id, "slot": slot, "state": str(state)})
 
     def _validate(self, cycle: Cycle) -> Cycle:
+        candidates = self.store.candidates.of_cycle(cycle.id)
+        if candidates:
+            return self._validate_all(cycle, candidates)
         assert cycle.candidate_id is not None  # set by the TRAIN → VALIDATE transition
         try:
             candidate = self.registry.load(cycle.candidate_id)
@@ -332,6 +429,79 @@ class CycleRunner:
             return self._advance(cycle, CycleState.HELD, outcome=f"held for an operator: {summary}")
         self.store.versions.reject(cycle.candidate_id, reason=summary)
         return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {summary}")
+
+    def _validate_all(self, cycle: Cycle, candidates: list[CycleCandidate]) -> Cycle:
+        """Evaluates every trained candidate and the champion at once, lets the selector choose at most one, and
+        rejects the others with its reasons."""
+        assert self.selector is not None  # run() refuses several candidates without one
+        loaded: list[tuple[CycleCandidate, Path]] = []
+        for candidate in candidates:
+            if candidate.state is CandidateState.FAILED or candidate.version_id is None:
+                continue
+            try:
+                loaded.append((candidate, self.registry.load(candidate.version_id).path))
+            except (ArtifactNotHereError, ArtifactCorruptError, ArtifactMissingError) as exc:
+                self._candidate(cycle, candidate.slot, CandidateState.FAILED, outcome=f"artifact refused: {exc}")
+        if not loaded:
+            return self._unjudged(cycle)
+        results = fan_out(
+            [None, *loaded],
+            lambda item: self._evaluate_champion() if item is None else self.trainer.evaluate(
+                item[1], version_id=item[0].version_id or ""
+            ),
+            name=f"cycle-{cycle.id}-evaluate",
+        )
+        stop = cycle_stopper(results) or (results[0] if isinstance(results[0], BaseException) else None)
+        if stop is not None:
+            raise stop  # interrupted, not ours any more, or the champion could not be scored: as with one candidate
+        champion, champ_eval = results[0]  # type: ignore[misc]
+        judged: list[tuple[CycleCandidate, EvalOutcome]] = []
+        for (candidate, _path), result in zip(loaded, results[1:], strict=True):
+            if isinstance(result, EvalOutcome):
+                judged.append((candidate, result))
+            else:
+                self._candidate(cycle, candidate.slot, CandidateState.FAILED,
+                                outcome=f"evaluation failed: {type(result).__name__}: {result}")
+        if not judged:
+            return self._unjudged(cycle)
+        selection = self.selector([e for _c, e in judged], champ_eval, self.store.clock.now())
+        verdicts = {v.version: v for v in selection.verdicts}
+        for candidate, cand_eval in judged:
+            verdict = verdicts[cand_eval.version_id]
+            self._record(cycle, verdict.decision, cand_eval, champ_eval)
+            self.store.versions.update_metrics(
+                cand_eval.version_id,
+                {f"eval_{k}": v for k, v in cand_eval.metrics.items()} | {"eval_mean": cand_eval.mean},
+            )
+            gain = cand_eval.mean - (champ_eval.mean if champ_eval is not None else 0.0)  # what the learner is told
+            evidence = {**verdict_evidence(verdict), "mean": cand_eval.mean, "gain": gain}
+            summary = _summary(verdict.decision)
+            if not verdict.chosen:
+                self.store.versions.reject(cand_eval.version_id, reason=summary)
+            state = CandidateState.CHOSEN if verdict.chosen else CandidateState.REJECTED
+            self._candidate(cycle, candidate.slot, state, outcome=summary, evidence=evidence)
+        self.store.decisions.record(
+            "selection",
+            str(selection.decision.action),
+            reasons=[_reason_json(r) for r in selection.decision.reasons],
+            evidence=json.loads(json.dumps(dict(selection.decision.evidence), default=str)),
+            cycle_id=cycle.id,
+        )
+        action, summary = str(selection.decision.action), _summary(selection.decision)[:3900]  # a 4096-char column
+        if action == "promote":
+            after = CycleState.CANARY if self.canary is not None else CycleState.PROMOTE
+            return self._advance(
+                cycle, after, candidate_id=selection.winner, champion_epoch_seen=champion.epoch, outcome=summary
+            )
+        if action == "hold":
+            return self._advance(
+                cycle, CycleState.HELD, candidate_id=selection.winner, outcome=f"held for an operator: {summary}"
+            )
+        return self._advance(cycle, CycleState.REJECTED, outcome=f"rejected: {summary}")
+
+    def _unjudged(self, cycle: Cycle) -> Cycle:
+        why = "; ".join(f"{c.slot}: {c.outcome}" for c in self.store.candidates.of_cycle(cycle.id))
+        return self._advance(cycle, CycleState.FAILED, error=f"no candidate could be judged: {why}"[:8000])
 
     def _canary(self, cycle: Cycle) -> Cycle:
         assert cycle.candidate_id is not None and self.canary is not None

@@ -35,6 +35,7 @@ __all__ = [
     "Trainer",
     "checkpoint_step",
     "latest_checkpoint",
+    "parallel_slots",
     "prune_checkpoints",
     "save_checkpoint",
 ]
@@ -163,6 +164,14 @@ class Trainer(Protocol):
         in the same window still see the same examples.
         """
         ...
+
+
+def parallel_slots(trainer: Trainer) -> int:
+    """How many ``train`` calls ``trainer`` can run at once right now: its ``free_slots()`` when it has one (a Ray
+    cluster: its free CPUs over the CPUs a task asks), else 1 (local child processes train one at a time, and a
+    trainer that says nothing is not assumed to be safe to call from several threads)."""
+    free_slots = getattr(trainer, "free_slots", None)
+    return max(1, int(free_slots())) if callable(free_slots) else 1
 
 
 class DecisionLike(Protocol):

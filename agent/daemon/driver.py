@@ -19,11 +19,11 @@ import policies
 from agent.artifacts.registry import HousekeepingReport
 from agent.console import write_report_quietly
 from agent.cycle.machine import CycleRunner
-from agent.cycle.trainer import CycleInterrupted, Trainer
+from agent.cycle.trainer import CycleInterrupted, Trainer, parallel_slots
 from agent.daemon.canary import run_canary
 from agent.daemon.commands import RUN_NOW_KEY
 from agent.daemon.decision_log import cycle_event_logger, record_decision
-from agent.daemon.gate import base_model_scores, make_gate
+from agent.daemon.gate import base_model_scores, make_gate, make_selector
 from agent.daemon.planner import Planner, RecipeOverrideError
 from agent.daemon.policy_inputs import (
     EVAL_METRIC,
@@ -75,6 +75,7 @@ class PolicyCycleDriver:
                 workdirs=rt.config.state_dir / "cycles",
                 on_event=cycle_event_logger(rt),
                 canary=functools.partial(run_canary, rt),
+                selector=make_selector(rt, baseline=lambda: base_model_scores(rt, self.trainer(rt))),
             )
             self._runner_epoch = epoch
         return self._runner
@@ -88,20 +89,31 @@ class PolicyCycleDriver:
             if decision.action is not policies.Action.RUN:
                 return
             try:
-                planned = self.planner.plan(rt, (run_now or {}).get("recipe"))
+                planned = self.planner.plan_candidates(
+                    rt, (run_now or {}).get("recipe"), count=self._parallel_candidates(rt)
+                )
             except RecipeOverrideError as exc:  # the CLI validates too; an old queued command may still be bad
                 rt.store.overrides.clear(RUN_NOW_KEY, actor=rt.replica, reason=f"cycle --now refused: {exc}")
                 rt.set_status(f"idle: {exc}")
                 return
             if planned is None:
                 return
-            recipe, plan = planned
+            (recipe, plan), *more = planned
             if run_now is not None:
                 rt.store.overrides.clear(RUN_NOW_KEY, actor=rt.replica, reason="cycle --now consumed")
             reasons = list(decision.codes(policies.ReasonKind.FIRED))
-            rt.set_status(f"cycle starting: {', '.join(reasons)}; recipe {_short(recipe)} ({plan.source})")
-            cycle = self.runner(rt).run(trigger_reasons=reasons, recipe=recipe, plan=plan)
+            what = f"recipe {_short(recipe)} ({plan.source})"
+            if more:
+                what = f"{1 + len(more)} candidates at once, recipes " + " | ".join(_short(r) for r, _ in planned)
+            rt.set_status(f"cycle starting: {', '.join(reasons)}; {what}")
+            cycle = self.runner(rt).run(trigger_reasons=reasons, recipe=recipe, plan=plan, more=more)
             self._finished(rt, cycle)
+
+    def _parallel_candidates(self, rt: Runtime) -> int:
+        """How many candidates the next cycle may train at once: ``[cluster] parallel_candidates``, capped by what
+        the trainer can run at once now (a Ray cluster's free CPUs); the budget may cap it further when planning."""
+        wanted = rt.config.cluster.parallel_candidates
+        return 1 if wanted == 1 else min(wanted, parallel_slots(self.trainer(rt)))
 
     def resume(self, rt: Runtime) -> None:
         with self._lock:

@@ -6,6 +6,10 @@ The cycle stores the typed :class:`policies.Recipe` and, apart from it, the :cla
 (where the recipe came from, what it was planned to cost). When the cycle ends, the learner is told exactly what
 ran: its own trial's outcome, or, for an operator's recipe, a trial of its own (the displaced proposal is withdrawn
 so it never gets an outcome that is not its own).
+
+A cycle may train several candidates at once (:meth:`Planner.plan_candidates`): the learner is asked that many
+trials, together within today's budget, and when the cycle ends every one of them is told its own candidate's
+outcome — the chosen one's, the rejected ones' and a failed one's alike.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from agent.daemon.decision_log import record_decision
 from agent.daemon.policy_inputs import (
     budget_per_day,
     calibrated_cost_model,
+    candidate_spend,
+    candidates_of,
     cold_start_recipe,
     cycle_records,
     cycle_spend,
@@ -30,7 +36,7 @@ from agent.daemon.policy_inputs import (
     run_settings,
 )
 from agent.daemon.runtime import Runtime
-from agent.store import Cycle, CycleState
+from agent.store import CandidateState, Cycle, CycleCandidate, CycleState
 
 __all__ = ["Planner", "RecipeOverrideError", "check_override"]
 
@@ -66,6 +72,19 @@ class Planner:
         Raises:
             RecipeOverrideError: ``overrides`` make an invalid recipe; the learner's proposal is withdrawn.
         """
+        planned = self.plan_candidates(rt, overrides, count=1)
+        return None if planned is None else planned[0]
+
+    def plan_candidates(
+        self, rt: Runtime, overrides: Mapping[str, Any] | None = None, *, count: int
+    ) -> list[tuple[policies.Recipe, CyclePlan]] | None:
+        """Up to ``count`` recipes and plans for candidates trained at once (fewer when the budget does not hold
+        more), or ``None`` when no recipe fits the budget (recorded). An operator's recipe and ``[recipe] learn =
+        false`` plan one candidate: there is nothing to search beside a recipe that was chosen.
+
+        Raises:
+            RecipeOverrideError: ``overrides`` make an invalid recipe; the learner's proposals are withdrawn.
+        """
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -76,30 +95,36 @@ class Planner:
         cost_model, calibration = calibrated_cost_model(rt.store)
         config = recipe_config(rt.config, cost_model)
         if not rt.config.recipe.learn:
-            return self._fixed_recipe(rt, config, left, calibration, overrides)
-        proposal = policies.propose_recipe(
-            left, now=now, storage=self.storage(rt), config=config, seed=rt.config.training.seed
+            fixed = self._fixed_recipe(rt, config, left, calibration, overrides)
+            return None if fixed is None else [fixed]
+        proposals = policies.propose_recipes(
+            left, count=1 if overrides else count, now=now, storage=self.storage(rt), config=config,
+            seed=rt.config.training.seed,
         )
-        record_decision(rt, proposal.decision)
-        rt.metrics.decision("recipe", str(proposal.decision.action))
-        if proposal.recipe is None or proposal.estimate is None or proposal.trial_number is None:
-            rt.set_status(f"idle: no recipe fits the budget ({', '.join(proposal.decision.codes())})")
-            return None
-        recipe = dataclasses.replace(proposal.recipe, **run_settings(rt.config))
-        spend = proposal.estimate.spend
-        plan = CyclePlan(
-            source=PlanSource.LEARNER,
-            trial=proposal.trial_number,
-            planned_cpu_s=spend.cpu_seconds,
-            planned_shots=spend.shots,
-            planned_money=spend.money,
-            cpu_calibration=calibration,  # the estimate's model was scaled by this (see policy_inputs.cpu_history)
-        )
+        planned = []
+        for proposal in proposals:
+            record_decision(rt, proposal.decision)
+            rt.metrics.decision("recipe", str(proposal.decision.action))
+            if proposal.recipe is None or proposal.estimate is None or proposal.trial_number is None:
+                rt.set_status(f"idle: no recipe fits the budget ({', '.join(proposal.decision.codes())})")
+                return None
+            recipe = dataclasses.replace(proposal.recipe, **run_settings(rt.config))
+            spend = proposal.estimate.spend
+            planned.append((recipe, CyclePlan(
+                source=PlanSource.LEARNER,
+                trial=proposal.trial_number,
+                planned_cpu_s=spend.cpu_seconds,
+                planned_shots=spend.shots,
+                planned_money=spend.money,
+                cpu_calibration=calibration,  # the estimate's model was scaled by this (see policy_inputs.cpu_history)
+            )))
         if not overrides:
-            return recipe, plan
+            return planned
         # The operator's recipe replaces the proposal: the proposal never runs, so it never gets an outcome.
-        policies.withdraw_proposal(proposal.trial_number, storage=self.storage(rt), config=config)
-        return _overridden(recipe, overrides), dataclasses.replace(plan, source=PlanSource.OPERATOR, trial=None)
+        [(recipe, plan)] = planned
+        assert plan.trial is not None  # a learner's proposal
+        policies.withdraw_proposal(plan.trial, storage=self.storage(rt), config=config)
+        return [(_overridden(recipe, overrides), dataclasses.replace(plan, source=PlanSource.OPERATOR, trial=None))]
 
     def _fixed_recipe(
         self,
@@ -127,7 +152,13 @@ class Planner:
         )
 
     def tell(self, rt: Runtime, cycle: Cycle) -> None:
-        """Tells the learner how the recipe that ran did (gain against the champion, the spend measured)."""
+        """Tells the learner how the recipe that ran did (gain against the champion, the spend measured); for a
+        cycle with several candidates, how each did."""
+        candidates = candidates_of(rt.store, cycle)
+        if candidates:
+            for candidate in candidates:
+                self._tell_candidate(rt, cycle, candidate)
+            return
         plan = CyclePlan.from_dict(cycle.plan)
         if plan.source is PlanSource.CONFIG or not cycle.recipe:
             return
@@ -154,6 +185,26 @@ class Planner:
                 log.info("recipe learner told cycle %s's operator recipe as trial %d", cycle.id, trial)
         except policies.PolicyInputError as exc:  # e.g. the trial was already told before a restart
             log.info("recipe learner not told about cycle %s: %s", cycle.id, exc)
+
+
+    def _tell_candidate(self, rt: Runtime, cycle: Cycle, candidate: CycleCandidate) -> None:
+        """One candidate's trial: its gain when it was judged (chosen or rejected), else failed."""
+        plan = CyclePlan.from_dict(candidate.plan)
+        if plan.trial is None:
+            return
+        gain = candidate.evidence.get("gain") if candidate.state in (CandidateState.CHOSEN, CandidateState.REJECTED) else None
+        outcome = policies.RecipeOutcome(
+            gain=None if gain is None else float(gain), spend=candidate_spend(rt.store, candidate)
+        )
+        try:
+            score = policies.record_recipe_outcome(
+                plan.trial, outcome, storage=self.storage(rt), config=recipe_config(rt.config)
+            )
+        except policies.PolicyInputError as exc:  # e.g. already told before a restart
+            log.info("recipe learner not told about cycle %s candidate %s: %s", cycle.id, candidate.slot, exc)
+            return
+        log.info("recipe learner told trial %d (cycle %s candidate %s, %s): %s", plan.trial, cycle.id,
+                 candidate.slot, candidate.state, "failed" if score is None else f"{score:.4g}")
 
 
 def check_override(config: QthaConfig, overrides: Mapping[str, Any]) -> policies.Recipe:

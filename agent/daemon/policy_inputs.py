@@ -19,10 +19,12 @@ import policies
 from agent.config import ConfigError, PolicyConfig, QthaConfig, short_repr
 from agent.cycle.plan import CyclePlan
 from agent.series import SERIES
-from agent.store import Cycle, CycleState, Store
+from agent.store import Cycle, CycleCandidate, CycleState, Store
 
 __all__ = [
     "OVERRIDE_PREFIX",
+    "candidate_spend",
+    "candidates_of",
     "cycle_outcome",
     "cycle_records",
     "data_refused",
@@ -164,9 +166,29 @@ def run_settings(config: QthaConfig) -> dict[str, int]:
 
 def measured_cpu_s(store: Store, cycle: Cycle) -> float | None:
     """The CPU-seconds a cycle's training measured (its candidate's ``train_cpu_s``), if it has one."""
-    version = store.versions.find(cycle.candidate_id) if cycle.candidate_id else None
+    return _trained_cpu_s(store, cycle.candidate_id)
+
+
+def _trained_cpu_s(store: Store, version_id: str | None) -> float | None:
+    version = store.versions.find(version_id) if version_id else None
     value = version.metrics.get("train_cpu_s") if version is not None else None
     return float(value) if isinstance(value, int | float) else None
+
+
+def candidates_of(store: Store, cycle: Cycle) -> list[CycleCandidate]:
+    """The candidates of a cycle that trains several at once, else ``[]`` (asked of the database only for such a
+    cycle: the budget reads hundreds of cycles every minute)."""
+    return store.candidates.of_cycle(cycle.id) if CyclePlan.from_dict(cycle.plan).candidates > 1 else []
+
+
+def candidate_spend(store: Store, candidate: CycleCandidate) -> policies.Spend:
+    """What one of several candidates of a cycle cost: the CPU-seconds its training measured (or, when its
+    self-improvement data was refused before training, its sampling's), else its plan's."""
+    planned = CyclePlan.from_dict(candidate.plan).planned
+    measured = _trained_cpu_s(store, candidate.version_id)
+    if measured is None and isinstance(candidate.evidence.get("sampling_cpu_s"), int | float):
+        measured = float(candidate.evidence["sampling_cpu_s"])
+    return planned if measured is None else dataclasses.replace(planned, cpu_seconds=measured)
 
 
 def cpu_history(store: Store, *, limit: int = 50) -> list[tuple[float, float]]:
@@ -177,10 +199,14 @@ def cpu_history(store: Store, *, limit: int = 50) -> list[tuple[float, float]]:
     """
     pairs = []
     for cycle in store.cycles.list(limit=limit):
-        plan = CyclePlan.from_dict(cycle.plan)
-        measured = measured_cpu_s(store, cycle)
-        if plan.planned_cpu_s > 0 and plan.cpu_calibration > 0 and measured is not None:
-            pairs.append((plan.planned_cpu_s / plan.cpu_calibration, measured))
+        # A cycle with several candidates gives one pair per candidate (each has its own plan and training).
+        candidates = candidates_of(store, cycle)
+        runs = [(c.plan, c.version_id) for c in reversed(candidates)] or [(cycle.plan, cycle.candidate_id)]
+        for stored, version_id in runs:
+            plan = CyclePlan.from_dict(stored)
+            measured = _trained_cpu_s(store, version_id)
+            if plan.planned_cpu_s > 0 and plan.cpu_calibration > 0 and measured is not None:
+                pairs.append((plan.planned_cpu_s / plan.cpu_calibration, measured))
     return list(reversed(pairs))
 
 
@@ -224,8 +250,11 @@ def cycle_spend(store: Store, cycle: Cycle) -> policies.Spend:
     before that (or when the trainer did not measure); shots and money as planned.
 
     A cycle resumed after a crash is charged the CPU time of its last attempt only (the earlier attempts' time
-    died with their processes).
+    died with their processes). A cycle with several candidates costs the sum of theirs.
     """
+    candidates = candidates_of(store, cycle)
+    if candidates:
+        return sum((candidate_spend(store, c) for c in candidates), policies.Spend())
     measured = measured_cpu_s(store, cycle)
     planned = CyclePlan.from_dict(cycle.plan).planned
     if measured is None and data_refused(store, cycle):  # stopped before training: it spent its sampling time

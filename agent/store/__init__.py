@@ -4,6 +4,7 @@ Open it with :func:`open_store`; everything it returns is a frozen record (:mod:
 """
 
 from agent.store._audit import Audit
+from agent.store._candidates import Candidates
 from agent.store._champion import Champion
 from agent.store._cycles import Cycles
 from agent.store._lease import Leases
@@ -31,8 +32,10 @@ from agent.store.errors import (
 from agent.store.records import (
     AuditEntry,
     AuditKind,
+    CandidateState,
     ChampionState,
     Cycle,
+    CycleCandidate,
     CycleState,
     DecisionRecord,
     Feedback,
@@ -51,6 +54,8 @@ __all__ = [
     "Audit",
     "AuditEntry",
     "AuditKind",
+    "Candidates",
+    "CandidateState",
     "Champion",
     "ChampionMovedError",
     "ChampionPinnedError",
@@ -58,6 +63,7 @@ __all__ = [
     "Commands",
     "Cycle",
     "CycleAlreadyRunningError",
+    "CycleCandidate",
     "DatabaseUnavailableError",
     "DatabaseUrlError",
     "InvalidSampleError",

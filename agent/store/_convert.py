@@ -15,8 +15,10 @@ from sqlalchemy import RowMapping
 from agent.store.records import (
     AuditEntry,
     AuditKind,
+    CandidateState,
     ChampionState,
     Cycle,
+    CycleCandidate,
     CycleState,
     DecisionRecord,
     Feedback,
@@ -64,6 +66,7 @@ champion = _converter(ChampionState, epoch=int, pinned=bool)
 cycle = _converter(
     Cycle, state=CycleState, trigger_reasons=_tuple, recipe=frozen, plan=frozen, resumes=int
 )
+candidate = _converter(CycleCandidate, recipe=frozen, plan=frozen, state=CandidateState, evidence=frozen)
 metric = _converter(MetricSample, value=float, labels=frozen)
 decision = _converter(DecisionRecord, reasons=_tuple, evidence=frozen)
 audit = _converter(AuditEntry, kind=AuditKind, details=frozen)

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from agent.store import _convert
+from agent.store._candidates import insert_candidates
 from agent.store._db import TableAccess
 from agent.store._tables import CycleRow
 from agent.store.errors import CycleAlreadyRunningError, NotFoundError, StaleCycleError
@@ -42,8 +43,13 @@ class Cycles(TableAccess):
         recipe: Mapping[str, Any] | None = None,
         plan: Mapping[str, Any] | None = None,
         backend: str = "",
+        candidates: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]] = (),
     ) -> Cycle:
         """Starts a cycle in state OBSERVE, owned by ``owner``.
+
+        Args:
+            candidates: for a cycle that trains several candidates at once, each one's ``(recipe, plan)``,
+                recorded in the same transaction (see :class:`~agent.store.Candidates`); empty for one candidate.
 
         Raises:
             CycleAlreadyRunningError: another cycle is not terminal (names it).
@@ -65,7 +71,9 @@ class Cycles(TableAccess):
                         resumes=0,
                     )
                 )
-                return _read(conn, int(result.inserted_primary_key[0]))
+                cycle_id = int(result.inserted_primary_key[0])
+                insert_candidates(conn, cycle_id, candidates, now)
+                return _read(conn, cycle_id)
         except IntegrityError:
             running = self.active()
             what = (

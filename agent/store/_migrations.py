@@ -16,6 +16,7 @@ from agent.store._db import MIGRATION_LOCK_KEY, Database
 from agent.store._tables import (
     SCHEMA_V1_TABLES,
     SCHEMA_V3_TABLES,
+    SCHEMA_V4_TABLES,
     ChampionRow,
     CycleRow,
     LeaseRow,
@@ -79,8 +80,14 @@ def _v3_usage(conn: Connection, now: datetime) -> None:
         table.__table__.create(conn)  # type: ignore[attr-defined]
 
 
+def _v4_cycle_candidates(conn: Connection, now: datetime) -> None:
+    # The candidates a cycle trains at once (issue 18); a new table only, so older cycles are untouched.
+    for table in SCHEMA_V4_TABLES:
+        table.__table__.create(conn)  # type: ignore[attr-defined]
+
+
 # Ordered; index i holds the step that brings the schema to version i + 1. Append only, never edit a step.
-STEPS: tuple[Step, ...] = (_v1_initial, _v2_cycle_plan_and_held, _v3_usage)
+STEPS: tuple[Step, ...] = (_v1_initial, _v2_cycle_plan_and_held, _v3_usage, _v4_cycle_candidates)
 LATEST_VERSION = len(STEPS)
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, Ope
 from agent.clock import Clock, SystemClock
 from agent.store import _migrations
 from agent.store._audit import Audit
+from agent.store._candidates import Candidates
 from agent.store._champion import Champion
 from agent.store._cycles import Cycles
 from agent.store._db import Database, create_store_engine
@@ -32,6 +33,7 @@ class Store:
         versions: model versions (:class:`~agent.store.Versions`).
         champion: the champion pointer, promotion, rollback, pin (:class:`~agent.store.Champion`).
         cycles: cycles and their transitions (:class:`~agent.store.Cycles`).
+        candidates: the candidates of cycles that train several at once (:class:`~agent.store.Candidates`).
         audit: the append-only audit log (:class:`~agent.store.Audit`).
         metrics: metric samples (:class:`~agent.store.Metrics`).
         decisions: policy decisions (:class:`~agent.store.Decisions`).
@@ -64,6 +66,7 @@ class Store:
         self.versions = Versions(self._db, self.clock)
         self.champion = Champion(self._db, self.clock)
         self.cycles = Cycles(self._db, self.clock)
+        self.candidates = Candidates(self._db, self.clock)
         self.audit = Audit(self._db, self.clock)
         self.metrics = Metrics(self._db, self.clock)
         self.decisions = Decisions(self._db, self.clock)

@@ -1,4 +1,4 @@
-"""SQLModel table definitions (schema version 3). Private: only the store's modules use them.
+"""SQLModel table definitions (schema version 4). Private: only the store's modules use them.
 
 The tables live in their own SQLAlchemy registry, so nothing else that defines SQLModel tables can leak into
 our migrations. A change to a table here must come with a new migration step in ``_migrations.py``.
@@ -113,6 +113,22 @@ class CycleRow(_Base, table=True):
     parent_id: str | None = Field(default=None, max_length=128)
     champion_epoch_seen: int | None = Field(default=None)
     resumes: int = Field(default=0)
+
+
+class CandidateRow(_Base, table=True):
+    """Schema v4: one of the candidates a cycle trains at once (a cycle with one candidate has no rows: the cycle
+    row is its record). ``slot`` 1 is the cycle's own recipe and plan; ``version_id`` is set once trained."""
+
+    __tablename__ = "cycle_candidates"
+    cycle_id: int = Field(foreign_key="cycles.id", primary_key=True)
+    slot: int = Field(primary_key=True)
+    recipe: dict[str, Any] = _json()
+    plan: dict[str, Any] = _json()
+    state: str = Field(max_length=16)
+    version_id: str | None = Field(default=None, max_length=128)
+    outcome: str | None = Field(default=None, max_length=8192)
+    evidence: dict[str, Any] = _json()
+    updated_at: datetime = _time()
 
 
 class MetricRow(_Base, table=True):
@@ -243,3 +259,4 @@ SCHEMA_V1_TABLES = (
     OverrideRow,
 )
 SCHEMA_V3_TABLES = (UsageRow, FeedbackRow)
+SCHEMA_V4_TABLES = (CandidateRow,)

@@ -14,8 +14,10 @@ from typing import Any
 __all__ = [
     "AuditEntry",
     "AuditKind",
+    "CandidateState",
     "ChampionState",
     "Cycle",
+    "CycleCandidate",
     "CycleState",
     "DecisionRecord",
     "Feedback",
@@ -57,6 +59,18 @@ class CycleState(StrEnum):
 
 
 NON_TERMINAL_STATES = tuple(s for s in CycleState if not s.terminal)
+
+
+class CandidateState(StrEnum):
+    """One candidate of a cycle that trains several at once: PLANNED → TRAINED | FAILED; TRAINED → CHOSEN (it
+    passed the corrected gate and was picked; the cycle's state says whether it was promoted, held or stopped by
+    the canary) | REJECTED."""
+
+    PLANNED = "planned"
+    TRAINED = "trained"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CHOSEN = "chosen"
 
 
 class AuditKind(StrEnum):
@@ -110,6 +124,25 @@ class Cycle:
     parent_id: str | None
     champion_epoch_seen: int | None
     resumes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CycleCandidate:
+    """A candidate of a cycle that trains several at once (``slot`` 1 is the cycle's own recipe and plan).
+
+    ``outcome``: why it was rejected or failed, or why it was chosen; ``evidence``: its evaluation and its part in
+    the selection (mean, gain, p-value, Holm rank and level).
+    """
+
+    cycle_id: int
+    slot: int
+    recipe: Mapping[str, Any]
+    plan: Mapping[str, Any]
+    state: CandidateState
+    version_id: str | None
+    outcome: str | None
+    evidence: Mapping[str, Any]
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ def _champions(store: Store) -> list[str]:
 
 
 def test_fresh_database_is_migrated_and_seeded(store: Store) -> None:
-    assert store.schema_version() == LATEST_VERSION == 3
+    assert store.schema_version() == LATEST_VERSION == 4
     champion = store.champion.get()
     assert (champion.version_id, champion.epoch, champion.pinned) == (None, 0, False)
     assert store.leases.get().epoch == 0 and store.leases.get().holder is None
@@ -76,7 +76,7 @@ def test_newer_schema_is_refused_with_a_clear_message(store_url: str, fake_clock
             text("INSERT INTO schema_version (version, applied_at) VALUES (7, :t)"), {"t": datetime.now()}
         )
     engine.dispose()
-    with pytest.raises(SchemaTooNewError, match=r"schema version 7 is newer .* \(up to 3\); upgrade qtha"):
+    with pytest.raises(SchemaTooNewError, match=r"schema version 7 is newer .* \(up to 4\); upgrade qtha"):
         open_store(store_url, clock=fake_clock)
 
 
@@ -92,6 +92,7 @@ def test_v2_moves_the_planners_bookkeeping_out_of_the_recipe_and_marks_held_cycl
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE cycles DROP COLUMN plan"))
         conn.execute(text("DELETE FROM schema_version WHERE version >= 2"))
+        conn.execute(text("DROP TABLE cycle_candidates"))
         conn.execute(text("DROP TABLE usage_feedback"))
         conn.execute(text("DROP TABLE usage_log"))
         conn.execute(
@@ -131,7 +132,7 @@ def test_concurrent_first_start_ups_migrate_once(store_url: str, fake_clock: Fak
     stores, errors = _open_concurrently(store_url, fake_clock)
     assert errors == [] and len(stores) == 3
     with stores[0].engine.connect() as conn:
-        assert conn.execute(text("SELECT version FROM schema_version")).scalars().all() == [1, 2, 3]
+        assert conn.execute(text("SELECT version FROM schema_version")).scalars().all() == [1, 2, 3, 4]
         assert conn.execute(text("SELECT count(*) FROM champion")).scalar() == 1
     for s in stores:
         s.close()

@@ -9,6 +9,7 @@ test worker (:mod:`tests.support.crash_cycle`) and as a simulator for the daemon
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +31,7 @@ from agent.cycle.trainer import (
     save_checkpoint,
 )
 
-__all__ = ["StandinTrainer", "mean_gain_gate"]
+__all__ = ["StandinTrainer", "holm_selector", "mean_gain_gate", "standin_recipe"]
 
 _WEIGHTS = "weights.npy"
 
@@ -71,6 +72,8 @@ class StandinTrainer:
         dim: number of features.
         stop_after_steps: for tests — raise :class:`CycleInterrupted` after this many steps of one call.
         observer: told each step's training loss, as the child trainer tells the daemon's observer.
+        slots: how many candidates it says it can train at once (:func:`agent.cycle.trainer.parallel_slots`); it is
+            safe to call from several threads (each call works in its own directory).
     """
 
     fingerprint = "standin-linear"
@@ -82,6 +85,7 @@ class StandinTrainer:
         dim: int = 8,
         stop_after_steps: int | None = None,
         observer: TrainingObserver | None = None,
+        slots: int = 1,
     ) -> None:
         rng = np.random.default_rng(task_seed)
         w_true = rng.normal(size=dim)
@@ -92,6 +96,18 @@ class StandinTrainer:
         self.stop_after_steps = stop_after_steps
         self.observer = observer or NullObserver()
         self.train_calls = 0
+        self.slots = slots
+        self._calls = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled to Ray workers: a lock does not travel
+        return {k: v for k, v in self.__dict__.items() if k != "_calls"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._calls = threading.Lock()
+
+    def free_slots(self) -> int:
+        return self.slots
 
     def train(
         self,
@@ -102,7 +118,8 @@ class StandinTrainer:
         parent_dir: Path | None,
         progress: Progress,
     ) -> TrainOutcome:
-        self.train_calls += 1
+        with self._calls:
+            self.train_calls += 1
         cpu_started = time.process_time()
         steps, lr, batch, seed = recipe.steps, recipe.learning_rate, recipe.batch_size, recipe.seed
         every = 1
@@ -166,3 +183,17 @@ def mean_gain_gate(min_gain: float = 0.0) -> Any:
         return GateDecision("reject", (f"mean gain {gain:.4g} <= {min_gain}",), evidence)
 
     return gate
+
+
+def holm_selector(config: policies.PromotionConfig | None = None, *, seed: int = 0) -> Any:
+    """The daemon's selection gate without a runtime: :func:`policies.select_candidate` (Holm's correction, at most
+    one chosen) on the stand-in's scores (negative squared errors, so no absolute floor by default)."""
+    from agent.daemon.gate import to_evaluation
+
+    config = config or policies.PromotionConfig(floor=-1e9, min_slice_examples=5, small_slice_action="report")
+
+    def select(candidates: Any, champion: EvalOutcome | None, now: datetime) -> policies.Selection:
+        against = None if champion is None else to_evaluation(champion)
+        return policies.select_candidate([to_evaluation(c) for c in candidates], against, now, config, seed=seed)
+
+    return select
