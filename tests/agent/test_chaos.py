@@ -45,6 +45,7 @@ from tests.fixtures.tiny_model import write_tiny_hf
 from tests.support.chaos import (
     PHASES,
     TERMINAL,
+    CpuMeter,
     LogWatch,
     Marker,
     check_invariants,
@@ -127,6 +128,8 @@ class Chaos:
         self.violations: list[str] = []
         self.lost_tells: set[int] = set()
         self.settle_s: list[float] = []
+        self.last_settle: float | None = None
+        self.cpu = CpuMeter()
         self.t0 = time.monotonic()
 
     # -- processes -------------------------------------------------------------------------------------------------
@@ -140,7 +143,9 @@ class Chaos:
         self.daemon = DaemonProcess(self.config, self.port, self.log_path).start()
 
     def pids(self) -> list[int]:
-        return [self.pid, *(pid for pid, _ in children(self.state))]
+        pids = [self.pid, *(pid for pid, _ in children(self.state))]
+        self.cpu.sample(pids)
+        return pids
 
     def alive(self) -> bool:
         if not self.daemon.alive:
@@ -150,8 +155,10 @@ class Chaos:
             )
         return True
 
-    def wait(self, predicate, what: str):  # noqa: ANN001, ANN201
-        return wait_progressing(predicate, what=what, pids=self.pids, log=self.watch, stall_s=STALL_S, cap_s=CAP_S)
+    def wait(self, predicate, what: str, interval: float = 0.05):  # noqa: ANN001, ANN201
+        return wait_progressing(
+            predicate, what=what, pids=self.pids, log=self.watch, stall_s=STALL_S, cap_s=CAP_S, interval=interval
+        )
 
     # -- settling and checking -------------------------------------------------------------------------------------
     def owner(self) -> str | None:
@@ -175,8 +182,9 @@ class Chaos:
 
     def settle_and_check(self, label: str) -> None:
         started = time.monotonic()
-        self.wait(self.settled, f"the daemon to settle {label}")
-        self.settle_s.append(time.monotonic() - started)
+        self.wait(self.settled, f"the daemon to settle {label}", interval=0.2)
+        self.last_settle = time.monotonic() - started
+        self.settle_s.append(self.last_settle)
         owner = self.owner()
         assert owner is not None
         verdict = check_invariants(self.state, owner=owner, daemon_pid=self.pid)
@@ -191,33 +199,40 @@ class Chaos:
         return {p for p in phases if self.hits[p] <= least + 1}
 
     def aim(self, wanted: set[str]) -> tuple[Marker, float]:
-        """Waits for a wanted phase to start (or finds one running) and picks the kill's wall-clock instant inside
-        it: a seeded fraction of the phase's typical length in this run."""
+        """Waits until a wanted phase runs and returns at the kill's instant inside it: a seeded fraction of the
+        phase's typical length in this run (of what is left of it, when it was already running). If the phase ends
+        before that instant, the next wanted phase is aimed at instead, so a kill lands where it was aimed, not in
+        whatever came after."""
         fraction = self.rng.random()
+        aimed: list[tuple[Marker, float]] = []
 
-        def ready() -> tuple[Marker, float] | None:
+        def due() -> tuple[Marker, float] | None:
             self.alive()
             self.watch.poll()
             if not self.watch.markers:
                 return None
             last = self.watch.markers[-1]
-            if last.phase not in wanted:
-                return None
-            at = last.at + fraction * self.watch.typical_s(last.phase)
-            if at < time.time() - 0.05:  # that instant has passed: a later one in what is left, if anything is
-                left = last.at + self.watch.typical_s(last.phase) - time.time()
-                if left <= 0:
+            if aimed and aimed[0][0] is not last:
+                aimed.clear()  # the phase ended first
+            if not aimed:
+                if last.phase not in wanted:
                     return None
-                at = time.time() + fraction * left
-            return last, at
+                typical, now = self.watch.typical_s(last.phase), time.time()
+                at = last.at + fraction * typical
+                if at < now:
+                    if last.at + typical <= now:
+                        return None  # running longer than it typically lasts: wait for the next one
+                    at = now + fraction * (last.at + typical - now)
+                aimed.append((last, at))
+            return aimed[0] if time.time() >= aimed[0][1] else None
 
-        return self.wait(ready, f"one of the phases {sorted(wanted)}")
+        return self.wait(due, f"one of the phases {sorted(wanted)}", interval=0.01)  # short phases: look often
 
     def kill(self, n: int, wanted: set[str]) -> bool:
         """One kill; returns whether the daemon was restarted."""
         marker, at = self.aim(wanted)
-        time.sleep(max(0.0, at - time.time()))
         mine = [pid for pid, ppid in children(self.state) if ppid == self.pid]
+        self.pids()  # the last CPU sample of what is about to die
         target = self.rng.choice(TARGETS)
         if target != "daemon" and not mine:
             target = "daemon"
@@ -235,9 +250,12 @@ class Chaos:
         self.kills[target] += 1
         self.hits[phase] += 1
         self.aimed[marker.phase] += 1
+        settled = "no settle (recover)" if self.last_settle is None else f"settled before in {self.last_settle:.1f} s"
+        self.last_settle = None
         print(
             f"chaos: kill {n} {target:6} in {phase:10} (aimed at {marker.phase} +{at - marker.at:.2f} s), "
-            f"{len(self.violations)} violations, {time.monotonic() - self.t0:.0f} s",
+            f"{settled}, {len(self.violations)} violations, "
+            f"{time.monotonic() - self.t0:.0f} s, {self.cpu.seconds():.0f} CPU-s",
             flush=True,
         )
         if target == "child":
@@ -259,7 +277,8 @@ class Chaos:
             f"violations={len(self.violations)} cycles={dict(ended)} resumed cycles ended={dict(resumed)} "
             f"failed after too many resumes={too_often} lost tells={sorted(self.lost_tells)} "
             f"champion={snap.champion if snap else None} settle median/max={settle[len(settle) // 2]:.1f}/"
-            f"{settle[-1]:.1f} s in {time.monotonic() - self.t0:.0f} s, load average {_load()}"
+            f"{settle[-1]:.1f} s in {time.monotonic() - self.t0:.0f} s ({self.cpu.seconds():.0f} CPU-s), "
+            f"load average {_load()}"
         )
 
     def stop(self) -> None:
@@ -270,6 +289,10 @@ class Chaos:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _load() -> str:
@@ -285,15 +308,16 @@ def test_sigkill_of_daemon_and_child_keeps_every_invariant(
     kills_wanted, per_phase = quota
     chaos = Chaos(config, state, port, tmp_path / "daemon.log", SEED)
     print(f"\nchaos: {kills_wanted} kills, {per_phase} per phase wanted; load average {_load()}", flush=True)
+    previous = signal.signal(signal.SIGTERM, _interrupted)  # a CI timeout's SIGTERM still stops the daemon
     chaos.start()
     n = 0
     try:
         chaos.settle_and_check("at the first start")
         restarted = False
         while sum(chaos.kills.values()) < kills_wanted or min(chaos.hits.values()) < per_phase:
-            n += 1
-            if n > MAX_ROUNDS_FACTOR * kills_wanted:
+            if n >= MAX_ROUNDS_FACTOR * kills_wanted:
                 break
+            n += 1
             others = min(chaos.hits[p] for p in PHASES if p != "recover")
             if restarted and chaos.hits["recover"] <= others and chaos.rng.random() < RECOVER_SHARE:
                 restarted = chaos.kill(n, {"recover"})  # again, while the restart repairs what the last kill left
@@ -304,6 +328,7 @@ def test_sigkill_of_daemon_and_child_keeps_every_invariant(
         chaos.settle_and_check("after the last kill")
     finally:  # the counts are printed even when the run is cut short
         chaos.stop()
+        signal.signal(signal.SIGTERM, previous)
         print("\n" + chaos.summary(), flush=True)
         for line in chaos.violations:
             print("  VIOLATION", line, flush=True)

@@ -5,7 +5,8 @@ after each restart.
 Phases, each started by one log line of the daemon (the first matching pattern of :data:`MARKERS`):
 
 ========== =====================================================================================================
-recover    ``became leader``: start-up repair (reconcile ``current``, adopt the interrupted cycle, housekeeping)
+recover    ``became leader``: start-up repair (reconcile ``current``, adopt the interrupted cycle, housekeeping),
+           until ``resuming cycle N from STATE`` starts that state's phase
 schedule   ``status: idle``: the scheduler's trigger job waits for the next cycle
 plan       ``trigger run``: the learner proposes a recipe (Optuna ask), the cycle begins, OBSERVE → PLAN → TRAIN
 train      ``cycle event train``: the training child starts (imports, model, compilation), up to its first checkpoint
@@ -43,7 +44,7 @@ _ADOPTED = {"observe": "plan", "plan": "plan", "train": "train", "validate": "va
             "promote": "promote"}
 MARKERS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"became leader \(epoch (\d+)\)"), lambda m: "recover"),
-    (re.compile(r"cycle event adopted \{'cycle': \d+, 'state': '(\w+)'"), lambda m: _ADOPTED.get(m[1], "recover")),
+    (re.compile(r"qtha\.daemon: status: resuming cycle \d+ from (\w+)"), lambda m: _ADOPTED.get(m[1], "recover")),
     (re.compile(r"qtha\.daemon: status: idle: "), lambda m: "schedule"),
     (re.compile(r"qtha\.cycle: trigger run: "), lambda m: "plan"),
     (re.compile(r"cycle event train \{"), lambda m: "train"),
@@ -191,6 +192,31 @@ def cpu_ticks(pids: Iterable[int]) -> int:
     return total
 
 
+class CpuMeter:
+    """CPU seconds used by the run's processes (the test, each daemon, each child), from samples of ``/proc``: the
+    work done, whatever the machine's load (a process's last tick before it exits between samples is missed)."""
+
+    def __init__(self) -> None:
+        self._ticks: dict[int, int] = {}
+        self._own0 = self._own()
+
+    @staticmethod
+    def _own() -> float:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def sample(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            ticks = cpu_ticks([pid])
+            if ticks:
+                self._ticks[pid] = max(self._ticks.get(pid, 0), ticks)
+
+    def seconds(self) -> float:
+        return sum(self._ticks.values()) / os.sysconf("SC_CLK_TCK") + self._own() - self._own0
+
+
 class Wedged(AssertionError):
     """Nothing moved for too long: the daemon and its children neither used CPU nor logged."""
 
@@ -208,16 +234,17 @@ def wait_progressing(
     """Polls ``predicate`` until truthy. A slow machine is not a failure: the wait goes on while the processes
     ``pids()`` use CPU or the log grows. It fails (:class:`Wedged`) when neither happened for ``stall_s``, or after
     ``cap_s`` in all (a busy loop that never gets anywhere)."""
-    started = last_move = time.monotonic()
+    started = last_move = looked = time.monotonic()
     seen = (cpu_ticks(pids()), log.size())
     while True:
         value = predicate()
         if value:
             return value
         now = time.monotonic()
-        current = (cpu_ticks(pids()), log.size())
-        if current != seen:
-            seen, last_move = current, now
+        if now - looked >= 0.5:  # scanning /proc is not free: twice a second is enough to see movement
+            looked, current = now, (cpu_ticks(pids()), log.size())
+            if current != seen:
+                seen, last_move = current, now
         if now - last_move > stall_s:
             raise Wedged(f"wedged: waiting for {what}, nothing ran or logged for {stall_s:.0f} s\n{log.tail()}")
         if now - started > cap_s:
