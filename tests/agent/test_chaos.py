@@ -370,3 +370,36 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def test_a_cycle_whose_daemon_died_before_the_learners_tell_is_told_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The learner's tell comes after the cycle's end is committed: a daemon killed in between left the trial
+    running, and the next proposal marked it abandoned (failed), so the learner took a promoted recipe for a failure.
+    The next start tells it instead."""
+    import optuna
+
+    from agent.daemon.driver import PolicyCycleDriver
+    from tests.agent.test_daemon import _learner_trials, new_paused_runtime
+    from tests.support.standin_trainer import StandinTrainer
+
+    rt = new_paused_runtime(tmp_path, monkeypatch, lambda rt: StandinTrainer())
+    try:
+        rt.leadership.ttl_s = 3600.0  # one term for the whole test, however slow the machine
+        assert rt.leadership.tick()
+        rt.store.overrides.clear("paused", actor="test", reason="run one cycle")
+        dead = PolicyCycleDriver(lambda rt: StandinTrainer())
+        monkeypatch.setattr(dead.planner, "tell", lambda rt, cycle: None)  # the daemon dies before telling
+        dead.consider(rt)
+        [cycle] = rt.store.cycles.list()
+        assert cycle.state.terminal and cycle.plan["trial"] == 0
+        assert _learner_trials(rt)[0].state is optuna.trial.TrialState.RUNNING
+        rt.cycles = restarted = PolicyCycleDriver(lambda rt: StandinTrainer())  # the next start
+        restarted.resume(rt)
+        [told] = _learner_trials(rt)
+        assert told.state is optuna.trial.TrialState.COMPLETE, f"trial of cycle {cycle.id} left {told.state.name}"
+        restarted.resume(rt)  # told once: a second start changes nothing
+        assert [t.state for t in _learner_trials(rt)] == [optuna.trial.TrialState.COMPLETE]
+    finally:
+        rt.store.close()
