@@ -12,8 +12,10 @@ Protocol (the parent is :class:`agent.child.runner.ChildRunner`):
     * SIGTERM or SIGINT sets ``ctx.stop_requested``; a task checks it between steps, writes a checkpoint and raises
       :class:`Interrupted`. Exit status: 0 done, 75 (EX_TEMPFAIL) interrupted with a resumable checkpoint,
       1 failed (the traceback is on stderr).
-    * If the parent dies, the kernel sends this process SIGTERM (``PR_SET_PDEATHSIG``), so it checkpoints and exits
-      instead of training on as an orphan.
+    * If the parent dies, the kernel kills this process (SIGKILL, ``PR_SET_PDEATHSIG``): nobody can read its result
+      any more, and whatever it wrote would race with the child of the daemon that adopts the cycle (it resumes from
+      the last periodic checkpoint). A SIGTERM would only be seen between steps, after minutes of start-up and
+      compilation on a loaded machine, with a second copy of the model in memory meanwhile.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def resolve(entry: str) -> Callable[[dict[str, Any], TaskContext], Any]:
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the parent's stop request is the only way to stop us
         pass
 

@@ -124,6 +124,7 @@ class PolicyCycleDriver:
                 for cycle in failed:  # recover() may have just failed it (too many resumes): count it
                     if cycle.owner == runner.owner:
                         self._finished(rt, cycle)
+                self.planner.tell_lost(rt)  # the daemon may have died between a cycle's end and the learner's tell
                 return
             rt.set_status(f"resuming cycle {adopted.id} from {adopted.state} (resume #{adopted.resumes})")
             cycle = runner.resume(adopted)

@@ -206,6 +206,31 @@ class Planner:
         log.info("recipe learner told trial %d (cycle %s candidate %s, %s): %s", plan.trial, cycle.id,
                  candidate.slot, candidate.state, "failed" if score is None else f"{score:.4g}")
 
+    def tell_lost(self, rt: Runtime) -> None:
+        """Tells the learner the newest finished cycle's outcome if its trial still awaits it: the daemon died between
+        the cycle's end and :meth:`tell`. Without this the next proposal marks the trial abandoned (failed), and the
+        learner never learns how the recipe did. Only the newest cycle can be in that state: a newer cycle's proposal
+        would have closed the trial already."""
+        import optuna
+
+        newest = rt.store.cycles.list(limit=1)
+        if not newest or not newest[0].state.terminal:
+            return
+        cycle, plan = newest[0], CyclePlan.from_dict(newest[0].plan)
+        if plan.source is not PlanSource.LEARNER or plan.trial is None:
+            return  # an operator's recipe is told as a trial of its own, which cannot be looked up: never twice
+        try:
+            study = optuna.load_study(
+                study_name=policies.study_name_for(recipe_config(rt.config)), storage=self.storage(rt)
+            )
+        except KeyError:  # no study yet
+            return
+        trials = study.get_trials(deepcopy=False)
+        if 0 <= plan.trial < len(trials) and trials[plan.trial].state == optuna.trial.TrialState.RUNNING:
+            log.warning("cycle %s ended but the recipe learner was not told (the daemon stopped first): telling it now",
+                        cycle.id)
+            self.tell(rt, cycle)
+
 
 def check_override(config: QthaConfig, overrides: Mapping[str, Any]) -> policies.Recipe:
     """The cold-start recipe with ``overrides`` applied: how the CLI checks ``--recipe K=V`` before queueing it.
