@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agent.child.entry import EXIT_INTERRUPTED
 
-__all__ = ["ChildOutcome", "ChildRunner"]
+__all__ = ["ChildOutcome", "ChildRunner", "TaskRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,20 @@ class ChildOutcome:
     error: str | None = None
     returncode: int | None = None
     wall_s: float = 0.0
+
+
+class TaskRunner(Protocol):
+    """Runs child tasks: :class:`ChildRunner` here, :class:`agent.child.remote.RayRunner` on a Ray cluster."""
+
+    def run(
+        self,
+        entry: str,
+        payload: Mapping[str, Any],
+        work_dir: Path,
+        *,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> ChildOutcome: ...
 
 
 class ChildRunner:
@@ -89,6 +103,15 @@ class ChildRunner:
             if self._proc is None or self._proc.poll() is not None:
                 return False
             self._proc.send_signal(signal.SIGTERM)
+            return True
+
+    def kill(self) -> bool:
+        """Kills a running child at once (SIGKILL), for one that did not stop on request; returns whether one
+        was running. Its outcome reads ``killed``."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                return False
+            self._proc.kill()
             return True
 
     def run(
