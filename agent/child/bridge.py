@@ -218,10 +218,12 @@ def connect(spec: RemoteSpec, ctx: TaskContext, *, sleep: Callable[[float], None
         delay, waited = 0.5, 0.0
         while not reachable(endpoint):
             if waited >= spec.head_timeout_s or ctx.stop_requested:
-                raise Interrupted(
+                message = (
                     f"no Ray head answers at {spec.address} (tried for {waited:.0f} s); check [cluster] address "
                     "and that the head runs; the cycle resumes from its checkpoint on a later tick"
                 )
+                ctx.emit({"event": "remote", "phase": "unreachable", "message": message})
+                raise Interrupted(message)
             sleep(delay)
             waited += delay
             delay = min(delay * 2, 8.0)

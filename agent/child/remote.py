@@ -72,6 +72,8 @@ class RemoteTask:
         node: the node that finished it.
         cpu_s: CPU-seconds of the finishing attempt on its node (task process and child).
         bridge_pid: the local bridge child's process id.
+        phases: the bridge's ``remote`` events in order (``submitted``, ``started``, ``stopping``, ``cancelled``,
+            ``head-lost``, ``unreachable``, ``finished``).
     """
 
     key: TaskKey
@@ -80,6 +82,7 @@ class RemoteTask:
     node: str | None = None
     cpu_s: float | None = None
     bridge_pid: int | None = None
+    phases: list[str] = field(default_factory=list)
 
 
 class RayRunner:
@@ -199,7 +202,8 @@ class RayRunner:
             raise
 
     def _remote_event(self, record: RemoteTask, event: Mapping[str, Any]) -> None:
-        phase = event.get("phase")
+        phase = str(event.get("phase"))
+        record.phases.append(phase)
         if phase == "submitted":
             record.bridge_pid = int(event["bridge_pid"])
             log.info("remote task %s submitted (%s)", record.key.name, event.get("resources"))

@@ -8,6 +8,7 @@ environment; the file is on the storage every node sees, and is re-read by every
     task_seed   the stand-in's data seed (1)
     delay_s     sleep before training, checking the stop flag (0)
     step_s      sleep after every step (0)
+    finish_s    sleep after the last step before returning the result (0)
     stubborn    ignore stop requests, as a hung child would (false)
     marker      a file to append the node id to, once per attempt
     pids        a file to append ``{"pid", "worker_pid", "node", "cycle"}`` to, once per attempt
@@ -95,6 +96,7 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         parent_dir=Path(parent_dir) if parent_dir else None,
         progress=progress,
     )
+    time.sleep(float(k.get("finish_s", 0)))
     return {
         "artifact_dir": str(outcome.artifact_dir),
         "steps": outcome.steps,
