@@ -72,6 +72,7 @@ class RemoteTask:
         node: the node that finished it.
         cpu_s: CPU-seconds of the finishing attempt on its node (task process and child).
         bridge_pid: the local bridge child's process id.
+        resources: what the task asked Ray for (``num_cpus``, ``num_gpus``, ``memory`` in bytes).
         phases: the bridge's ``remote`` events in order (``submitted``, ``started``, ``stopping``, ``cancelled``,
             ``head-lost``, ``unreachable``, ``finished``).
     """
@@ -82,6 +83,7 @@ class RemoteTask:
     node: str | None = None
     cpu_s: float | None = None
     bridge_pid: int | None = None
+    resources: dict[str, float] = field(default_factory=dict)
     phases: list[str] = field(default_factory=list)
 
 
@@ -206,6 +208,7 @@ class RayRunner:
         record.phases.append(phase)
         if phase == "submitted":
             record.bridge_pid = int(event["bridge_pid"])
+            record.resources = {str(k): float(v) for k, v in dict(event.get("resources", {})).items()}
             log.info("remote task %s submitted (%s)", record.key.name, event.get("resources"))
         elif phase == "started":
             record.nodes.append(str(event["node"]))

@@ -137,8 +137,19 @@ def test_a_remote_task_that_ignores_the_stop_is_killed_and_a_queued_one_is_cance
     assert stubborn["child_gone"]  # SIGKILL on its node after the 2 s grace
     assert "cancelled" not in stubborn["phases"] and stubborn["stop_s"] < 30
     queued = _scenario(remote_run, "queued")  # no node has 1000 GiB: it never started
+    assert queued["resources"] == {"num_cpus": 1.0, "memory": 1000 * 2**30}
     assert queued["phases"] == ["submitted", "stopping", "cancelled"]  # ray.cancel(force=True)
     assert queued["cycle"]["state"] == "train" and queued["status"] == "interrupted"
+
+
+def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(remote_run: dict[str, Any]) -> None:
+    r = _scenario(remote_run, "gpu")
+    assert r["cycle"]["state"] == "promoted"
+    assert r["resources"] == [{"num_cpus": 1.0, "num_gpus": 1.0}] * 2  # training and evaluation
+    assert r["nodes"] == [["train", r["gpu_node"]], ["evaluate", r["gpu_node"]]]
+    assert r["child"]["gpus"] == "0"  # Ray's assignment reaches the child process
+    stop = _scenario(remote_run, "stop")  # before the GPU node joined: no GPU asked for
+    assert stop["task"]["resources"] == {"num_cpus": 1.0}
 
 
 def test_a_killed_bridge_takes_its_remote_task_with_it(remote_run: dict[str, Any]) -> None:

@@ -139,7 +139,7 @@ def stop(work: Path, address: str, knobs: Path) -> dict[str, Any]:
     version = rig.store.versions.find("c000001")
     return {
         "stopped": _summary(stopped), "stop_s": stop_s, "child_gone_s": gone_s, "child": child,
-        "task": {"name": task.key.name, "status": task.status, "phases": task.phases},
+        "task": {"name": task.key.name, "status": task.status, "phases": task.phases, "resources": task.resources},
         "checkpoint_at_stop": at_stop,
         "resumed": _summary(resumed), "resubmitted": again.key.name,
         "metrics": dict(version.metrics) if version else None,
@@ -176,7 +176,25 @@ def queued(work: Path, address: str, knobs: Path) -> dict[str, Any]:
     cycle = rig.join()
     stop_s = time.monotonic() - asked
     rig.cycles.abort(cycle.id, reason="test over")
-    return {"cycle": _summary(cycle), "stop_s": stop_s, "phases": rig.task().phases, "status": rig.task().status}
+    return {"cycle": _summary(cycle), "stop_s": stop_s, "phases": rig.task().phases, "status": rig.task().status,
+            "resources": rig.task().resources}
+
+
+def gpu(work: Path, cluster: Any, knobs: Path) -> dict[str, Any]:
+    """A node with a GPU joins (Ray is told it has one): with ``num_gpus`` unset every task asks for one, so the
+    cycle's tasks run there, with the device Ray assigned them visible to the child."""
+    pids = work / "pids.jsonl"
+    write_knobs(knobs, pids=str(pids))
+    node = cluster.add_node(num_cpus=1, num_gpus=1, env_vars=NODE_ENV)
+    cluster.wait_for_nodes()
+    try:
+        rig = Rig(work, cluster.address)
+        rig.start_cycle(steps=2)
+        cycle = rig.join()
+    finally:
+        cluster.remove_node(node)
+    return {"cycle": _summary(cycle), "gpu_node": node.node_id, "nodes": rig.trainer.nodes,
+            "resources": [t.resources for t in rig.trainer.remote.tasks], "child": _pids(pids)[0]}
 
 
 def bridge_killed(work: Path, address: str, knobs: Path) -> dict[str, Any]:
@@ -313,6 +331,7 @@ def main(out: Path, work: Path) -> None:
             ("stop", lambda w: stop(w, address, knobs)),
             ("stubborn", lambda w: stubborn(w, address, knobs)),
             ("queued", lambda w: queued(w, address, knobs)),
+            ("gpu", lambda w: gpu(w, cluster, knobs)),
             ("bridge_killed", lambda w: bridge_killed(w, address, knobs)),
             ("stale_epoch", lambda w: stale_epoch(w, address, knobs)),
             ("head_lost", lambda w: head_lost(w, cluster, workers, knobs)),  # last: it takes the head away

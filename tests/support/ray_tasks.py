@@ -11,7 +11,8 @@ environment; the file is on the storage every node sees, and is re-read by every
     finish_s    sleep after the last step before returning the result (0)
     stubborn    ignore stop requests, as a hung child would (false)
     marker      a file to append the node id to, once per attempt
-    pids        a file to append ``{"pid", "worker_pid", "node", "cycle"}`` to, once per attempt
+    pids        a file to append ``{"pid", "worker_pid", "node", "cycle", "gpus"}`` to, once per attempt (``gpus``:
+                the ``CUDA_VISIBLE_DEVICES`` Ray gave the task)
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     node = str(payload.get("remote", {}).get("node", ""))
     _append(k.get("marker"), node)
     _append(k.get("pids"), json.dumps({"pid": os.getpid(), "worker_pid": os.getppid(), "node": node,
-                                       "cycle": workdir.name}))
+                                       "cycle": workdir.name, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
     stubborn = bool(k.get("stubborn"))
     deadline = time.monotonic() + float(k.get("delay_s", 0))
     while time.monotonic() < deadline:
