@@ -59,6 +59,7 @@ BRIDGE_ENTRY = "agent.child.bridge:run"
 POLL_S = 0.5
 FORCE_AFTER_S = 5.0  # after the grace: the node's own kill did not end the task, so Ray kills its worker
 _PROBE_EVERY_S = 1.0
+_CANCEL_WAIT_S = 30.0  # after ray.cancel(force=True), how long to wait for Ray to report the task ended
 
 
 class RemoteChildError(RuntimeError):
@@ -217,7 +218,9 @@ def connect(spec: RemoteSpec, ctx: TaskContext, *, sleep: Callable[[float], None
     if endpoint is not None:
         delay, waited = 0.5, 0.0
         while not reachable(endpoint):
-            if waited >= spec.head_timeout_s or ctx.stop_requested:
+            if ctx.stop_requested:
+                raise Interrupted("stop requested while waiting for the Ray head")
+            if waited >= spec.head_timeout_s:
                 message = (
                     f"no Ray head answers at {spec.address} (tried for {waited:.0f} s); check [cluster] address "
                     "and that the head runs; the cycle resumes from its checkpoint on a later tick"
@@ -297,7 +300,7 @@ def follow(
     reader = channel.reader()
     attempts = 0
     stop_at: float | None = None
-    cancelled = False
+    cancelled_at: float | None = None
     down_since: float | None = None
     probed = clock()
 
@@ -318,10 +321,13 @@ def follow(
             channel.request_stop()
             stop_at = now
             ctx.emit({"event": "remote", "phase": "stopping", "task": spec.key.name})
-        if stop_at is not None and not cancelled and now - stop_at > spec.grace_s + FORCE_AFTER_S:
+        if stop_at is not None and cancelled_at is None and now - stop_at > spec.grace_s + FORCE_AFTER_S:
             ray.cancel(ref, force=True)
-            cancelled = True
+            cancelled_at = now
             ctx.emit({"event": "remote", "phase": "cancelled", "task": spec.key.name})
+        if cancelled_at is not None and now - cancelled_at > _CANCEL_WAIT_S:
+            raise Interrupted(f"remote task {spec.key.name} did not end {_CANCEL_WAIT_S:.0f} s after "
+                              "ray.cancel(force=True); giving up on it")
         if head_up is not None and now - probed >= _PROBE_EVERY_S:
             probed = now
             if head_up():

@@ -22,6 +22,7 @@ from agent.child.bridge import (
     RemoteChildError,
     RemoteSpec,
     TaskKey,
+    connect,
     follow,
     gpus_to_request,
     head_endpoint,
@@ -176,6 +177,28 @@ def test_a_stop_request_writes_the_stop_file_then_force_cancels_after_the_grace(
     assert ray.cancelled == [True]  # ray.cancel(force=True), once
     phases = [e["phase"] for e in ctx.events]
     assert phases == ["stopping", "cancelled"]
+
+
+def test_a_task_ray_cannot_cancel_is_given_up(tmp_path: Path) -> None:
+    class Stuck(FakeRay):
+        def cancel(self, ref: Any, *, force: bool) -> None:
+            self.cancelled.append(force)  # and it never ends
+
+    ray, ctx = Stuck(), Ctx()
+    ctx.stop_requested = True
+    with pytest.raises(Interrupted, match="did not end 30 s after ray.cancel"):
+        _follow(tmp_path, ray, ctx)
+    assert ray.cancelled == [True]
+
+
+def test_connecting_where_no_head_answers_retries_with_backoff_then_gives_up(tmp_path: Path) -> None:
+    slept: list[float] = []
+    ctx = Ctx()
+    spec = _spec(tmp_path, address="127.0.0.1:1", head_timeout_s=10.0)  # nothing listens on port 1
+    with pytest.raises(Interrupted, match="no Ray head answers at 127.0.0.1:1"):
+        connect(spec, ctx, sleep=slept.append)  # type: ignore[arg-type]
+    assert slept == [0.5, 1.0, 2.0, 4.0, 8.0]  # bounded: 15.5 s of waiting covers the 10 s timeout
+    assert ctx.events[-1]["phase"] == "unreachable"
 
 
 def test_a_task_that_stops_within_the_grace_is_not_force_cancelled(tmp_path: Path) -> None:
