@@ -45,17 +45,20 @@ from agent.child.runner import ChildRunner
 
 __all__ = [
     "BRIDGE_ENTRY",
+    "RESOURCES_ENTRY",
     "FORCE_AFTER_S",
     "HeadLost",
     "RemoteChildError",
     "RemoteSpec",
     "TaskKey",
     "gpus_to_request",
+    "resources",
     "run",
     "run_on_node",
 ]
 
 BRIDGE_ENTRY = "agent.child.bridge:run"
+RESOURCES_ENTRY = "agent.child.bridge:resources"
 POLL_S = 0.5
 FORCE_AFTER_S = 5.0  # after the grace: the node's own kill did not end the task, so Ray kills its worker
 _PROBE_EVERY_S = 1.0
@@ -175,11 +178,22 @@ def run(payload: dict[str, Any], ctx: TaskContext) -> Any:
     channel = Channel(Path(spec.channel)).open()
     if ctx.stop_requested:
         raise Interrupted("stop requested before the remote task was submitted")
-    ray = connect(spec, ctx)
+    ray = connect(spec.address, spec.head_timeout_s, ctx)
     try:
         return follow(ray, submit(ray, spec, ctx), spec, channel, ctx)
     except HeadLost as exc:
         _give_up(ctx, "head-lost", str(exc))
+
+
+def resources(payload: dict[str, Any], ctx: TaskContext) -> dict[str, dict[str, float]]:
+    """Entry point ``agent.child.bridge:resources``: the cluster's ``available`` and ``total`` resources (a
+    one-shot child, so the daemon learns them without importing Ray). Payload: ``address``, ``head_timeout_s``.
+
+    Raises:
+        Interrupted: no head answered.
+    """
+    ray = connect(str(payload["address"]), float(payload["head_timeout_s"]), ctx)
+    return {"available": dict(ray.available_resources()), "total": dict(ray.cluster_resources())}
 
 
 def head_endpoint(address: str) -> tuple[str, int] | None:
@@ -205,7 +219,9 @@ def _give_up(ctx: TaskContext, phase: str, message: str) -> NoReturn:
     os._exit(EXIT_INTERRUPTED)
 
 
-def connect(spec: RemoteSpec, ctx: TaskContext, *, sleep: Callable[[float], None] = time.sleep) -> Any:
+def connect(
+    address: str, head_timeout_s: float, ctx: TaskContext, *, sleep: Callable[[float], None] = time.sleep
+) -> Any:
     """Connects this process to the cluster and returns the ``ray`` module.
 
     The head is probed first, with retries and exponential backoff for up to ``head_timeout_s``, since
@@ -214,15 +230,15 @@ def connect(spec: RemoteSpec, ctx: TaskContext, *, sleep: Callable[[float], None
     Raises:
         Interrupted: no head answered (the cycle resumes on a later tick).
     """
-    endpoint = head_endpoint(spec.address)
+    endpoint = head_endpoint(address)
     if endpoint is not None:
         delay, waited = 0.5, 0.0
         while not reachable(endpoint):
             if ctx.stop_requested:
                 raise Interrupted("stop requested while waiting for the Ray head")
-            if waited >= spec.head_timeout_s:
+            if waited >= head_timeout_s:
                 message = (
-                    f"no Ray head answers at {spec.address} (tried for {waited:.0f} s); check [cluster] address "
+                    f"no Ray head answers at {address} (tried for {waited:.0f} s); check [cluster] address "
                     "and that the head runs; the cycle resumes from its checkpoint on a later tick"
                 )
                 ctx.emit({"event": "remote", "phase": "unreachable", "message": message})
@@ -231,19 +247,19 @@ def connect(spec: RemoteSpec, ctx: TaskContext, *, sleep: Callable[[float], None
             waited += delay
             delay = min(delay * 2, 8.0)
     # Our own probe must decide that the head is lost before Ray's driver gives up and exits by itself.
-    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(math.ceil(max(60.0, 3 * spec.head_timeout_s))))
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(math.ceil(max(60.0, 3 * head_timeout_s))))
     import ray
 
     watchdog = threading.Timer(
-        spec.head_timeout_s + 30.0,
+        head_timeout_s + 30.0,
         _give_up,
-        args=(ctx, "unreachable", f"ray.init({spec.address!r}) did not return; giving up on this attempt"),
+        args=(ctx, "unreachable", f"ray.init({address!r}) did not return; giving up on this attempt"),
     )
     watchdog.daemon = True
     handler = signal.getsignal(signal.SIGTERM)
     watchdog.start()
     try:
-        ray.init(address=spec.address, log_to_driver=False, configure_logging=False)
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
     except SystemExit:  # Ray's own SIGTERM handler, installed by ray.init, fired while connecting
         raise Interrupted("stop requested while connecting to the Ray cluster") from None
     finally:

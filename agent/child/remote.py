@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import policies
-from agent.child.bridge import BRIDGE_ENTRY, RemoteSpec, TaskKey
+from agent.child.bridge import BRIDGE_ENTRY, RESOURCES_ENTRY, RemoteSpec, TaskKey, gpus_to_request
 from agent.child.channel import Channel, remove_quietly
 from agent.child.runner import ChildOutcome, ChildRunner
 from agent.child.trainer import EVALUATE_ENTRY, TRAIN_ENTRY, ChildTrainer
@@ -47,7 +47,7 @@ from agent.config import ClusterConfig, QthaConfig
 from agent.cycle.trainer import Progress, TrainingObserver, TrainOutcome
 from agent.store import StaleEpochError
 
-__all__ = ["RayRunner", "RayTrainer", "RemoteTask"]
+__all__ = ["RayRunner", "RayTrainer", "RemoteTask", "task_subject"]
 
 log = logging.getLogger("qtha.trainer")
 
@@ -182,6 +182,18 @@ class RayRunner:
             with self._lock:
                 self._running.discard(key)
 
+    def cluster_resources(self) -> dict[str, dict[str, float]] | None:
+        """The cluster's ``available`` and ``total`` resources (a one-shot bridge child); None when no head
+        answers within ``[cluster] head_timeout_s``."""
+        cluster = self._config().cluster
+        payload = {"address": cluster.address, "head_timeout_s": cluster.head_timeout_s}
+        work = self._config().state_dir / "work" / "cluster-resources"
+        outcome = self._local.run(RESOURCES_ENTRY, payload, work, timeout_s=cluster.head_timeout_s + 60.0)
+        if outcome.status != "done":
+            log.warning("could not read the Ray cluster's resources (%s): %s", outcome.status, outcome.error)
+            return None
+        return {k: {str(r): float(v) for r, v in dict(found).items()} for k, found in dict(outcome.result).items()}
+
     def record(self, kind: str, subject: str) -> RemoteTask | None:
         """The newest task of ``kind`` about ``subject`` (a cycle id or a version)."""
         with self._lock:
@@ -228,9 +240,15 @@ class RayRunner:
             log.info("remote task %s: %s", record.key.name, phase)
 
 
+def task_subject(workdir: Path) -> str:
+    """What a training task is about: the cycle id (its working directory's name), or ``<cycle>.<name>`` for a
+    working directory inside the cycle's (a parallel candidate's ``candidate-2``)."""
+    return workdir.name if workdir.name.isdigit() else f"{workdir.parent.name}.{workdir.name}"
+
+
 def _subject(payload: Mapping[str, Any], work_dir: Path) -> str:
     if payload.get("workdir"):
-        return Path(str(payload["workdir"])).name  # the cycle's working directory is named by its id
+        return task_subject(Path(str(payload["workdir"])))
     if payload.get("version_id"):
         return str(payload["version_id"])
     return work_dir.name
@@ -282,6 +300,20 @@ class RayTrainer(ChildTrainer):
             config, self.remote, observer=observer, train_entry=train_entry, evaluate_entry=evaluate_entry
         )
 
+    def free_slots(self) -> int:
+        """How many tasks the cluster could start now (at least 1): its free CPUs over ``num_cpus`` (and free GPUs
+        over the GPUs a task asks, when it asks). What caps the candidates a cycle trains at once; each
+        :meth:`train` call, from its own thread, is one task."""
+        found = self.remote.cluster_resources()
+        if found is None:
+            return 1
+        cluster, free = self.config.cluster, found["available"]
+        slots = int(free.get("CPU", 0.0) // cluster.num_cpus)
+        gpus = gpus_to_request(cluster.num_gpus, found["total"])
+        if gpus > 0:
+            slots = min(slots, int(free.get("GPU", 0.0) // gpus))
+        return max(1, slots)
+
     @property
     def nodes(self) -> list[tuple[str, str]]:
         """``(kind, node id)`` of every finished remote task, in order."""
@@ -297,7 +329,7 @@ class RayTrainer(ChildTrainer):
         progress: Progress,
     ) -> TrainOutcome:
         outcome = super().train(recipe, workdir, resume_from=resume_from, parent_dir=parent_dir, progress=progress)
-        task = self.remote.record("train", workdir.name)
+        task = self.remote.record("train", task_subject(workdir))
         if task is None or task.cpu_s is None:
             return outcome
         metrics = dict(outcome.metrics)

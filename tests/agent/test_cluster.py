@@ -115,6 +115,7 @@ def test_stopping_a_cycle_stops_its_remote_task_and_the_same_task_resumes_from_i
     remote_run: dict[str, Any],
 ) -> None:
     r = _scenario(remote_run, "stop")
+    assert r["free_slots"] == 2  # read from the cluster by a one-shot bridge child: two idle one-CPU nodes
     # The daemon's runner was asked to stop (SIGTERM, lost lease, timeout): the remote child checkpointed and
     # exited on its node, the cycle stayed resumable, and no force was needed.
     assert r["stopped"]["state"] == "train" and r["stopped"]["error"] is None

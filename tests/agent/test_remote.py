@@ -30,7 +30,7 @@ from agent.child.bridge import (
 )
 from agent.child.channel import Channel
 from agent.child.entry import Interrupted
-from agent.child.remote import RayRunner, RayTrainer
+from agent.child.remote import RayRunner, RayTrainer, task_subject
 from agent.child.runner import ChildOutcome
 from agent.config import QthaConfig
 from agent.cycle.trainer import save_checkpoint
@@ -194,9 +194,8 @@ def test_a_task_ray_cannot_cancel_is_given_up(tmp_path: Path) -> None:
 def test_connecting_where_no_head_answers_retries_with_backoff_then_gives_up(tmp_path: Path) -> None:
     slept: list[float] = []
     ctx = Ctx()
-    spec = _spec(tmp_path, address="127.0.0.1:1", head_timeout_s=10.0)  # nothing listens on port 1
-    with pytest.raises(Interrupted, match="no Ray head answers at 127.0.0.1:1"):
-        connect(spec, ctx, sleep=slept.append)  # type: ignore[arg-type]
+    with pytest.raises(Interrupted, match="no Ray head answers at 127.0.0.1:1"):  # nothing listens on port 1
+        connect("127.0.0.1:1", 10.0, ctx, sleep=slept.append)  # type: ignore[arg-type]
     assert slept == [0.5, 1.0, 2.0, 4.0, 8.0]  # bounded: 15.5 s of waiting covers the 10 s timeout
     assert ctx.events[-1]["phase"] == "unreachable"
 
@@ -394,3 +393,27 @@ def test_ray_trainer_charges_the_remote_cpu_like_a_local_childs(tmp_path: Path) 
     # The child's own measurement is what the budget charges, locally and remotely; the node's total is kept.
     assert outcome.metrics["train_cpu_s"] == 10.0 and outcome.metrics["remote_cpu_s"] == 12.5
     assert trainer.nodes == [("train", "n" * 40)]
+
+
+def test_training_tasks_are_named_by_their_cycle_and_candidate() -> None:
+    assert task_subject(Path("/s/cycles/12")) == "12"
+    assert task_subject(Path("/s/cycles/12/candidate-2")) == "12.candidate-2"  # a parallel candidate's
+
+
+@pytest.mark.parametrize(
+    ("found", "gpus", "slots"),
+    [
+        ({"available": {"CPU": 3.0}, "total": {"CPU": 4.0}}, None, 3),
+        ({"available": {"CPU": 3.0, "GPU": 1.0}, "total": {"CPU": 4.0, "GPU": 2.0}}, None, 1),  # one GPU free
+        ({"available": {"CPU": 3.0, "GPU": 1.0}, "total": {"CPU": 4.0, "GPU": 2.0}}, 0.0, 3),  # GPUs not asked
+        ({"available": {"CPU": 0.0}, "total": {"CPU": 4.0}}, None, 1),  # busy: still one (it queues)
+        (None, None, 1),  # no head answers
+    ],
+)
+def test_free_slots_from_the_clusters_free_resources(tmp_path: Path, found: Any, gpus: Any, slots: int) -> None:
+    outcome = ChildOutcome("done", result=found) if found else ChildOutcome("interrupted", error="no head")
+    local = FakeLocal([], outcome)
+    config = QthaConfig(state_dir=tmp_path, cluster={"address": "127.0.0.1:6379", "num_gpus": gpus})
+    trainer = RayTrainer(config, local)  # type: ignore[arg-type]
+    assert trainer.free_slots() == slots
+    assert local.calls[0][0] == "agent.child.bridge:resources"

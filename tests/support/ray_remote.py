@@ -123,6 +123,7 @@ def stop(work: Path, address: str, knobs: Path) -> dict[str, Any]:
     pids = work / "pids.jsonl"
     write_knobs(knobs, step_s=0.5, pids=str(pids))
     rig = Rig(work, address)
+    free = rig.trainer.free_slots()  # two idle one-CPU nodes
     rig.start_cycle(steps=40)
     wait_for(lambda: rig.checkpoint() >= 2, 120, "a checkpoint of the remote task")
     asked = time.monotonic()
@@ -138,7 +139,7 @@ def stop(work: Path, address: str, knobs: Path) -> dict[str, Any]:
     again = [t for t in rig.trainer.remote.tasks if t.key.kind == "train"][-1]
     version = rig.store.versions.find("c000001")
     return {
-        "stopped": _summary(stopped), "stop_s": stop_s, "child_gone_s": gone_s, "child": child,
+        "free_slots": free, "stopped": _summary(stopped), "stop_s": stop_s, "child_gone_s": gone_s, "child": child,
         "task": {"name": task.key.name, "status": task.status, "phases": task.phases, "resources": task.resources},
         "checkpoint_at_stop": at_stop,
         "resumed": _summary(resumed), "resubmitted": again.key.name,

@@ -9,6 +9,8 @@ environment; the file is on the storage every node sees, and is re-read by every
     delay_s     sleep before training, checking the stop flag (0)
     step_s      sleep after every step (0)
     finish_s    sleep after the last step before returning the result (0)
+    hold_s      train for at least this long, in all (0)
+    trainings   a file to append ``{"workdir", "node", "start", "end"}`` to when a training ends
     stubborn    ignore stop requests, as a hung child would (false)
     marker      a file to append the node id to, once per attempt
     pids        a file to append ``{"pid", "worker_pid", "node", "cycle", "gpus"}`` to, once per attempt (``gpus``:
@@ -69,6 +71,7 @@ def _append(path: str | None, line: str) -> None:
 
 def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     k = knobs()
+    start = time.time()
     workdir = Path(payload["workdir"])
     node = str(payload.get("remote", {}).get("node", ""))
     _append(k.get("marker"), node)
@@ -98,6 +101,9 @@ def train(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         progress=progress,
     )
     time.sleep(float(k.get("finish_s", 0)))
+    time.sleep(max(0.0, float(k.get("hold_s", 0)) - (time.time() - start)))
+    _append(k.get("trainings"), json.dumps({"workdir": str(workdir), "node": node, "start": start,
+                                            "end": time.time()}))
     return {
         "artifact_dir": str(outcome.artifact_dir),
         "steps": outcome.steps,
