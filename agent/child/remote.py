@@ -51,6 +51,8 @@ __all__ = ["RayRunner", "RayTrainer", "RemoteTask", "task_subject"]
 
 log = logging.getLogger("qtha.trainer")
 
+_KEEP_TASKS = 256  # records of the newest remote tasks kept for logs, status and tests
+
 
 def _no_epoch() -> int | None:
     return None
@@ -113,7 +115,7 @@ class RayRunner:
         self._fence = fence
         self._lock = threading.Lock()
         self._running: set[TaskKey] = set()
-        self.tasks: list[RemoteTask] = []
+        self.tasks: list[RemoteTask] = []  # the newest ones, oldest first
 
     # The stop/reset/running protocol is the local runner's: the bridge is its child.
     @property
@@ -147,30 +149,31 @@ class RayRunner:
         if not cluster.address:
             raise ValueError("RayRunner needs [cluster] address (a Ray head: host:6379 or ray://host:10001)")
         key = TaskKey(entry.rpartition(":")[2], _subject(payload, work_dir), self._epoch())
-        channels = work_dir / "remote"
-        # One writer per working directory: an older submission of this task that may still run on a node (its
-        # bridge was killed, or the head was lost while the node lived on) is asked to stop before this one starts.
-        for older in sorted(channels.glob(f"qtha-{key.kind}-{key.subject}-e*")) if channels.is_dir() else ():
-            Channel(older).request_stop()
-        channel = channels / f"{key.name}-{secrets.token_hex(4)}"
-        spec = _spec(entry, payload, key, channel, cluster, grace_s=config.daemon.stop_timeout_s / 2)
         record = RemoteTask(key)
         with self._lock:
             if key in self._running:
                 raise RuntimeError(f"remote task {key.name} is already running in this process")
             self._running.add(key)
             self.tasks.append(record)
-
-        def relay(event: dict[str, Any]) -> None:
-            if event.get("event") == "remote":
-                self._remote_event(record, event)
-                return
-            if event.get("event") == "checkpoint":
-                self._accept(record, what=f"checkpoint at step {event.get('step')}")
-            if on_event is not None:
-                on_event(event)
-
+            del self.tasks[:-_KEEP_TASKS]
         try:
+            channels = work_dir / "remote"
+            # One writer per working directory: an older submission of this task that may still run on a node (its
+            # bridge was killed, or the head was lost while the node lived on) is asked to stop before this one starts.
+            for older in sorted(channels.glob(f"qtha-{key.kind}-{key.subject}-e*")) if channels.is_dir() else ():
+                Channel(older).request_stop()
+            channel = channels / f"{key.name}-{secrets.token_hex(4)}"
+            spec = _spec(entry, payload, key, channel, cluster, grace_s=config.daemon.stop_timeout_s / 2)
+
+            def relay(event: dict[str, Any]) -> None:
+                if event.get("event") == "remote":
+                    self._remote_event(record, event)
+                    return
+                if event.get("event") == "checkpoint":
+                    self._accept(record, what=f"checkpoint at step {event.get('step')}")
+                if on_event is not None:
+                    on_event(event)
+
             outcome = self._local.run(BRIDGE_ENTRY, spec.to_dict(), work_dir, on_event=relay, timeout_s=timeout_s)
             if outcome.status == "done":
                 self._accept(record, what="result")
