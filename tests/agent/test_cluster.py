@@ -135,7 +135,7 @@ def test_a_remote_task_that_ignores_the_stop_is_killed_and_a_queued_one_is_cance
 ) -> None:
     stubborn = _scenario(remote_run, "stubborn")
     assert stubborn["cycle"]["state"] == "train" and stubborn["status"] == "interrupted"
-    assert stubborn["child_gone"]  # SIGKILL on its node after the 2 s grace
+    assert stubborn["child_gone"]  # SIGKILL on its node after the 4 s grace
     assert "cancelled" not in stubborn["phases"] and stubborn["stop_s"] < 30
     queued = _scenario(remote_run, "queued")  # no node has 1000 GiB: it never started
     assert queued["resources"] == {"num_cpus": 1.0, "memory": 1000 * 2**30}

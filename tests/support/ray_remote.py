@@ -8,7 +8,7 @@ tests/agent/test_cluster.py, which starts it inside a network namespace of its o
 
 The harness never connects to Ray itself (a Ray driver exits when the head is gone for a minute): every task goes
 through :class:`agent.child.remote.RayTrainer`'s bridge children, as in the daemon. Each scenario has its own
-database and state directory; ``[daemon] stop_timeout_s = 4`` makes the stop grace 2 s.
+database and state directory; ``[daemon] stop_timeout_s = 8`` makes the stop grace 4 s.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Rig:
         self.store = store or open_store(f"sqlite:///{work / 'qtha.db'}")
         self.registry = Registry(self.store, Layout(work / "state"))
         config = load_config(
-            None, state_dir=str(work / "state"), daemon={"stop_timeout_s": 4.0},
+            None, state_dir=str(work / "state"), daemon={"stop_timeout_s": 8.0},
             cluster={"address": address, "head_timeout_s": HEAD_TIMEOUT_S, **cluster},
         )
         self.local = ChildRunner()  # the daemon's runner: what SIGTERM, a lost lease or a timeout stop
