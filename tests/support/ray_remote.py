@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,18 +70,23 @@ class Rig:
         self.work = work
         self.store = store or open_store(f"sqlite:///{work / 'qtha.db'}")
         self.registry = Registry(self.store, Layout(work / "state"))
-        config = load_config(
+        self.config = load_config(
             None, state_dir=str(work / "state"), daemon={"stop_timeout_s": 8.0},
             cluster={"address": address, "head_timeout_s": HEAD_TIMEOUT_S, **cluster},
         )
         self.local = ChildRunner()  # the daemon's runner: what SIGTERM, a lost lease or a timeout stop
         fencing: dict[str, Any] = {} if epoch is None else {"epoch": epoch, "fence": self.store.check_fence}
-        self.trainer = RayTrainer(config, self.local, train_entry=f"{TASKS}:train",
+        self.trainer = RayTrainer(lambda: self.config, self.local, train_entry=f"{TASKS}:train",
                                   evaluate_entry=f"{TASKS}:evaluate", **fencing)
         self.cycles = CycleRunner(self.registry, self.trainer, mean_gain_gate(-1e9), owner=owner,
                                   workdirs=work / "cycles")
         self.result: list[Cycle] = []
         self.thread: threading.Thread | None = None
+
+    def point_at(self, address: str) -> None:
+        """What an operator does after moving the head: a new ``[cluster] address`` (read at the next task)."""
+        cluster = self.config.cluster.model_copy(update={"address": address})
+        self.config = self.config.model_copy(update={"cluster": cluster})
 
     def start_cycle(self, steps: int) -> None:
         def run() -> None:
@@ -255,25 +260,26 @@ def stale_epoch(work: Path, address: str, knobs: Path) -> dict[str, Any]:
     }
 
 
-def start_cluster(workers: int) -> tuple[Any, list[Any]]:
-    """A head (no CPUs: it runs no tasks) on :data:`GCS_PORT` and ``workers`` one-CPU nodes; the nodes give up
-    on a lost head after 10 s instead of Ray's 60 (as they would, only sooner). Retried: on a loaded machine a
-    node may miss Ray's fixed 30 s start-up wait."""
+def start_cluster(workers: int, ports: Iterable[int] = (GCS_PORT, GCS_PORT + 1, GCS_PORT + 2)) -> tuple[Any, list[Any]]:
+    """A head (no CPUs: it runs no tasks) on the first of ``ports`` where it starts, and ``workers`` one-CPU nodes;
+    the nodes give up on a lost head after 10 s instead of Ray's 60 (as they would, only sooner). On a loaded
+    machine a node may miss Ray's fixed 30 s start-up wait: the next port is tried (what a failed start leaves
+    behind still holds its port; the PID namespace ends it with the harness)."""
     from ray.cluster_utils import Cluster
 
-    for attempt in range(3):
+    ports = list(ports)
+    for i, port in enumerate(ports):
         try:
             cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 0, "gcs_server_port": GCS_PORT, "include_dashboard": False})
+                "num_cpus": 0, "gcs_server_port": port, "include_dashboard": False})
             nodes = [cluster.add_node(num_cpus=1, env_vars=NODE_ENV) for _ in range(workers)]
             cluster.wait_for_nodes()
             return cluster, nodes
         except Exception:
-            if attempt == 2:
+            if i == len(ports) - 1:
                 raise
             traceback.print_exc()
-            time.sleep(5)
-    raise AssertionError("unreachable")
+    raise AssertionError("no ports to try")
 
 
 def head_lost(work: Path, cluster: Any, workers: list[Any], knobs: Path) -> dict[str, Any]:
@@ -284,7 +290,8 @@ def head_lost(work: Path, cluster: Any, workers: list[Any], knobs: Path) -> dict
     t0 = time.monotonic()
     pids = work / "pids.jsonl"
     write_knobs(knobs, step_s=0.5, pids=str(pids))
-    rig = Rig(work, cluster.address)
+    address = cluster.address  # (None once the head is gone)
+    rig = Rig(work, address)
     rig.start_cycle(steps=30)
     wait_for(lambda: rig.checkpoint() >= 2, 120, "a checkpoint before the head is lost")
     marks["trained"] = time.monotonic() - t0
@@ -303,7 +310,13 @@ def head_lost(work: Path, cluster: Any, workers: list[Any], knobs: Path) -> dict
     child_gone = not alive(old_child["pid"])
     marks["nodes_gone"] = time.monotonic() - t0
     write_knobs(knobs, pids=str(pids))
-    again, _ = start_cluster(1)
+    port = int(address.rsplit(":", 1)[1])
+    # A head again at the same address (the daemon reconnects); should it fail to start on this loaded machine, one
+    # at a new address that [cluster] address is pointed at (the daemon rebuilds, as after an edit and SIGHUP).
+    again, _ = start_cluster(1, (port, port + 10, port + 11))
+    same_address = again.address == address
+    if not same_address:
+        rig.point_at(again.address)
     marks["head_back"] = time.monotonic() - t0
     try:
         resumed = rig.resume()
@@ -314,7 +327,7 @@ def head_lost(work: Path, cluster: Any, workers: list[Any], knobs: Path) -> dict
     return {
         "interrupted": _summary(interrupted), "detect_s": detect_s, "phases": first.phases,
         "while_down": _summary(while_down), "down_s": down_s, "down_phases": down_task.phases,
-        "nodes_gone_s": nodes_gone_s, "old_child_gone": child_gone,
+        "nodes_gone_s": nodes_gone_s, "old_child_gone": child_gone, "same_address": same_address,
         "resumed": _summary(resumed), "metrics": dict(version.metrics) if version else None, "marks": marks,
     }
 
