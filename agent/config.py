@@ -127,13 +127,27 @@ class ArtifactsConfig(_Section):
 class ClusterConfig(_Section):
     address: str | None = Field(
         default=None,
-        description="A Ray cluster (ray://head:10001 or head:6379): training and evaluation run there as Ray tasks, "
-        "the daemon stays the driver and keeps the lease. Every node must see the state directory's cycles/ and "
-        "[artifacts] root. Empty: local child processes (Ray is not imported).",
+        description="A Ray cluster (head:6379 or ray://head:10001): training, evaluation and self-improvement "
+        "sampling run there as Ray tasks; the daemon keeps the lease and drives them through a local bridge child. "
+        "Every node must mount the state directory and [artifacts] root at the same paths and have the same qtha "
+        "installed. Empty: local child processes (Ray is not imported).",
     )
     num_cpus: float = Field(default=1.0, gt=0, description="CPUs each Ray task requests.")
+    memory_gb: float = Field(
+        default=0.0, ge=0, description="Memory each Ray task reserves, in GiB (it runs only where that much is "
+        "free). 0: no reservation."
+    )
+    num_gpus: float | None = Field(
+        default=None, ge=0, description="GPUs each Ray task requests. Empty: one when the cluster has GPUs, none "
+        "otherwise; 0: never."
+    )
     max_retries: int = Field(
-        default=2, ge=0, le=100, description="How often Ray reruns a task whose worker node was lost."
+        default=2, ge=0, le=100, description="How often Ray reruns a task whose worker node was lost (each rerun "
+        "resumes from the newest checkpoint)."
+    )
+    head_timeout_s: float = Field(
+        default=20.0, gt=0, description="How long the Ray head may be unreachable (connecting, or while a task "
+        "runs) before the task counts as lost: the cycle is interrupted and resumes from its checkpoint later."
     )
     parallel_candidates: int = Field(
         default=1,

@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agent.child.entry import EXIT_INTERRUPTED
 
-__all__ = ["ChildOutcome", "ChildRunner"]
+__all__ = ["ChildOutcome", "ChildRunner", "TaskRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,23 @@ class ChildOutcome:
     wall_s: float = 0.0
 
 
+class TaskRunner(Protocol):
+    """Runs child tasks: :class:`ChildRunner` here, :class:`agent.child.remote.RayRunner` on a Ray cluster."""
+
+    def run(
+        self,
+        entry: str,
+        payload: Mapping[str, Any],
+        work_dir: Path,
+        *,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> ChildOutcome: ...
+
+
 class ChildRunner:
-    """Runs one child process at a time and can ask it to stop.
+    """Runs child processes and can ask them to stop: usually one at a time; several threads may call :meth:`run`
+    at once (parallel candidates on a cluster, each through its own bridge child), and a stop request reaches all.
 
     Args:
         python: the interpreter for the child (default: this one, so the child sees the same packages).
@@ -73,23 +88,32 @@ class ChildRunner:
         self._kill_grace_s = kill_grace_s
         self._env = dict(env or {})
         self._cwd = cwd
-        self._proc: subprocess.Popen[str] | None = None
+        self._procs: set[subprocess.Popen[str]] = set()
         self._lock = threading.Lock()
         self._stop_requested = False
 
     @property
     def running(self) -> bool:
         with self._lock:
-            return self._proc is not None and self._proc.poll() is None
+            return any(proc.poll() is None for proc in self._procs)
 
     def request_stop(self) -> bool:
-        """Asks a running child to checkpoint and exit (SIGTERM); returns whether one was running."""
+        """Asks running children to checkpoint and exit (SIGTERM); returns whether one was running."""
         with self._lock:
             self._stop_requested = True
-            if self._proc is None or self._proc.poll() is not None:
-                return False
-            self._proc.send_signal(signal.SIGTERM)
-            return True
+            running = [proc for proc in self._procs if proc.poll() is None]
+            for proc in running:
+                proc.send_signal(signal.SIGTERM)
+            return bool(running)
+
+    def kill(self) -> bool:
+        """Kills running children at once (SIGKILL), for those that did not stop on request; returns whether one
+        was running. Their outcome reads ``killed``."""
+        with self._lock:
+            running = [proc for proc in self._procs if proc.poll() is None]
+            for proc in running:
+                proc.kill()
+            return bool(running)
 
     def run(
         self,
@@ -119,7 +143,7 @@ class ChildRunner:
             with self._lock:
                 if self._stop_requested:
                     return ChildOutcome("interrupted", error="stop requested before the child started")
-                self._proc = subprocess.Popen(
+                proc = subprocess.Popen(
                     [self._python, "-m", "agent.child.entry", str(task_path)],
                     stdout=subprocess.PIPE,
                     stderr=stderr,
@@ -128,7 +152,7 @@ class ChildRunner:
                     cwd=self._cwd,
                     env={**os.environ, **self._env},
                 )
-                proc = self._proc
+                self._procs.add(proc)
             timed_out = threading.Event()
             timer = self._arm_timeout(proc, timeout_s, timed_out, self._kill_grace_s)
             handler_error: Exception | None = None
@@ -155,7 +179,7 @@ class ChildRunner:
             if timer is not None:
                 timer.cancel()
         with self._lock:
-            self._proc = None
+            self._procs.discard(proc)
         if handler_error is not None:
             raise handler_error
         wall = time.monotonic() - started

@@ -20,7 +20,7 @@ from typing import Any
 
 import policies
 from agent.child.datasplit import dataset_fingerprint
-from agent.child.runner import ChildOutcome, ChildRunner
+from agent.child.runner import ChildOutcome, TaskRunner
 from agent.config import QthaConfig
 from agent.cycle.trainer import (
     CycleInterrupted,
@@ -79,7 +79,8 @@ class ChildTrainer:
     Args:
         config: the daemon's configuration, or a function returning the current one (read at every call, so a
             SIGHUP reload applies to the next task).
-        runner: runs the child (shared with the daemon, which asks it to stop on SIGTERM).
+        runner: runs the child (shared with the daemon, which asks it to stop on SIGTERM; a
+            :class:`~agent.child.remote.RayRunner` runs it on a Ray cluster).
         observer: told of training steps, circuits run and progress lines.
         train_entry, evaluate_entry: ``module:function`` of the tasks (tests may point at their own).
     """
@@ -87,7 +88,7 @@ class ChildTrainer:
     def __init__(
         self,
         config: QthaConfig | Callable[[], QthaConfig],
-        runner: ChildRunner,
+        runner: TaskRunner,
         *,
         observer: TrainingObserver | None = None,
         train_entry: str = TRAIN_ENTRY,

@@ -17,23 +17,23 @@ __all__ = ["model_trainer", "run"]
 
 def model_trainer(rt: Runtime) -> Trainer:
     """The trainer of the daemon: ``model/`` in a child process, progress into the database and metrics; with
-    ``[cluster] address``, the same child trainer on the Ray cluster's nodes (Ray imported only then); either way
-    wrapped so a self-improvement cycle gets the usage log's prompts (:mod:`agent.daemon.usage_pool`)."""
-    cluster = rt.config.cluster
+    ``[cluster] address``, the same children on the Ray cluster's nodes, their tasks keyed by the lease epoch and
+    their results fenced by it (Ray is imported only in the bridge child, never in the daemon); either way wrapped
+    so a self-improvement cycle gets the usage log's prompts (:mod:`agent.daemon.usage_pool`)."""
+    observer = DaemonTrainingObserver(rt.store, rt.metrics, rt.set_status)
     trainer: Trainer
-    if cluster.address:
-        from agent.child.remote import RayTrainer, WorkerChildTrainer
+    if rt.config.cluster.address:
+        from agent.child.remote import RayTrainer
 
         trainer = RayTrainer(
-            WorkerChildTrainer(rt.config),
-            address=cluster.address,
-            num_cpus=cluster.num_cpus,
-            max_retries=cluster.max_retries,
+            lambda: rt.config,
+            rt.runner,
+            observer=observer,
+            epoch=lambda: rt.leadership.epoch,
+            fence=rt.store.check_fence,
         )
     else:
-        trainer = ChildTrainer(
-            lambda: rt.config, rt.runner, observer=DaemonTrainingObserver(rt.store, rt.metrics, rt.set_status)
-        )
+        trainer = ChildTrainer(lambda: rt.config, rt.runner, observer=observer)
     # A self-improvement cycle samples on the prompts real traffic sent: exported from the usage log beforehand.
     return UsagePoolTrainer(trainer, rt.store)
 

@@ -112,3 +112,24 @@ def test_event_handler_error_stops_the_child_and_propagates(tmp_path: Path) -> N
         runner.run(f"{ME}:stoppable_task", {"checkpoint": str(tmp_path / "ckpt")}, tmp_path, on_event=handler)
     assert int((tmp_path / "ckpt").read_text()) >= 3  # the child checkpointed on the way out
     assert not runner.running
+
+
+def test_children_of_several_threads_are_all_stopped_by_one_request(tmp_path: Path) -> None:
+    """Parallel candidates on a cluster run one bridge child each through the daemon's one runner."""
+    runner = ChildRunner(cwd=ROOT)
+    progressed = [threading.Event(), threading.Event()]
+    outcomes: list[Any] = []
+
+    def run(i: int) -> None:
+        outcomes.append(runner.run(
+            f"{ME}:stoppable_task", {"checkpoint": str(tmp_path / f"ckpt{i}")}, tmp_path / str(i),
+            on_event=lambda e: progressed[i].set() if e.get("step", 0) >= 2 else None))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    assert all(p.wait(timeout=60) for p in progressed), "a child never reported progress"
+    assert runner.running and runner.request_stop()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [o.status for o in outcomes] == ["interrupted", "interrupted"] and not runner.running

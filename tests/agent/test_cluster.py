@@ -14,6 +14,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.support.tools import skip_missing_tool
 
@@ -108,3 +111,104 @@ def test_the_embedded_default_does_not_import_ray_and_a_cluster_address_imports_
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[:2] == ["ChildTrainer False", "RayTrainer False"]
+
+
+# -- remote tasks behave like local children (tests/support/ray_remote.py: one cluster, one run, five scenarios) ----
+
+
+@pytest.fixture(scope="module")
+def remote_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if importlib.util.find_spec("ray") is None:
+        skip_missing_tool("ray", "pip install -e '.[cluster]'")
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        skip_missing_tool("root with unshare and ip (a private network namespace)", "run the suite as root")
+    work = tmp_path_factory.mktemp("ray-remote")
+    out = work / "result.json"
+    # Not exec'd: the harness must not be PID 1, or its children take themselves for orphans (agent.child.entry).
+    script = f"ip link set lo up && {sys.executable} -m tests.support.ray_remote {out} {work}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    # A PID namespace too: when the harness exits, the kernel ends every process Ray left behind.
+    done = subprocess.run(
+        ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return dict(json.loads(out.read_text()))
+
+
+def _scenario(run: dict[str, Any], name: str) -> dict[str, Any]:
+    result = run[name]
+    assert "error" not in result, result["error"]
+    return dict(result)
+
+
+def test_stopping_a_cycle_stops_its_remote_task_and_the_same_task_resumes_from_its_checkpoint(
+    remote_run: dict[str, Any],
+) -> None:
+    r = _scenario(remote_run, "stop")
+    assert r["free_slots"] == 2  # read from the cluster by a one-shot bridge child: two idle one-CPU nodes
+    # The daemon's runner was asked to stop (SIGTERM, lost lease, timeout): the remote child checkpointed and
+    # exited on its node, the cycle stayed resumable, and no force was needed.
+    assert r["stopped"]["state"] == "train" and r["stopped"]["error"] is None
+    assert r["task"]["status"] == "interrupted"
+    assert r["task"]["phases"] == ["submitted", "started", "stopping", "finished"]
+    assert r["child"]["node"] in remote_run["workers"] and r["child_gone_s"] < 15
+    # Run again under the same key (cycle, epoch): same working directory, resumed after the newest checkpoint.
+    assert r["resubmitted"] == r["task"]["name"] == "qtha-train-1-enone"
+    assert r["resumed"]["state"] == "promoted" and r["resumed"]["resumes"] == 1
+    assert r["metrics"]["first_step"] == r["checkpoint_at_stop"] + 1 and r["metrics"]["steps"] == 40
+    # CPU accounting flows back: the child's own measurement (charged) and the node's total.
+    assert 0 < r["metrics"]["train_cpu_s"] <= r["metrics"]["remote_cpu_s"]
+
+
+def test_a_remote_task_that_ignores_the_stop_is_killed_and_a_queued_one_is_cancelled(
+    remote_run: dict[str, Any],
+) -> None:
+    stubborn = _scenario(remote_run, "stubborn")
+    assert stubborn["cycle"]["state"] == "train" and stubborn["status"] == "interrupted"
+    assert stubborn["child_gone"]  # SIGKILL on its node after the 4 s grace
+    assert "cancelled" not in stubborn["phases"] and stubborn["stop_s"] < 30
+    queued = _scenario(remote_run, "queued")  # no node has 1000 GiB: it never started
+    assert queued["resources"] == {"num_cpus": 1.0, "memory": 1000 * 2**30}
+    assert queued["phases"] == ["submitted", "stopping", "cancelled"]  # ray.cancel(force=True)
+    assert queued["cycle"]["state"] == "train" and queued["status"] == "interrupted"
+
+
+def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(remote_run: dict[str, Any]) -> None:
+    r = _scenario(remote_run, "gpu")
+    assert r["cycle"]["state"] == "promoted"
+    assert r["resources"] == [{"num_cpus": 1.0, "num_gpus": 1.0}] * 2  # training and evaluation
+    assert r["nodes"] == [["train", r["gpu_node"]], ["evaluate", r["gpu_node"]]]
+    assert r["child"]["gpus"] == "0"  # Ray's assignment reaches the child process
+    stop = _scenario(remote_run, "stop")  # before the GPU node joined: no GPU asked for
+    assert stop["task"]["resources"] == {"num_cpus": 1.0}
+
+
+def test_a_killed_bridge_takes_its_remote_task_with_it(remote_run: dict[str, Any]) -> None:
+    r = _scenario(remote_run, "bridge_killed")
+    assert r["cycle"]["state"] == "failed" and "killed by SIGKILL" in r["cycle"]["error"]
+    assert r["child_gone_s"] < 90  # Ray ended the dead driver's job: its worker and the child are gone
+
+
+def test_a_result_from_a_stale_epoch_is_refused_and_the_next_leader_finishes_the_cycle(
+    remote_run: dict[str, Any],
+) -> None:
+    r = _scenario(remote_run, "stale_epoch")
+    assert r["refused"] == {"name": "qtha-train-1-e1", "status": "refused"}
+    assert not r["published_by_a"] and r["cycle_a"]["state"] == "train"  # nothing of epoch 1's result written
+    assert r["accepted"] == {"name": "qtha-train-1-e2", "status": "done"}
+    assert r["cycle_b"]["state"] == "promoted"
+    assert r["metrics"]["first_step"] == 6 and r["metrics"]["steps"] == 5  # B resumed after A's last checkpoint
+
+
+def test_a_lost_head_interrupts_the_cycle_which_resumes_when_a_head_is_back(remote_run: dict[str, Any]) -> None:
+    r = _scenario(remote_run, "head_lost")
+    assert r["interrupted"]["state"] == "train" and r["interrupted"]["error"] is None
+    assert "head-lost" in r["phases"] and r["detect_s"] < 30  # head_timeout_s = 3
+    # While no head answers, a try gives up after the timeout (probes with backoff), and the cycle waits.
+    assert r["while_down"]["state"] == "train" and r["down_s"] < 30 and r["down_phases"] == ["unreachable"]
+    # The nodes gave up on the lost head too: their Ray workers and the remote child are gone.
+    assert r["old_child_gone"]
+    # A head runs again at the same address: the next try connects and resumes from the checkpoint.
+    assert r["resumed"]["state"] == "promoted" and r["resumed"]["resumes"] == 2
+    assert r["metrics"]["first_step"] > 1

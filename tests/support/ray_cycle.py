@@ -8,6 +8,7 @@ with only ``lo`` up), so every Ray component can only listen and connect on loop
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -16,32 +17,29 @@ from pathlib import Path
 from agent.artifacts.layout import Layout
 from agent.artifacts.registry import Registry
 from agent.child.remote import RayTrainer
+from agent.child.runner import ChildRunner
+from agent.config import load_config
 from agent.cycle.machine import CycleRunner
 from agent.store import open_store
-from tests.support.standin_trainer import StandinTrainer, mean_gain_gate, standin_recipe
+from tests.support.ray_tasks import KNOBS_ENV, write_knobs
+from tests.support.standin_trainer import mean_gain_gate, standin_recipe
+
+TASKS = "tests.support.ray_tasks"
 
 
-class SlowStandin(StandinTrainer):
-    """Sleeps before training so a test can remove the node it runs on; records the node in a file."""
-
-    def __init__(self, marker: Path, delay_s: float) -> None:
-        super().__init__(task_seed=1)
-        self.marker = marker
-        self.delay_s = delay_s
-
-    def train(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        import ray
-
-        with self.marker.open("a", encoding="utf-8") as f:
-            f.write(ray.get_runtime_context().get_node_id() + "\n")
-        time.sleep(self.delay_s)
-        return super().train(*args, **kwargs)
+def ray_trainer(address: str, state: Path) -> RayTrainer:
+    """A :class:`RayTrainer` running the stand-in's child tasks (:mod:`tests.support.ray_tasks`) on ``address``."""
+    config = load_config(None, state_dir=str(state), cluster={"address": address})
+    return RayTrainer(config, ChildRunner(), train_entry=f"{TASKS}:train", evaluate_entry=f"{TASKS}:evaluate")
 
 
 def main(out: Path, work: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    knobs = work / "knobs.json"
+    os.environ[KNOBS_ENV] = str(knobs)  # the nodes' processes inherit it: set before they start
+    write_knobs(knobs, task_seed=1)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head runs no tasks
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     ray.init(address=cluster.address, log_to_driver=False)
@@ -54,14 +52,15 @@ def main(out: Path, work: Path) -> None:
     registry = Registry(store, Layout(work / "state"))
 
     # 1. A cycle trained and evaluated on the workers, promoted by the driver.
-    trainer = RayTrainer(StandinTrainer(task_seed=1), address=None)
+    trainer = ray_trainer(cluster.address, work / "state")
     runner = CycleRunner(registry, trainer, mean_gain_gate(), owner="driver#1", workdirs=work / "cycles")
     cycle = runner.run(trigger_reasons=["test"], recipe=standin_recipe(steps=6))
     result["cycle1"] = {"state": str(cycle.state), "nodes": trainer.nodes}
 
     # 2. The node training the next candidate is removed mid-training: Ray reruns the task on the survivor.
     marker = work / "train-nodes.txt"
-    slow = RayTrainer(SlowStandin(marker, delay_s=4.0), address=None, max_retries=2)
+    write_knobs(knobs, task_seed=1, delay_s=4.0, marker=str(marker))
+    slow = ray_trainer(cluster.address, work / "state")
     runner2 = CycleRunner(registry, slow, mean_gain_gate(-1e9), owner="driver#1", workdirs=work / "cycles")
 
     def kill_the_training_node() -> None:

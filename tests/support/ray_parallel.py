@@ -12,6 +12,7 @@ CPUs), so this exercises the planner, the learner's trials, the parallel trainin
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,29 +26,7 @@ from agent.daemon.driver import PolicyCycleDriver
 from agent.daemon.lifecycle import build_runtime
 from agent.daemon.policy_inputs import recipe_config
 from agent.daemon.runtime import Runtime
-from tests.support.standin_trainer import StandinTrainer
-
-
-class TimedStandin(StandinTrainer):
-    """Trains for at least ``hold_s`` seconds and appends (work directory, node, start, end) of each training to a
-    file, so the test can see where and when the candidates trained."""
-
-    def __init__(self, log: Path, hold_s: float) -> None:
-        super().__init__(task_seed=1)
-        self.log = log
-        self.hold_s = hold_s
-
-    def train(self, recipe: Any, workdir: Path, **kwargs: Any) -> Any:
-        import ray
-
-        start = time.time()
-        outcome = super().train(recipe, workdir, **kwargs)
-        time.sleep(max(0.0, self.hold_s - (time.time() - start)))
-        line = {"workdir": str(workdir), "node": ray.get_runtime_context().get_node_id(), "start": start,
-                "end": time.time()}
-        with self.log.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-        return outcome
+from tests.support.ray_tasks import KNOBS_ENV, write_knobs
 
 
 def _cycle(rt: Runtime, driver: PolicyCycleDriver) -> dict[str, Any]:
@@ -81,6 +60,10 @@ def main(out: Path, work: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    knobs = work / "knobs.json"
+    os.environ[KNOBS_ENV] = str(knobs)  # the nodes' processes inherit it: set before they start
+    log = work / "trainings.jsonl"
+    write_knobs(knobs, hold_s=2.0, trainings=str(log))  # each training lasts 2 s at least and says where it ran
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head runs no tasks
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     ray.init(address=cluster.address, log_to_driver=False)
@@ -93,12 +76,17 @@ def main(out: Path, work: Path) -> None:
         scheduler={"lease_ttl_s": 3600.0},  # no daemon loop renews the lease here
         training={"steps": 12},
         policy={"promotion_floor": -1e9, "cooldown_s": 0, "min_slice_examples": 5},
-        cluster={"parallel_candidates": 3},
+        cluster={"parallel_candidates": 3, "address": cluster.address},
     )
-    log = work / "trainings.jsonl"
-    trainer = RayTrainer(TimedStandin(log, hold_s=2.0), address=None)
-    driver = PolicyCycleDriver(lambda rt: trainer)
+    tasks = "tests.support.ray_tasks"
+
+    def ray_trainer(rt: Runtime) -> RayTrainer:  # the daemon's wiring (agent.cli.wiring), with the stand-in's tasks
+        return RayTrainer(lambda: rt.config, rt.runner, epoch=lambda: rt.leadership.epoch,
+                          fence=rt.store.check_fence, train_entry=f"{tasks}:train", evaluate_entry=f"{tasks}:evaluate")
+
+    driver = PolicyCycleDriver(ray_trainer)
     rt = build_runtime(config, cycles=driver)
+    trainer = driver.trainer(rt)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         assert rt.leadership.tick(), "could not take the leader lease"
@@ -112,7 +100,7 @@ def main(out: Path, work: Path) -> None:
         result |= {
             "cycles": [first, second],
             "trainings": [json.loads(line) for line in log.read_text().splitlines()],
-            "tasks": trainer.nodes,
+            "tasks": [[t.key.kind, t.nodes] for t in trainer.remote.tasks],
             "trials": {t.number: t.state.name for t in study.get_trials(deepcopy=False)},
             "champion": rt.store.champion.get().version_id,
         }
