@@ -25,6 +25,7 @@ import openai
 import pytest
 
 from agent.artifacts import Layout, Registry
+from agent.artifacts.shared import open_shared
 from agent.store import Store, open_store
 from tests.agent.serve.test_model import TinyVersions, tiny  # noqa: F401 (tiny is a fixture)
 from tests.ops.test_haproxy import CFG, HAPROXY, needs_haproxy
@@ -100,7 +101,7 @@ def replicas(
     url = postgres.fresh_url()
     store = open_store(url)
     # The daemon that published the versions (its own cache and the shared store); the replicas start empty.
-    registry = Registry(store, Layout(root / "publisher"), shared=Layout(root / "shared"))
+    registry = Registry(store, Layout(root / "publisher"), shared=open_shared(root / "shared"))
     for version, path in tiny.adapters.items():
         registry.publish_candidate(version, path, base_fingerprint=tiny.fingerprint, adapter_kind="lora")
     group = Replicas(store, registry, [])
