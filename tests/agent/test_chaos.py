@@ -1,9 +1,9 @@
 """Chaos on the real pipeline: ``qtha daemon`` (scheduler, driver, Optuna study, promotion policy, training and
 evaluation children, ``model.train`` checkpoints) on the tiny model, SIGKILLed at seeded random moments.
 
-Each round picks the phases with the fewest kills so far (``tests/support/chaos.py``: recover, schedule, plan,
-train, checkpoint, publish, validate, promote, tell), waits until the daemon's log shows one of them starting (or
-running), kills at a seeded random offset inside it (a fraction of how long that phase has lasted in this run), and
+Each round waits until the daemon's log shows the next phase still short of kills starting (or running)
+(``tests/support/chaos.py``: recover, schedule, plan, train, checkpoint, publish, validate, promote, tell), kills
+at a seeded random offset inside it (a fraction of how long that phase has lasted in this run), and
 SIGKILLs the daemon, its child, or both. A killed daemon is restarted at once; sometimes it is killed again during
 its start-up repair (the recover phase). Once a restart has settled (it leads, owns the interrupted cycle, the old
 children are gone), and after each child kill once the daemon has dealt with it, the test checks, with its own
@@ -98,7 +98,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, int]]:
                 "promotion_floor": -1e9,
             },
             "scheduler": {
-                "commands_interval_s": 0.3,
+                "commands_interval_s": 1.0,  # also the gauges job: no operator commands here
                 "consider_interval_s": 0.3,
                 "lease_ttl_s": 3.0,
                 "evaluate_interval_s": 3600.0,
@@ -109,6 +109,10 @@ def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, int]]:
         },
     )
     yield config, state, port
+
+
+class Missed(Exception):  # noqa: N818 (not an error: the moment passed)
+    """The phase aimed at ended before the kill's instant and does not come again."""
 
 
 class Chaos:
@@ -124,6 +128,7 @@ class Chaos:
         self.hits: Counter[str] = Counter({p: 0 for p in PHASES})  # by the phase the kill landed in
         self.aimed: Counter[str] = Counter()
         self.restarts = 0
+        self.missed = 0  # recover phases gone by before their kill
         self.checks = 0
         self.violations: list[str] = []
         self.lost_tells: set[int] = set()
@@ -193,16 +198,19 @@ class Chaos:
         self.lost_tells.update(verdict.lost_tells)
 
     # -- aiming and killing ----------------------------------------------------------------------------------------
-    def wanted(self, *, recover: bool) -> set[str]:
-        phases = [p for p in PHASES if recover or p != "recover"]
-        least = min(self.hits[p] for p in phases)
-        return {p for p in phases if self.hits[p] <= least + 1}
+    def wanted(self, per_phase: int) -> set[str]:
+        """The phases still short of kills (all once none is): the next of them the pipeline reaches is killed, so a
+        round waits for the pipeline to get somewhere new, never for it to come round again to a phase it just
+        passed (which takes a whole cycle: training and evaluation children)."""
+        phases = [p for p in PHASES if p != "recover"]  # recover follows a restart; see the test's loop
+        return {p for p in phases if self.hits[p] < per_phase} or set(phases)
 
-    def aim(self, wanted: set[str]) -> tuple[Marker, float]:
+    def aim(self, wanted: set[str], *, this_start: bool = False) -> tuple[Marker, float]:
         """Waits until a wanted phase runs and returns at the kill's instant inside it: a seeded fraction of the
         phase's typical length in this run (of what is left of it, when it was already running). If the phase ends
         before that instant, the next wanted phase is aimed at instead, so a kill lands where it was aimed, not in
-        whatever came after."""
+        whatever came after. ``this_start``: only in the phases the daemon started last is in now (raises
+        :class:`Missed` once it has gone past them)."""
         fraction = self.rng.random()
         aimed: list[tuple[Marker, float]] = []
 
@@ -212,6 +220,8 @@ class Chaos:
             if not self.watch.markers:
                 return None
             last = self.watch.markers[-1]
+            if this_start and last.offset > self.started_at and last.phase not in wanted:
+                raise Missed(f"the restart went past {sorted(wanted)} before its kill")
             if aimed and aimed[0][0] is not last:
                 aimed.clear()  # the phase ended first
             if not aimed:
@@ -228,9 +238,9 @@ class Chaos:
 
         return self.wait(due, f"one of the phases {sorted(wanted)}", interval=0.01)  # short phases: look often
 
-    def kill(self, n: int, wanted: set[str]) -> bool:
+    def kill(self, n: int, wanted: set[str], *, this_start: bool = False) -> bool:
         """One kill; returns whether the daemon was restarted."""
-        marker, at = self.aim(wanted)
+        marker, at = self.aim(wanted, this_start=this_start)
         mine = [pid for pid, ppid in children(self.state) if ppid == self.pid]
         self.pids()  # the last CPU sample of what is about to die
         target = self.rng.choice(TARGETS)
@@ -273,7 +283,7 @@ class Chaos:
         settle = sorted(self.settle_s) or [0.0]
         return (
             f"chaos: kills={sum(self.kills.values())} by target={dict(self.kills)} by phase={dict(self.hits)} "
-            f"aimed={dict(self.aimed)} restarts={self.restarts} checks={self.checks} "
+            f"aimed={dict(self.aimed)} missed recoveries={self.missed} restarts={self.restarts} checks={self.checks} "
             f"violations={len(self.violations)} cycles={dict(ended)} resumed cycles ended={dict(resumed)} "
             f"failed after too many resumes={too_often} lost tells={sorted(self.lost_tells)} "
             f"champion={snap.champion if snap else None} settle median/max={settle[len(settle) // 2]:.1f}/"
@@ -318,13 +328,15 @@ def test_sigkill_of_daemon_and_child_keeps_every_invariant(
             if n >= MAX_ROUNDS_FACTOR * kills_wanted:
                 break
             n += 1
-            others = min(chaos.hits[p] for p in PHASES if p != "recover")
-            if restarted and chaos.hits["recover"] <= others and chaos.rng.random() < RECOVER_SHARE:
-                restarted = chaos.kill(n, {"recover"})  # again, while the restart repairs what the last kill left
-            else:
-                if n > 1:
-                    chaos.settle_and_check(f"after kill {n - 1}")
-                restarted = chaos.kill(n, chaos.wanted(recover=False))
+            if restarted and chaos.hits["recover"] < per_phase and chaos.rng.random() < RECOVER_SHARE:
+                try:  # again, while the restart repairs what the last kill left
+                    restarted = chaos.kill(n, {"recover"}, this_start=True)
+                    continue
+                except Missed:
+                    chaos.missed += 1
+            if n > 1:
+                chaos.settle_and_check(f"after kill {n - 1}")
+            restarted = chaos.kill(n, chaos.wanted(per_phase))
         chaos.settle_and_check("after the last kill")
     finally:  # the counts are printed even when the run is cut short
         chaos.stop()
