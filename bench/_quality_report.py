@@ -14,6 +14,7 @@ from bench._quality_summary import (
     ArmSummary,
     Comparison,
     choose_learning_rates,
+    chosen_rates,
     compare_ablations,
     compare_at_equal_rates,
     compare_to_lora,
@@ -57,7 +58,7 @@ def plot_loss_curves(results: dict[str, Any], task: str, path: Path) -> None:
         window = max(1, curves.shape[1] // 15)
         smooth = np.asarray([_smooth(c, window) for c in curves])
         x = np.arange(smooth.shape[1]) + window
-        ax.plot(x, smooth.mean(axis=0), label=f"{_label(results, arm)}, lr {compared_rate(results, arm):g} "
+        ax.plot(x, smooth.mean(axis=0), label=f"{_label(results, arm)}, lr {compared_rate(results, arm, task):g} "
                                               f"({len(runs)} seed{'s' * (len(runs) > 1)})")
         if len(runs) > 1:
             ax.fill_between(x, smooth.min(axis=0), smooth.max(axis=0), alpha=0.2)
@@ -110,7 +111,7 @@ def _arm_table(results: dict[str, Any], task: str, rows: dict[str, ArmSummary]) 
         ratio = f"{s.params / lora.params:.3f}" if lora else "–"
         cost = f"{s.step_s.mean / lora.step_s.mean:.2f}" if lora else "–"
         lines.append(
-            f"| {_label(results, arm)} | {compared_rate(results, arm):g} | {len(s.seeds)} | {s.params:,} | {ratio} | "
+            f"| {_label(results, arm)} | {compared_rate(results, arm, task):g} | {len(s.seeds)} | {s.params:,} | {ratio} | "
             f"{s.bond_dim or '–'} | "
             f"{s.step_s.fmt(2)} | {cost} | {s.compile_s.mean:.0f} | {s.late_train_loss.fmt()} | {s.heldout_loss.fmt()} | "
             f"{s.heldout_ppl.fmt(2)} |" + (f" {s.exact_match.fmt(3)} |" if maths else ""))
@@ -141,18 +142,26 @@ def _profile_lines(results: dict[str, Any]) -> list[str]:
         f"- Every arm: AdamW, {p['warmup_steps']} warm-up step(s) to its peak learning rate, then cosine decay to a "
         "tenth, global-norm clipping at 1, per-block remat, float32.",
     ]
+    chosen = chosen_rates(results)
+    ran = {(r["task"], r["arm"]) for r in results["runs"]}
+    rates = "; ".join(f"{task}: " + ", ".join(f"{_label(results, a)} {compared_rate(results, a, task):g}"
+                                            for a in p["arms"] if (task, a) in ran) for task in p["tasks"])
     if p.get("lr_grid"):
         follows = "; ".join(f"{_label(results, a)} at {_label(results, b)}'s" for a, b in p.get("lr_follows", [])
                             if a in p["arms"])
-        lines.append(f"- Peak learning rate: swept over {', '.join(f'{x:g}' for x in p['lr_grid'])} for "
-                     f"{', '.join(_label(results, a) for a in p['sweep_arms'] if a in p['arms'])} alike (maths, seed "
-                     f"{p['seeds'][0]}); each is compared at the rate of its lowest late training loss (mean of the "
-                     "last quarter of steps; the held-out set plays no part)"
-                     + (f"; {follows} rate" if follows else "") + ". Dialogue uses the rates chosen on maths.")
-        chosen = meta.get("learning_rates", {})
-        lines.append("- Rates chosen: " + ", ".join(f"{_label(results, a)} {compared_rate(results, a):g}"
-                                                   for a in p["arms"] if any(r["arm"] == a for r in results["runs"]))
-                     + "." + ("" if chosen else " (no sweep finished: every arm at the default rate)"))
+        swept = p.get("sweep_tasks") or ["maths"]
+        lines.append(f"- Peak learning rate: swept over {', '.join(f'{x:g}' for x in p['lr_grid'])} on "
+                     f"{' and '.join(swept)} (each task its own sweep, seed {p['seeds'][0]}) for every arm among "
+                     f"{', '.join(_label(results, a) for a in p['sweep_arms'] if a in p['arms'])} that runs on the task; "
+                     "each is compared at the rate of its lowest late training loss on that task (mean of the last "
+                     "quarter of steps; the held-out set plays no part)" + (f"; {follows} rate" if follows else "")
+                     + "." + ("" if set(p["tasks"]) <= set(swept) else
+                              f" Other tasks use the rates chosen on {swept[0]}."))
+        lines.append(f"- Rates compared at: {rates}." + ("" if chosen else
+                                                         " (no sweep finished: every arm at the default rate)"))
+    elif p.get("rates_from"):
+        lines.append(f"- No sweep of its own: every arm at the rate the study in `{p['rates_from']}` (relative to "
+                     f"this folder) chose for it on maths: {rates}.")
     else:
         lines.append(f"- Peak learning rate {p['learning_rate']:g} for every arm (no sweep).")
     lines += [f"- Task {name}: {text}." for name, text in meta["tasks"].items()]
@@ -191,10 +200,7 @@ def _headline(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]
                          + "; ".join(f"{c.task} {_METRIC_NAMES[c.metric]} ({_label(results, c.arm)})" for c in hits)
                          + ".")
     if results["meta"].get("learning_rates"):
-        lines.append("- Each arm is compared at its own peak learning rate, chosen by the same sweep: "
-                     + ", ".join(f"{_label(results, a)} {compared_rate(results, a):g}"
-                                 for a in results["meta"]["profile"]["arms"]
-                                 if any(r["arm"] == a for r in results["runs"])) + ".")
+        lines.append("- Each arm is compared at its own peak learning rate on each task (see What was run).")
     for task, rows in summary.items():
         lora = rows.get(BASELINE)
         if lora is None:
@@ -207,30 +213,32 @@ def _headline(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]
     return lines
 
 
-def _sweep_section(results: dict[str, Any], bootstrap_seed: int) -> list[str]:
-    """The learning-rate sweep's runs, and LoRA against each swept arm at the same rate (one seed each)."""
+def _sweep_section(results: dict[str, Any], bootstrap_seed: int, task: str) -> list[str]:
+    """The learning-rate sweep's runs on ``task``, and LoRA against each swept arm at the same rate (one seed)."""
     p = results["meta"]["profile"]
     grid, first = p.get("lr_grid", []), p["seeds"][0]
-    runs = sorted((r for r in results["runs"] if r["task"] == "maths" and r["seed"] == first
+    runs = sorted((r for r in results["runs"] if r["task"] == task and r["seed"] == first
                    and r["arm"] in p.get("sweep_arms", []) and r["learning_rate"] in grid),
                   key=lambda r: (p["arms"].index(r["arm"]), r["learning_rate"]))
     if not runs:
         return []
-    lines = ["## Learning-rate sweep (maths, one seed)", "",
+    maths = task == "maths"
+    lines = [f"## Learning-rate sweep ({task}, one seed)", "",
              f"Seed {first}. The late training loss picks each arm's rate (chosen: ✓); held-out numbers are shown "
              "but were not used to choose.", "",
-             "| arm | peak lr | late train loss | held-out loss | exact match | chosen |", "|---|---|---|---|---|---|"]
+             "| arm | peak lr | late train loss | held-out loss |" + (" exact match |" if maths else "") + " chosen |",
+             "|---|---|---|---|" + ("---|" if maths else "") + "---|"]
     lines += [f"| {_label(results, r['arm'])} | {r['learning_rate']:g} | {selection_loss(r['train_losses']):.4f} | "
-              f"{r['heldout_loss']:.4f} | {r.get('exact_match', math.nan):.3f} | "
-              f"{'✓' if r['learning_rate'] == compared_rate(results, r['arm']) else ''} |" for r in runs]
-    choices = choose_learning_rates(results["runs"], p.get("sweep_arms", []), grid, seed=first)
+              f"{r['heldout_loss']:.4f} |" + (f" {r.get('exact_match', math.nan):.3f} |" if maths else "")
+              + f" {'✓' if r['learning_rate'] == compared_rate(results, r['arm'], task) else ''} |" for r in runs]
+    choices = choose_learning_rates(results["runs"], p.get("sweep_arms", []), grid, task=task, seed=first)
     edges = [arm for arm, choice in choices.items() if choice.at_edge]
     if edges:
         lines += ["", "Chosen at the edge of the grid (the best rate may lie beyond it): "
                   + ", ".join(_label(results, a) for a in edges) + "."]
-    equal = compare_at_equal_rates(results, seed=bootstrap_seed)
+    equal = compare_at_equal_rates(results, seed=bootstrap_seed, task=task)
     if equal:
-        lines += ["", "### Same learning rate for both (one seed, paired over held-out examples)", "",
+        lines += ["", f"### Same learning rate for both ({task}, one seed, paired over held-out examples)", "",
                   "The issue's literal protocol: one schedule for every arm. A shared rate favours whichever arm it "
                   "suits (a rate where one arm has diverged or barely moved decides the verdict), so these rows show "
                   "how differently the arms respond to the rate; the comparison at each arm's own rate above is the "
@@ -312,7 +320,8 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
                   f"[{c.diff.low:+.4f}, {c.diff.high:+.4f}] | the stand-in {c.verdict} {_label(results, twin)} |"
                   for twin, c in ablations]
         lines.append("")
-    lines += _sweep_section(results, bootstrap_seed)
+    for task in results["meta"]["profile"].get("sweep_tasks") or ["maths"]:
+        lines += _sweep_section(results, bootstrap_seed, task)
     lines += _reproduction_section(results, summary)
     lines += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots] + [""]
     lines += ["## Arms", ""]

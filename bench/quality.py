@@ -6,8 +6,9 @@ training loss; then it trains each (arm, task, seed) at that rate, scores it on 
 by greedy decoding and response loss; dialogue: response loss / perplexity), and writes ``results.json``, PNG
 plots and ``REPORT.md``. The sweep also gives the same-rate comparison at every rate of the grid.
 
-    .venv/bin/python bench/quality.py --profile quick         # the committed study (~70 min, idle 2-core machine)
-    .venv/bin/python bench/quality.py --profile full          # longer runs (estimated ~3 h; not yet run)
+    .venv/bin/python bench/quality.py --profile quick --resume   # the committed study, reports/quality/
+    .venv/bin/python bench/quality.py --profile full --resume    # longer runs at the quick study's rates,
+                                                                 # reports/quality/full/ (~10 min a run)
     .venv/bin/python bench/quality.py --report-only           # re-render REPORT.md and plots from results.json
     .venv/bin/python bench/quality.py --profile smoke --checkpoint DIR --out /tmp/q --json   # pipeline check
 
@@ -42,7 +43,9 @@ from bench._quality_profiles import (  # noqa: E402
     RunSpec,
     plan_comparison,
     plan_sweep,
+    rates_by_task,
     run_settings,
+    runs_on,
 )
 from bench._quality_report import write_report  # noqa: E402
 from bench._quality_summary import choose_learning_rates, selection_loss  # noqa: E402
@@ -52,6 +55,7 @@ from model import (  # noqa: E402
     FinetuneConfig,
     LoadedModel,
     TrainConfig,
+    adapted_modules,
     finetune,
     load_checkpoint,
 )
@@ -142,6 +146,8 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
         "adapter_config": repr(used),
         "bond_dim": getattr(used, "bond_dim", None),
         "trainable_params": run.params.total,
+        # A per-token stand-in reads fewer entries of each module's angle vector than the adapter counts.
+        "unused_params": arm.unused_weights() * len(adapted_modules(copy.model)),
         "train_losses": [float(x) for x in result.losses],
         "skipped_nonfinite": result.skipped_nonfinite,
         "compile_s": result.compile_time_s,
@@ -197,6 +203,23 @@ def load_previous(out: Path, profile: Profile, checkpoint: str) -> tuple[dict[st
         runs.update({r["key"]: r for r in old.get("runs", [])})
         base.update(old.get("base", {}))
     return runs, base
+
+
+def rates_from(path: Path) -> dict[str, dict[str, float]]:
+    """The learning rates another study chose (task → arm → rate), for a profile that does not sweep its own.
+
+    Raises:
+        SystemExit: the file is unreadable or holds no chosen rates (its sweep has not finished).
+    """
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))["meta"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise SystemExit(f"rates_from {path}: cannot read it as a results file ({exc})") from exc
+    first = (meta.get("profile", {}).get("sweep_tasks") or ["maths"])[0]
+    chosen = rates_by_task(meta.get("learning_rates", {}), first)
+    if not chosen:
+        raise SystemExit(f"rates_from {path}: its study chose no learning rates (run that study's sweep first)")
+    return chosen
 
 
 def load_reference(path: Path, profile: Profile, checkpoint: str) -> dict[str, Any]:
@@ -261,7 +284,8 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
             "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine_at_start": machine_info(),
             "tasks": {name: t.describe for name, t in tasks.items()},
-            "arms": {name: {"label": a.label, "note": a.note, "cheap": a.cheap, "classical": a.classical}
+            "arms": {name: {"label": a.label, "note": a.note, "cheap": a.cheap, "classical": a.classical,
+                            "twin": a.twin}
                      for name, a in arms.items() if name in profile.arms},
         },
         "base": {},
@@ -312,15 +336,23 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
                 + (f", exact match {record['exact_match']:.3f}" if "exact_match" in record else ""))
             save_results(path, results)
 
-    sweep = plan_sweep(profile)
+    sweep = plan_sweep(profile, costly)
     execute(sweep, "sweep")
-    choices = choose_learning_rates(results["runs"], profile.sweep_arms, profile.lr_grid,
-                                    seed=profile.seeds[0]) if sweep else {}
-    chosen = {arm: c.learning_rate for arm, c in choices.items()}
+    if profile.rates_from:
+        chosen = rates_from(out / profile.rates_from)
+        results["meta"]["rates_from"] = profile.rates_from
+        log(f"learning rates from {profile.rates_from}: {chosen}")
+    else:
+        chosen = {}
+        for task in profile.sweep_tasks if sweep else ():
+            swept = [arm for arm in profile.sweep_arms if runs_on(profile, arm, task, costly)]
+            choices = choose_learning_rates(results["runs"], swept, profile.lr_grid, task=task, seed=profile.seeds[0])
+            chosen[task] = {arm: c.learning_rate for arm, c in choices.items()}
+            for arm, c in choices.items():
+                log(f"learning rate of {arm} on {task}: {c.learning_rate:g}"
+                    f"{' (at the edge of the grid)' if c.at_edge else ''} (late training loss by rate: "
+                    + ", ".join(f"{rate:g} → {loss:.4f}" for rate, loss in c.scores) + ")")
     results["meta"]["learning_rates"] = chosen
-    for arm, c in choices.items():
-        log(f"learning rate of {arm}: {c.learning_rate:g}{' (at the edge of the grid)' if c.at_edge else ''} "
-            "(late training loss by rate: " + ", ".join(f"{rate:g} → {loss:.4f}" for rate, loss in c.scores) + ")")
     plan = sweep + plan_comparison(profile, costly, chosen)
     execute(plan[len(sweep):], "comparison")
     if earlier is not None:
@@ -339,7 +371,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--checkpoint", default="bundled:smollm2", help="base model (default: bundled SmolLM2)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default: reports/quality)")
+    parser.add_argument("--out", type=Path,
+                        help="report folder (default: reports/quality, reports/quality/full for the full profile)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the profile's training seeds")
     parser.add_argument("--maths-steps", type=int, help="override the profile's maths steps")
     parser.add_argument("--dialogue-steps", type=int, help="override the profile's dialogue steps")
@@ -348,6 +381,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-grid", type=float, nargs="*",
                         help="override the swept learning rates (none: no sweep, every arm at the default rate)")
     parser.add_argument("--sweep-arms", nargs="+", help="override the arms whose learning rate is swept")
+    parser.add_argument("--sweep-tasks", nargs="+", choices=("maths", "dialogue"),
+                        help="override the tasks that choose their own learning rates")
     parser.add_argument("--reference", type=Path,
                         help="an earlier results.json of the same settings: report how its shared runs reproduce")
     parser.add_argument("--resume", action="store_true",
@@ -363,6 +398,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out is None:
+        args.out = DEFAULT_OUT / "full" if args.profile == "full" else DEFAULT_OUT
     path = args.out / "results.json"
     if args.report_only:
         results = json.loads(path.read_text(encoding="utf-8"))
@@ -372,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             dialogue_steps=args.dialogue_steps, arms=tuple(args.arms) if args.arms else None,
             tasks=tuple(args.tasks) if args.tasks else None,
             lr_grid=tuple(args.lr_grid) if args.lr_grid is not None else None,
-            sweep_arms=tuple(args.sweep_arms) if args.sweep_arms else None)
+            sweep_arms=tuple(args.sweep_arms) if args.sweep_arms else None,
+            sweep_tasks=tuple(args.sweep_tasks) if args.sweep_tasks else None)
         # Resuming or sharing the work does not change a run's numbers: the recorded command leaves those flags out.
         given = [a for a in (argv if argv is not None else sys.argv[1:])
                  if a not in ("--resume", "--reverse", "--merge-only")]
