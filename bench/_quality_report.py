@@ -25,6 +25,7 @@ from bench._quality_summary import (
     selection_loss,
     summarize,
 )
+from bench._quality_verdicts import verdict_section
 
 __all__ = ["write_report"]
 
@@ -271,8 +272,17 @@ def _reproduction_section(results: dict[str, Any], summary: dict[str, dict[str, 
     return lines + [""]
 
 
-def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0) -> Path:
-    """Writes ``REPORT.md`` and the PNG plots into ``out``; returns the report's path."""
+def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0,
+                 full: dict[str, Any] | None = None) -> Path:
+    """Writes ``REPORT.md`` and the PNG plots into ``out``; returns the report's path.
+
+    Args:
+        results: the study's raw results.
+        out: the report folder.
+        bootstrap_seed: seeds every bootstrap.
+        full: the full profile's results (a study at this one's rates, in ``out/full``), for the verdicts; a study
+            that took its rates from another (the full profile itself) gets no verdict section of its own.
+    """
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     comparisons = compare_to_lora(results, seed=bootstrap_seed)
@@ -292,16 +302,16 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
              "Produced by `bench/quality.py` (raw numbers in `results.json` beside this file); every number below "
              "was measured by that run. Reproduce with:", "", "```", f".venv/bin/python {results['meta']['command']}",
              "```", "", "## What was run", "", *_profile_lines(results), "",
+             *([] if results["meta"]["profile"].get("rates_from")
+               else verdict_section(results, full, seed=bootstrap_seed)),
              "## Where QTHA beats, matches or loses to LoRA", "",
              "Paired per held-out example (per-example values averaged over the seeds both arms ran), 95% percentile "
              f"bootstrap interval over examples ({results['meta']['profile']['bootstrap']} resamples). \"Not "
              "significantly different\" means the interval contains 0 — not that the arms are equal.", "",
              *_headline(results, summary, comparisons), "", "In detail:", "",
              *(_verdict_lines(results, comparisons) or ["- No comparison: LoRA or the other arms have no runs."]), "",
-             "These are short runs of a 135M-parameter model on two small tasks; they say nothing about longer "
-             "training, larger models or other data."
-             + (" Each arm's rate was tuned on maths only; dialogue runs at the same rates, which may suit one arm "
-                "better than the other there." if results["meta"]["profile"].get("lr_grid") else ""), ""]
+             "These are runs of a 135M-parameter model on two small tasks; they say nothing about much longer "
+             "training, larger models or other data.", ""]
     for task, rows in summary.items():
         lines += [f"## {task.capitalize()}", "",
                   "Mean ± sample standard deviation over seeds. Late train loss: mean of the last quarter of the "
@@ -312,9 +322,9 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
     ablations = compare_ablations(results, seed=bootstrap_seed)
     if ablations:
         lines += ["## Is the circuit doing the work?", "",
-                  "The classical stand-in keeps everything of its QTHA twin (MPOs, parameter count, rate, seeds) but "
-                  "maps the angles through a fixed random softmax instead of the circuit. Paired over held-out "
-                  "examples:", "",
+                  "Each classical stand-in keeps everything of its QTHA twin (MPOs, fusion, scale, the parameter "
+                  "vector, seeds) and replaces only the circuit; see Arms for each. Paired over held-out examples, "
+                  "each arm at its compared rate:", "",
                   "| task | metric | seeds | stand-in − QTHA | 95% CI | verdict |", "|---|---|---|---|---|---|"]
         lines += [f"| {c.task} | {_METRIC_NAMES[c.metric]} | {', '.join(map(str, c.seeds))} | {c.diff.diff:+.4f} | "
                   f"[{c.diff.low:+.4f}, {c.diff.high:+.4f}] | the stand-in {c.verdict} {_label(results, twin)} |"

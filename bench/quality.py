@@ -419,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["bench/quality.py", *given])
         results = study(profile, checkpoint=args.checkpoint, out=args.out, resume=args.resume, command=command,
                         part=args.part, reverse=args.reverse, merge_only=args.merge_only, reference=args.reference)
-    report = write_report(results, args.out)
+    full_path = args.out / "full" / "results.json"
+    full = json.loads(full_path.read_text(encoding="utf-8")) if full_path.exists() else None
+    report = write_report(results, args.out, full=full)
     log(f"report written: {report}")
     if args.json:
         print(json.dumps(results))
