@@ -43,6 +43,8 @@ class Profile:
             first ``extra_seeds`` seeds (default: ``costly_seeds``).
         extra_seeds: see ``extra_arms``.
         costly_tasks: the tasks the costly and extra arms run on.
+        costly_in_rounds: train the costly arms seed by seed with the others (round k: seed k of every arm)
+            instead of after all rounds, so that a study cut short holds every arm's first seeds.
         tasks: tasks to run.
         data_seed: fixes the problems drawn and the dialogue split (the same for all arms and seeds).
         eval_batch: rows per held-out loss batch.
@@ -72,6 +74,7 @@ class Profile:
     extra_arms: tuple[str, ...] = ()
     extra_seeds: int | None = None
     costly_tasks: tuple[str, ...] = ("maths", "dialogue")
+    costly_in_rounds: bool = False
     tasks: tuple[str, ...] = ("maths", "dialogue")
     data_seed: int = 0
     eval_batch: int = 8
@@ -95,7 +98,7 @@ class Profile:
 # ``lr_probe``/``lr_probe_arms`` are the plan fields of the first study's results files (read by ``--resume``).
 _PLAN_FIELDS = ("name", "seeds", "costly_seeds", "lr_grid", "sweep_arms", "lr_follows", "arms", "extra_arms",
                 "extra_seeds", "costly_tasks", "tasks", "bootstrap", "lr_probe", "lr_probe_arms", "sweep_tasks",
-                "rates_from")
+                "rates_from", "costly_in_rounds")
 
 
 def run_settings(profile: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +124,7 @@ PROFILES: dict[str, Profile] = {
         gen_batch=200,
         arms=("lora", "qtha_w10", "qtha_act"),
         costly_tasks=("maths",),
+        costly_in_rounds=True,
         tasks=("maths",),
     ),
     # Short runs: every arm's learning rate swept on maths (the per-token stand-in's too), LoRA's and QTHA's again on
@@ -238,7 +242,8 @@ def plan_comparison(profile: Profile, costly: set[str], chosen: Mapping[str, Map
     """The comparison runs, in rounds, so that a study cut short still holds complete comparisons.
 
     Round k trains seed k of every cheap arm on every task; the costly arms (their first ``costly_seeds`` seeds)
-    and the extra arms (first ``extra_seeds``) come after all rounds, on ``costly_tasks``. A run that the sweep
+    and the extra arms (first ``extra_seeds``) come after all rounds, on ``costly_tasks`` (with
+    ``costly_in_rounds``, the costly arms train in the rounds instead). A run that the sweep
     already made (same task, arm, seed and rate) is planned again under the same key and reused, not retrained.
 
     Args:
@@ -252,14 +257,22 @@ def plan_comparison(profile: Profile, costly: set[str], chosen: Mapping[str, Map
     def spec(task: str, arm: str, seed: int) -> RunSpec:
         return RunSpec(task, arm, seed, task_learning_rate(settings, chosen, arm, task))
 
+    extra_seeds = profile.costly_seeds if profile.extra_seeds is None else profile.extra_seeds
+    in_rounds = costly if profile.costly_in_rounds else set()
+
+    def seeds_of(arm: str) -> tuple[int, ...]:
+        return profile.seeds if arm not in later else profile.seeds[:profile.costly_seeds if arm in costly
+                                                                    else extra_seeds]
+
+    def trains(arm: str, task: str, seed: int) -> bool:
+        return runs_on(profile, arm, task, costly) and seed in seeds_of(arm)
+
     runs: list[RunSpec] = []
     for seed in profile.seeds:
-        runs += [spec(task, arm, seed) for task in profile.tasks for arm in profile.arms if arm not in later]
-    extra_seeds = profile.costly_seeds if profile.extra_seeds is None else profile.extra_seeds
+        runs += [spec(task, arm, seed) for task in profile.tasks for arm in profile.arms
+                 if (arm not in later or arm in in_rounds) and trains(arm, task, seed)]
     for arm in profile.arms:
-        if arm not in later:
-            continue
-        n = profile.costly_seeds if arm in costly else extra_seeds
-        runs += [spec(task, arm, seed) for seed in profile.seeds[:n] for task in profile.tasks
-                 if task in profile.costly_tasks]
+        if arm in later and arm not in in_rounds:
+            runs += [spec(task, arm, seed) for seed in seeds_of(arm) for task in profile.tasks
+                     if trains(arm, task, seed)]
     return runs

@@ -25,7 +25,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -205,20 +205,30 @@ def load_previous(out: Path, profile: Profile, checkpoint: str) -> tuple[dict[st
     return runs, base
 
 
-def rates_from(path: Path) -> dict[str, dict[str, float]]:
+def rates_from(path: Path, arms: Sequence[str]) -> dict[str, dict[str, float]]:
     """The learning rates another study chose (task → arm → rate), for a profile that does not sweep its own.
 
+    A study still running has recorded no choice yet: the rates are then chosen from its finished sweep runs, by
+    the same rule, once every rate of the grid has run for each of ``arms``.
+
     Raises:
-        SystemExit: the file is unreadable or holds no chosen rates (its sweep has not finished).
+        SystemExit: the file is unreadable, or its sweep has not finished for one of ``arms``.
     """
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))["meta"]
+        other = json.loads(path.read_text(encoding="utf-8"))
+        meta = other["meta"]
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         raise SystemExit(f"rates_from {path}: cannot read it as a results file ({exc})") from exc
-    first = (meta.get("profile", {}).get("sweep_tasks") or ["maths"])[0]
-    chosen = rates_by_task(meta.get("learning_rates", {}), first)
+    swept = meta.get("profile", {}).get("sweep_tasks") or ["maths"]
+    chosen = rates_by_task(meta.get("learning_rates", {}), swept[0])
     if not chosen:
-        raise SystemExit(f"rates_from {path}: its study chose no learning rates (run that study's sweep first)")
+        p = meta["profile"]
+        for task in swept:
+            choices = choose_learning_rates(other["runs"], p["sweep_arms"], p["lr_grid"], task=task, seed=p["seeds"][0])
+            chosen[task] = {a: c.learning_rate for a, c in choices.items() if len(c.scores) == len(p["lr_grid"])}
+    missing = [a for a in arms if a not in chosen.get(swept[0], {})]
+    if missing:
+        raise SystemExit(f"rates_from {path}: its study has not chosen a rate for {missing} yet (let its sweep finish)")
     return chosen
 
 
@@ -339,7 +349,7 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
     sweep = plan_sweep(profile, costly)
     execute(sweep, "sweep")
     if profile.rates_from:
-        chosen = rates_from(out / profile.rates_from)
+        chosen = rates_from(out / profile.rates_from, profile.arms)
         results["meta"]["rates_from"] = profile.rates_from
         log(f"learning rates from {profile.rates_from}: {chosen}")
     else:
