@@ -19,7 +19,10 @@ __all__ = ["ArmSummary", "Comparison", "LearningRateChoice", "Recommendation", "
            "stand_in_pairs", "compare_to_lora", "recommend", "reproduce", "selection_loss", "summarize"]
 
 BASELINE = "lora"
-# A QTHA arm whose median time per step exceeds this multiple of LoRA's is not an acceptable daemon default.
+# A QTHA arm whose time per step exceeds this multiple of LoRA's is not an acceptable daemon default. Times are
+# compared through each arm's fastest run (the lowest median step time of any of its runs on the task): the machine
+# is shared, and the runs of one study can meet very different loads (the first study's activation-mode run took
+# 3.3 s a step, a later one 10.3 s at the same size), so an arm's fastest run is its least disturbed.
 MAX_COST_RATIO = 2.0
 
 
@@ -57,6 +60,7 @@ class ArmSummary:
     heldout_ppl: Stat
     exact_match: Stat
     step_s: Stat
+    fastest_step_s: float  # the lowest median step time of any of the arm's runs on the task (any rate or seed)
     compile_s: Stat
 
 
@@ -142,6 +146,7 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, ArmSummary]]:
                 heldout_ppl=Stat.of([r["heldout_ppl"] for r in runs]),
                 exact_match=Stat.of([r["exact_match"] for r in runs if "exact_match" in r]),
                 step_s=Stat.of([r["median_step_s"] for r in runs]),
+                fastest_step_s=min(r["median_step_s"] for r in results["runs"] if r["task"] == task and r["arm"] == arm),
                 compile_s=Stat.of([r["compile_s"] for r in runs]),
             )
     return out
@@ -288,7 +293,7 @@ def _config_field(text: str, name: str) -> str:
 def recommend(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]) -> Recommendation | None:
     """The affordable QTHA configuration, at its compared learning rate, with the lowest late training loss on maths.
 
-    Candidates: every QTHA arm — not the classical ablation — whose mean median time per step is at most
+    Candidates: every QTHA arm — not the classical ablation — whose fastest run's median time per step is at most
     ``MAX_COST_RATIO``× LoRA's, at the rate it is compared at (a swept arm's rate was itself picked by the same
     loss on the sweep). Score: :func:`selection_loss` averaged over the arm's seeds. Each training batch is seen
     once, so a late training loss is a loss on problems the run had not yet seen, and the held-out test set plays
@@ -298,13 +303,13 @@ def recommend(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]
     task = "maths" if "maths" in summary else next(iter(summary), None)
     if task is None or BASELINE not in summary[task]:
         return None
-    lora_step = summary[task][BASELINE].step_s.mean
+    lora_step = summary[task][BASELINE].fastest_step_s
     scored = []
     reasons = []
     for name, s in summary[task].items():
         if name == BASELINE or arms[name]["classical"]:
             continue
-        ratio = s.step_s.mean / lora_step
+        ratio = s.fastest_step_s / lora_step
         if ratio > MAX_COST_RATIO:
             reasons.append(f"{arms[name]['label']} is excluded: {ratio:.1f}× LoRA's time per step on {task} "
                            f"(limit {MAX_COST_RATIO:g}×)")
@@ -318,7 +323,7 @@ def recommend(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]
     loss, best, lr, n = scored[0]
     s = summary[task][best]
     reasons.insert(0, f"{arms[best]['label']} at learning rate {lr:g} has the lowest late {task} training loss "
-                      f"({loss:.4f}, mean of {n} seed{'s' * (n > 1)}; {s.step_s.mean / lora_step:.2f}× LoRA's time "
+                      f"({loss:.4f}, mean of {n} seed{'s' * (n > 1)}; {s.fastest_step_s / lora_step:.2f}× LoRA's time "
                       f"per step, {s.params:,} parameters)")
     reasons.append("candidates (late training loss, seeds): " + "; ".join(
         f"{arms[a]['label']} at {rate:g} → {value:.4f} ({k})" for value, a, rate, k in scored))

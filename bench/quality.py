@@ -128,6 +128,7 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
             log(f"  {spec.key} step {p.step}/{p.total_steps} loss {p.loss:.4f} lr {p.learning_rate:.2e} "
                 f"{p.elapsed_s:.0f}s")
 
+    load_start = os.getloadavg()[0]
     copy = dataclasses.replace(loaded, model=nnx.clone(loaded.model))  # the base stays clean for the next run
     run = finetune(copy, task.train, config, qnn_factory=arm.qnn_factory(spec.seed), progress=progress)
     result, used = run.train, run.adapter
@@ -154,6 +155,7 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
         "step_times_s": step_times,
         "median_step_s": statistics.median(step_times),
         "train_wall_s": result.wall_time_s,
+        "load_avg": [load_start, os.getloadavg()[0]],  # the machine's 1-minute load at the start and end of training
     }
     record.update(evaluate(copy.model, loaded, task, profile))
     return record
