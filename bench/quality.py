@@ -351,7 +351,7 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
     sweep = plan_sweep(profile, costly)
     execute(sweep, "sweep")
     if profile.rates_from:
-        chosen = rates_from(out / profile.rates_from, profile.arms)
+        chosen = rates_from(Path(os.path.normpath(out / profile.rates_from)), profile.arms)
         results["meta"]["rates_from"] = profile.rates_from
         log(f"learning rates from {profile.rates_from}: {chosen}")
     else:
