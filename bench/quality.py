@@ -1,10 +1,13 @@
 """Quality study: QTHA against LoRA on the bundled SmolLM2-135M-Instruct, the baseline protocol of qtha-method.md.
 
 Every arm gets the same base model, data, training seeds, steps, batch and schedule shape. The study first sweeps
-the peak learning rate of LoRA and the QTHA arms alike (maths, first seed) and picks each arm's rate by its late
-training loss; then it trains each (arm, task, seed) at that rate, scores it on held-out data (maths: exact match
+the peak learning rate of LoRA, the QTHA arms and the per-token classical stand-in alike (first seed, on each task
+of ``sweep_tasks``: maths, and dialogue for the arms that run there) and picks each arm's rate on each task by its
+late training loss; then it trains each (arm, task, seed) at that rate, scores it on held-out data (maths: exact match
 by greedy decoding and response loss; dialogue: response loss / perplexity), and writes ``results.json``, PNG
-plots and ``REPORT.md``. The sweep also gives the same-rate comparison at every rate of the grid.
+plots and ``REPORT.md`` with a verdict per question (activation mode against LoRA, each circuit against its classical
+stand-in, dialogue at its own rates, the full profile from ``full/results.json``). The sweep also gives the
+same-rate comparison at every rate of the grid.
 
     .venv/bin/python bench/quality.py --profile quick --resume   # the committed study, reports/quality/
     .venv/bin/python bench/quality.py --profile full --resume    # longer runs at the quick study's rates,
