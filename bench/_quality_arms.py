@@ -1,4 +1,4 @@
-"""The arms of the quality study: LoRA, QTHA in weight and activation mode, and a classical ablation of QTHA.
+"""The arms of the quality study: LoRA, QTHA in weight and activation mode, and classical stand-ins for its circuit.
 
 Every arm adapts the same modules (``q_proj`` and ``v_proj`` of every layer) unless its ``targets`` say otherwise,
 and trains with the same data, steps, batch, seed and schedule.
@@ -6,18 +6,16 @@ and trains with the same data, steps, batch, seed and schedule.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 from model import LoraConfig, QthaAdapterConfig
+from model.adapters import qtha_circuit_spec, token_mlp_layout, token_mlp_qnn, weight_softmax_factory
 from quantum import CircuitSpec
 
-__all__ = ["Arm", "classical_core_factory", "default_arms"]
+__all__ = ["Arm", "default_arms"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,9 @@ class Arm:
         label: what the report calls it.
         config: the adapter config handed to ``inject_adapters``.
         cheap: runs every seed of the profile when True; only the first ``costly_seeds`` when False.
-        classical: replace the circuit by :func:`classical_core_factory` (weight mode only).
+        classical: replace the circuit by a classical stand-in of the same parameter vector
+            (``model.adapters.weight_softmax_factory`` in weight mode, ``token_mlp_qnn`` in activation mode).
+        twin: the quantum arm a classical stand-in is paired with (is the circuit doing the work?).
         note: one line for the report (why this arm, what was reduced).
     """
 
@@ -38,44 +38,25 @@ class Arm:
     config: LoraConfig | QthaAdapterConfig
     cheap: bool = True
     classical: bool = False
+    twin: str = ""
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def unused_weights(self) -> int:
+        """Entries of each module's circuit weight vector that this arm never reads (the per-token stand-in's
+        spares; counted as trainable by the adapter, but they get no gradient)."""
+        if not (self.classical and isinstance(self.config, QthaAdapterConfig)
+                and self.config.qnn_mode == "activation"):
+            return 0
+        layout = token_mlp_layout(qtha_circuit_spec(self.config))
+        return layout.n_weights - layout.used
+
     def qnn_factory(self, seed: int) -> Callable[[CircuitSpec], Any] | None:
         """The QNN builder to inject with (None: the JAX statevector simulator)."""
-        return classical_core_factory(seed) if self.classical else None
-
-
-def classical_core_factory(seed: int) -> Callable[[CircuitSpec], Callable[[jax.Array, jax.Array], jax.Array]]:
-    """A classical stand-in for weight mode's circuit, with exactly the circuit's trainable parameters.
-
-    The circuit maps its ``4·n·L`` angles θ to a probability vector ``P(θ)`` over ``2^n`` basis states; the
-    stand-in maps the same θ to ``softmax(R θ)`` with ``R`` a fixed Gaussian ``[2^n, 4·n·L]`` matrix (seeded, not
-    trained). Same parameter count, same output type and the same surrounding adapter (MPOs, scale, init): only
-    the quantum map is replaced. ``R``'s scale, ``1/sqrt(2·4nL)``, gives the logits at the circuit's uniform
-    ``θ ~ U(-π, π)`` initialisation a standard deviation of π/√6 ≈ 1.28, that of log-probabilities of a random
-    circuit's Porter–Thomas output, so both start from a similarly spread core.
-
-    Args:
-        seed: seeds ``R``.
-
-    Returns:
-        A ``qnn_factory`` for ``inject_adapters``: spec → ``f(inputs[B, n_inputs], θ) → [B, 2^n]``.
-    """
-
-    def factory(spec: CircuitSpec) -> Callable[[jax.Array, jax.Array], jax.Array]:
-        if spec.readout != "probs":
-            raise ValueError("the classical stand-in replaces weight mode's probability readout only")
-        n_out, n_w = 2**spec.n_qubits, spec.n_weights
-        proj = jax.random.normal(jax.random.key(seed), (n_out, n_w), jnp.float32) / math.sqrt(2 * n_w)
-
-        def core(inputs: jax.Array, weights: jax.Array) -> jax.Array:
-            probs = jax.nn.softmax(proj @ weights)
-            return jnp.broadcast_to(probs, (inputs.shape[0], n_out))
-
-        return core
-
-    return factory
+        if not self.classical:
+            return None
+        assert isinstance(self.config, QthaAdapterConfig)
+        return weight_softmax_factory(seed) if self.config.qnn_mode == "weight" else token_mlp_qnn
 
 
 def default_arms(*, activation_qubits: int, activation_layers: int) -> tuple[Arm, ...]:
@@ -89,15 +70,26 @@ def default_arms(*, activation_qubits: int, activation_layers: int) -> tuple[Arm
     paper_weight = QthaAdapterConfig(n_qubits=10, n_layers=10, qnn_mode="weight")
     small_weight = QthaAdapterConfig(n_qubits=4, n_layers=2, qnn_mode="weight")
     activation = QthaAdapterConfig(n_qubits=activation_qubits, n_layers=activation_layers, qnn_mode="activation")
+    # The stand-in's weights start like a tanh MLP's (U(-1, 1), about Glorot's scale for these widths), so it is a
+    # nonlinear map of O(1) gain from the first step, as the circuit is (⟨Z_i⟩ ≈ cos(π·tanh h_i) at small angles).
+    token_mlp = dataclasses.replace(activation, qnn_init_scale=1.0)
+    mlp = token_mlp_layout(qtha_circuit_spec(activation))
     return (
         Arm("lora", "LoRA r=8 α=16", lora, note="the baseline"),
         Arm("qtha_w10", "QTHA weight 10q×10L", paper_weight,
             note="paper's circuit, weight mode; bond dimension chosen for ≈24% of LoRA's parameters"),
         Arm("qtha_w4", "QTHA weight 4q×2L", small_weight,
             note="small weight-mode circuit (the daemon's earlier default size); bond dimension auto (≤24%)"),
-        Arm("classical_w10", "classical stand-in for QTHA weight 10q×10L", paper_weight, classical=True,
+        Arm("classical_w10", "classical stand-in for QTHA weight 10q×10L", paper_weight, classical=True, twin="qtha_w10",
             note="ablation: the circuit's P(θ) replaced by softmax(Rθ), same 400 angles, fixed random R"),
         Arm("qtha_act", f"QTHA activation {activation_qubits}q×{activation_layers}L", activation, cheap=False,
             note=(f"per-token circuit; reduced to {activation_qubits} qubits × {activation_layers} layers from the "
                   "paper's 10×10 for CPU cost; same modules")),
+        Arm("classical_act", f"per-token classical stand-in for QTHA activation {activation_qubits}q×"
+            f"{activation_layers}L", token_mlp, cheap=False, classical=True, twin="qtha_act",
+            note=(f"ablation: the per-token circuit replaced by a tanh MLP {mlp.n_in} → {mlp.hidden} → {mlp.n_out} on "
+                  f"the same bottleneck features (same π·tanh input map, outputs in [-1, 1] like ⟨Z⟩), its "
+                  f"{mlp.used} weights read from the circuit's {mlp.n_weights}-entry angle vector "
+                  f"({mlp.n_weights - mlp.used} unused per module); initial weights U(-1, 1); its own learning "
+                  "rate")),
     )

@@ -14,6 +14,7 @@ from bench._quality_summary import (
     ArmSummary,
     Comparison,
     choose_learning_rates,
+    chosen_rates,
     compare_ablations,
     compare_at_equal_rates,
     compare_to_lora,
@@ -24,6 +25,7 @@ from bench._quality_summary import (
     selection_loss,
     summarize,
 )
+from bench._quality_verdicts import verdict_section
 
 __all__ = ["write_report"]
 
@@ -57,7 +59,7 @@ def plot_loss_curves(results: dict[str, Any], task: str, path: Path) -> None:
         window = max(1, curves.shape[1] // 15)
         smooth = np.asarray([_smooth(c, window) for c in curves])
         x = np.arange(smooth.shape[1]) + window
-        ax.plot(x, smooth.mean(axis=0), label=f"{_label(results, arm)}, lr {compared_rate(results, arm):g} "
+        ax.plot(x, smooth.mean(axis=0), label=f"{_label(results, arm)}, lr {compared_rate(results, arm, task):g} "
                                               f"({len(runs)} seed{'s' * (len(runs) > 1)})")
         if len(runs) > 1:
             ax.fill_between(x, smooth.min(axis=0), smooth.max(axis=0), alpha=0.2)
@@ -108,9 +110,9 @@ def _arm_table(results: dict[str, Any], task: str, rows: dict[str, ArmSummary]) 
                      f"{base['heldout_ppl']:.2f} |" + (f" {base['exact_match']:.3f} |" if maths else ""))
     for arm, s in rows.items():
         ratio = f"{s.params / lora.params:.3f}" if lora else "–"
-        cost = f"{s.step_s.mean / lora.step_s.mean:.2f}" if lora else "–"
+        cost = f"{s.fastest_step_s / lora.fastest_step_s:.2f}" if lora else "–"
         lines.append(
-            f"| {_label(results, arm)} | {compared_rate(results, arm):g} | {len(s.seeds)} | {s.params:,} | {ratio} | "
+            f"| {_label(results, arm)} | {compared_rate(results, arm, task):g} | {len(s.seeds)} | {s.params:,} | {ratio} | "
             f"{s.bond_dim or '–'} | "
             f"{s.step_s.fmt(2)} | {cost} | {s.compile_s.mean:.0f} | {s.late_train_loss.fmt()} | {s.heldout_loss.fmt()} | "
             f"{s.heldout_ppl.fmt(2)} |" + (f" {s.exact_match.fmt(3)} |" if maths else ""))
@@ -141,18 +143,26 @@ def _profile_lines(results: dict[str, Any]) -> list[str]:
         f"- Every arm: AdamW, {p['warmup_steps']} warm-up step(s) to its peak learning rate, then cosine decay to a "
         "tenth, global-norm clipping at 1, per-block remat, float32.",
     ]
+    chosen = chosen_rates(results)
+    ran = {(r["task"], r["arm"]) for r in results["runs"]}
+    rates = "; ".join(f"{task}: " + ", ".join(f"{_label(results, a)} {compared_rate(results, a, task):g}"
+                                            for a in p["arms"] if (task, a) in ran) for task in p["tasks"])
     if p.get("lr_grid"):
         follows = "; ".join(f"{_label(results, a)} at {_label(results, b)}'s" for a, b in p.get("lr_follows", [])
                             if a in p["arms"])
-        lines.append(f"- Peak learning rate: swept over {', '.join(f'{x:g}' for x in p['lr_grid'])} for "
-                     f"{', '.join(_label(results, a) for a in p['sweep_arms'] if a in p['arms'])} alike (maths, seed "
-                     f"{p['seeds'][0]}); each is compared at the rate of its lowest late training loss (mean of the "
-                     "last quarter of steps; the held-out set plays no part)"
-                     + (f"; {follows} rate" if follows else "") + ". Dialogue uses the rates chosen on maths.")
-        chosen = meta.get("learning_rates", {})
-        lines.append("- Rates chosen: " + ", ".join(f"{_label(results, a)} {compared_rate(results, a):g}"
-                                                   for a in p["arms"] if any(r["arm"] == a for r in results["runs"]))
-                     + "." + ("" if chosen else " (no sweep finished: every arm at the default rate)"))
+        swept = p.get("sweep_tasks") or ["maths"]
+        lines.append(f"- Peak learning rate: swept over {', '.join(f'{x:g}' for x in p['lr_grid'])} on "
+                     f"{' and '.join(swept)} (each task its own sweep, seed {p['seeds'][0]}) for every arm among "
+                     f"{', '.join(_label(results, a) for a in p['sweep_arms'] if a in p['arms'])} that runs on the task; "
+                     "each is compared at the rate of its lowest late training loss on that task (mean of the last "
+                     "quarter of steps; the held-out set plays no part)" + (f"; {follows} rate" if follows else "")
+                     + "." + ("" if set(p["tasks"]) <= set(swept) else
+                              f" Other tasks use the rates chosen on {swept[0]}."))
+        lines.append(f"- Rates compared at: {rates}." + ("" if chosen else
+                                                         " (no sweep finished: every arm at the default rate)"))
+    elif p.get("rates_from"):
+        lines.append(f"- No sweep of its own: every arm at the rate the study in `{p['rates_from']}` (relative to "
+                     f"this folder) chose for it on maths: {rates}.")
     else:
         lines.append(f"- Peak learning rate {p['learning_rate']:g} for every arm (no sweep).")
     lines += [f"- Task {name}: {text}." for name, text in meta["tasks"].items()]
@@ -191,10 +201,7 @@ def _headline(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]
                          + "; ".join(f"{c.task} {_METRIC_NAMES[c.metric]} ({_label(results, c.arm)})" for c in hits)
                          + ".")
     if results["meta"].get("learning_rates"):
-        lines.append("- Each arm is compared at its own peak learning rate, chosen by the same sweep: "
-                     + ", ".join(f"{_label(results, a)} {compared_rate(results, a):g}"
-                                 for a in results["meta"]["profile"]["arms"]
-                                 if any(r["arm"] == a for r in results["runs"])) + ".")
+        lines.append("- Each arm is compared at its own peak learning rate on each task (see What was run).")
     for task, rows in summary.items():
         lora = rows.get(BASELINE)
         if lora is None:
@@ -207,30 +214,32 @@ def _headline(results: dict[str, Any], summary: dict[str, dict[str, ArmSummary]]
     return lines
 
 
-def _sweep_section(results: dict[str, Any], bootstrap_seed: int) -> list[str]:
-    """The learning-rate sweep's runs, and LoRA against each swept arm at the same rate (one seed each)."""
+def _sweep_section(results: dict[str, Any], bootstrap_seed: int, task: str) -> list[str]:
+    """The learning-rate sweep's runs on ``task``, and LoRA against each swept arm at the same rate (one seed)."""
     p = results["meta"]["profile"]
     grid, first = p.get("lr_grid", []), p["seeds"][0]
-    runs = sorted((r for r in results["runs"] if r["task"] == "maths" and r["seed"] == first
+    runs = sorted((r for r in results["runs"] if r["task"] == task and r["seed"] == first
                    and r["arm"] in p.get("sweep_arms", []) and r["learning_rate"] in grid),
                   key=lambda r: (p["arms"].index(r["arm"]), r["learning_rate"]))
     if not runs:
         return []
-    lines = ["## Learning-rate sweep (maths, one seed)", "",
+    maths = task == "maths"
+    lines = [f"## Learning-rate sweep ({task}, one seed)", "",
              f"Seed {first}. The late training loss picks each arm's rate (chosen: ✓); held-out numbers are shown "
              "but were not used to choose.", "",
-             "| arm | peak lr | late train loss | held-out loss | exact match | chosen |", "|---|---|---|---|---|---|"]
+             "| arm | peak lr | late train loss | held-out loss |" + (" exact match |" if maths else "") + " chosen |",
+             "|---|---|---|---|" + ("---|" if maths else "") + "---|"]
     lines += [f"| {_label(results, r['arm'])} | {r['learning_rate']:g} | {selection_loss(r['train_losses']):.4f} | "
-              f"{r['heldout_loss']:.4f} | {r.get('exact_match', math.nan):.3f} | "
-              f"{'✓' if r['learning_rate'] == compared_rate(results, r['arm']) else ''} |" for r in runs]
-    choices = choose_learning_rates(results["runs"], p.get("sweep_arms", []), grid, seed=first)
+              f"{r['heldout_loss']:.4f} |" + (f" {r.get('exact_match', math.nan):.3f} |" if maths else "")
+              + f" {'✓' if r['learning_rate'] == compared_rate(results, r['arm'], task) else ''} |" for r in runs]
+    choices = choose_learning_rates(results["runs"], p.get("sweep_arms", []), grid, task=task, seed=first)
     edges = [arm for arm, choice in choices.items() if choice.at_edge]
     if edges:
         lines += ["", "Chosen at the edge of the grid (the best rate may lie beyond it): "
                   + ", ".join(_label(results, a) for a in edges) + "."]
-    equal = compare_at_equal_rates(results, seed=bootstrap_seed)
+    equal = compare_at_equal_rates(results, seed=bootstrap_seed, task=task)
     if equal:
-        lines += ["", "### Same learning rate for both (one seed, paired over held-out examples)", "",
+        lines += ["", f"### Same learning rate for both ({task}, one seed, paired over held-out examples)", "",
                   "The issue's literal protocol: one schedule for every arm. A shared rate favours whichever arm it "
                   "suits (a rate where one arm has diverged or barely moved decides the verdict), so these rows show "
                   "how differently the arms respond to the rate; the comparison at each arm's own rate above is the "
@@ -263,8 +272,17 @@ def _reproduction_section(results: dict[str, Any], summary: dict[str, dict[str, 
     return lines + [""]
 
 
-def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0) -> Path:
-    """Writes ``REPORT.md`` and the PNG plots into ``out``; returns the report's path."""
+def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0,
+                 full: dict[str, Any] | None = None) -> Path:
+    """Writes ``REPORT.md`` and the PNG plots into ``out``; returns the report's path.
+
+    Args:
+        results: the study's raw results.
+        out: the report folder.
+        bootstrap_seed: seeds every bootstrap.
+        full: the full profile's results (a study at this one's rates, in ``out/full``), for the verdicts; a study
+            that took its rates from another (the full profile itself) gets no verdict section of its own.
+    """
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     comparisons = compare_to_lora(results, seed=bootstrap_seed)
@@ -284,35 +302,38 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
              "Produced by `bench/quality.py` (raw numbers in `results.json` beside this file); every number below "
              "was measured by that run. Reproduce with:", "", "```", f".venv/bin/python {results['meta']['command']}",
              "```", "", "## What was run", "", *_profile_lines(results), "",
+             *([] if results["meta"]["profile"].get("rates_from")
+               else verdict_section(results, full, seed=bootstrap_seed)),
              "## Where QTHA beats, matches or loses to LoRA", "",
              "Paired per held-out example (per-example values averaged over the seeds both arms ran), 95% percentile "
              f"bootstrap interval over examples ({results['meta']['profile']['bootstrap']} resamples). \"Not "
              "significantly different\" means the interval contains 0 — not that the arms are equal.", "",
              *_headline(results, summary, comparisons), "", "In detail:", "",
              *(_verdict_lines(results, comparisons) or ["- No comparison: LoRA or the other arms have no runs."]), "",
-             "These are short runs of a 135M-parameter model on two small tasks; they say nothing about longer "
-             "training, larger models or other data."
-             + (" Each arm's rate was tuned on maths only; dialogue runs at the same rates, which may suit one arm "
-                "better than the other there." if results["meta"]["profile"].get("lr_grid") else ""), ""]
+             "These are runs of a 135M-parameter model on two small tasks; they say nothing about much longer "
+             "training, larger models or other data.", ""]
     for task, rows in summary.items():
         lines += [f"## {task.capitalize()}", "",
                   "Mean ± sample standard deviation over seeds. Late train loss: mean of the last quarter of the "
-                  "steps. s/step: median wall time of a training step after compilation (the machine was shared "
-                  "while it ran, so compare ratios within this run rather than absolute times).", "",
+                  "steps. s/step: median wall time of a training step after compilation, over the arm's compared runs; "
+                  "× LoRA time: the ratio of each arm's fastest run (lowest median of any of its runs on the task, "
+                  "sweep included) to LoRA's: the machine was shared and its load changed a lot between runs, so an "
+                  "arm's fastest run is its least disturbed one (absolute times mean little).", "",
                   *_arm_table(results, task, rows), ""]
     lines += ["## Paired differences to LoRA", "", *_comparison_table(results, comparisons), ""]
     ablations = compare_ablations(results, seed=bootstrap_seed)
     if ablations:
         lines += ["## Is the circuit doing the work?", "",
-                  "The classical stand-in keeps everything of its QTHA twin (MPOs, parameter count, rate, seeds) but "
-                  "maps the angles through a fixed random softmax instead of the circuit. Paired over held-out "
-                  "examples:", "",
+                  "Each classical stand-in keeps everything of its QTHA twin (MPOs, fusion, scale, the parameter "
+                  "vector, seeds) and replaces only the circuit; see Arms for each. Paired over held-out examples, "
+                  "each arm at its compared rate:", "",
                   "| task | metric | seeds | stand-in − QTHA | 95% CI | verdict |", "|---|---|---|---|---|---|"]
         lines += [f"| {c.task} | {_METRIC_NAMES[c.metric]} | {', '.join(map(str, c.seeds))} | {c.diff.diff:+.4f} | "
                   f"[{c.diff.low:+.4f}, {c.diff.high:+.4f}] | the stand-in {c.verdict} {_label(results, twin)} |"
                   for twin, c in ablations]
         lines.append("")
-    lines += _sweep_section(results, bootstrap_seed)
+    for task in results["meta"]["profile"].get("sweep_tasks") or ["maths"]:
+        lines += _sweep_section(results, bootstrap_seed, task)
     lines += _reproduction_section(results, summary)
     lines += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots] + [""]
     lines += ["## Arms", ""]
@@ -327,7 +348,7 @@ def write_report(results: dict[str, Any], out: Path, *, bootstrap_seed: int = 0)
         lines += [f"Chosen: **{rec.qnn_mode} mode, {rec.qubits} qubits, {rec.layers} layers, bond dimension "
                   f"{rec.bond_dim}, learning rate {rec.learning_rate:g}** (arm `{rec.arm}`).", ""]
         lines += [f"- {reason}." for reason in rec.reasons]
-        lines += [f"- Rule: among QTHA arms (not the classical ablation) whose median time per step is at most "
+        lines += [f"- Rule: among QTHA arms (not the classical ablation) whose fastest run's time per step is at most "
                   f"{MAX_COST_RATIO:g}× LoRA's, the arm with the lowest late maths training loss (mean over seeds) at "
                   "its compared rate; the held-out test set is not used to choose.", ""]
     if results.get("not_run"):

@@ -1,13 +1,17 @@
 """Quality study: QTHA against LoRA on the bundled SmolLM2-135M-Instruct, the baseline protocol of qtha-method.md.
 
 Every arm gets the same base model, data, training seeds, steps, batch and schedule shape. The study first sweeps
-the peak learning rate of LoRA and the QTHA arms alike (maths, first seed) and picks each arm's rate by its late
-training loss; then it trains each (arm, task, seed) at that rate, scores it on held-out data (maths: exact match
+the peak learning rate of LoRA, the QTHA arms and the per-token classical stand-in alike (first seed, on each task
+of ``sweep_tasks``: maths, and dialogue for the arms that run there) and picks each arm's rate on each task by its
+late training loss; then it trains each (arm, task, seed) at that rate, scores it on held-out data (maths: exact match
 by greedy decoding and response loss; dialogue: response loss / perplexity), and writes ``results.json``, PNG
-plots and ``REPORT.md``. The sweep also gives the same-rate comparison at every rate of the grid.
+plots and ``REPORT.md`` with a verdict per question (activation mode against LoRA, each circuit against its classical
+stand-in, dialogue at its own rates, the full profile from ``full/results.json``). The sweep also gives the
+same-rate comparison at every rate of the grid.
 
-    .venv/bin/python bench/quality.py --profile quick         # the committed study (~70 min, idle 2-core machine)
-    .venv/bin/python bench/quality.py --profile full          # longer runs (estimated ~3 h; not yet run)
+    .venv/bin/python bench/quality.py --profile quick --resume   # the committed study, reports/quality/
+    .venv/bin/python bench/quality.py --profile full --resume    # longer runs at the quick study's rates,
+                                                                 # reports/quality/full/ (~10 min a run)
     .venv/bin/python bench/quality.py --report-only           # re-render REPORT.md and plots from results.json
     .venv/bin/python bench/quality.py --profile smoke --checkpoint DIR --out /tmp/q --json   # pipeline check
 
@@ -24,7 +28,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,9 @@ from bench._quality_profiles import (  # noqa: E402
     RunSpec,
     plan_comparison,
     plan_sweep,
+    rates_by_task,
     run_settings,
+    runs_on,
 )
 from bench._quality_report import write_report  # noqa: E402
 from bench._quality_summary import choose_learning_rates, selection_loss  # noqa: E402
@@ -52,6 +58,7 @@ from model import (  # noqa: E402
     FinetuneConfig,
     LoadedModel,
     TrainConfig,
+    adapted_modules,
     finetune,
     load_checkpoint,
 )
@@ -124,6 +131,7 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
             log(f"  {spec.key} step {p.step}/{p.total_steps} loss {p.loss:.4f} lr {p.learning_rate:.2e} "
                 f"{p.elapsed_s:.0f}s")
 
+    load_start = os.getloadavg()[0]
     copy = dataclasses.replace(loaded, model=nnx.clone(loaded.model))  # the base stays clean for the next run
     run = finetune(copy, task.train, config, qnn_factory=arm.qnn_factory(spec.seed), progress=progress)
     result, used = run.train, run.adapter
@@ -142,12 +150,15 @@ def run_one(loaded: LoadedModel, task: Task, arm: Arm, spec: RunSpec, profile: P
         "adapter_config": repr(used),
         "bond_dim": getattr(used, "bond_dim", None),
         "trainable_params": run.params.total,
+        # A per-token stand-in reads fewer entries of each module's angle vector than the adapter counts.
+        "unused_params": arm.unused_weights() * len(adapted_modules(copy.model)),
         "train_losses": [float(x) for x in result.losses],
         "skipped_nonfinite": result.skipped_nonfinite,
         "compile_s": result.compile_time_s,
         "step_times_s": step_times,
         "median_step_s": statistics.median(step_times),
         "train_wall_s": result.wall_time_s,
+        "load_avg": [load_start, os.getloadavg()[0]],  # the machine's 1-minute load at the start and end of training
     }
     record.update(evaluate(copy.model, loaded, task, profile))
     return record
@@ -197,6 +208,33 @@ def load_previous(out: Path, profile: Profile, checkpoint: str) -> tuple[dict[st
         runs.update({r["key"]: r for r in old.get("runs", [])})
         base.update(old.get("base", {}))
     return runs, base
+
+
+def rates_from(path: Path, arms: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The learning rates another study chose (task → arm → rate), for a profile that does not sweep its own.
+
+    A study still running has recorded no choice yet: the rates are then chosen from its finished sweep runs, by
+    the same rule, once every rate of the grid has run for each of ``arms``.
+
+    Raises:
+        SystemExit: the file is unreadable, or its sweep has not finished for one of ``arms``.
+    """
+    try:
+        other = json.loads(path.read_text(encoding="utf-8"))
+        meta = other["meta"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise SystemExit(f"rates_from {path}: cannot read it as a results file ({exc})") from exc
+    swept = meta.get("profile", {}).get("sweep_tasks") or ["maths"]
+    chosen = rates_by_task(meta.get("learning_rates", {}), swept[0])
+    if not chosen:
+        p = meta["profile"]
+        for task in swept:
+            choices = choose_learning_rates(other["runs"], p["sweep_arms"], p["lr_grid"], task=task, seed=p["seeds"][0])
+            chosen[task] = {a: c.learning_rate for a, c in choices.items() if len(c.scores) == len(p["lr_grid"])}
+    missing = [a for a in arms if a not in chosen.get(swept[0], {})]
+    if missing:
+        raise SystemExit(f"rates_from {path}: its study has not chosen a rate for {missing} yet (let its sweep finish)")
+    return chosen
 
 
 def load_reference(path: Path, profile: Profile, checkpoint: str) -> dict[str, Any]:
@@ -261,7 +299,8 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
             "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine_at_start": machine_info(),
             "tasks": {name: t.describe for name, t in tasks.items()},
-            "arms": {name: {"label": a.label, "note": a.note, "cheap": a.cheap, "classical": a.classical}
+            "arms": {name: {"label": a.label, "note": a.note, "cheap": a.cheap, "classical": a.classical,
+                            "twin": a.twin}
                      for name, a in arms.items() if name in profile.arms},
         },
         "base": {},
@@ -312,15 +351,23 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
                 + (f", exact match {record['exact_match']:.3f}" if "exact_match" in record else ""))
             save_results(path, results)
 
-    sweep = plan_sweep(profile)
+    sweep = plan_sweep(profile, costly)
     execute(sweep, "sweep")
-    choices = choose_learning_rates(results["runs"], profile.sweep_arms, profile.lr_grid,
-                                    seed=profile.seeds[0]) if sweep else {}
-    chosen = {arm: c.learning_rate for arm, c in choices.items()}
+    if profile.rates_from:
+        chosen = rates_from(Path(os.path.normpath(out / profile.rates_from)), profile.arms)
+        results["meta"]["rates_from"] = profile.rates_from
+        log(f"learning rates from {profile.rates_from}: {chosen}")
+    else:
+        chosen = {}
+        for task in profile.sweep_tasks if sweep else ():
+            swept = [arm for arm in profile.sweep_arms if runs_on(profile, arm, task, costly)]
+            choices = choose_learning_rates(results["runs"], swept, profile.lr_grid, task=task, seed=profile.seeds[0])
+            chosen[task] = {arm: c.learning_rate for arm, c in choices.items()}
+            for arm, c in choices.items():
+                log(f"learning rate of {arm} on {task}: {c.learning_rate:g}"
+                    f"{' (at the edge of the grid)' if c.at_edge else ''} (late training loss by rate: "
+                    + ", ".join(f"{rate:g} → {loss:.4f}" for rate, loss in c.scores) + ")")
     results["meta"]["learning_rates"] = chosen
-    for arm, c in choices.items():
-        log(f"learning rate of {arm}: {c.learning_rate:g}{' (at the edge of the grid)' if c.at_edge else ''} "
-            "(late training loss by rate: " + ", ".join(f"{rate:g} → {loss:.4f}" for rate, loss in c.scores) + ")")
     plan = sweep + plan_comparison(profile, costly, chosen)
     execute(plan[len(sweep):], "comparison")
     if earlier is not None:
@@ -339,7 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--checkpoint", default="bundled:smollm2", help="base model (default: bundled SmolLM2)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default: reports/quality)")
+    parser.add_argument("--out", type=Path,
+                        help="report folder (default: reports/quality, reports/quality/full for the full profile)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the profile's training seeds")
     parser.add_argument("--maths-steps", type=int, help="override the profile's maths steps")
     parser.add_argument("--dialogue-steps", type=int, help="override the profile's dialogue steps")
@@ -348,6 +396,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-grid", type=float, nargs="*",
                         help="override the swept learning rates (none: no sweep, every arm at the default rate)")
     parser.add_argument("--sweep-arms", nargs="+", help="override the arms whose learning rate is swept")
+    parser.add_argument("--sweep-tasks", nargs="+", choices=("maths", "dialogue"),
+                        help="override the tasks that choose their own learning rates")
     parser.add_argument("--reference", type=Path,
                         help="an earlier results.json of the same settings: report how its shared runs reproduce")
     parser.add_argument("--resume", action="store_true",
@@ -363,6 +413,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out is None:
+        args.out = DEFAULT_OUT / "full" if args.profile == "full" else DEFAULT_OUT
     path = args.out / "results.json"
     if args.report_only:
         results = json.loads(path.read_text(encoding="utf-8"))
@@ -372,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             dialogue_steps=args.dialogue_steps, arms=tuple(args.arms) if args.arms else None,
             tasks=tuple(args.tasks) if args.tasks else None,
             lr_grid=tuple(args.lr_grid) if args.lr_grid is not None else None,
-            sweep_arms=tuple(args.sweep_arms) if args.sweep_arms else None)
+            sweep_arms=tuple(args.sweep_arms) if args.sweep_arms else None,
+            sweep_tasks=tuple(args.sweep_tasks) if args.sweep_tasks else None)
         # Resuming or sharing the work does not change a run's numbers: the recorded command leaves those flags out.
         given = [a for a in (argv if argv is not None else sys.argv[1:])
                  if a not in ("--resume", "--reverse", "--merge-only")]
@@ -381,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["bench/quality.py", *given])
         results = study(profile, checkpoint=args.checkpoint, out=args.out, resume=args.resume, command=command,
                         part=args.part, reverse=args.reverse, merge_only=args.merge_only, reference=args.reference)
-    report = write_report(results, args.out)
+    full_path = args.out / "full" / "results.json"
+    full = json.loads(full_path.read_text(encoding="utf-8")) if full_path.exists() else None
+    report = write_report(results, args.out, full=full)
     log(f"report written: {report}")
     if args.json:
         print(json.dumps(results))

@@ -24,6 +24,7 @@ from .qtha import (
     refresh_qnn_cores,
     resolve_bond_dim,
 )
+from .standins import TokenMlpLayout, token_mlp_layout, token_mlp_qnn, weight_softmax_factory
 
 __all__ = [
     "MPO",
@@ -37,6 +38,7 @@ __all__ = [
     "QnnProbs",
     "QthaAdapter",
     "QthaAdapterConfig",
+    "TokenMlpLayout",
     "adapted_modules",
     "adapter_config",
     "adapter_param_counts",
@@ -54,4 +56,7 @@ __all__ = [
     "refresh_qnn_cores",
     "resolve_bond_dim",
     "target_shapes",
+    "token_mlp_layout",
+    "token_mlp_qnn",
+    "weight_softmax_factory",
 ]

@@ -118,26 +118,47 @@ def test_learning_rate_is_chosen_by_late_training_loss_and_never_a_diverged_rate
     assert "absent" not in chosen and not chosen["lora"].at_edge
 
 
-def test_quick_profile_sweeps_then_compares_each_arm_at_its_chosen_rate() -> None:
+def test_quick_profile_sweeps_every_arm_on_maths_and_dialogue_then_compares_each_at_its_rate() -> None:
     from bench._quality_profiles import PROFILES, plan_comparison, plan_sweep
 
     quick = PROFILES["quick"]
-    sweep = plan_sweep(quick)
-    assert {(s.arm, s.learning_rate) for s in sweep} == {
-        (a, lr) for a in ("lora", "qtha_w10", "qtha_w4") for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
-    assert {(s.task, s.seed) for s in sweep} == {("maths", 0)}
-    chosen = {"lora": 3e-3, "qtha_w10": 3e-2, "qtha_w4": 1e-2}
-    plan = plan_comparison(quick, {"qtha_act"}, chosen)
-    rates = {s.arm: {p.learning_rate for p in plan if p.arm == s.arm} for s in plan}
-    assert rates == {"lora": {3e-3}, "qtha_w10": {3e-2}, "qtha_w4": {1e-2},
-                     "classical_w10": {3e-2}, "qtha_act": {3e-2}}  # the ablation and activation mode follow w10
-    count = {(a, t): sum(p.arm == a and p.task == t for p in plan) for a in rates for t in ("maths", "dialogue")}
-    assert count[("lora", "dialogue")] == count[("qtha_w10", "maths")] == count[("classical_w10", "maths")] == 3
-    assert count[("qtha_act", "maths")] == 1 and count[("classical_w10", "dialogue")] == 0
-    assert plan[-1].arm == "qtha_act"  # the costly run last: a study cut short keeps the complete comparisons
-    # Seed 0 on maths at the chosen rate is a sweep run: it has the same key, so it is reused, not retrained.
+    costly = {"qtha_act", "classical_act"}
+    sweep = plan_sweep(quick, costly)
+    grid = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    assert {(s.task, s.arm, s.learning_rate) for s in sweep} == {
+        ("maths", a, lr) for a in ("lora", "qtha_w10", "qtha_w4", "qtha_act", "classical_act") for lr in grid} | {
+        ("dialogue", a, lr) for a in ("lora", "qtha_w10") for lr in grid}  # the arms that run on dialogue
+    assert {s.seed for s in sweep} == {0}
+    chosen = {"maths": {"lora": 3e-3, "qtha_w10": 3e-2, "qtha_w4": 1e-2, "qtha_act": 1e-2, "classical_act": 1e-1},
+              "dialogue": {"lora": 1e-2, "qtha_w10": 3e-2}}
+    plan = plan_comparison(quick, costly, chosen)
+    rates = {(p.task, p.arm): {q.learning_rate for q in plan if (q.task, q.arm) == (p.task, p.arm)} for p in plan}
+    assert rates == {("maths", "lora"): {3e-3}, ("maths", "qtha_w10"): {3e-2}, ("maths", "qtha_w4"): {1e-2},
+                     ("maths", "classical_w10"): {3e-2},  # the weight-mode ablation follows its twin
+                     ("maths", "qtha_act"): {1e-2}, ("maths", "classical_act"): {1e-1},
+                     ("dialogue", "lora"): {1e-2}, ("dialogue", "qtha_w10"): {3e-2}}
+    count = {(a, t): sum(p.arm == a and p.task == t for p in plan) for t, a in rates}
+    assert set(count.values()) == {3}  # three seeds of every arm on every task it runs on
+    assert plan[-1].arm == "classical_act"  # the costly runs last: a study cut short keeps the complete comparisons
+    # Seed 0 at the chosen rate is a sweep run: it has the same key, so it is reused, not retrained.
     assert {p.key for p in plan} & {s.key for s in sweep} == {
-        "maths/lora/seed0/lr0.003", "maths/qtha_w10/seed0/lr0.03", "maths/qtha_w4/seed0/lr0.01"}
+        "maths/lora/seed0/lr0.003", "maths/qtha_w10/seed0/lr0.03", "maths/qtha_w4/seed0/lr0.01",
+        "maths/qtha_act/seed0/lr0.01", "maths/classical_act/seed0/lr0.1", "dialogue/lora/seed0/lr0.01",
+        "dialogue/qtha_w10/seed0/lr0.03"}
+
+
+def test_full_profile_runs_the_three_arms_three_seeds_at_the_quick_studys_rates() -> None:
+    from bench._quality_profiles import PROFILES, plan_comparison, plan_sweep, rates_by_task
+
+    full = PROFILES["full"]
+    assert (full.maths_steps, full.maths.n_test, full.tasks) == (120, 200, ("maths",))
+    assert plan_sweep(full, {"qtha_act"}) == []
+    chosen = rates_by_task({"lora": 3e-3, "qtha_w10": 3e-2, "qtha_act": 1e-2})  # a first-study results file
+    plan = plan_comparison(full, {"qtha_act"}, chosen)
+    assert sorted((p.arm, p.seed, p.learning_rate) for p in plan) == sorted(
+        (a, s, lr) for a, lr in (("lora", 3e-3), ("qtha_w10", 3e-2), ("qtha_act", 1e-2)) for s in (0, 1, 2))
+    # Seed by seed, activation mode in every round: a study cut short holds the first seeds of all three arms.
+    assert [(p.arm, p.seed) for p in plan[:4]] == [("lora", 0), ("qtha_w10", 0), ("qtha_act", 0), ("lora", 1)]
 
 
 @pytest.mark.slow
@@ -192,3 +213,29 @@ def test_the_ablation_is_paired_with_the_quantum_arm_it_follows() -> None:
     [(name, loss), (_, em)] = compare_ablations(results, seed=0)
     assert name == "qtha_w4" and loss.seeds == (0, 1) and loss.diff.diff == pytest.approx(0.0)
     assert em.diff.diff == pytest.approx(-0.25)
+    # A stand-in swept at its own rate names its twin instead of following its rate.
+    results["meta"]["profile"]["lr_follows"] = []
+    results["meta"]["arms"]["cl"]["twin"] = "qtha_w4"
+    results["meta"]["learning_rates"] = {"maths": {"lora": 1e-3, "qtha_w4": 3e-3, "cl": 3e-3}}
+    assert [(t, c.arm, c.metric) for t, c in compare_ablations(results, seed=0)] == [
+        ("qtha_w4", "cl", "heldout_loss"), ("qtha_w4", "cl", "exact_match")]
+
+
+def test_verdicts_answer_each_question_with_its_interval(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from bench._quality_report import write_report
+    from bench._quality_verdicts import activation_wins
+
+    results = _synthetic_results()
+    for r in results["runs"]:  # make the QTHA arm an activation-mode one
+        r["adapter_config"] = r["adapter_config"].replace("'weight'", "'activation'")
+    results["meta"]["learning_rates"] = {"maths": results["meta"]["learning_rates"]}
+    assert activation_wins(results, None) == ["maths held-out loss (quick profile): QTHA w4 beats LoRA"]
+    report = write_report(results, tmp_path_factory.mktemp("verdicts")).read_text()
+    section = report[report.index("## Verdicts"):report.index("## Where QTHA")]
+    assert "### Does activation mode match LoRA?" in section
+    assert "QTHA w4 at its own rate 0.003 (maths, 2 seeds) against LoRA at 0.001: **better than LoRA on maths " \
+           "held-out loss" in section
+    assert "maths, held-out loss: QTHA w4 − LoRA -0.3333 (95% CI [" in section
+    assert "### The full profile (120 maths steps, 200 test problems)\n\nNot run." in section
+    assert "### Does activation mode win anywhere?\n\n**Yes**" in section
+
