@@ -165,6 +165,11 @@ def _profile_lines(results: dict[str, Any]) -> list[str]:
                      f"this folder) chose for it on maths: {rates}.")
     else:
         lines.append(f"- Peak learning rate {p['learning_rate']:g} for every arm (no sweep).")
+    reused = sum("unused_params" not in r for r in results["runs"])
+    if reused:
+        lines.append(f"- {len(results['runs']) - reused} of the {len(results['runs'])} runs were made by this version "
+                     f"of the study; the other {reused} were made by the study before it, with the same run settings, "
+                     "checkpoint and seeds, and reused (`--resume`).")
     lines += [f"- Task {name}: {text}." for name, text in meta["tasks"].items()]
     start = meta.get("machine_at_start", {})
     lines.append(f"- Machine: {start.get('cpus')} CPUs, {start.get('platform')}, jax {start.get('jax')} on "

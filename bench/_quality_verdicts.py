@@ -169,7 +169,7 @@ def verdict_section(results: dict[str, Any], full: dict[str, Any] | None, *, see
                                  for a in p["arms"]) + ". Details in [full/REPORT.md](full/REPORT.md).")
         lines.append("")
         for arm in p["arms"]:
-            if arm == BASELINE:
+            if arm == BASELINE or not main_runs(full, "maths", arm):
                 continue
             comps = _vs(full, arm, BASELINE, ["maths"], seed)
             lines.append(f"{_label(full, arm)} against LoRA: "
@@ -193,4 +193,10 @@ def verdict_section(results: dict[str, Any], full: dict[str, Any] | None, *, see
                   "or than weight mode, on either metric or task it ran. The daemon's cold start stays in weight mode "
                   "(see below), and the learner offers activation mode only where the daemon's configuration asks "
                   "for it (`[recipe] qnn_mode = \"activation\"`), at its cost.", ""]
+        beaten = [(twin, stand_in) for stand_in, twin in pairs if twin in activation_arms(results)
+                  and any(c.verdict == "beats" for c in _vs(results, twin, stand_in, tasks, seed))]
+        lines += [f"{_label(results, twin)} does beat its {_label(results, stand_in)} (above): the circuit is the "
+                  "better per-token nonlinearity of the two at this size, which does not make activation mode a better "
+                  "adapter than LoRA or weight mode." for twin, stand_in in beaten]
+        lines += [""] if beaten else []
     return lines

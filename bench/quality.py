@@ -384,7 +384,8 @@ def study(profile: Profile, *, checkpoint: str, out: Path, resume: bool, command
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                        help="quick (default: the committed study), full (longer runs at quick's rates) or smoke")
     parser.add_argument("--checkpoint", default="bundled:smollm2", help="base model (default: bundled SmolLM2)")
     parser.add_argument("--out", type=Path,
                         help="report folder (default: reports/quality, reports/quality/full for the full profile)")

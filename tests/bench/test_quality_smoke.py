@@ -172,7 +172,7 @@ def test_smoke_study_sweeps_compares_reports_and_reproduces(tmp_path_factory: py
             "--tasks", "maths", "--lr-grid", "0.001", "0.01", "--sweep-arms", "lora"]
     assert main([*args, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    chosen = results["meta"]["learning_rates"]["lora"]
+    chosen = results["meta"]["learning_rates"]["maths"]["lora"]  # task → arm → rate
     assert chosen in (0.001, 0.01)
     keys = {r["key"] for r in results["runs"]}
     # The sweep's two LoRA runs (one of them the comparison run), and the ablation at the default rate.
