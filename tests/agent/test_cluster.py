@@ -130,7 +130,7 @@ def remote_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # A PID namespace too: when the harness exits, the kernel ends every process Ray left behind.
     done = subprocess.run(
         ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,  # ~5 min idle; 10+ at load 17 on 2 shared cores
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return dict(json.loads(out.read_text()))

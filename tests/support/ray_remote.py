@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import sys
 import threading
@@ -144,7 +145,9 @@ def stop(work: Path, address: str, knobs: Path) -> dict[str, Any]:
     again = [t for t in rig.trainer.remote.tasks if t.key.kind == "train"][-1]
     version = rig.store.versions.find("c000001")
     return {
-        "free_slots": free, "stopped": _summary(stopped), "stop_s": stop_s, "child_gone_s": gone_s, "child": child,
+        "free_slots": free, "stopped": _summary(stopped), "stop_s": stop_s,
+        # The largest child of this process so far: a bridge (the grandchildren belong to Ray's workers).
+        "bridge_maxrss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "child_gone_s": gone_s, "child": child,
         "task": {"name": task.key.name, "status": task.status, "phases": task.phases, "resources": task.resources},
         "checkpoint_at_stop": at_stop,
         "resumed": _summary(resumed), "resubmitted": again.key.name,
