@@ -7,6 +7,10 @@ pinned to the same CPUs with ``sched_setaffinity``):
   adjoint backward), 10 qubits; 10 and 40 layers for the memory check.
 - ``gemm``: a float32 ``[B, 2**n] @ [2**n, 2**n]`` matrix product in JAX, B = 4096: the machine's matmul rate
   measured in the same run, the roofline the simulator is compared with.
+- ``stream``: one elementwise pass over a state-sized float32 array (``[B, 2, 2**n]``, B = 4096: read and
+  written once), the machine's memory rate measured in the same run. A block product with 32-wide matrices does
+  too little arithmetic per byte to reach the GEMM rate, so the simulator is also judged against the time its
+  state passes take at this rate (``state_passes``).
 - ``catalyst``: PennyLane Lightning's adjoint method compiled with Catalyst (``qjit``, per-sample gradients
   ``vmap``-ed), forward + backward. Catalyst pins an older jax, so it runs under its own interpreter
   (``--catalyst-python``, a venv with ``pip install -e '.[bench-catalyst]'``) and with ``OMP_NUM_THREADS=1``
@@ -104,6 +108,30 @@ def kernel_flops(batch: int, layers: int, backward: bool, n_qubits: int = N_QUBI
     if backward:
         return 4 * stages + 2 * readout, 4 * gates + 2 * readout
     return stages + readout, gates + readout
+
+
+def state_passes(layers: int, backward: bool, n_qubits: int = N_QUBITS) -> int:
+    """Passes over the whole state our kernels make (each reads and writes it): one per Kronecker block and per
+    phase; the adjoint backward makes three per forward pass (uncompute, adjoint, matrix gradient)."""
+    from quantum import SimulatorOptions
+    from quantum.kernels import blocks
+
+    n_blocks = len(blocks(n_qubits, SimulatorOptions().max_block_qubits))
+    forward = (2 * layers - 1) * n_blocks + 2 * layers
+    return 4 * forward if backward else forward
+
+
+def _stream(mode: str, batch: int, layers: int, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((batch, 2, 2**N_QUBITS), jnp.float32)
+    fn = jax.jit(lambda x: x * 1.0001 + 0.5)
+    start = time.perf_counter()
+    jax.block_until_ready(fn(x))
+    compile_s = time.perf_counter() - start
+    t = _median_time(lambda: jax.block_until_ready(fn(x)), repeats)
+    return {"time_s": t, "compile_s": compile_s, "gbps": 2 * x.size * 4 / t / 1e9}
 
 
 def _ours(mode: str, batch: int, layers: int, repeats: int) -> dict:
@@ -292,8 +320,8 @@ def _qsim(mode: str, batch: int, layers: int, repeats: int) -> dict:
     return {"time_s": t, "compile_s": 0.0}
 
 
-IMPLS = {"ours": _ours, "gemm": _gemm, "catalyst": _catalyst, "qujax": _qujax, "aer": _aer, "pennylane": _pennylane,
-         "qsim": _qsim}
+IMPLS = {"ours": _ours, "gemm": _gemm, "stream": _stream, "catalyst": _catalyst, "qujax": _qujax, "aer": _aer,
+         "pennylane": _pennylane, "qsim": _qsim}
 
 
 def worker(impl: str, mode: str, batch: int, layers: int, repeats: int, cpus: list[int]) -> None:
@@ -309,11 +337,11 @@ def worker(impl: str, mode: str, batch: int, layers: int, repeats: int, cpus: li
 
 def configs(full: bool) -> list[tuple[str, str, int, int, int]]:
     """(impl, mode, batch, layers, repeats) in the order they run."""
-    out = [("gemm", "gemm", GEMM_BATCH, 0, 5)]
+    out = [("gemm", "gemm", GEMM_BATCH, 0, 5), ("stream", "stream", GEMM_BATCH, 0, 5)]
     for batch in (256, 4096):
         out += [("ours", "fwd", batch, 10, 5), ("ours", "fwd+bwd", batch, 10, 3)]
     out += [("ours", "fwd+bwd", 4096, 40, 2)]  # backward memory must not grow with depth
-    out += [("gemm", "gemm", GEMM_BATCH, 0, 5)]  # again after ours: the load may have changed
+    out += [("gemm", "gemm", GEMM_BATCH, 0, 5), ("stream", "stream", GEMM_BATCH, 0, 5)]  # again: the load may change
     out += [("catalyst", "fwd+bwd", 256, 10, 2), ("catalyst", "fwd+bwd", 4096, 10, 1)]
     out += [("qujax", "fwd", 512, 10, 3), ("qujax", "fwd+bwd", 512, 10, 3), ("ours", "fwd+bwd", 512, 10, 3)]
     out += [("aer", "fwd", 256, 10, 2), ("qsim", "fwd", 256, 10, 1), ("pennylane", "fwd", 256, 10, 2)]
@@ -362,6 +390,19 @@ def ratios(rows: list[dict]) -> list[str]:
             if ours:
                 lines.append(f"ours {mode} at 4096: {ours['gflops']:.1f} GFLOP/s = {ours['gflops'] / gemm:.0%} of GEMM "
                              f"(target >= {target:.0%}); gate-count rate {ours['gate_gflops']:.1f} GFLOP/s")
+    streams = [r["gbps"] for r in rows if r["impl"] == "stream" and "gbps" in r]
+    if streams:
+        rate = max(streams)
+        state_mb = GEMM_BATCH * 2 * 2**N_QUBITS * 4 / 1e6
+        lines.append(f"memory stream over a {state_mb:.0f} MB state: {' / '.join(f'{g:.1f}' for g in streams)} GB/s "
+                     "(read + write; the best is the memory roofline)")
+        for mode in ("fwd", "fwd+bwd"):
+            ours = _find(rows, "ours", mode, 4096)
+            if ours:
+                passes = state_passes(10, mode != "fwd")
+                floor = passes * 2 * state_mb / 1e3 / rate
+                lines.append(f"ours {mode} at 4096: {passes} state passes take {1e3 * floor:.0f} ms at the stream rate; "
+                             f"ours {1e3 * ours['time_s']:.0f} ms = {floor / ours['time_s']:.0%} of the memory roofline")
     for impl, batch, target in (("catalyst", 4096, " (target >= 20x)"), ("catalyst", 256, ""), ("qujax", 512, "")):
         ours, peer = _find(rows, "ours", "fwd+bwd", batch), _find(rows, impl, "fwd+bwd", batch)
         if ours and peer:
@@ -386,7 +427,7 @@ def table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         if "time_s" in r:
-            rate = f"{r['gflops']:.1f}" if "gflops" in r else ""
+            rate = f"{r['gflops']:.1f}" if "gflops" in r else (f"{r['gbps']:.1f}GB/s" if "gbps" in r else "")
             lines.append(
                 f"{r['impl']:<10} {r['mode']:<8} {r['batch']:>5} {r['layers']:>6} {1e3 * r['time_s']:>10.1f} {rate:>8} "
                 f"{r['compile_s']:>9.1f} {r['peak_rss_mb']:>11.0f}"

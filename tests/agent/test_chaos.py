@@ -82,7 +82,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, int]]:
             "model": {"source": str(write_tiny_hf(tmp_path / "tiny"))},
             # A few steps, a checkpoint after each; evaluation without the smoke test's long generation (the tiny
             # random model never ends an answer, so every candidate would be refused and nothing promoted).
-            "training": {"steps": 6, "seq_len": 256, "batch_size": 2, "learning_rate": 0.01},
+            "training": {"steps": 6, "seq_len": 256, "batch_size": 2, "learning_rate": 1.0},
             "evaluation": {"examples": 6, "max_new_tokens": 4, "batch_size": 6, "smoke_probes": 0},
             # Few recipe shapes, so that the persistent compilation cache serves most children.
             "recipe": {"max_steps": 6, "qubits": 2, "layers": 1, "bond_dim": 1, "rank": 1, "max_qubits": 2,
