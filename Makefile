@@ -30,7 +30,7 @@ serve: $(STAMP)
 # pyqpanda3) and prints one line per tool it cannot get; with CI=true a missing tool fails the run.
 test: $(STAMP)
 	VENV_BIN=$(BIN) .ci/tools
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n auto --dist worksteal
 
 bench-install: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

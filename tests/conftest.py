@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.counts import COUNTS
 from tests.support.tools import MISSING_TOOL, strict
 
 
@@ -26,3 +27,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     ):
         report.outcome = "failed"
         report.longrepr = f"CI=true: {report.longrepr[2]} (.ci/tools should have installed it)"
+
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+    # What a long test measured is worth seeing on a green run too (tests/support/counts.py).
+    lines = [
+        f"{report.nodeid}: {value}"
+        for key in ("passed", "failed")
+        for report in terminalreporter.stats.get(key, [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name == COUNTS
+    ]
+    if lines:
+        terminalreporter.section("counts")
+        for line in lines:
+            terminalreporter.write_line(line)

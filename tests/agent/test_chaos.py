@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,7 @@ from tests.support.chaos import (
     snapshot,
     wait_progressing,
 )
+from tests.support.counts import COUNTS
 
 SEED = 20261202
 KILLS, KILLS_LONG = 30, 120
@@ -312,7 +313,8 @@ def _load() -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(7200)  # a backstop only: a wedged wait fails after STALL_S
 def test_sigkill_of_daemon_and_child_keeps_every_invariant(
-    setup: tuple[Path, Path, int], tmp_path: Path, quota: tuple[int, int]
+    setup: tuple[Path, Path, int], tmp_path: Path, quota: tuple[int, int],
+    record_property: Callable[[str, object], None],
 ) -> None:
     config, state, port = setup
     kills_wanted, per_phase = quota
@@ -342,6 +344,7 @@ def test_sigkill_of_daemon_and_child_keeps_every_invariant(
         chaos.stop()
         signal.signal(signal.SIGTERM, previous)
         print("\n" + chaos.summary(), flush=True)
+        record_property(COUNTS, chaos.summary())
         for line in chaos.violations:
             print("  VIOLATION", line, flush=True)
     assert chaos.violations == [], "invariants broken after a kill:\n" + "\n".join(chaos.violations)

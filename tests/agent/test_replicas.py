@@ -28,6 +28,7 @@ from agent.daemon.runtime import Runtime
 from agent.daemon.status import STANDBY_DOES
 from agent.store import AuditKind, CycleState, StaleEpochError, VersionStatus
 from tests.agent.test_daemon import fast_config
+from tests.support.counts import COUNTS
 from tests.support.postgres import PostgresServer
 from tests.support.standin_trainer import StandinTrainer, mean_gain_gate, standin_recipe
 
@@ -315,7 +316,8 @@ def _sync(clocks: dict[str, FakeClock]) -> None:
 
 @pytest.mark.parametrize("shared", ["dir", "url"])
 def test_two_daemons_alternating_start_stop_takeover_rounds(
-    make_hosts: HostsFactory, tmp_path: Path, request: pytest.FixtureRequest, shared: str
+    make_hosts: HostsFactory, tmp_path: Path, request: pytest.FixtureRequest, shared: str,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """Rounds of clean stop, restart and takeover of a paused leader; each new leader runs its start-up
     reconcile and promotes a new version. Never two current leaders, no good version ever rejected, every
@@ -379,7 +381,9 @@ def test_two_daemons_alternating_start_stop_takeover_rounds(
     assert refused == actions.count("takeover")
     assert store.champion.get().version_id == promoted[-1]
     counts = {a: actions.count(a) for a in ("stop", "restart", "takeover")}
-    print(f"{rounds} rounds {counts}: {len(promoted)} promotions, {refused} stale promotions refused")
+    summary = f"{rounds} rounds {counts}: {len(promoted)} promotions, {refused} stale promotions refused"
+    print(summary)
+    record_property(COUNTS, summary)
 
 
 def _current(rt: Runtime) -> bool:
