@@ -50,6 +50,9 @@ def serve(store: Store, version: str, n: int, *, good: bool, at: datetime | None
 
 def _config(tmp_path: Path, **live: object) -> QthaConfig:
     config = fast_config(tmp_path / "state")
+    # These tests run a cycle in-process with no renewal job: the lease taken once must outlast the cycle, also on
+    # a loaded machine (at 3 s a starved run lost it mid-canary and stopped the cycle).
+    config = config.model_copy(update={"scheduler": config.scheduler.model_copy(update={"lease_ttl_s": 120.0})})
     live_cfg = config.live.model_copy(
         update={"canary_bake_s": 0.6, "canary_poll_s": 0.02, "min_samples": 10, "canary_max_extensions": 1, **live}
     )
