@@ -162,41 +162,33 @@ def _ours(mode: str, batch: int, layers: int, repeats: int) -> dict:
             "gflops": flops / t / 1e9, "gate_gflops": gate_flops / t / 1e9}
 
 
-def _gemm(mode: str, batch: int, layers: int, repeats: int) -> dict:
+def _matmul(rows: int, d: int, repeats: int) -> dict:
+    """A float32 ``[rows, d] @ [d, d]`` product in JAX: its time and rate."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     rng = np.random.default_rng(0)
-    d = 2**N_QUBITS
-    a = jnp.asarray(rng.normal(size=(batch, d)), jnp.float32)
+    a = jnp.asarray(rng.normal(size=(rows, d)), jnp.float32)
     b = jnp.asarray(rng.normal(size=(d, d)) / np.sqrt(d), jnp.float32)
     fn = jax.jit(lambda a, b: a @ b)
     start = time.perf_counter()
     jax.block_until_ready(fn(a, b))
     compile_s = time.perf_counter() - start
     t = _median_time(lambda: jax.block_until_ready(fn(a, b)), repeats)
-    return {"time_s": t, "compile_s": compile_s, "gflops": 2 * batch * d * d / t / 1e9}
+    return {"time_s": t, "compile_s": compile_s, "gflops": 2 * rows * d * d / t / 1e9}
+
+
+def _gemm(mode: str, batch: int, layers: int, repeats: int) -> dict:
+    return _matmul(batch, 2**N_QUBITS, repeats)
 
 
 def _gemm_block(mode: str, batch: int, layers: int, repeats: int) -> dict:
     """The product our Kronecker blocks make: the state's rows ``[B * 2 * 2**(n-b), 2**b] @ [2**b, 2**b]``."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     from quantum import SimulatorOptions
 
-    rng = np.random.default_rng(0)
     d = 2 ** SimulatorOptions().max_block_qubits
-    a = jnp.asarray(rng.normal(size=(batch * 2 * 2**N_QUBITS // d, d)), jnp.float32)
-    b = jnp.asarray(rng.normal(size=(d, d)) / np.sqrt(d), jnp.float32)
-    fn = jax.jit(lambda a, b: a @ b)
-    start = time.perf_counter()
-    jax.block_until_ready(fn(a, b))
-    compile_s = time.perf_counter() - start
-    t = _median_time(lambda: jax.block_until_ready(fn(a, b)), repeats)
-    return {"time_s": t, "compile_s": compile_s, "gflops": 2 * a.shape[0] * d * d / t / 1e9}
+    return _matmul(batch * 2 * 2**N_QUBITS // d, d, repeats)
 
 
 def _catalyst(mode: str, batch: int, layers: int, repeats: int) -> dict:
