@@ -29,7 +29,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.longrepr = f"CI=true: {report.longrepr[2]} (.ci/tools should have installed it)"
 
 
-
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
     # What a long test measured is worth seeing on a green run too (tests/support/counts.py).
     lines = [

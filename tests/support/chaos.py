@@ -52,7 +52,7 @@ MARKERS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"qtha\.trainer: cycle \d+: adapter "), lambda m: "publish"),
     (re.compile(r"cycle event state \{'cycle': \d+, 'from': 'train', 'to': 'validate'\}"), lambda m: "validate"),
     # The gate's verdict comes a few milliseconds before the state change: aiming from it widens a ~20 ms window.
-    (re.compile(r"qtha\.cycle: promotion (?:promote|canary): "), lambda m: "promote"),
+    (re.compile(r"qtha\.cycle: promotion promote: "), lambda m: "promote"),
     (re.compile(r"cycle event state \{'cycle': \d+, 'from': 'validate', 'to': '(?:canary|promote)'\}"),
      lambda m: "promote"),
     (re.compile(r"cycle event end \{"), lambda m: "tell"),
