@@ -93,7 +93,7 @@ def _evaluate(base: Any, adapter: Path | None, sets: dict[str, list[EvalExample]
     for name, examples in sets.items():
         t0 = time.process_time()
         result = evaluate(model, base.tokenizer, examples, EvalConfig(
-            seq_len=256, batch_size=32, generate="answers", generate_batch_size=args.eval_batch,
+            seq_len=256, batch_size=32, generate="answers", generate_batch_size=args.eval_batch, loss=False,
             max_new_tokens=args.max_new_tokens))
         out[name] = [bool(r.correct) for r in result.examples]
         out[f"{name}_cpu_s"] = time.process_time() - t0

@@ -91,6 +91,8 @@ class EvalConfig:
         generate_batch_size: prompts per generation batch (0: ``batch_size``). Every batch is padded to the
             first one's size, so the decoding loop compiles once.
         max_new_tokens: generation budget per example.
+        loss: compute the held-out loss; ``False`` skips its forward passes when only accuracy is wanted (every
+            example's ``nll`` and ``tokens`` are then 0 and the result's loss is NaN).
     """
 
     seq_len: int = 256
@@ -98,6 +100,7 @@ class EvalConfig:
     generate: Literal["none", "answers", "all"] = "answers"
     generate_batch_size: int = 0
     max_new_tokens: int = 96
+    loss: bool = True
 
     def __post_init__(self) -> None:
         if self.seq_len < 2 or self.batch_size < 1 or self.generate_batch_size < 0 or self.max_new_tokens < 1:
@@ -107,6 +110,8 @@ class EvalConfig:
             )
         if self.generate not in ("none", "answers", "all"):
             raise ValueError(f"EvalConfig.generate = {self.generate!r}; use 'none', 'answers' or 'all'")
+        if not self.loss and self.generate == "none":
+            raise ValueError("EvalConfig(loss=False, generate='none') measures nothing; keep the loss or generate")
 
 
 @dataclass(frozen=True)
@@ -303,7 +308,10 @@ def evaluate(
             raise EvaluationStopped(f"evaluation stopped on request during {stage} ({done} of {total} examples)")
 
     model.eval()
-    sums, counts = _losses(model, tokenizer, examples, config, report)
+    if config.loss:
+        sums, counts = _losses(model, tokenizer, examples, config, report)
+    else:
+        sums, counts = np.zeros(len(examples)), np.zeros(len(examples))
     completions = _completions(model, tokenizer, examples, config, report)
     results = []
     for i, e in enumerate(examples):

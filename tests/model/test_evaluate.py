@@ -3,6 +3,7 @@ checker, per-example results under stable ids."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -131,6 +132,21 @@ def test_every_example_generated_in_padded_batches_scores_and_reports_progress(t
     assert result.scores("nll") == {r.example_id: -r.loss for r in result.examples}
     # Exact match: 1 for the one answered exactly, 0 for the others and for examples without an answer.
     assert result.scores("exact_match") == {"a": 1.0, "b": 0.0, "c": 0.0, "d": 0.0, "e": 0.0}
+
+
+def test_accuracy_only_skips_the_loss_and_scores_the_same(tiny) -> None:
+    config = EvalConfig(batch_size=2, generate="all", generate_batch_size=2, max_new_tokens=5)
+    seen: list[EvalProgress] = []
+    full = evaluate(tiny.model, tiny.tokenizer, EXAMPLES, config, checker=lambda text, answer: answer == 19)
+    quick = evaluate(tiny.model, tiny.tokenizer, EXAMPLES, dataclasses.replace(config, loss=False),
+                     checker=lambda text, answer: answer == 19, progress=seen.append)
+    assert {p.stage for p in seen} == {"generate"}  # no loss pass ran
+    assert [r.completion for r in quick.examples] == [r.completion for r in full.examples]
+    assert quick.accuracy == full.accuracy
+    assert [r.correct for r in quick.examples] == [r.correct for r in full.examples]
+    assert math.isnan(quick.loss) and all(r.nll == 0 and r.tokens == 0 for r in quick.examples)
+    with pytest.raises(ValueError, match="measures nothing"):
+        EvalConfig(loss=False, generate="none")
 
 
 def test_a_stop_request_ends_the_evaluation_after_the_current_batch(tiny) -> None:
