@@ -74,6 +74,7 @@ from .math_problems import MathProblem, check_answer, extract_answer, generate_m
 from .merge import UnmergeableAdapterError, is_mergeable, merge_adapters
 from .self_improve import (
     MARKED_ANSWER_INSTRUCTION,
+    WORKED_EXAMPLES,
     KeptSample,
     PoolPrompt,
     PromptSamples,
@@ -82,6 +83,7 @@ from .self_improve import (
     disjoint_pool,
     prompt_hash,
     sample_pool,
+    sampling_conversation,
     verify_round,
 )
 from .tokenizer import Tokenizer, TokenizerError, tokenizer_from_vocab
@@ -101,6 +103,7 @@ from .weights import CheckpointError, model_from_hf_tensors, weights_fingerprint
 
 __all__ = [
     "MARKED_ANSWER_INSTRUCTION",
+    "WORKED_EXAMPLES",
     "KeptSample",
     "PoolPrompt",
     "PromptSamples",
@@ -109,6 +112,7 @@ __all__ = [
     "disjoint_pool",
     "prompt_hash",
     "sample_pool",
+    "sampling_conversation",
     "verify_round",
     "RoundStats",
     "SampleVerdict",

@@ -23,6 +23,7 @@ from .verify import RoundStats, SampleVerdict, distinct_n, equation_path, verify
 
 __all__ = [
     "MARKED_ANSWER_INSTRUCTION",
+    "WORKED_EXAMPLES",
     "KeptSample",
     "PoolPrompt",
     "PromptSamples",
@@ -31,6 +32,7 @@ __all__ = [
     "disjoint_pool",
     "prompt_hash",
     "sample_pool",
+    "sampling_conversation",
     "verify_round",
 ]
 
@@ -40,6 +42,23 @@ _WORD = re.compile(r"\w+")
 # model that was never shown the format rarely writes it unasked. Training pairs keep the bare prompt, so the
 # instruction is distilled away (the evaluation asks the bare question).
 MARKED_ANSWER_INSTRUCTION = "\n\nSolve it step by step, then finish with: The answer is <number>."
+
+# Hand-written worked examples shown before a prompt while sampling (STaR's few-shot prompt), never trained on.
+# Written for this purpose: their wording, people and sums share nothing with the maths generator's templates or
+# the evaluation sets, and their reasoning is plain sentences, not the generator's "Step 1:" solutions.
+WORKED_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("A train carries 120 passengers. At the first station 35 of them get off and 18 people get on. How many "
+     "passengers are on the train when it leaves the station?",
+     "35 passengers get off, so 120 - 35 = 85 are still on board. Then 18 get on, so 85 + 18 = 103. "
+     "The answer is 103."),
+    ("A baker fills 7 trays with 12 rolls each, then sells a quarter of all the rolls before noon. How many rolls "
+     "are left at noon?",
+     "The trays hold 7 * 12 = 84 rolls. A quarter of them is 84 / 4 = 21, and 84 - 21 = 63 remain. "
+     "The answer is 63."),
+    ("Lena saves 9 euros every week for 6 weeks and then spends 25 euros on a gift. How much money does she "
+     "have left?",
+     "In 6 weeks she saves 9 * 6 = 54 euros. After the gift she has 54 - 25 = 29 euros. The answer is 29."),
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,15 @@ def disjoint_pool(pool: Sequence[PoolPrompt], heldout: Iterable[str], *, n: int 
     return [p for p in pool if prompt_hash(p.prompt) not in hashes and not (_grams(p.prompt, n) & grams)]
 
 
+def sampling_conversation(prompt: str, *, instruction: str = "",
+                          worked_examples: Sequence[tuple[str, str]] = ()) -> list[dict[str, str]]:
+    """The chat turns :func:`sample_pool` sends for ``prompt``: each worked example as a user turn (with the
+    instruction) and its answer, then the prompt with the instruction."""
+    turns = [turn for q, a in worked_examples for turn in ({"role": "user", "content": q + instruction},
+                                                           {"role": "assistant", "content": a})]
+    return [*turns, {"role": "user", "content": prompt + instruction}]
+
+
 def sample_pool(
     engine: DecodeEngine,
     pool: Sequence[PoolPrompt],
@@ -130,6 +158,7 @@ def sample_pool(
     seed: int,
     stop: tuple[str, ...] = (),
     instruction: str = "",
+    worked_examples: Sequence[tuple[str, str]] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> list[PromptSamples]:
     """k samples per prompt through a started ``engine``, in batches that keep its queue below its bound.
@@ -137,6 +166,8 @@ def sample_pool(
     Prompt ``i`` is one request with ``n=k`` and seed ``(seed, i)``: the same pool, seed and champion draw the
     same samples whatever else the engine runs. ``instruction`` is appended to each prompt as sent (e.g.
     :data:`MARKED_ANSWER_INSTRUCTION`); the returned samples keep the bare prompt, the one to train on.
+    ``worked_examples`` are (question, worked answer) turns shown before each prompt, each question with the same
+    instruction (e.g. :data:`WORKED_EXAMPLES`): the model sees the format solved before it is asked.
     """
     window = max(1, min(engine.config.max_queue, 2 * engine.config.max_slots // max(1, k) + 1))
     out: list[PromptSamples] = []
@@ -144,7 +175,8 @@ def sample_pool(
         batch = pool[start : start + window]
         handles = [
             engine.submit(
-                engine.chat_prompt([{"role": "user", "content": p.prompt + instruction}]),
+                engine.chat_prompt(sampling_conversation(p.prompt, instruction=instruction,
+                                                         worked_examples=worked_examples)),
                 SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
                                seed=int(seed) * 1_000_003 + start + j),
                 n=k,

@@ -27,6 +27,10 @@ QnnMode = Literal["weight", "activation"]
 Method = Literal["supervised", "self-improve"]
 
 
+# The hand-written worked examples the sampler can show (``model.WORKED_EXAMPLES``; a test keeps the two equal).
+MAX_WORKED_EXAMPLES = 3
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How to train one cycle.
@@ -56,6 +60,9 @@ class Recipe:
             champion's.
         pool_prompts: self-improve: prompts sampled per cycle.
         max_paths: self-improve: distinct reasoning paths kept per prompt.
+        worked_examples: self-improve: how many hand-written worked examples are shown before each sampled prompt
+            (STaR's few-shot prompt; 0 to :data:`MAX_WORKED_EXAMPLES`). They are never trained on: the kept samples
+            keep the bare prompt.
 
     A recipe is the whole "how" of a cycle: it travels from the planner through the store to the training child
     as :meth:`to_dict` and comes back with :meth:`from_dict`, which refuses unknown fields and wrong types.
@@ -83,6 +90,7 @@ class Recipe:
     from_base: bool = False
     pool_prompts: int = 32
     max_paths: int = 4
+    worked_examples: int = 0
 
     def __post_init__(self) -> None:
         self._check_self_improve()
@@ -123,6 +131,9 @@ class Recipe:
         for name, low in (("samples_k", 1), ("pool_prompts", 1), ("max_paths", 1)):
             if getattr(self, name) < low:
                 raise PolicyInputError(f"Recipe {name} = {getattr(self, name)} must be >= {low}")
+        if not 0 <= self.worked_examples <= MAX_WORKED_EXAMPLES:
+            raise PolicyInputError(f"Recipe worked_examples = {self.worked_examples} must lie in "
+                                   f"[0, {MAX_WORKED_EXAMPLES}] (the hand-written examples there are)")
         if self.samples_k > 16:
             raise PolicyInputError(f"Recipe samples_k = {self.samples_k} must be <= 16 (the engine's slots)")
         checks = (
@@ -171,7 +182,7 @@ class Recipe:
             "from_base": self.from_base,
             "pool_prompts": self.pool_prompts,
             "max_paths": self.max_paths,
-        }
+        } | ({"worked_examples": self.worked_examples} if self.worked_examples else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
@@ -200,7 +211,7 @@ class Recipe:
 
 
 _INT_FIELDS = ("qubits", "layers", "bond_dim", "rank", "steps", "batch_size", "seq_len", "seed", "samples_k",
-               "pool_prompts", "max_paths")
+               "pool_prompts", "max_paths", "worked_examples")
 _FLOAT_FIELDS = ("learning_rate", "temperature", "top_p", "agreement", "replay_share")
 
 

@@ -634,8 +634,9 @@ def _history(state: Path) -> tuple[list[Any], list[Any]]:
     return kept, rounds
 
 
-def _sampler(loaded: Any, parent: Path | None) -> Any:
-    """The champion as the engine serves it: base + parent adapter, folded in when the adapter allows it."""
+def _sampler(loaded: Any, parent: Path | None, capacity: int) -> Any:
+    """The champion as the engine serves it: base + parent adapter, folded in when the adapter allows it;
+    ``capacity`` tokens per slot (the longest prompt as sent plus the sampling budget)."""
     from flax import nnx
 
     from model import DecodeEngine, EngineConfig, is_mergeable, load_adapter, merge_adapters
@@ -646,7 +647,7 @@ def _sampler(loaded: Any, parent: Path | None) -> Any:
         model = nnx.clone(loaded.model)
         load_adapter(model, parent, base_fingerprint=loaded.fingerprint)
         model = merge_adapters(model) if is_mergeable(model) else model
-    return DecodeEngine(model, loaded.tokenizer, EngineConfig(max_slots=16, capacity=256, max_queue=64),
+    return DecodeEngine(model, loaded.tokenizer, EngineConfig(max_slots=16, capacity=capacity, max_queue=64),
                         name="self-improve")
 
 
@@ -662,12 +663,14 @@ def self_improve_examples(
     """
     from model import (
         MARKED_ANSWER_INSTRUCTION,
+        WORKED_EXAMPLES,
         ChatExample,
         KeptSample,
         RoundStats,
         build_training_set,
         collapse_reason,
         sample_pool,
+        sampling_conversation,
         verify_round,
     )
 
@@ -685,13 +688,18 @@ def self_improve_examples(
         ctx.emit({"event": "self_improve", **metrics, "reasons": {}, "stopped": empty})
         raise SelfImproveStoppedError(empty)
     cpu0, wall0 = time.process_time(), time.monotonic()
-    engine = _sampler(loaded, parent)
+    shown = WORKED_EXAMPLES[: recipe.worked_examples]
+    max_tokens = int(payload.get("eval_max_new_tokens", 96))
+    tok = loaded.tokenizer
+    longest = max(len(tok.encode(tok.apply_chat_template(sampling_conversation(
+        p.prompt, instruction=MARKED_ANSWER_INSTRUCTION, worked_examples=shown)))) for p in pool)
+    engine = _sampler(loaded, parent, capacity=-(-(longest + max_tokens) // 64) * 64)
     engine.start()
     try:
         samples = sample_pool(
             engine, pool, k=recipe.samples_k, temperature=recipe.temperature, top_p=recipe.top_p,
-            max_tokens=int(payload.get("eval_max_new_tokens", 96)), seed=recipe.seed * 7919 + len(rounds),
-            instruction=MARKED_ANSWER_INSTRUCTION,
+            max_tokens=max_tokens, seed=recipe.seed * 7919 + len(rounds),
+            instruction=MARKED_ANSWER_INSTRUCTION, worked_examples=shown,
             progress=lambda done, total: ctx.emit({"event": "log", "message": f"self-improve sampled {done}/{total}"}),
         )
     finally:

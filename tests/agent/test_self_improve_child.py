@@ -86,3 +86,24 @@ def test_round_trains_on_verified_samples_then_replays_and_stops_on_collapse(set
     with pytest.raises(SelfImproveStoppedError, match="self-improve stopped: collapse"):
         self_improve_examples(payload, RECIPE, loaded, None, heldout, third_dir, ctx)
     assert json.loads(events.getvalue().splitlines()[-1])["stopped"].startswith("self-improve stopped")
+
+
+def test_worked_examples_are_shown_and_the_engine_holds_the_longer_prompts(setup, monkeypatch):
+    payload, loaded, tmp = setup
+    seen: dict = {}
+
+    def recording(engine, pool, *, k, **kw):
+        tok = loaded.tokenizer
+        seen.update(kw, capacity=engine.config.capacity, longest=max(len(tok.encode(tok.apply_chat_template(
+            model.sampling_conversation(p.prompt, instruction=kw["instruction"],
+                                        worked_examples=kw["worked_examples"])))) for p in pool))
+        return [model.PromptSamples(p, (f"So {p.answer} + 0 = {p.answer}. The answer is {p.answer}.",) * k,
+                                    (True,) * k, 10) for p in pool]
+
+    monkeypatch.setattr(model, "sample_pool", recording)
+    (tmp / "cycle").mkdir()
+    self_improve_examples(payload, dataclasses.replace(RECIPE, worked_examples=2), loaded, None, [], tmp / "cycle",
+                          TaskContext(io.StringIO()))
+    assert seen["worked_examples"] == model.WORKED_EXAMPLES[:2]
+    # Every prompt as sent, worked examples included, fits beside the sampling budget.
+    assert seen["longest"] + seen["max_tokens"] <= seen["capacity"] < seen["longest"] + seen["max_tokens"] + 64

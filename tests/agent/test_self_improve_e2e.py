@@ -46,7 +46,7 @@ def test_self_improve_cycle_samples_verifies_and_logs(tmp_path: Path) -> None:
     (state / "dataset").mkdir()
     (state / "dataset" / "20260101T000000000000-prompts.jsonl").write_text(
         '{"prompt": "Lee has 9 bags of 4 buns. How many buns?"}\n')
-    recipe = {"method": "self-improve", "samples_k": 2, "pool_prompts": 3, "temperature": 1.0}
+    recipe = {"method": "self-improve", "samples_k": 2, "pool_prompts": 3, "temperature": 1.0, "worked_examples": 1}
     args = [arg for k, v in recipe.items() for arg in ("--recipe", f"{k}={v}")]
     qtha(config, "resume")
     assert "queued cycle" in qtha(config, "cycle", "--now", *args).stdout
@@ -72,6 +72,7 @@ def test_self_improve_cycle_samples_verifies_and_logs(tmp_path: Path) -> None:
         assert "6 samples drawn, 0 verified, 0 used (+0 replayed) from 3 prompts (1 usage log, 1 inbox, 1 generated)" \
             in " ".join(r["message"] for r in decision.reasons)
         assert store.cycles.get(1).recipe["method"] == "self-improve"
+        assert store.cycles.get(1).recipe["worked_examples"] == 1  # sampled with one worked example shown
     finally:
         store.close()
     # A stopped round leaves nothing behind for the next cycles to replay.

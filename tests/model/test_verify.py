@@ -143,21 +143,61 @@ def test_collapse_detection_stops_a_round_with_its_reason():
     assert distinct_n([GOOD] * 20) < 0.5 * distinct_n([GOOD, "Step 1: 3 * 4 = 12. The answer is 12."])
 
 
+def test_the_worked_examples_verify_and_share_nothing_with_the_evaluation_sets():
+    from bench._self_improve_data import word_problems
+    from model import WORKED_EXAMPLES
+    from policies.cost import MAX_WORKED_EXAMPLES
+
+    assert len(WORKED_EXAMPLES) == MAX_WORKED_EXAMPLES  # what a recipe may ask for is what there is
+    # Each example's marked answer is what its sums give (recomputed here from its equations).
+    for _question, answer in WORKED_EXAMPLES:
+        sums = re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", answer)
+        assert sums, answer
+        for a, op, b, result in sums:
+            assert eval(f"{a} {op} {b}") == int(result), (a, op, b, result)  # noqa: S307 (digits and one operator)
+        assert marked_answer(answer) == int(sums[-1][3])
+        assert verify_samples([answer], [True], known_answer=int(sums[-1][3]), threshold=0.5)[0].kept
+    # Shown while sampling only, yet kept apart from what the study and the daemon evaluate on.
+    held = [p.question for p in generate_math_problems(500, split="test", seed=1234, steps=(1, 2))]
+    held += [p.question for p in word_problems("independent", 200, seed=1234)]
+    pool = [PoolPrompt(str(i), q, None) for i, (q, _) in enumerate(WORKED_EXAMPLES)]
+    assert disjoint_pool(pool, held, n=4) == pool
+
+
 @pytest.mark.slow  # compiles the engine (~1 min on the shared machine)
 def test_sample_pool_draws_k_seeded_samples_per_prompt_through_the_engine(tmp_path):
-    from model import MARKED_ANSWER_INSTRUCTION, DecodeEngine, EngineConfig, load_checkpoint, sample_pool
+    from model import (
+        MARKED_ANSWER_INSTRUCTION,
+        WORKED_EXAMPLES,
+        DecodeEngine,
+        EngineConfig,
+        load_checkpoint,
+        sample_pool,
+    )
     from tests.fixtures.tiny_model import write_tiny_hf
 
     loaded = load_checkpoint(write_tiny_hf(tmp_path / "tiny"))
-    engine = DecodeEngine(loaded.model, loaded.tokenizer, EngineConfig(max_slots=8, capacity=128, max_queue=8))
+    engine = DecodeEngine(loaded.model, loaded.tokenizer, EngineConfig(max_slots=8, capacity=512, max_queue=8))
     engine.start()
     pool = [PoolPrompt(f"p{i}", f"Tom has {i} apples.", i) for i in range(5)]
+    sent: list[list[int]] = []
+    submit = engine.submit
+    engine.submit = lambda ids, *a, **kw: (sent.append(ids), submit(ids, *a, **kw))[1]  # type: ignore[method-assign]
     try:
         draw = [sample_pool(engine, pool, k=3, temperature=1.0, top_p=0.9, max_tokens=5, seed=7,
                             instruction=MARKED_ANSWER_INSTRUCTION) for _ in range(2)]
         other = sample_pool(engine, pool, k=3, temperature=1.0, top_p=0.9, max_tokens=5, seed=8)
+        sent.clear()
+        shown = sample_pool(engine, pool[:1], k=2, temperature=1.0, top_p=0.9, max_tokens=5, seed=7,
+                            instruction=MARKED_ANSWER_INSTRUCTION, worked_examples=WORKED_EXAMPLES[:1])
     finally:
         engine.stop()
+    # The worked examples go before the prompt as earlier turns of the conversation, each with the instruction.
+    conversation = [turn for q, a in WORKED_EXAMPLES[:1] for turn in (
+        {"role": "user", "content": q + MARKED_ANSWER_INSTRUCTION}, {"role": "assistant", "content": a})]
+    conversation.append({"role": "user", "content": pool[0].prompt + MARKED_ANSWER_INSTRUCTION})
+    assert sent == [engine.chat_prompt(conversation)]
+    assert shown[0].prompt == pool[0] and len(shown[0].texts) == 2  # trained on: the bare prompt, no examples
     first = draw[0]
     assert [s.prompt for s in first] == pool  # the bare prompt is kept, the instruction only sent
     assert all(len(s.texts) == 3 == len(s.finished) for s in first)

@@ -13,19 +13,21 @@ from policies import PAPER_RECIPE, BackendOption, CostModel, PolicyInputError, R
 from policies.space import SearchSpace, recipe_distributions, recipe_params, suggest_recipe
 
 SELF = dataclasses.replace(PAPER_RECIPE, method="self-improve", samples_k=4, temperature=0.7, agreement=0.5,
-                           replay_share=0.3, from_base=True, pool_prompts=10)
+                           replay_share=0.3, from_base=True, pool_prompts=10, worked_examples=2)
 
 
 def test_round_trip_and_supervised_dict_unchanged():
     assert Recipe.from_dict(SELF.to_dict()) == SELF
     assert "method" not in PAPER_RECIPE.to_dict()  # stored supervised recipes read and write as before
     assert Recipe.from_dict(PAPER_RECIPE.to_dict() | {"method": "self-improve"}).samples_k == 8
+    assert "worked_examples" not in dataclasses.replace(SELF, worked_examples=0).to_dict()  # older rows read alike
 
 
 @pytest.mark.parametrize(("field", "value", "needle"), [
     ("method", "rl", "method"), ("samples_k", 0, "samples_k"), ("samples_k", 17, "samples_k"),
     ("temperature", -0.1, "temperature"), ("top_p", 0.0, "top_p"), ("agreement", 1.5, "agreement"),
     ("agreement", math.nan, "agreement"), ("replay_share", 1.0, "replay_share"), ("pool_prompts", 0, "pool_prompts"),
+    ("worked_examples", -1, "worked_examples"), ("worked_examples", 4, "worked_examples"),
 ])
 def test_invalid_fields_are_refused_by_name(field, value, needle):
     with pytest.raises(PolicyInputError, match=needle):
@@ -33,7 +35,7 @@ def test_invalid_fields_are_refused_by_name(field, value, needle):
 
 
 @pytest.mark.parametrize(("field", "value"), [("from_base", 1), ("from_base", "yes"), ("samples_k", 2.5),
-                                              ("temperature", True)])
+                                              ("temperature", True), ("worked_examples", 1.5)])
 def test_wrong_types_from_json_are_refused(field, value):
     with pytest.raises(PolicyInputError, match=field):
         Recipe.from_dict(SELF.to_dict() | {field: value})
