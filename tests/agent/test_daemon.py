@@ -353,7 +353,9 @@ def test_inbox_file_is_ingested_or_quarantined(running: Running) -> None:
     assert "not valid JSON" in reason[0].read_text()
     wait_for(lambda: rt.store.metrics.samples("ingested_examples"), what="ingested sample")
     assert rt.inbox.count() == 1
-    assert any(e.kind == "quarantine" and "bad.jsonl" in e.reason for e in rt.store.audit.entries())
+    # The job notes each scan's results after the scan, in the files' order (good.jsonl was written first).
+    wait_for(lambda: any(e.kind == "quarantine" and "bad.jsonl" in e.reason for e in rt.store.audit.entries()),
+             what="the quarantine in the audit log")
 
 
 def test_sighup_reload_applies_new_intervals_and_keeps_a_bad_file_out(tmp_path: Path) -> None:
