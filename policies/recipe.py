@@ -461,9 +461,11 @@ def record_operator_recipe(
         The new trial's number, or ``None`` when the recipe lies outside the search space (TPE cannot model it,
         so the study is not told; the caller records that).
     """
-    if recipe.kind not in config.space.adapters or recipe.backend not in [b.name for b in config.space.backends]:
+    space = config.space
+    if (recipe.kind not in space.adapters or recipe.backend not in [b.name for b in space.backends]
+            or recipe.method not in space.methods):
         return None
-    dists = recipe_distributions(config.space, recipe.kind)
+    dists = recipe_distributions(space, recipe.kind, recipe.method)
     params = recipe_params(recipe)
     score = recipe_score(outcome, config)
     try:  # create_trial validates every parameter against its distribution

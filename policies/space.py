@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from .cost import BackendOption, CostEstimate, CostModel, Recipe, estimate_cost
+from .cost import MAX_WORKED_EXAMPLES, BackendOption, CostEstimate, CostModel, Recipe, estimate_cost
 from .decision import PolicyInputError, jsonable
 from .records import Spend
 
@@ -33,6 +33,8 @@ __all__ = [
 
 _KINDS = ("qtha-weight", "qtha-activation", "lora")
 _METHODS = ("supervised", "self-improve")
+# The self-improvement fields the learner draws for a self-improve recipe (SearchSpace's ranges of the same names).
+_SELF_IMPROVE = ("samples_k", "temperature", "agreement", "replay_share", "worked_examples")
 
 # The paper's configuration (arXiv 2503.12790): QTHA on q_proj/v_proj, 10 qubits, 10 layers. Bond dimension,
 # learning rate and steps are ours (the paper does not state them here); the daemon's config overrides them.
@@ -63,6 +65,8 @@ class SearchSpace:
         targets: module-name patterns that receive adapters.
         methods: how a cycle gets its training data, among ``"supervised"`` and ``"self-improve"`` (the learner
             chooses between them only when both are listed; a one-method space is the space it always was).
+        samples_k, temperature, agreement, replay_share, worked_examples: the self-improvement recipe's ranges,
+            drawn only for a self-improve recipe (and part of the space only when ``methods`` lists it).
     """
 
     adapters: tuple[str, ...] = _KINDS
@@ -75,10 +79,17 @@ class SearchSpace:
     backends: tuple[BackendOption, ...] = (BackendOption(name="jax"),)
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     methods: tuple[str, ...] = ("supervised",)
+    samples_k: tuple[int, int] = (4, 16)
+    temperature: tuple[float, float] = (0.5, 1.0)
+    agreement: tuple[float, float] = (0.5, 0.8)
+    replay_share: tuple[float, float] = (0.0, 0.5)
+    worked_examples: tuple[int, int] = (0, MAX_WORKED_EXAMPLES)
 
     def __post_init__(self) -> None:
         if not self.methods or any(m not in _METHODS for m in self.methods):
             raise PolicyInputError(f"SearchSpace.methods = {self.methods!r}; choose among {_METHODS}")
+        if "self-improve" in self.methods:
+            self._check_self_improve()
         if not self.adapters or any(a not in _KINDS for a in self.adapters):
             raise PolicyInputError(f"SearchSpace.adapters = {self.adapters!r}; choose among {_KINDS}")
         for name in ("qubits", "layers", "bond_dims", "ranks", "steps", "learning_rate"):
@@ -96,6 +107,18 @@ class SearchSpace:
             raise PolicyInputError(
                 f"SearchSpace.backends {names!r} need a simulator when 'lora' is an adapter"
             )
+
+    def _check_self_improve(self) -> None:
+        # Each range's ends must make a valid recipe: a Recipe at both ends refuses what is out of range.
+        for name in _SELF_IMPROVE:
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise PolicyInputError(f"SearchSpace.{name} = {(lo, hi)!r} must satisfy low <= high")
+        for end in (0, 1):
+            try:
+                replace(PAPER_RECIPE, method="self-improve", **{n: getattr(self, n)[end] for n in _SELF_IMPROVE})
+            except PolicyInputError as exc:
+                raise PolicyInputError(f"SearchSpace self-improvement range: {exc}") from exc
 
     @property
     def simulator(self) -> BackendOption:
@@ -123,6 +146,8 @@ def space_fingerprint(space: SearchSpace) -> str:
         "steps": space.steps,
         "backends": [b.name for b in space.backends],
     } | ({"methods": space.methods} if space.methods != ("supervised",) else {})
+    if "self-improve" in space.methods:
+        fields |= {name: getattr(space, name) for name in _SELF_IMPROVE}
     text = json.dumps(jsonable(fields), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -145,19 +170,32 @@ def recipe_params(recipe: Recipe) -> dict[str, Any]:
         params["rank"] = recipe.rank
     if recipe.method != "supervised":
         params["method"] = recipe.method
+        params |= {name: getattr(recipe, name) for name in _SELF_IMPROVE}
     return params
 
 
-def recipe_distributions(space: SearchSpace, kind: str) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The Optuna distributions of a recipe of adapter ``kind`` (``kind`` itself first): what
+def recipe_distributions(
+    space: SearchSpace, kind: str, method: str = "supervised"
+) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The Optuna distributions of a recipe of adapter ``kind`` and ``method`` (``kind`` itself first): what
     :func:`suggest_recipe` draws from, and what a recipe chosen elsewhere must fit to be told to the study."""
     dists: dict[str, optuna.distributions.BaseDistribution] = {
         "kind": optuna.distributions.CategoricalDistribution(list(space.adapters)),
         "learning_rate": optuna.distributions.FloatDistribution(*space.learning_rate, log=True),
         "steps": optuna.distributions.IntDistribution(*space.steps, log=True),
     }
-    if len(space.methods) > 1:
+    if len(space.methods) > 1 or method != "supervised":
         dists["method"] = optuna.distributions.CategoricalDistribution(list(space.methods))
+    if method == "self-improve":
+        # Drawn only for a self-improve recipe: a supervised trial has no such parameters (Optuna's
+        # define-by-run space is conditional, as it is for qubits against rank).
+        dists |= {
+            "samples_k": optuna.distributions.IntDistribution(*space.samples_k),
+            "temperature": optuna.distributions.FloatDistribution(*space.temperature),
+            "agreement": optuna.distributions.FloatDistribution(*space.agreement),
+            "replay_share": optuna.distributions.FloatDistribution(*space.replay_share),
+            "worked_examples": optuna.distributions.IntDistribution(*space.worked_examples),
+        }
     if kind == "lora":
         return dists | {"rank": optuna.distributions.IntDistribution(*space.ranks)}
     low, high = space.qubits
@@ -186,12 +224,15 @@ def _suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDist
 
 def suggest_recipe(trial: optuna.Trial, space: SearchSpace) -> Recipe:
     kind = _suggest(trial, "kind", recipe_distributions(space, "lora")["kind"])
+    method = space.methods[0]
+    if len(space.methods) > 1:
+        method = _suggest(trial, "method", recipe_distributions(space, kind)["method"])
     values = {
         name: _suggest(trial, name, dist)
-        for name, dist in recipe_distributions(space, kind).items()
-        if name != "kind"
+        for name, dist in recipe_distributions(space, kind, method).items()
+        if name not in ("kind", "method")
     }
-    return make_recipe(space, kind, **values)
+    return make_recipe(space, kind, method=method, **values)
 
 
 def make_recipe(
@@ -206,8 +247,13 @@ def make_recipe(
     rank: int = 0,
     backend: str | None = None,
     method: str = "supervised",
+    **self_improve: Any,
 ) -> Recipe:
-    """A recipe of adapter ``kind``; LoRA always runs on the space's first simulator."""
+    """A recipe of adapter ``kind``; LoRA always runs on the space's first simulator. ``self_improve`` holds a
+    self-improve recipe's sampling fields (``samples_k``, ``temperature``, ...); unnamed ones keep their defaults."""
+    unknown = sorted(set(self_improve) - set(_SELF_IMPROVE))
+    if unknown:
+        raise PolicyInputError(f"make_recipe got unknown field(s) {unknown}; self-improvement takes {_SELF_IMPROVE}")
     lora = kind == "lora"
     return Recipe(
         adapter="lora" if lora else "qtha",
@@ -221,6 +267,7 @@ def make_recipe(
         backend=space.simulator.name if lora or backend is None else backend,
         targets=space.targets,
         method=method,  # type: ignore[arg-type]
+        **self_improve,
     )
 
 
@@ -251,6 +298,14 @@ def _clamp_qubits(value: int, bounds: tuple[int, int], *, even: bool) -> int:
     return clamped
 
 
+def _self_improve_fields(space: SearchSpace, recipe: Recipe) -> dict[str, Any]:
+    """The space's first method, and for self-improvement ``recipe``'s sampling fields clamped to the space."""
+    method = space.methods[0]
+    if method != "self-improve":
+        return {"method": method}
+    return {"method": method} | {name: _clamp(getattr(recipe, name), getattr(space, name)) for name in _SELF_IMPROVE}
+
+
 def cold_start(
     space: SearchSpace, paper: Recipe, budget_left: Spend, cost_model: CostModel
 ) -> tuple[Recipe | None, list[str]]:
@@ -271,6 +326,7 @@ def cold_start(
         learning_rate=_clamp(paper.learning_rate, space.learning_rate),
         steps=_clamp(paper.steps, space.steps),
         backend=backend,
+        **_self_improve_fields(space, paper),
     )
     changes = [
         f"{name} {getattr(paper, name)!r} -> {getattr(recipe, name)!r}"
@@ -303,6 +359,9 @@ def cheapest(
             learning_rate=lr,
             steps=space.steps[0],
             backend=backend.name,
+            # the fewest samples and the shortest prompts a self-improve recipe of the space may have
+            **_self_improve_fields(space, replace(PAPER_RECIPE, samples_k=space.samples_k[0],
+                                                  worked_examples=space.worked_examples[0])),
         )
         for kind in space.adapters
         for backend in (space.backends if kind != "lora" else space.backends[:1])
