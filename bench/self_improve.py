@@ -58,6 +58,7 @@ from model import (  # noqa: E402
     verify_round,
 )
 from model.adapters import LoraConfig  # noqa: E402
+from model.data import encode_example  # noqa: E402
 
 ARMS = ("a", "b", "c")
 ARM_NAMES = {"a": "(a) supervised on generator solutions", "b": "(b) self-improvement from the base, no solutions",
@@ -107,7 +108,10 @@ def _train(base: Any, examples: list[ChatExample], warm: Path | None, out: Path,
     import dataclasses as dc
 
     loaded = dc.replace(base, model=_model_with(base, None))
-    data = tokenize_examples(base.tokenizer, examples, seq_len=256)
+    # Rows are padded to seq_len: the longest row rounded up to 32 (at most 256) trains the same tokens as 256,
+    # in about half the time for these ~100-token problems.
+    longest = max(len(encode_example(base.tokenizer, e)[0]) for e in examples)
+    data = tokenize_examples(base.tokenizer, examples, seq_len=min(256, -(-longest // 32) * 32))
     config = FinetuneConfig(LoraConfig(rank=8, alpha=16.0, targets=("q_proj", "v_proj")),
                             TrainConfig(steps=args.steps, learning_rate=args.lr, warmup_steps=min(5, args.steps // 4),
                                         seed=seed), batch_size=min(args.batch_size, len(examples)))
