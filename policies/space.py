@@ -227,12 +227,14 @@ def suggest_recipe(trial: optuna.Trial, space: SearchSpace) -> Recipe:
     method = space.methods[0]
     if len(space.methods) > 1:
         method = _suggest(trial, "method", recipe_distributions(space, kind)["method"])
+    # "method" comes again here when the space has it (the same draw), so what the trial holds is what
+    # recipe_params gives for the recipe, one method or two.
     values = {
         name: _suggest(trial, name, dist)
         for name, dist in recipe_distributions(space, kind, method).items()
-        if name not in ("kind", "method")
+        if name != "kind"
     }
-    return make_recipe(space, kind, method=method, **values)
+    return make_recipe(space, kind, **({"method": method} | values))
 
 
 def make_recipe(

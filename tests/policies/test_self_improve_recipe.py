@@ -126,6 +126,9 @@ def test_a_self_improve_only_space_cold_starts_on_self_improvement():
                               config=only)
     assert proposal.recipe is not None and proposal.recipe.method == "self-improve"
     assert proposal.recipe.temperature == 0.9  # the default 0.8 clamped into the space
+    trial = optuna.create_study().ask()
+    recipe = suggest_recipe(trial, only.space)
+    assert recipe.method == "self-improve" and recipe_params(recipe) == trial.params
 
 
 @pytest.mark.parametrize(("field", "bounds"), [("samples_k", (0, 4)), ("samples_k", (8, 4)), ("samples_k", (4, 17)),
