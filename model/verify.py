@@ -6,8 +6,9 @@ rests on the check. The rules here are deliberately strict:
 * the *marked* answer only — ``"The answer is N"`` exactly once, at the end (a trailing full stop allowed). The
   last-number rule of :func:`model.extract_answer` rewards rambling (write enough numbers and one is right), so an
   unmarked, unfinished, repeated or continued answer scores 0;
-* a format check — the sample terminated on its own (not cut by the token budget) and is not degenerate (one
-  phrase looping);
+* a format check — the sample terminated on its own (not cut by the token budget), is not degenerate (one
+  phrase looping) and states no false equation on the way (``"7 - 90 = 7"``: a right final number reached through
+  wrong sums is not a solution to learn from);
 * an answer is correct against a known answer when there is one (the generator's, feedback's ``correct_answer``,
   an inbox ``answer``); otherwise the majority marked answer over the k samples is a pseudo-label, accepted only
   when its share of *all* k samples reaches the agreement threshold (test-time RL's majority vote).
@@ -88,7 +89,7 @@ class SampleVerdict:
     Attributes:
         kept: the sample may be trained on.
         reason: why — kept: ``"known-answer"`` or ``"majority 5/8"``; refused: ``"unfinished"``, ``"degenerate"``,
-            ``"unmarked"``, ``"wrong-answer"``, ``"no-majority 3/8"``, ``"minority"``.
+            ``"false-equation"``, ``"unmarked"``, ``"wrong-answer"``, ``"no-majority 3/8"``, ``"minority"``.
         answer: the marked answer (None when there is none).
     """
 
@@ -104,7 +105,21 @@ def _format_reason(text: str, finished: bool) -> str | None:
         return "unmarked"
     if degenerate(text):
         return "degenerate"
+    if not all(_holds(a, op, b, c) for a, op, b, c in _EQUATION.findall(text)):
+        return "false-equation"
     return None
+
+
+def _holds(a: str, op: str, b: str, c: str) -> bool:
+    """Whether ``a op b = c`` is true in integers (division only when exact: ``a == b * c``)."""
+    x, y, z = int(a), int(b), int(c)
+    if op == "+":
+        return x + y == z
+    if op == "-":
+        return x - y == z
+    if op in "*x×":
+        return x * y == z
+    return y != 0 and x == y * z
 
 
 def verify_samples(

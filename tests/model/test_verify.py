@@ -38,6 +38,8 @@ ADVERSARIAL = {
     "answer then a number": "The answer is 19 20",
     "marker without number": "The answer is nineteen.",
     "looping": "12 + 7 = 19 12 + 7 = 19 12 + 7 = 19 12 + 7 = 19 12 + 7 = 19. The answer is 19.",
+    "false equation on the way": "Step 1: 12 + 7 = 20. Step 2: 20 - 1 = 19. The answer is 19.",
+    "false equation, right sum after": "12 - 7 = 19. So 12 + 7 = 19. The answer is 19.",
 }
 
 
@@ -45,9 +47,17 @@ def test_marked_answer_is_the_one_final_marked_answer():
     assert marked_answer(GOOD) == 19
     assert marked_answer("so THE ANSWER IS: 1,234") == 1234
     assert marked_answer("The answer is -3.\n") == -3
-    for text in ADVERSARIAL.values():
-        if text != ADVERSARIAL["looping"]:
+    for name, text in ADVERSARIAL.items():
+        if name not in ("looping", "false equation on the way", "false equation, right sum after"):
             assert marked_answer(text) is None, text
+
+
+def test_every_equation_on_the_way_must_hold():
+    true_sums = "12 * 3 = 36, 36 / 4 = 9, 9 x 2 = 18, 18 ÷ 3 = 6, 6 - 10 = -4, -4 + 23 = 19. The answer is 19."
+    assert verify_samples([true_sums], [True], known_answer=19, threshold=0.5)[0].kept
+    for false in ("37 / 4 = 9", "5 / 0 = 0", "3 × 3 = 6", "-4 + 23 = 18"):
+        verdict = verify_samples([f"{false}. The answer is 19."], [True], known_answer=19, threshold=0.5)[0]
+        assert (verdict.kept, verdict.reason) == (False, "false-equation"), false
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
