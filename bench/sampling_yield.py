@@ -28,6 +28,7 @@ from model import (  # noqa: E402
     EngineConfig,
     load_checkpoint,
     sample_pool,
+    sampling_capacity,
     verify_round,
 )
 
@@ -56,8 +57,10 @@ def main() -> None:
     for n in args.worked:
         path = out / f"worked{n}-prompts{len(pool)}-seed{args.seed}.json"
         if not path.exists():
+            capacity = sampling_capacity(base.tokenizer, pool, max_tokens=args.tokens,
+                                         instruction=MARKED_ANSWER_INSTRUCTION, worked_examples=WORKED_EXAMPLES[:n])
             engine = DecodeEngine(base.model, base.tokenizer,
-                                  EngineConfig(max_slots=args.slots, capacity=320 + 128 * n, max_queue=64))
+                                  EngineConfig(max_slots=args.slots, capacity=capacity, max_queue=64))
             engine.start()
             cpu0, wall0 = time.process_time(), time.monotonic()
             try:

@@ -54,6 +54,7 @@ from model import (  # noqa: E402
     load_checkpoint,
     merge_adapters,
     sample_pool,
+    sampling_capacity,
     tokenize_examples,
     verify_round,
 )
@@ -127,13 +128,15 @@ def _train(base: Any, examples: list[ChatExample], warm: Path | None, out: Path,
 def _sample(base: Any, adapter: Path | None, pool: list[PoolPrompt], args: argparse.Namespace, seed: int) -> tuple[list[KeptSample], dict]:
     model = _model_with(base, adapter)
     model = merge_adapters(model) if adapter is not None and is_mergeable(model) else model
-    engine = DecodeEngine(model, base.tokenizer, EngineConfig(max_slots=args.slots, capacity=args.capacity, max_queue=64))
+    tokens, shown = args.sample_tokens or args.max_new_tokens, WORKED_EXAMPLES[:args.worked_examples]
+    capacity = sampling_capacity(base.tokenizer, pool, max_tokens=tokens, instruction=MARKED_ANSWER_INSTRUCTION,
+                                 worked_examples=shown)
+    engine = DecodeEngine(model, base.tokenizer, EngineConfig(max_slots=args.slots, capacity=capacity, max_queue=64))
     engine.start()
     t0, w0 = time.process_time(), time.monotonic()
     try:
-        samples = sample_pool(engine, pool, k=args.k, temperature=args.temperature, top_p=0.95,
-                              max_tokens=args.sample_tokens or args.max_new_tokens, seed=seed, instruction=MARKED_ANSWER_INSTRUCTION,
-                              worked_examples=WORKED_EXAMPLES[:args.worked_examples],
+        samples = sample_pool(engine, pool, k=args.k, temperature=args.temperature, top_p=0.95, max_tokens=tokens,
+                              seed=seed, instruction=MARKED_ANSWER_INSTRUCTION, worked_examples=shown,
                               progress=lambda d, t: _log(f"  sampled {d}/{t} prompts") if d % 32 == 0 else None)
     finally:
         engine.stop()
@@ -308,7 +311,6 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=16)
     ap.add_argument("--worked-examples", type=int, default=0, choices=range(len(WORKED_EXAMPLES) + 1),
                     help="hand-written worked examples shown before each sampled prompt (STaR's few-shot prompt)")
-    ap.add_argument("--capacity", type=int, default=320, help="the sampling engine's tokens per slot")
     ap.add_argument("--report", action="store_true", help="only write the report from finished steps")
     args = ap.parse_args()
     if args.report:

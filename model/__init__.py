@@ -83,6 +83,7 @@ from .self_improve import (
     disjoint_pool,
     prompt_hash,
     sample_pool,
+    sampling_capacity,
     sampling_conversation,
     verify_round,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "disjoint_pool",
     "prompt_hash",
     "sample_pool",
+    "sampling_capacity",
     "sampling_conversation",
     "verify_round",
     "RoundStats",

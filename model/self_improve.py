@@ -19,6 +19,7 @@ import numpy as np
 
 from .data import ChatExample
 from .decoding import DecodeEngine, SamplingParams
+from .tokenizer import Tokenizer
 from .verify import RoundStats, SampleVerdict, distinct_n, equation_path, verify_samples
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "disjoint_pool",
     "prompt_hash",
     "sample_pool",
+    "sampling_capacity",
     "sampling_conversation",
     "verify_round",
 ]
@@ -145,6 +147,15 @@ def sampling_conversation(prompt: str, *, instruction: str = "",
     turns = [turn for q, a in worked_examples for turn in ({"role": "user", "content": q + instruction},
                                                            {"role": "assistant", "content": a})]
     return [*turns, {"role": "user", "content": prompt + instruction}]
+
+
+def sampling_capacity(tokenizer: Tokenizer, pool: Sequence[PoolPrompt], *, max_tokens: int, instruction: str = "",
+                      worked_examples: Sequence[tuple[str, str]] = (), multiple: int = 64) -> int:
+    """Tokens per engine slot that hold the longest prompt of ``pool`` as :func:`sample_pool` sends it (worked
+    examples and instruction included) plus ``max_tokens``, rounded up to ``multiple``."""
+    longest = max(len(tokenizer.encode(tokenizer.apply_chat_template(sampling_conversation(
+        p.prompt, instruction=instruction, worked_examples=worked_examples)))) for p in pool)
+    return -(-(longest + max_tokens) // multiple) * multiple
 
 
 def sample_pool(

@@ -670,7 +670,7 @@ def self_improve_examples(
         build_training_set,
         collapse_reason,
         sample_pool,
-        sampling_conversation,
+        sampling_capacity,
         verify_round,
     )
 
@@ -690,10 +690,8 @@ def self_improve_examples(
     cpu0, wall0 = time.process_time(), time.monotonic()
     shown = WORKED_EXAMPLES[: recipe.worked_examples]
     max_tokens = int(payload.get("eval_max_new_tokens", 96))
-    tok = loaded.tokenizer
-    longest = max(len(tok.encode(tok.apply_chat_template(sampling_conversation(
-        p.prompt, instruction=MARKED_ANSWER_INSTRUCTION, worked_examples=shown)))) for p in pool)
-    engine = _sampler(loaded, parent, capacity=-(-(longest + max_tokens) // 64) * 64)
+    engine = _sampler(loaded, parent, capacity=sampling_capacity(
+        loaded.tokenizer, pool, max_tokens=max_tokens, instruction=MARKED_ANSWER_INSTRUCTION, worked_examples=shown))
     engine.start()
     try:
         samples = sample_pool(
