@@ -144,7 +144,11 @@ def _sample(base: Any, adapter: Path | None, pool: list[PoolPrompt], args: argpa
     kept = list(result.kept)
     stats = result.stats.to_dict() | {"sample_cpu_s": time.process_time() - t0, "sample_wall_s": time.monotonic() - w0,
                                       "reasons": result.reasons,
-                                      "tokens": sum(s.completion_tokens for s in samples)}
+                                      "tokens": sum(s.completion_tokens for s in samples),
+                                      # the recipe the round ran, so arms and reruns with other settings stay apart
+                                      "k": args.k, "temperature": args.temperature,
+                                      "worked_examples": args.worked_examples, "agreement": args.agreement,
+                                      "replay_share": args.replay_share}
     _log(f"  verified {result.stats.verified}/{result.stats.drawn}, used {result.stats.used}, pass@k "
          f"{result.stats.pass_at_k:.2f}, distinct-3 {result.stats.distinct3:.2f} ({stats['sample_cpu_s']:.0f} CPU-s)")
     return kept, stats
@@ -244,14 +248,14 @@ def report(args: argparse.Namespace) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for si, name in enumerate(("heldout", "independent")):
         lines += [f"## {name}", "", "| seed | arm | iter | accuracy | vs base (95% CI) | vs (a) same iter (95% CI) |"
-                  " train CPU-s | sample CPU-s | drawn | verified | used | pass@k | distinct-3 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  " train CPU-s | sample CPU-s | k, T, worked | drawn | verified | used | pass@k | distinct-3 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for seed in seeds:
             base_path = runs / f"seed{seed}" / "base.json"
             if not base_path.exists():
                 continue
             base = np.array(json.loads(base_path.read_text())[name], dtype=float)
-            lines.append(f"| {seed} | base | 0 | {base.mean():.3f} | | | | | | | | | |")
+            lines.append(f"| {seed} | base | 0 | {base.mean():.3f} | | | | | | | | | | |")
             for arm in ARMS:
                 xs, ys = [0], [base.mean()]
                 for it in range(1, 20):
@@ -267,10 +271,12 @@ def report(args: argparse.Namespace) -> None:
                         da = _bootstrap(acc, np.array(json.loads(pa.read_text())[name], dtype=float))
                         va = f"{100 * da[0]:+.1f} [{100 * da[1]:+.1f}, {100 * da[2]:+.1f}]"
                     si_ = r.get("si", {})
+                    recipe = (f"{si_['k']}, {si_['temperature']}, {si_['worked_examples']}" if "k" in si_
+                              else "8, 0.8, 0" if si_ else "")  # rounds run before the settings were recorded
                     lines.append(
                         f"| {seed} | {arm} | {it} | {acc.mean():.3f} | {100 * d[0]:+.1f} [{100 * d[1]:+.1f}, "
                         f"{100 * d[2]:+.1f}] | {va} | {r.get('train_cpu_s', 0):.0f} | {si_.get('sample_cpu_s', 0):.0f} |"
-                        f" {si_.get('drawn', '')} | {si_.get('verified', '')} | {si_.get('used', '')} | "
+                        f" {recipe} | {si_.get('drawn', '')} | {si_.get('verified', '')} | {si_.get('used', '')} | "
                         f"{si_.get('pass_at_k', float('nan')):.2f} | {si_.get('distinct3', float('nan')):.2f} |")
                     xs.append(it)
                     ys.append(acc.mean())

@@ -3,8 +3,9 @@ cache; new sequences join between decode chunks, finished ones leave.
 
 One thread owns the model and the cache. ``submit`` (thread-safe) queues a request and returns a
 :class:`RequestHandle`; the thread admits queued requests into free slots (one prefill per prompt, padded to a
-length bucket), then decodes ``chunk_tokens`` tokens for all slots in one compiled call, and hands each request
-its new tokens as :class:`StreamEvent`s and finally a :class:`GenerationResult`.
+length bucket; a request's other choices copy its cache rows), then decodes ``chunk_tokens`` tokens for all slots in
+one compiled call, and hands each request its new tokens as :class:`StreamEvent`s and finally a
+:class:`GenerationResult`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from ..tokenizer import Tokenizer
-from .kernels import decode_chunk, empty_cache, prefill, sample_tokens, split_model
+from .kernels import copy_slot, decode_chunk, empty_cache, prefill, sample_tokens, split_model
 from .records import (
     Choice,
     EngineClosedError,
@@ -210,8 +211,8 @@ class DecodeEngine:
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def warmup(self) -> None:
-        """Compiles every shape the engine will run (each prefill bucket, each decode span, the sampler), so no
-        request waits for a compilation. Call before :meth:`start`; blocks.
+        """Compiles every shape the engine will run (each prefill bucket, the slot copy, each decode span, the
+        sampler), so no request waits for a compilation. Call before :meth:`start`; blocks.
 
         Raises:
             RuntimeError: the engine is already started.
@@ -223,6 +224,7 @@ class DecodeEngine:
             logits, self._cache = prefill(self._parts, self._weights, self._cache, tokens, np.int32(1), np.int32(0))
             self._sample_first(logits, np.zeros(2, np.uint32), 0.0, 1.0)
             self._sample_first(logits, np.zeros(2, np.uint32), 1.0, 1.0)
+        self._cache = copy_slot(self._cache, np.int32(0), np.int32(self.config.max_slots - 1))
         for rows in self.config.slot_sizes():
             for span in self.config.span_sizes():
                 out, self._cache = self._decode(rows, span)
@@ -383,10 +385,8 @@ class DecodeEngine:
                 logits, self._cache = prefill(
                     self._parts, self._weights, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
                 )
-            else:  # the same prompt again: recompute rather than keep a copy routine per bucket
-                _, self._cache = prefill(
-                    self._parts, self._weights, self._cache, tokens, np.int32(len(req.prompt)), np.int32(slot)
-                )
+            else:  # the same prompt again: its keys and values are already in the first choice's slot
+                self._cache = copy_slot(self._cache, np.int32(free[0]), np.int32(slot))
             key = np.asarray(jax.random.key_data(jax.random.fold_in(base_key, index)), np.uint32)
             seq = _Sequence(req, index, TextStream(self.tokenizer.decode, req.params.stop), slot=slot)
             req.sequences.append(seq)

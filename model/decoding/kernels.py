@@ -24,7 +24,9 @@ from flax import nnx
 from ..config import LMConfig
 from ..rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 
-__all__ = ["ModelParts", "SlotCache", "decode_chunk", "empty_cache", "prefill", "sample_tokens", "split_model"]
+__all__ = [
+    "ModelParts", "SlotCache", "copy_slot", "decode_chunk", "empty_cache", "prefill", "sample_tokens", "split_model",
+]
 
 
 class SlotCache(NamedTuple):
@@ -220,6 +222,21 @@ def _sample(logits, keys, index, temperature, top_p, *, top_k: int):
 def prefill(parts: ModelParts, weights, cache: SlotCache, tokens, length, slot):
     """Logits ``[1, V]`` after the prompt ``tokens [1, L]`` (``length`` real), and the cache with it in ``slot``."""
     return _prefill_forward(parts, weights, tokens, length, cache, slot)
+
+
+@partial(jax.jit, donate_argnames=("cache",))
+def copy_slot(cache: SlotCache, source, target) -> SlotCache:
+    """The cache with slot ``source``'s keys and values also in slot ``target``.
+
+    A request's ``n`` choices share one prompt: one prefill and ``n - 1`` copies of its rows (a memory copy of
+    ``layers x capacity`` rows instead of the prompt's whole forward pass). Positions past the prompt come along
+    too; decoding never attends beyond a slot's own position, so they are never read.
+    """
+    def copy(array: jax.Array) -> jax.Array:
+        row = jax.lax.dynamic_index_in_dim(array, source, axis=1, keepdims=True)
+        return jax.lax.dynamic_update_index_in_dim(array, row, target, axis=1)
+
+    return SlotCache(copy(cache.keys), copy(cache.values))
 
 
 @partial(jax.jit, static_argnames=("parts", "span", "steps", "top_k"), donate_argnames=("cache",))

@@ -51,8 +51,9 @@ def _ids(engine, prompts=PROMPTS):
     return [engine.chat_prompt([{"role": "user", "content": p}]) for p in prompts]
 
 
-def _compiles() -> tuple[int, int, int]:
-    return kernels.prefill._cache_size(), kernels.decode_chunk._cache_size(), kernels.sample_tokens._cache_size()
+def _compiles() -> tuple[int, int, int, int]:
+    return (kernels.prefill._cache_size(), kernels.copy_slot._cache_size(), kernels.decode_chunk._cache_size(),
+            kernels.sample_tokens._cache_size())
 
 
 def test_greedy_equals_generate_alone_and_batched_with_other_traffic(tiny, engine) -> None:
@@ -71,6 +72,21 @@ def test_greedy_equals_generate_alone_and_batched_with_other_traffic(tiny, engin
     for h in noise:
         h.result(120)
     assert _compiles() == compiled  # warm-up compiled every shape these requests needed
+
+
+def test_the_choices_of_one_request_share_its_prefill_and_decode_as_generate_does(tiny, engine) -> None:
+    # One prefill, then copies of its cache rows into the other choices' slots: were a copy wrong (the wrong slot,
+    # rows missing), a greedy choice would drift from generate's tokens.
+    ids = _ids(engine)
+    tok = tiny.tokenizer
+    reference = generate_ids(tiny.model, ids[2:], max_new_tokens=NEW, stop_ids=sorted(tok.stop_ids),
+                             pad_id=tok.pad_id)[0]
+    compiled = _compiles()
+    busy = engine.submit(ids[1], SamplingParams(max_tokens=40, temperature=1.0, seed=5))  # holds a low slot
+    result = engine.submit(ids[2], SamplingParams(max_tokens=NEW), n=3).result(120)
+    busy.result(120)
+    assert [list(c.token_ids) for c in result.choices] == [reference] * 3
+    assert _compiles() == compiled
 
 
 def test_seeded_sampling_is_reproducible_whatever_else_runs(engine) -> None:
