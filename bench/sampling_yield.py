@@ -55,7 +55,9 @@ def main() -> None:
     pool = _pool("generator", 128, args.seed, held)[: args.prompts]
     print(f"pool: {len(pool)} prompts (seed {args.seed}), k={args.k}, {args.tokens} tokens", flush=True)
     for n in args.worked:
-        path = out / f"worked{n}-prompts{len(pool)}-seed{args.seed}.json"
+        # the first files were written at the default temperature, without it in the name
+        temp = "" if args.temperature == 0.8 else f"-t{args.temperature:g}"
+        path = out / f"worked{n}{temp}-prompts{len(pool)}-seed{args.seed}.json"
         if not path.exists():
             capacity = sampling_capacity(base.tokenizer, pool, max_tokens=args.tokens,
                                          instruction=MARKED_ANSWER_INSTRUCTION, worked_examples=WORKED_EXAMPLES[:n])
@@ -76,7 +78,7 @@ def main() -> None:
                 "kept": [k.to_dict() for k in result.kept]}
             path.write_text(json.dumps(record, indent=1))
         r = json.loads(path.read_text())
-        print(f"worked examples {n}: verified {r['verified']}/{r['drawn']}, pass@{args.k} {r['pass_at_k']:.3f}, "
+        print(f"worked examples {n}, temperature {args.temperature:g}: verified {r['verified']}/{r['drawn']}, pass@{args.k} {r['pass_at_k']:.3f}, "
               f"kept paths {r['used']}, reasons {r['reasons']}, {r['tokens']} tokens, {r['cpu_s']:.0f} CPU-s "
               f"({r['wall_s']:.0f} s)", flush=True)
 
