@@ -113,15 +113,21 @@ def _train(base: Any, examples: list[ChatExample], warm: Path | None, out: Path,
     # in about half the time for these ~100-token problems.
     longest = max(len(encode_example(base.tokenizer, e)[0]) for e in examples)
     data = tokenize_examples(base.tokenizer, examples, seq_len=min(256, -(-longest // 32) * 32))
+    batch = min(args.batch_size, len(examples))
+    # --max-epochs caps the passes over a small verified set (60 steps on 46 rows is ten passes: it memorises)
+    steps = args.steps
+    if args.max_epochs is not None:
+        steps = max(1, min(steps, -(-int(args.max_epochs * len(examples)) // batch)))
     config = FinetuneConfig(LoraConfig(rank=8, alpha=16.0, targets=("q_proj", "v_proj")),
-                            TrainConfig(steps=args.steps, learning_rate=args.lr, warmup_steps=min(5, args.steps // 4),
-                                        seed=seed), batch_size=min(args.batch_size, len(examples)))
+                            TrainConfig(steps=steps, learning_rate=args.lr, warmup_steps=min(5, steps // 4),
+                                        seed=seed), batch_size=batch)
     t0, w0 = time.process_time(), time.monotonic()
     run = finetune(loaded, data, config, warm_start=warm, out=out)
     losses = run.train.losses
-    _log(f"  trained {args.steps} steps on {len(examples)} rows, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+    _log(f"  trained {steps} steps on {len(examples)} rows, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
          f"warm={run.warm_start}")
     return {"train_cpu_s": time.process_time() - t0, "train_wall_s": time.monotonic() - w0, "rows": len(examples),
+            "steps": steps,
             "loss_first": float(losses[0]), "loss_last": float(losses[-1])}
 
 
@@ -148,7 +154,8 @@ def _sample(base: Any, adapter: Path | None, pool: list[PoolPrompt], args: argpa
                                       # the recipe the round ran, so arms and reruns with other settings stay apart
                                       "k": args.k, "temperature": args.temperature,
                                       "worked_examples": args.worked_examples, "agreement": args.agreement,
-                                      "replay_share": args.replay_share}
+                                      "replay_share": args.replay_share, "max_epochs": args.max_epochs,
+                                      "replay_supervised": args.replay_supervised}
     _log(f"  verified {result.stats.verified}/{result.stats.drawn}, used {result.stats.used}, pass@k "
          f"{result.stats.pass_at_k:.2f}, distinct-3 {result.stats.distinct3:.2f} ({stats['sample_cpu_s']:.0f} CPU-s)")
     return kept, stats
@@ -176,6 +183,10 @@ def run(args: argparse.Namespace) -> None:
             _write(path, _evaluate(base, None, sets, args))
         for arm in args.arms:
             replay: list[KeptSample] = []
+            if arm == "c" and args.replay_supervised:
+                # (c)'s earlier verified data includes the reference solutions its first iteration trained on
+                replay.extend(KeptSample(p.key, p.question, p.solution, "reference-solution") for p in
+                              generate_math_problems(args.pool, split="train", seed=10_000 * seed + 1, steps=(1, 2)))
             for it in range(1, args.iterations + 1):
                 path = runs / f"seed{seed}" / arm / f"iter{it}.json"
                 adapter = work / f"seed{seed}" / arm / f"iter{it}"
@@ -309,6 +320,10 @@ def main() -> None:
     ap.add_argument("--max-paths", type=int, default=4)
     ap.add_argument("--replay-share", type=float, default=0.2)
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--max-epochs", type=float, default=None,
+                    help="cap the training steps at this many passes over the round's rows (default: --steps)")
+    ap.add_argument("--replay-supervised", action="store_true",
+                    help="(c) replays the reference solutions of its supervised first iteration")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--max-new-tokens", type=int, default=64)

@@ -569,8 +569,10 @@ class CycleRunner:
         """The decision log's line for a self-improvement round: how many samples were drawn, verified, used (and
         why the round stopped, when its safeguards stopped it)."""
         m = {k: v for k, v in metrics.items() if k.startswith("si_")}
+        references = int(m.get("si_replayed_reference", 0))
+        reference = f", {references} of them reference solutions" if references else ""
         message = (f"{int(m['si_drawn'])} samples drawn, {int(m['si_verified'])} verified, {int(m['si_used'])} used "
-                   f"(+{int(m.get('si_replayed', 0))} replayed) from {int(m['si_prompts'])} prompts "
+                   f"(+{int(m.get('si_replayed', 0))} replayed{reference}) from {int(m['si_prompts'])} prompts "
                    f"({int(m.get('si_pool_usage', 0))} usage log, {int(m.get('si_pool_inbox', 0))} inbox, "
                    f"{int(m.get('si_pool_generated', 0))} generated); "
                    f"pass@k {m['si_pass_at_k']:.2f}, distinct-3 {m['si_distinct3']:.2f}, "

@@ -7,6 +7,8 @@ restarted daemon finishes from its checkpoint; rollback moves the champion point
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 from collections.abc import Iterator
@@ -78,6 +80,10 @@ def test_operator_story(setup: tuple[Path, Path, int], tmp_path: Path) -> None:
             what=f"cycle 1 promoted\n{daemon.log()[-3000:]}",
         )
         assert "run_now" in first["trigger_reasons"]
+        # The supervised cycle's reference rows wait for a self-improvement round to replay them.
+        reference = [json.loads(line) for line in (state / "self-improve" / "reference.jsonl").read_text().splitlines()]
+        assert len(reference) >= 64 and {r["reason"] for r in reference} == {"reference-solution"}
+        assert all("The answer is" in r["response"] for r in reference)
         status = qtha_json(config, "status")
         assert status["champion"]["version"] == first["candidate"] == "c000001"
         assert status["champion"]["metrics"]["eval_loss"] > 0

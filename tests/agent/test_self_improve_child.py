@@ -14,7 +14,12 @@ import pytest
 import model
 import policies
 from agent.child.entry import TaskContext
-from agent.child.tasks import SelfImproveStoppedError, commit_round, self_improve_examples
+from agent.child.tasks import (
+    SelfImproveStoppedError,
+    commit_reference,
+    commit_round,
+    self_improve_examples,
+)
 from tests.fixtures.tiny_model import write_tiny_hf
 
 RECIPE = dataclasses.replace(policies.PAPER_RECIPE, method="self-improve", samples_k=4, pool_prompts=12,
@@ -107,3 +112,41 @@ def test_worked_examples_are_shown_and_the_engine_holds_the_longer_prompts(setup
     assert seen["worked_examples"] == model.WORKED_EXAMPLES[:2]
     # Every prompt as sent, worked examples included, fits beside the sampling budget.
     assert seen["longest"] + seen["max_tokens"] <= seen["capacity"] < seen["longest"] + seen["max_tokens"] + 64
+
+
+def test_a_continuing_round_replays_the_supervised_rows_and_a_from_base_round_does_not(setup, monkeypatch):
+    """The champion learned from its supervised cycles' reference solutions: a round that continues it replays them
+    beside verified samples (the study: 8.4 points of held-out accuracy kept); a ReST-EM round from the base does
+    not. The reference file keeps the newest rows only, and a cycle commits its rows once."""
+    import agent.child.tasks as tasks
+
+    payload, loaded, tmp = setup
+    monkeypatch.setattr(tasks, "REFERENCE_CAP", 30)
+    rows = [p.as_example() for p in model.generate_math_problems(40, split="train", seed=5)]
+    (tmp / "cycles" / "1").mkdir(parents=True)
+    commit_reference(payload, tmp / "cycles" / "1", rows[:20])
+    commit_reference(payload, tmp / "cycles" / "1", rows[:20])  # idempotent
+    (tmp / "cycles" / "2").mkdir()
+    commit_reference(payload, tmp / "cycles" / "2", rows[20:])
+    stored = [json.loads(line) for line in (Path(payload["self_improve_dir"]) / "reference.jsonl").read_text()
+              .splitlines()]
+    assert [r["response"] for r in stored] == [e.response for e in rows[10:]]  # the newest 30
+    assert {r["reason"] for r in stored} == {"reference-solution"}
+    (tmp / "dialogue").mkdir()
+    commit_reference(payload | {"task": "dialogue"}, tmp / "dialogue", rows)  # no maths references in dialogue
+    assert len((Path(payload["self_improve_dir"]) / "reference.jsonl").read_text().splitlines()) == 30
+
+    monkeypatch.setattr(model, "sample_pool", _scripted(
+        lambda p, i: f"So {p.answer} + {i} = {p.answer + i}. The answer is {p.answer + i}."))  # one correct path
+    reference_responses = {e.response for e in rows}
+    for from_base, replayed in [(False, True), (True, False)]:
+        workdir = tmp / f"round-from-base-{from_base}"
+        workdir.mkdir()
+        recipe = dataclasses.replace(RECIPE, from_base=from_base)
+        examples, metrics = self_improve_examples(payload, recipe, loaded, None, [], workdir, TaskContext(io.StringIO()))
+        from_reference = [e for e in examples if e.response in reference_responses]
+        assert metrics["si_used"] > 0
+        if replayed:  # replay share 0.5: as many reference rows as fresh samples
+            assert len(from_reference) == metrics["si_replayed_reference"] == metrics["si_replayed"] == metrics["si_used"]
+        else:
+            assert from_reference == [] and metrics["si_replayed"] == metrics["si_replayed_reference"] == 0
