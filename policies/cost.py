@@ -55,7 +55,8 @@ class Recipe:
         temperature, top_p: self-improve: the sampling settings.
         agreement: self-improve: where no answer is known, the majority answer's share of the k samples needed to
             accept it as a pseudo-label, in (0, 1].
-        replay_share: self-improve: share of the training set drawn from earlier cycles' verified samples, [0, 1).
+        replay_share: self-improve: share of the training set drawn from earlier cycles' verified samples (and,
+            unless ``from_base``, the reference solutions of earlier supervised cycles), [0, 1).
         from_base: self-improve: train a fresh adapter from the base model (ReST-EM) instead of continuing the
             champion's.
         pool_prompts: self-improve: prompts sampled per cycle.
