@@ -40,6 +40,7 @@ from quantum.emulator import (
 )
 from quantum.errors import (
     CircuitTooLargeError,
+    NativeKernelError,
     NonlinearParameterError,
     QuantumSpecError,
     UnresolvedSymbolError,
@@ -115,6 +116,7 @@ __all__ = [
     "QnnCircuit",
     "QnnFunction",
     "QuantumSpecError",
+    "NativeKernelError",
     "ShiftRule",
     "SimulatorOptions",
     "UnresolvedSymbolError",

@@ -21,3 +21,7 @@ class NonlinearParameterError(ValueError):
 
 class CircuitTooLargeError(MemoryError):
     """Simulating the circuit at this batch size would need more memory than allowed."""
+
+
+class NativeKernelError(RuntimeError):
+    """The native statevector kernel could not be built or loaded (no C compiler, a failed build)."""

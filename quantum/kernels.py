@@ -21,6 +21,7 @@ from jax import lax
 
 from quantum.fusion import DenseStage, DiagStage, LocalStage, Stage
 from quantum.lowering import LoweredOp
+from quantum.native import KIND_COMPLEX, KIND_PHASE, KIND_REAL, FactorLayout
 
 Kernel = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 # Diagonal stages use a dense [2**n, g] phase table up to this many entries, a broadcast sum beyond.
@@ -38,12 +39,14 @@ class StageKernels:
     cos/sin table); ``factor(i, m, psi, adjoint)`` applies factor ``i`` (or its adjoint) with matrix ``m``. The
     adjoint backward pass walks the factors one by one: it uncomputes the state before a factor and takes the
     factor's matrix gradient from that state and the adjoint state after it, without re-running the stage.
+    ``layouts`` says where each factor acts, for the native kernels; None where they cannot run it (a dense gate).
     """
 
     mats: Callable[[jnp.ndarray], tuple]
     factor: Callable[[int, jnp.ndarray, jnp.ndarray, bool], jnp.ndarray]
     n_factors: int
     n_params: int
+    layouts: tuple[FactorLayout, ...] | None = None
 
     def apply(self, t: jnp.ndarray, psi: jnp.ndarray) -> jnp.ndarray:
         """The stage applied to ``psi``."""
@@ -181,7 +184,12 @@ def _local(stage: LocalStage, n: int, dtype, max_block: int) -> StageKernels:
         psi = _contract(m, psi.reshape((psi.shape[0], 2, *shape)), f"{batch}Z{axes[j]},yz{axes}->yz{out}", real)
         return psi.reshape(psi.shape[0], 2, -1)
 
-    return StageKernels(mats, factor, len(active), _count_params(stage.all_ops))
+    kind = KIND_REAL if real else KIND_COMPLEX
+    sizes = [len(g) for g in all_blocks]
+    layouts = tuple(
+        FactorLayout(kind, 2 ** sum(sizes[:j]), 2 ** sizes[j], 2 ** sum(sizes[j + 1 :])) for j in active
+    )
+    return StageKernels(mats, factor, len(active), _count_params(stage.all_ops), layouts)
 
 
 def local_prepare(stage: LocalStage, n: int, dtype) -> Callable[[jnp.ndarray, int], jnp.ndarray]:
@@ -249,7 +257,7 @@ def _diag(stage: DiagStage, n: int, dtype) -> StageKernels:
         re, im = psi[:, 0], psi[:, 1]
         return jnp.stack([re * c - im * s, re * s + im * c], axis=1)
 
-    return StageKernels(mats, factor, 1, len(param_ops))
+    return StageKernels(mats, factor, 1, len(param_ops), (FactorLayout(KIND_PHASE, 1, 2**n, 1),))
 
 
 def _broadcast(local: jnp.ndarray, qubits: Sequence[int], n: int) -> jnp.ndarray:

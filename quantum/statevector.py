@@ -26,10 +26,11 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from quantum.circuits import QnnCircuit
-from quantum.errors import CircuitTooLargeError, QuantumSpecError
+from quantum.errors import CircuitTooLargeError, NativeKernelError, QuantumSpecError
 from quantum.fusion import LocalStage, fuse, repeats, signature
 from quantum.kernels import local_prepare, stage_kernels
 from quantum.lowering import lower_circuit
+from quantum.native import NativeLibrary, Program
 
 QnnFunction = Callable[[jax.Array, jax.Array], jax.Array]
 # The name of the final state the backward pass starts from (``jax.ad_checkpoint.checkpoint_name``): a caller's
@@ -53,6 +54,11 @@ class SimulatorOptions:
         chunk_size: examples simulated together; larger batches run chunk by chunk (``lax.map``) so the states
             stay in cache through all stages. None: as many as fit in ``cache_bytes``.
         cache_bytes: the cache budget for the automatic chunk size.
+        kernel: ``"xla"`` runs every stage as XLA operations; ``"native"`` runs the whole circuit (after its
+            first, product-state stage) in fused C kernels built on first use (``quantum/native``: one example's
+            state stays in cache through every stage), called from JAX as a callback; it needs a C compiler,
+            complex64 and no dense multi-qubit gates. ``"auto"`` (the default): native where it can run and JAX's
+            default device is the CPU, else XLA.
     """
 
     dtype: Literal["complex64", "complex128"] = "complex64"
@@ -60,10 +66,13 @@ class SimulatorOptions:
     memory_limit_bytes: int | None = None
     chunk_size: int | None = None
     cache_bytes: int = 2**19
+    kernel: Literal["xla", "native", "auto"] = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in ("complex64", "complex128"):
             raise QuantumSpecError(f"dtype={self.dtype!r}: choose 'complex64' or 'complex128'")
+        if self.kernel not in ("xla", "native", "auto"):
+            raise QuantumSpecError(f"kernel={self.kernel!r}: choose 'xla', 'native' or 'auto'")
         if self.max_block_qubits < 1:
             raise QuantumSpecError(f"max_block_qubits={self.max_block_qubits}: pass an int >= 1")
 
@@ -131,18 +140,36 @@ def _plan(qc: QnnCircuit, options: SimulatorOptions) -> _Plan:
     )
 
 
-def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
+def _readout(qc: QnnCircuit, real) -> Callable:
     n = len(qc.qubits)
-    real = jnp.finfo(dtype).dtype
     signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1)
 
     def readout(psi):
         probs = psi[:, 0] ** 2 + psi[:, 1] ** 2
         return probs @ jnp.asarray(signs, real) if qc.readout == "z" else probs
 
+    return readout
+
+
+def _stage_params(plan: _Plan, i: int, t_b, t_s):
+    lo, hi = plan.bounds[i]
+    return t_b[:, lo:hi] if plan.batched[i] else t_s[lo:hi]
+
+
+def _initial_state(plan: _Plan, n: int, real, t_b, t_s):
+    batch = t_b.shape[0]
+    if plan.prepare is not None:
+        return plan.prepare(_stage_params(plan, 0, t_b, t_s), batch)
+    return jnp.zeros((batch, 2, 2**n), real).at[:, 0, 0].set(1)
+
+
+def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
+    n = len(qc.qubits)
+    real = jnp.finfo(dtype).dtype
+    readout = _readout(qc, real)
+
     def stage_params(i, t_b, t_s):
-        lo, hi = plan.bounds[i]
-        return t_b[:, lo:hi] if plan.batched[i] else t_s[lo:hi]
+        return _stage_params(plan, i, t_b, t_s)
 
     def run_params(start, period, reps, t_s):
         """The shared parameters of a repeated run, one row per repetition, and each stage's slice of a row."""
@@ -151,11 +178,7 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         return t_s[lo:hi].reshape(reps, -1), cuts
 
     def forward(t_b, t_s):
-        batch = t_b.shape[0]
-        if plan.prepare is not None:
-            psi = plan.prepare(stage_params(0, t_b, t_s), batch)
-        else:
-            psi = jnp.zeros((batch, 2, 2**n), real).at[:, 0, 0].set(1)
+        psi = _initial_state(plan, n, real, t_b, t_s)
         for start, period, reps in plan.runs:
             if start == 0 and plan.prepare is not None:
                 continue
@@ -248,6 +271,139 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
     return core
 
 
+def _native_program(plan: _Plan) -> Program | None:
+    """The circuit after its product-state stage as native factors; None if a stage has no native layout."""
+    first = 1 if plan.prepare is not None else 0
+    layouts, batched = [], []
+    for i in range(first, len(plan.kernels)):
+        if plan.kernels[i].layouts is None:
+            return None
+        layouts += plan.kernels[i].layouts
+        batched += [plan.batched[i]] * len(plan.kernels[i].layouts)
+    return Program.of(layouts, batched)
+
+
+def _pack(m: jax.Array, kind: int, batched: bool) -> jax.Array:
+    """A factor's matrix (complex ``[..., d, d]``) or phase table (``[2, ..., 2**n]``) as its native floats."""
+    lead = 1 if batched else 0
+    if kind == 2:
+        m = jnp.moveaxis(m, 0, -2)
+    elif kind == 1:
+        m = jnp.stack([m.real, m.imag], axis=-3)
+    else:
+        m = m.real
+    return m.reshape(m.shape[:lead] + (-1,)).astype(jnp.float32)
+
+
+def _unpack(g: jax.Array, m: jax.Array, kind: int) -> jax.Array:
+    """The native cotangent of a factor's floats as JAX's cotangent of ``m``.
+
+    JAX's cotangent of a complex input is ``dL/dRe - i dL/dIm`` (the transpose of ``imag`` negates), so a
+    complex matrix's ``(dL/dMr, dL/dMi)`` becomes ``dMr - i dMi``; a real-only factor reads ``m.real`` alone.
+    """
+    if kind == 2:
+        return jnp.moveaxis(g.reshape(m.shape[1:-1] + (2, m.shape[-1])), -2, 0).astype(m.dtype)
+    if kind == 1:
+        g = g.reshape(m.shape[:-2] + (2,) + m.shape[-2:])
+        return jax.lax.complex(g[..., 0, :, :], -g[..., 1, :, :]).astype(m.dtype)
+    return jax.lax.complex(g.reshape(m.shape), jnp.zeros(m.shape, g.dtype)).astype(m.dtype)
+
+
+def _make_native_core(plan: _Plan, qc: QnnCircuit, dtype, library: NativeLibrary, program: Program) -> Callable:
+    """``core(t_b, t_s)`` with the stages after the product-state one run by the native kernels (a callback)."""
+    n = len(qc.qubits)
+    real = jnp.finfo(dtype).dtype
+    readout = _readout(qc, real)
+    factors = library.factors(program)
+    first = 1 if plan.prepare is not None else 0
+    stages = range(first, len(plan.kernels))
+
+    def pack(t_b, t_s):
+        shared, rows, vjps = [], [], []
+        for i in stages:
+            ms, vjp = jax.vjp(plan.kernels[i].mats, _stage_params(plan, i, t_b, t_s))
+            vjps.append((ms, vjp))
+            for lay, m in zip(plan.kernels[i].layouts, ms, strict=True):
+                (rows if plan.batched[i] else shared).append(_pack(m, lay.kind, plan.batched[i]))
+        batch = t_b.shape[0]
+        shared = jnp.concatenate(shared) if shared else jnp.zeros((0,), jnp.float32)
+        rows = jnp.concatenate(rows, axis=1) if rows else jnp.zeros((batch, 0), jnp.float32)
+        return shared, rows, vjps
+
+    def run_forward(psi, shared, rows):
+        return library.forward(program, factors, n, psi, shared, rows)
+
+    def run_backward(psi, lam, shared, rows):
+        return library.backward(program, factors, n, psi, lam, shared, rows)
+
+    def core_fwd(t_b, t_s):
+        psi0 = _initial_state(plan, n, real, t_b, t_s).astype(jnp.float32)
+        shared, rows, _ = pack(t_b, t_s)
+        psi = jax.pure_callback(run_forward, jax.ShapeDtypeStruct(psi0.shape, jnp.float32), psi0, shared, rows,
+                                vmap_method="sequential")
+        return readout(psi), (t_b, t_s, checkpoint_name(psi, FINAL_STATE_NAME))
+
+    def core_bwd(res, g):
+        t_b, t_s, psi = res
+        (lam,) = jax.vjp(readout, psi)[1](g)
+        shared, rows, vjps = pack(t_b, t_s)
+        out = (jax.ShapeDtypeStruct(psi.shape, jnp.float32), jax.ShapeDtypeStruct(psi.shape, jnp.float32),
+               jax.ShapeDtypeStruct(shared.shape, jnp.float32), jax.ShapeDtypeStruct(rows.shape, jnp.float32))
+        psi0, lam0, d_shared, d_rows = jax.pure_callback(run_backward, out, psi, lam, shared, rows,
+                                                         vmap_method="sequential")
+        grads: dict[int, jax.Array] = {}
+        slot = 0
+        for i, (ms, vjp) in zip(stages, vjps, strict=True):
+            cts = []
+            for lay, m in zip(plan.kernels[i].layouts, ms, strict=True):
+                off, size = program.offsets[slot], lay.size
+                g_flat = d_rows[:, off : off + size] if plan.batched[i] else d_shared[off : off + size]
+                cts.append(_unpack(g_flat, m, lay.kind))
+                slot += 1
+            (grads[i],) = vjp(tuple(cts))
+        if first:
+            batch = t_b.shape[0]
+            prep = lambda t_, batch=batch: plan.prepare(t_, batch)  # noqa: E731
+            (grads[0],) = jax.vjp(prep, _stage_params(plan, 0, t_b, t_s))[1](lam0.astype(real))
+        order = range(len(plan.kernels))
+        g_b = [grads[i] for i in order if plan.batched[i]]
+        g_s = [grads[i] for i in order if not plan.batched[i]]
+        g_b = jnp.concatenate(g_b, axis=1) if g_b else jnp.zeros_like(t_b)
+        g_s = jnp.concatenate(g_s) if g_s else jnp.zeros_like(t_s)
+        return g_b.astype(t_b.dtype), g_s.astype(t_s.dtype)
+
+    @jax.custom_vjp
+    def core(t_b, t_s):
+        return core_fwd(t_b, t_s)[0]
+
+    core.defvjp(core_fwd, core_bwd)
+    return core
+
+
+def _core(plan: _Plan, qc: QnnCircuit, options: SimulatorOptions) -> Callable:
+    """The XLA core, or the native one where ``options.kernel`` asks for it and it can run."""
+    dtype = jnp.dtype(options.dtype)
+    # On an accelerator the callback would copy states to the host and back: XLA's kernels stay there.
+    if options.kernel == "xla" or (options.kernel == "auto" and jax.default_backend() != "cpu"):
+        return _make_core(plan, qc, dtype)
+    program = _native_program(plan)
+    reason = None
+    if options.dtype != "complex64":
+        reason = f"dtype={options.dtype!r} (the native kernels are complex64)"
+    elif program is None:
+        reason = "the circuit has a dense multi-qubit gate (CNOT, SWAP, ...), which the native kernels do not run"
+    if reason is None:
+        try:
+            return _make_native_core(plan, qc, dtype, NativeLibrary.load(), program)
+        except NativeKernelError:
+            if options.kernel == "native":
+                raise
+            return _make_core(plan, qc, dtype)
+    if options.kernel == "native":
+        raise QuantumSpecError(f"kernel='native' cannot run this circuit: {reason}; use kernel='xla' or 'auto'")
+    return _make_core(plan, qc, dtype)
+
+
 def compile_circuit(qc: QnnCircuit, options: SimulatorOptions | None = None) -> QnnFunction:
     """Compile ``qc`` into ``f(inputs[B, k], weights[P]) -> float[B, m]``.
 
@@ -269,7 +425,7 @@ def compile_circuit(qc: QnnCircuit, options: SimulatorOptions | None = None) -> 
     dtype = jnp.dtype(options.dtype)
     real = jnp.finfo(dtype).dtype
     plan = _plan(qc, options)
-    core = _make_core(plan, qc, dtype)
+    core = _core(plan, qc, options)
     k, p = len(qc.input_symbols), len(qc.weight_symbols)
 
     def simulate(inputs: jax.Array, weights: jax.Array) -> jax.Array:

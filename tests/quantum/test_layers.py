@@ -23,6 +23,7 @@ LAYERS = (
     "circuits",
     "lowering",
     "fusion",
+    "native",  # the fused C kernels and their layout vocabulary
     "kernels",
     "statevector",
     "shift",
