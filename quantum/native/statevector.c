@@ -19,54 +19,61 @@ typedef struct {
     long off;
 } factor_t;
 
-/* C = beta * C + alpha * A B for row-major A [m x k] (lda), B [k x n] (ldb), C [m x n] (ldc), with n a multiple
- * of W: a 4 x W block of C stays in registers while k runs (the compiler keeps the fixed-width rows in vector
- * registers and unrolls the t loops). */
-#define GEMM_KERNEL(NAME, W)                                                                                    \
+/* C = beta * C + alpha * op(A) B for row-major B [k x n] (ldb), C [m x n] (ldc), n a multiple of 16; op(A) is
+ * A [m x k] (lda), or with TRANS_A the transpose of A [k x m] (lda). An 8 x 16 block of C stays in registers
+ * while k runs: eight independent accumulator rows keep both FMA pipes busy (four leave half of them idle). */
+#define GEMM_KERNEL(NAME, TRANS_A)                                                                              \
     static void NAME(int m, int n, int k, const float *restrict A, long lda, const float *restrict B, long ldb,  \
                      float *restrict C, long ldc, float alpha, int beta) {                                      \
         int i = 0;                                                                                              \
-        for (; i + 4 <= m; i += 4)                                                                              \
-            for (int j0 = 0; j0 < n; j0 += W) {                                                                 \
-                float a0[W] = {0}, a1[W] = {0}, a2[W] = {0}, a3[W] = {0};                                       \
-                const float *r0 = A + i * lda, *r1 = r0 + lda, *r2 = r1 + lda, *r3 = r2 + lda;                  \
+        for (; i + 8 <= m; i += 8)                                                                              \
+            for (int j0 = 0; j0 < n; j0 += 16) {                                                                \
+                float a0[16] = {0}, a1[16] = {0}, a2[16] = {0}, a3[16] = {0};                                   \
+                float a4[16] = {0}, a5[16] = {0}, a6[16] = {0}, a7[16] = {0};                                   \
                 for (int p = 0; p < k; p++) {                                                                   \
                     const float *b = B + p * ldb + j0;                                                          \
-                    const float c0 = r0[p], c1 = r1[p], c2 = r2[p], c3 = r3[p];                                 \
-                    for (int t = 0; t < W; t++) {                                                               \
+                    const float *c = TRANS_A ? A + p * lda + i : A + i * lda + p;                               \
+                    const long step = TRANS_A ? 1 : lda;                                                        \
+                    const float c0 = c[0], c1 = c[step], c2 = c[2 * step], c3 = c[3 * step];                    \
+                    const float c4 = c[4 * step], c5 = c[5 * step], c6 = c[6 * step], c7 = c[7 * step];         \
+                    for (int t = 0; t < 16; t++) {                                                              \
                         a0[t] += c0 * b[t]; a1[t] += c1 * b[t]; a2[t] += c2 * b[t]; a3[t] += c3 * b[t];         \
+                        a4[t] += c4 * b[t]; a5[t] += c5 * b[t]; a6[t] += c6 * b[t]; a7[t] += c7 * b[t];         \
                     }                                                                                           \
                 }                                                                                               \
-                float *o0 = C + i * ldc + j0, *o1 = o0 + ldc, *o2 = o1 + ldc, *o3 = o2 + ldc;                   \
-                for (int t = 0; t < W; t++) {                                                                   \
-                    o0[t] = (beta ? o0[t] : 0.0f) + alpha * a0[t]; o1[t] = (beta ? o1[t] : 0.0f) + alpha * a1[t]; \
-                    o2[t] = (beta ? o2[t] : 0.0f) + alpha * a2[t]; o3[t] = (beta ? o3[t] : 0.0f) + alpha * a3[t]; \
+                float *accs[8] = {a0, a1, a2, a3, a4, a5, a6, a7};                                              \
+                for (int r = 0; r < 8; r++) {                                                                   \
+                    float *o = C + (i + r) * ldc + j0;                                                          \
+                    for (int t = 0; t < 16; t++) o[t] = (beta ? o[t] : 0.0f) + alpha * accs[r][t];              \
                 }                                                                                               \
             }                                                                                                   \
         for (; i < m; i++)                                                                                      \
-            for (int j0 = 0; j0 < n; j0 += W) {                                                                 \
-                float a0[W] = {0};                                                                              \
-                for (int p = 0; p < k; p++)                                                                     \
-                    for (int t = 0; t < W; t++) a0[t] += A[i * lda + p] * B[p * ldb + j0 + t];                  \
+            for (int j0 = 0; j0 < n; j0 += 16) {                                                                \
+                float a0[16] = {0};                                                                             \
+                for (int p = 0; p < k; p++) {                                                                   \
+                    const float c0 = TRANS_A ? A[p * lda + i] : A[i * lda + p];                                 \
+                    for (int t = 0; t < 16; t++) a0[t] += c0 * B[p * ldb + j0 + t];                             \
+                }                                                                                               \
                 float *o0 = C + i * ldc + j0;                                                                   \
-                for (int t = 0; t < W; t++) o0[t] = (beta ? o0[t] : 0.0f) + alpha * a0[t];                      \
+                for (int t = 0; t < 16; t++) o0[t] = (beta ? o0[t] : 0.0f) + alpha * a0[t];                     \
             }                                                                                                   \
     }
-GEMM_KERNEL(gemm16, 16)
+GEMM_KERNEL(gemm16_nn, 0)
+GEMM_KERNEL(gemm16_tn, 1)
 
-/* C = beta * C + alpha * A B for any n (scalar loops when n is not a multiple of 16). */
-static void gemm(int m, int n, int k, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
-                 float alpha, int beta) {
+/* C = beta * C + alpha * op(A) B for any n (scalar loops when n is not a multiple of 16). */
+static void gemm(int trans_a, int m, int n, int k, const float *A, long lda, const float *B, long ldb, float *C,
+                 long ldc, float alpha, int beta) {
     if (n % 16 == 0) {
-        gemm16(m, n, k, A, lda, B, ldb, C, ldc, alpha, beta);
-    } else {
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < n; j++) {
-                float s = 0.0f;
-                for (int p = 0; p < k; p++) s += A[i * lda + p] * B[p * ldb + j];
-                C[i * ldc + j] = (beta ? C[i * ldc + j] : 0.0f) + alpha * s;
-            }
+        (trans_a ? gemm16_tn : gemm16_nn)(m, n, k, A, lda, B, ldb, C, ldc, alpha, beta);
+        return;
     }
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int p = 0; p < k; p++) s += (trans_a ? A[p * lda + i] : A[i * lda + p]) * B[p * ldb + j];
+            C[i * ldc + j] = (beta ? C[i * ldc + j] : 0.0f) + alpha * s;
+        }
 }
 
 /* y[h][i][l] = sum_k A[i][k] x[h][k][l] (+ y when acc), times alpha; At is A transposed. */
@@ -75,9 +82,9 @@ static void apply_real(const float *restrict A, const float *restrict At, int hi
     const long plane = (long)d * lo;
     if (lo >= 16 || lo == 1) {
         if (lo == 1) {
-            gemm(hi, d, d, x, d, At, d, y, d, alpha, acc); /* Y [hi x d] = X At */
+            gemm(0, hi, d, d, x, d, At, d, y, d, alpha, acc); /* Y [hi x d] = X At */
         } else {
-            for (int h = 0; h < hi; h++) gemm(d, lo, d, A, d, x + h * plane, lo, y + h * plane, lo, alpha, acc);
+            for (int h = 0; h < hi; h++) gemm(0, d, lo, d, A, d, x + h * plane, lo, y + h * plane, lo, alpha, acc);
         }
         return;
     }
@@ -92,15 +99,12 @@ static void apply_real(const float *restrict A, const float *restrict At, int hi
             }
 }
 
-/* G[i][k] += alpha * sum_{h,l} u[h][i][l] v[h][k][l]; scratch holds max(d * lo, d * hi) floats. */
+/* G[i][k] += alpha * sum_{h,l} u[h][i][l] v[h][k][l]; scratch holds d * lo floats. */
 static void outer_acc(const float *restrict u, const float *restrict v, int hi, int d, int lo, float alpha,
                       float *restrict G, float *restrict scratch) {
     const long plane = (long)d * lo;
     if (lo == 1) {
-        /* G += U^T V with U, V [hi x d]. */
-        for (int h = 0; h < hi; h++)
-            for (int i = 0; i < d; i++) scratch[(long)i * hi + h] = u[(long)h * d + i];
-        gemm(d, d, hi, scratch, hi, v, d, G, d, alpha, 1);
+        gemm(1, d, d, hi, u, d, v, d, G, d, alpha, 1); /* G += U^T V with U, V [hi x d] */
         return;
     }
     for (int h = 0; h < hi; h++) {
@@ -108,7 +112,7 @@ static void outer_acc(const float *restrict u, const float *restrict v, int hi, 
         const float *vh = v + h * plane;
         for (int k = 0; k < d; k++)
             for (int l = 0; l < lo; l++) scratch[(long)l * d + k] = vh[(long)k * lo + l];
-        gemm(d, d, lo, u + h * plane, lo, scratch, d, G, d, alpha, 1);
+        gemm(0, d, d, lo, u + h * plane, lo, scratch, d, G, d, alpha, 1);
     }
 }
 
