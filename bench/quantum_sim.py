@@ -4,7 +4,11 @@ Arms (each configuration in its own subprocess, so its peak resident memory is i
 pinned to the same CPUs with ``sched_setaffinity``):
 
 - ``ours``: ``quantum.make_qnn`` (forward) and ``jax.grad`` of ``sum(<Z>**2)`` for inputs and weights (forward +
-  adjoint backward), 10 qubits; 10 and 40 layers for the memory check.
+  adjoint backward), 10 qubits; 10 and 40 layers for the memory check. It runs the native kernels
+  (``SimulatorOptions(kernel="native")``, the default on CPU: fused C, one example's state in cache through
+  every stage).
+- ``xla``: the same with ``kernel="xla"``: every stage as XLA operations over the whole batch (the kernels
+  before the native ones).
 - ``gemm``: a float32 ``[B, 2**n] @ [2**n, 2**n]`` matrix product in JAX, B = 4096: the machine's matmul rate
   measured in the same run, the roofline the simulator is compared with.
 - ``gemm-block``: the same product at the shape our Kronecker blocks use (``[B * 2 * 2**(n-b), 2**b] @
@@ -147,14 +151,14 @@ def _stream(mode: str, batch: int, layers: int, repeats: int) -> dict:
     return {"time_s": t, "compile_s": compile_s, "gbps": 2 * x.size * 4 / t / 1e9}
 
 
-def _ours(mode: str, batch: int, layers: int, repeats: int) -> dict:
+def _ours(mode: str, batch: int, layers: int, repeats: int, kernel: str = "native") -> dict:
     import jax
     import jax.numpy as jnp
 
-    from quantum import CircuitSpec, make_qnn
+    from quantum import CircuitSpec, JaxBackend, SimulatorOptions, make_qnn
 
     spec = CircuitSpec(n_qubits=N_QUBITS, n_layers=layers)
-    qnn = make_qnn(spec)
+    qnn = make_qnn(spec, backend=JaxBackend(SimulatorOptions(kernel=kernel)))
     x, w = (jnp.asarray(a) for a in _inputs(batch, spec.n_weights))
     if mode == "fwd":
         fn = qnn
@@ -341,7 +345,11 @@ def _qsim(mode: str, batch: int, layers: int, repeats: int) -> dict:
     return {"time_s": t, "compile_s": 0.0}
 
 
-IMPLS = {"ours": _ours, "gemm": _gemm, "gemm-block": _gemm_block, "stream": _stream, "catalyst": _catalyst,
+def _xla(mode: str, batch: int, layers: int, repeats: int) -> dict:
+    return _ours(mode, batch, layers, repeats, kernel="xla")
+
+
+IMPLS = {"ours": _ours, "xla": _xla, "gemm": _gemm, "gemm-block": _gemm_block, "stream": _stream, "catalyst": _catalyst,
          "qujax": _qujax, "aer": _aer, "pennylane": _pennylane, "qsim": _qsim}
 
 
@@ -363,6 +371,7 @@ def configs(full: bool) -> list[tuple[str, str, int, int, int]]:
     for batch in (256, 4096):
         out += [("ours", "fwd", batch, 10, 5), ("ours", "fwd+bwd", batch, 10, 3)]
     out += [("ours", "fwd+bwd", 4096, 40, 2)]  # backward memory must not grow with depth
+    out += [("xla", "fwd", 4096, 10, 3), ("xla", "fwd+bwd", 4096, 10, 2)]
     out += [("gemm", "gemm", GEMM_BATCH, 0, 5), ("stream", "stream", GEMM_BATCH, 0, 5)]  # again: the load may change
     out += [("catalyst", "fwd+bwd", 256, 10, 2), ("catalyst", "fwd+bwd", 4096, 10, 1)]
     out += [("qujax", "fwd", 512, 10, 3), ("qujax", "fwd+bwd", 512, 10, 3), ("ours", "fwd+bwd", 512, 10, 3)]
@@ -405,7 +414,7 @@ def ratios(rows: list[dict]) -> list[str]:
     blocks = [r["gflops"] for r in rows if r["impl"] == "gemm-block" and "gflops" in r]
     if blocks:
         lines.append(f"float32 GEMM of one Kronecker block's shape (K = N = 2**max_block_qubits): "
-                     f"{max(blocks):.1f} GFLOP/s, the rate our block products can reach in XLA")
+                     f"{max(blocks):.1f} GFLOP/s, the rate the XLA kernels' block products can reach")
     gemms = [r["gflops"] for r in rows if r["impl"] == "gemm" and "gflops" in r]
     if gemms:
         gemm = max(gemms)
@@ -429,6 +438,10 @@ def ratios(rows: list[dict]) -> list[str]:
                 floor = passes * 2 * state_mb / 1e3 / rate
                 lines.append(f"ours {mode} at 4096: {passes} state passes take {1e3 * floor:.0f} ms at the stream rate; "
                              f"ours {1e3 * ours['time_s']:.0f} ms = {floor / ours['time_s']:.0%} of the memory roofline")
+    for mode in ("fwd", "fwd+bwd"):
+        ours, xla = _find(rows, "ours", mode, 4096), _find(rows, "xla", mode, 4096)
+        if ours and xla:
+            lines.append(f"{mode} at 4096, native kernels vs XLA's: {xla['time_s'] / ours['time_s']:.1f}x faster")
     for impl, batch, target in (("catalyst", 4096, " (target >= 20x)"), ("catalyst", 256, ""), ("qujax", 512, "")):
         ours, peer = _find(rows, "ours", "fwd+bwd", batch), _find(rows, impl, "fwd+bwd", batch)
         if ours and peer:

@@ -156,6 +156,13 @@ def _stage_params(plan: _Plan, i: int, t_b, t_s):
     return t_b[:, lo:hi] if plan.batched[i] else t_s[lo:hi]
 
 
+def _run_params(plan: _Plan, start: int, period: int, reps: int, t_s):
+    """The shared parameters of a repeated run, one row per repetition, and each stage's slice of a row."""
+    lo, hi = plan.bounds[start][0], plan.bounds[start + period * reps - 1][1]
+    cuts = [(plan.bounds[start + j][0] - lo, plan.bounds[start + j][1] - lo) for j in range(period)]
+    return t_s[lo:hi].reshape(reps, -1), cuts
+
+
 def _initial_state(plan: _Plan, n: int, real, t_b, t_s):
     batch = t_b.shape[0]
     if plan.prepare is not None:
@@ -172,10 +179,7 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
         return _stage_params(plan, i, t_b, t_s)
 
     def run_params(start, period, reps, t_s):
-        """The shared parameters of a repeated run, one row per repetition, and each stage's slice of a row."""
-        lo, hi = plan.bounds[start][0], plan.bounds[start + period * reps - 1][1]
-        cuts = [(plan.bounds[start + j][0] - lo, plan.bounds[start + j][1] - lo) for j in range(period)]
-        return t_s[lo:hi].reshape(reps, -1), cuts
+        return _run_params(plan, start, period, reps, t_s)
 
     def forward(t_b, t_s):
         psi = _initial_state(plan, n, real, t_b, t_s)
@@ -295,40 +299,42 @@ def _pack(m: jax.Array, kind: int, batched: bool) -> jax.Array:
     return m.reshape(m.shape[:lead] + (-1,)).astype(jnp.float32)
 
 
-def _unpack(g: jax.Array, m: jax.Array, kind: int) -> jax.Array:
-    """The native cotangent of a factor's floats as JAX's cotangent of ``m``.
-
-    JAX's cotangent of a complex input is ``dL/dRe - i dL/dIm`` (the transpose of ``imag`` negates), so a
-    complex matrix's ``(dL/dMr, dL/dMi)`` becomes ``dMr - i dMi``; a real-only factor reads ``m.real`` alone.
-    """
-    if kind == 2:
-        return jnp.moveaxis(g.reshape(m.shape[1:-1] + (2, m.shape[-1])), -2, 0).astype(m.dtype)
-    if kind == 1:
-        g = g.reshape(m.shape[:-2] + (2,) + m.shape[-2:])
-        return jax.lax.complex(g[..., 0, :, :], -g[..., 1, :, :]).astype(m.dtype)
-    return jax.lax.complex(g.reshape(m.shape), jnp.zeros(m.shape, g.dtype)).astype(m.dtype)
-
-
 def _make_native_core(plan: _Plan, qc: QnnCircuit, dtype, library: NativeLibrary, program: Program) -> Callable:
-    """``core(t_b, t_s)`` with the stages after the product-state one run by the native kernels (a callback)."""
+    """``core(t_b, t_s)`` with the stages after the product-state one run by the native kernels (a callback).
+
+    JAX builds every factor's matrix or phase table from the parameters (``pack``); the kernels run the states.
+    The backward pass gets the data's cotangent from the kernels and maps it to the parameters through
+    ``pack``'s own VJP.
+    """
     n = len(qc.qubits)
     real = jnp.finfo(dtype).dtype
     readout = _readout(qc, real)
     factors = library.factors(program)
-    first = 1 if plan.prepare is not None else 0
-    stages = range(first, len(plan.kernels))
+
+    def stage_floats(i, t):
+        kern = plan.kernels[i]
+        return [_pack(m, lay.kind, plan.batched[i]) for lay, m in zip(kern.layouts, kern.mats(t), strict=True)]
 
     def pack(t_b, t_s):
-        shared, rows, vjps = [], [], []
-        for i in stages:
-            ms, vjp = jax.vjp(plan.kernels[i].mats, _stage_params(plan, i, t_b, t_s))
-            vjps.append((ms, vjp))
-            for lay, m in zip(plan.kernels[i].layouts, ms, strict=True):
-                (rows if plan.batched[i] else shared).append(_pack(m, lay.kind, plan.batched[i]))
-        batch = t_b.shape[0]
+        """Every factor's data as the kernels read it: the shared floats and one row of floats per example."""
+        shared, rows = [], []
+        for start, period, reps in plan.runs:
+            if start == 0 and plan.prepare is not None:
+                continue
+            if reps == 1:
+                (rows if plan.batched[start] else shared).extend(
+                    stage_floats(start, _stage_params(plan, start, t_b, t_s)))
+                continue
+            run_rows, cuts = _run_params(plan, start, period, reps, t_s)
+
+            def one(row, start=start, cuts=cuts):
+                return jnp.concatenate([f for j, (a, b) in enumerate(cuts) for f in stage_floats(start + j, row[a:b])])
+
+            # One vmapped computation per repeated run, so the program does not grow with depth.
+            shared.append(jax.vmap(one)(run_rows).reshape(-1))
         shared = jnp.concatenate(shared) if shared else jnp.zeros((0,), jnp.float32)
-        rows = jnp.concatenate(rows, axis=1) if rows else jnp.zeros((batch, 0), jnp.float32)
-        return shared, rows, vjps
+        rows = jnp.concatenate(rows, axis=1) if rows else jnp.zeros((t_b.shape[0], 0), jnp.float32)
+        return shared, rows
 
     def run_forward(psi, shared, rows):
         return library.forward(program, factors, n, psi, shared, rows)
@@ -338,7 +344,7 @@ def _make_native_core(plan: _Plan, qc: QnnCircuit, dtype, library: NativeLibrary
 
     def core_fwd(t_b, t_s):
         psi0 = _initial_state(plan, n, real, t_b, t_s).astype(jnp.float32)
-        shared, rows, _ = pack(t_b, t_s)
+        shared, rows = pack(t_b, t_s)
         psi = jax.pure_callback(run_forward, jax.ShapeDtypeStruct(psi0.shape, jnp.float32), psi0, shared, rows,
                                 vmap_method="sequential")
         return readout(psi), (t_b, t_s, checkpoint_name(psi, FINAL_STATE_NAME))
@@ -346,31 +352,15 @@ def _make_native_core(plan: _Plan, qc: QnnCircuit, dtype, library: NativeLibrary
     def core_bwd(res, g):
         t_b, t_s, psi = res
         (lam,) = jax.vjp(readout, psi)[1](g)
-        shared, rows, vjps = pack(t_b, t_s)
-        out = (jax.ShapeDtypeStruct(psi.shape, jnp.float32), jax.ShapeDtypeStruct(psi.shape, jnp.float32),
-               jax.ShapeDtypeStruct(shared.shape, jnp.float32), jax.ShapeDtypeStruct(rows.shape, jnp.float32))
-        psi0, lam0, d_shared, d_rows = jax.pure_callback(run_backward, out, psi, lam, shared, rows,
-                                                         vmap_method="sequential")
-        grads: dict[int, jax.Array] = {}
-        slot = 0
-        for i, (ms, vjp) in zip(stages, vjps, strict=True):
-            cts = []
-            for lay, m in zip(plan.kernels[i].layouts, ms, strict=True):
-                off, size = program.offsets[slot], lay.size
-                g_flat = d_rows[:, off : off + size] if plan.batched[i] else d_shared[off : off + size]
-                cts.append(_unpack(g_flat, m, lay.kind))
-                slot += 1
-            (grads[i],) = vjp(tuple(cts))
-        if first:
-            batch = t_b.shape[0]
-            prep = lambda t_, batch=batch: plan.prepare(t_, batch)  # noqa: E731
-            (grads[0],) = jax.vjp(prep, _stage_params(plan, 0, t_b, t_s))[1](lam0.astype(real))
-        order = range(len(plan.kernels))
-        g_b = [grads[i] for i in order if plan.batched[i]]
-        g_s = [grads[i] for i in order if not plan.batched[i]]
-        g_b = jnp.concatenate(g_b, axis=1) if g_b else jnp.zeros_like(t_b)
-        g_s = jnp.concatenate(g_s) if g_s else jnp.zeros_like(t_s)
-        return g_b.astype(t_b.dtype), g_s.astype(t_s.dtype)
+        (shared, rows), pack_vjp = jax.vjp(pack, t_b, t_s)
+        state = jax.ShapeDtypeStruct(psi.shape, jnp.float32)
+        out = (state, state, jax.ShapeDtypeStruct(shared.shape, jnp.float32),
+               jax.ShapeDtypeStruct(rows.shape, jnp.float32))
+        _, lam0, d_shared, d_rows = jax.pure_callback(run_backward, out, psi, lam, shared, rows,
+                                                      vmap_method="sequential")
+        g_b, g_s = pack_vjp((d_shared, d_rows))
+        (p_b, p_s) = jax.vjp(lambda b, s: _initial_state(plan, n, real, b, s), t_b, t_s)[1](lam0.astype(real))
+        return (g_b + p_b).astype(t_b.dtype), (g_s + p_s).astype(t_s.dtype)
 
     @jax.custom_vjp
     def core(t_b, t_s):
