@@ -24,6 +24,10 @@ from quantum.errors import NativeKernelError
 from quantum.native import NativeLibrary
 from quantum.statevector import _native_program, _plan
 from tests.quantum.random_circuits import qsim_reference, random_circuits
+from tests.support.tools import find_tool, needs_tool
+
+pytestmark = needs_tool("cc", available=bool(find_tool("cc") or find_tool("gcc")),
+                        how="apt-get install gcc (it builds the native simulator kernels)")
 
 XLA, NATIVE = SimulatorOptions(kernel="xla"), SimulatorOptions(kernel="native")
 
