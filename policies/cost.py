@@ -2,7 +2,10 @@
 
 The per-step CPU model is calibrated on facts.md (SmolLM2-135M, 60 adapted projections, batch 4x128 tokens):
 LoRA ~1.4 s/step; weight-mode QTHA ~1.1x LoRA; activation-mode QTHA with a 10-qubit, 10-layer circuit per token
-~10 s/step. A simulated circuit evaluation (forward + backward) scales with ``2**qubits * layers``.
+~10 s/step. A simulated circuit evaluation (forward + backward) scales with ``2**qubits * layers``. The
+activation figure was measured with XLA's simulator kernels; the native kernels (README, "Simulator and
+activation-mode performance") take that step to 2.4-2.9x weight mode's, so ``circuit_cpu_s`` prices activation
+mode about 2.5x high until it is re-fitted (``calibrate_cpu`` scales every coefficient by one factor).
 
 On a sampling backend every circuit of a step runs with parameter-shift gradients: one unshifted evaluation plus
 two per RY parameter and four per CRZ parameter (the paper's ansatz has 2n RY and 2n CRZ per layer), so
