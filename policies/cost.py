@@ -1,11 +1,10 @@
 """What a recipe costs before it runs: CPU-seconds, shots, money and expected queue time.
 
 The per-step CPU model is calibrated on facts.md (SmolLM2-135M, 60 adapted projections, batch 4x128 tokens):
-LoRA ~1.4 s/step; weight-mode QTHA ~1.1x LoRA; activation-mode QTHA with a 10-qubit, 10-layer circuit per token
-~10 s/step. A simulated circuit evaluation (forward + backward) scales with ``2**qubits * layers``. The
-activation figure was measured with XLA's simulator kernels; the native kernels (README, "Simulator and
-activation-mode performance") take that step to 2.4-2.9x weight mode's, so ``circuit_cpu_s`` prices activation
-mode about 2.5x high until it is re-fitted (``calibrate_cpu`` scales every coefficient by one factor).
+LoRA ~1.4 s/step; weight-mode QTHA ~1.1x LoRA. Activation-mode QTHA with a 10-qubit, 10-layer circuit per token
+costs 2.4-2.9x weight mode's step with the simulator's native kernels (README, "Simulator and activation-mode
+performance"; ~8.6x with XLA's kernels), hence ``circuit_cpu_s`` = 8e-5 s: 1.54 + 30,720 x 8e-5 = 4.0 s, 2.6x.
+A simulated circuit evaluation (forward + backward) scales with ``2**qubits * layers``.
 
 On a sampling backend every circuit of a step runs with parameter-shift gradients: one unshifted evaluation plus
 two per RY parameter and four per CRZ parameter (the paper's ansatz has 2n RY and 2n CRZ per layer), so
@@ -302,7 +301,7 @@ class CostModel:
 
     base_step_cpu_s: float = 1.4
     qtha_overhead: float = 0.1
-    circuit_cpu_s: float = 2.8e-4
+    circuit_cpu_s: float = 8e-5
     reference_qubits: int = 10
     reference_layers: int = 10
     modules: int = 60
