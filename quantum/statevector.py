@@ -30,7 +30,7 @@ from quantum.errors import CircuitTooLargeError, NativeKernelError, QuantumSpecE
 from quantum.fusion import LocalStage, fuse, repeats, signature
 from quantum.kernels import local_prepare, stage_kernels
 from quantum.lowering import lower_circuit
-from quantum.native import NativeLibrary, Program
+from quantum.native import KIND_COMPLEX, KIND_PHASE, NativeLibrary, Program
 
 QnnFunction = Callable[[jax.Array, jax.Array], jax.Array]
 # The name of the final state the backward pass starts from (``jax.ad_checkpoint.checkpoint_name``): a caller's
@@ -175,21 +175,15 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
     real = jnp.finfo(dtype).dtype
     readout = _readout(qc, real)
 
-    def stage_params(i, t_b, t_s):
-        return _stage_params(plan, i, t_b, t_s)
-
-    def run_params(start, period, reps, t_s):
-        return _run_params(plan, start, period, reps, t_s)
-
     def forward(t_b, t_s):
         psi = _initial_state(plan, n, real, t_b, t_s)
         for start, period, reps in plan.runs:
             if start == 0 and plan.prepare is not None:
                 continue
             if reps == 1:
-                psi = plan.kernels[start].apply(stage_params(start, t_b, t_s), psi)
+                psi = plan.kernels[start].apply(_stage_params(plan, start, t_b, t_s), psi)
                 continue
-            rows, cuts = run_params(start, period, reps, t_s)
+            rows, cuts = _run_params(plan, start, period, reps, t_s)
 
             def body(psi, row, start=start, cuts=cuts):
                 for j, (a, b) in enumerate(cuts):
@@ -221,11 +215,11 @@ def _make_core(plan: _Plan, qc: QnnCircuit, dtype) -> Callable:
             if start == 0 and plan.prepare is not None:
                 batch = t_b.shape[0]
                 prep = lambda t_, batch=batch: plan.prepare(t_, batch)  # noqa: E731
-                (grads[0],) = jax.vjp(prep, stage_params(0, t_b, t_s))[1](lam)
+                (grads[0],) = jax.vjp(prep, _stage_params(plan, 0, t_b, t_s))[1](lam)
             elif reps == 1:
-                psi, lam, grads[start] = step_back(plan.kernels[start], stage_params(start, t_b, t_s), psi, lam)
+                psi, lam, grads[start] = step_back(plan.kernels[start], _stage_params(plan, start, t_b, t_s), psi, lam)
             else:
-                rows, cuts = run_params(start, period, reps, t_s)
+                rows, cuts = _run_params(plan, start, period, reps, t_s)
 
                 def body(carry, row, start=start, cuts=cuts):
                     psi, lam = carry
@@ -290,9 +284,9 @@ def _native_program(plan: _Plan) -> Program | None:
 def _pack(m: jax.Array, kind: int, batched: bool) -> jax.Array:
     """A factor's matrix (complex ``[..., d, d]``) or phase table (``[2, ..., 2**n]``) as its native floats."""
     lead = 1 if batched else 0
-    if kind == 2:
+    if kind == KIND_PHASE:
         m = jnp.moveaxis(m, 0, -2)
-    elif kind == 1:
+    elif kind == KIND_COMPLEX:
         m = jnp.stack([m.real, m.imag], axis=-3)
     else:
         m = m.real
@@ -377,12 +371,11 @@ def _core(plan: _Plan, qc: QnnCircuit, options: SimulatorOptions) -> Callable:
     if options.kernel == "xla" or (options.kernel == "auto" and jax.default_backend() != "cpu"):
         return _make_core(plan, qc, dtype)
     program = _native_program(plan)
-    reason = None
     if options.dtype != "complex64":
         reason = f"dtype={options.dtype!r} (the native kernels are complex64)"
     elif program is None:
         reason = "the circuit has a dense multi-qubit gate (CNOT, SWAP, ...), which the native kernels do not run"
-    if reason is None:
+    else:
         try:
             return _make_native_core(plan, qc, dtype, NativeLibrary.load(), program)
         except NativeKernelError:

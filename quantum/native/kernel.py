@@ -88,6 +88,7 @@ def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     path = Path(base) / "qtha" / "native"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)  # mkdir's mode is masked by the umask and skipped for an existing directory
     return path
 
 

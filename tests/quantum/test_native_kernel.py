@@ -21,7 +21,7 @@ from quantum import (
     compile_circuit,
 )
 from quantum.errors import NativeKernelError
-from quantum.native import NativeLibrary
+from quantum.native import KIND_COMPLEX, KIND_PHASE, KIND_REAL, NativeLibrary
 from quantum.statevector import _native_program, _plan
 from tests.quantum.random_circuits import qsim_reference, random_circuits
 from tests.support.tools import find_tool, needs_tool
@@ -91,7 +91,7 @@ def test_complex_gates_and_mid_circuit_inputs_equal_the_xla_kernels() -> None:
     qc = _reuploading()
     program = _native_program(_plan(qc, NATIVE))
     assert program is not None and program.row_size > 0 and program.shared_size > 0
-    assert {lay.kind for lay in program.layouts} == {0, 1, 2}  # real, complex and phase factors all run
+    assert {lay.kind for lay in program.layouts} == {KIND_REAL, KIND_COMPLEX, KIND_PHASE}  # all three run
     rng = np.random.default_rng(3)
     _assert_same(qc, rng.uniform(-2, 2, size=(9, 2)), rng.uniform(-2, 2, size=3))
 
@@ -135,13 +135,15 @@ def test_vmap_over_weight_sets_equals_a_loop() -> None:
     np.testing.assert_allclose(np.asarray(batched), np.stack([np.asarray(f(x, w)) for w in ws]), atol=1e-6)
 
 
-def test_the_build_is_cached_privately_and_reused(tmp_path) -> None:
+def test_the_build_is_cached_privately_and_reused(tmp_path, monkeypatch) -> None:
     first = NativeLibrary.load(cache_dir=tmp_path)
     mtime = first.path.stat().st_mtime_ns
     again = NativeLibrary.load(cache_dir=tmp_path)
     assert again.path == first.path and again.path.stat().st_mtime_ns == mtime  # not rebuilt
     assert list(tmp_path.iterdir()) == [first.path]  # no temporary build directory left behind
-    cache = NativeLibrary.load().path.parent  # the default per-user cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    cache = NativeLibrary.load().path.parent  # the default per-user cache, here a fresh one
+    assert cache == tmp_path / "home-cache" / "qtha" / "native"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
 
 
